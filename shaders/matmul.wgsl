@@ -1,0 +1,145 @@
+// C[b, m, n] = act(alpha * sum_k A[b, m, k] * B[b, k, n] + bias[n]) + residual[b, m, n]
+//
+// A and B are read through strides, so B can be a Linear weight [N, K] (b_sk = 1, b_sn = K), a
+// plain [K, N] matrix, or a view into a fused QKV buffer. C and the residual are row-major with
+// row stride c_sm. Defines: ACT (see _activation.wgsl), W_F16 (B stored as packed f16), BIAS,
+// RESIDUAL, and TM x TN outputs per thread for the tiled entry point.
+
+struct Params {
+    m: u32, n: u32, k: u32, batch: u32,
+    a_off: u32, a_sb: u32, a_sm: u32, a_sk: u32,
+    b_off: u32, b_sb: u32, b_sk: u32, b_sn: u32,
+    c_sb: u32, c_sm: u32,
+    alpha: f32, slope: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+#if W_F16
+@group(0) @binding(2) var<storage, read> b: array<u32>;
+fn load_b(i: u32) -> f32 {
+    let pair = unpack2x16float(b[i >> 1u]);
+    return select(pair.x, pair.y, (i & 1u) == 1u);
+}
+#else
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+fn load_b(i: u32) -> f32 {
+    return b[i];
+}
+#endif
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> residual: array<f32>;
+@group(0) @binding(5) var<storage, read_write> c: array<f32>;
+
+#include "_activation.wgsl"
+
+fn epilogue(batch: u32, row: u32, col: u32, acc: f32) {
+    var v = p.alpha * acc;
+#if BIAS
+    v = v + bias[col];
+#endif
+    v = activate(v, p.slope);
+    let at = batch * p.c_sb + row * p.c_sm + col;
+#if RESIDUAL
+    v = v + residual[at];
+#endif
+    c[at] = v;
+}
+
+// Register-blocked: each of the 8x8 threads computes TM rows x TN columns and keeps them in
+// registers; no workgroup memory (on CPU-backed adapters register blocking pays and shared memory
+// does not; on GPUs the blocks are served from cache).
+@compute @workgroup_size(8, 8, 1)
+fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let batch = wg.z;
+    let row0 = (wg.y * 8u + lid.y) * ${TM}u;
+    let col0 = (wg.x * 8u + lid.x) * ${TN}u;
+    if (row0 >= p.m || col0 >= p.n) {
+        return;
+    }
+    // Rows and columns past the edge are clamped for loading and skipped at the store.
+    var a_at: array<u32, ${TM}>;
+    for (var i = 0u; i < ${TM}u; i++) {
+        a_at[i] = p.a_off + batch * p.a_sb + min(row0 + i, p.m - 1u) * p.a_sm;
+    }
+    var b_at: array<u32, ${TN}>;
+    for (var j = 0u; j < ${TN}u; j++) {
+        b_at[j] = p.b_off + batch * p.b_sb + min(col0 + j, p.n - 1u) * p.b_sn;
+    }
+    var acc: array<array<f32, ${TN}>, ${TM}>;
+    for (var k = 0u; k < p.k; k++) {
+        var av: array<f32, ${TM}>;
+        for (var i = 0u; i < ${TM}u; i++) {
+            av[i] = a[a_at[i] + k * p.a_sk];
+        }
+        var bv: array<f32, ${TN}>;
+        for (var j = 0u; j < ${TN}u; j++) {
+            bv[j] = load_b(b_at[j] + k * p.b_sk);
+        }
+        for (var i = 0u; i < ${TM}u; i++) {
+            for (var j = 0u; j < ${TN}u; j++) {
+                acc[i][j] = fma(av[i], bv[j], acc[i][j]);
+            }
+        }
+    }
+    for (var i = 0u; i < ${TM}u; i++) {
+        for (var j = 0u; j < ${TN}u; j++) {
+            if (row0 + i < p.m && col0 + j < p.n) {
+                epilogue(batch, row0 + i, col0 + j, acc[i][j]);
+            }
+        }
+    }
+}
+
+// One thread per output: the baseline the benchmark compares against.
+@compute @workgroup_size(8, 8, 1)
+fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.y;
+    let col = gid.x;
+    let batch = gid.z;
+    if (row >= p.m || col >= p.n) {
+        return;
+    }
+    let a_at = p.a_off + batch * p.a_sb + row * p.a_sm;
+    let b_at = p.b_off + batch * p.b_sb + col * p.b_sn;
+    var acc = 0.0;
+    for (var k = 0u; k < p.k; k++) {
+        acc = fma(a[a_at + k * p.a_sk], load_b(b_at + k * p.b_sk), acc);
+    }
+    epilogue(batch, row, col, acc);
+}
+
+// Matrix-vector products (few rows): a workgroup per output element reduces over K.
+var<workgroup> partial: array<f32, 64>;
+
+@compute @workgroup_size(64, 1, 1)
+fn gemv(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let index = wg.x + wg.y * groups.x;
+    let col = index % p.n;
+    let row = (index / p.n) % p.m;
+    let batch = index / (p.n * p.m);
+    if (batch >= p.batch) {
+        return;
+    }
+    let a_at = p.a_off + batch * p.a_sb + row * p.a_sm;
+    let b_at = p.b_off + batch * p.b_sb + col * p.b_sn;
+    var acc = 0.0;
+    for (var k = lid; k < p.k; k += 64u) {
+        acc = fma(a[a_at + k * p.a_sk], load_b(b_at + k * p.b_sk), acc);
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            partial[lid] = partial[lid] + partial[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        epilogue(batch, row, col, partial[0]);
+    }
+}

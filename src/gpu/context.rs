@@ -1,0 +1,274 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::error::{GpuError, Result};
+use super::kernel::{Kernel, KernelKey};
+
+/// Optional adapter features the engine uses when present.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub shader_f16: bool,
+    pub subgroup: bool,
+    pub timestamp_query: bool,
+}
+
+impl Capabilities {
+    fn from_features(features: wgpu::Features) -> Self {
+        Self {
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroup: features.contains(wgpu::Features::SUBGROUP),
+            timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+        }
+    }
+
+    fn wanted_features() -> wgpu::Features {
+        wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY
+    }
+}
+
+/// The device, its queue and what the engine learnt about it. Cheap to clone; one per process.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    caps: Capabilities,
+    /// Set by the device-lost callback; every later operation reports it.
+    lost: Arc<Mutex<Option<String>>>,
+    /// Errors no error scope caught (wgpu would otherwise panic on them).
+    uncaptured: Arc<Mutex<Vec<String>>>,
+    kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
+    /// Bound where an optional input (bias, residual) is absent, so a kernel has one layout.
+    placeholder: wgpu::Buffer,
+}
+
+impl Context {
+    /// Creates a device on the adapter the environment asks for.
+    ///
+    /// Honours `WGPU_BACKEND` (e.g. `vulkan`), `WGPU_ADAPTER_NAME` (a substring of the adapter's
+    /// name), `WGPU_POWER_PREF` (`low`/`high`) and the other `WGPU_*` instance variables.
+    pub async fn new() -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = choose_adapter(&instance).await?;
+        let info = adapter.get_info();
+        let features = adapter.features() & Capabilities::wanted_features();
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("audioldm"),
+                required_features: features,
+                required_limits: limits,
+                memory_hints: wgpu::MemoryHints::Performance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
+        Ok(Self::from_device(device, queue, info))
+    }
+
+    /// Blocking form of [`Context::new`] for native front ends and tests.
+    pub fn new_blocking() -> Result<Self> {
+        pollster::block_on(Self::new())
+    }
+
+    /// Wraps a device someone else made (the desktop app hands over eframe's), so that one device
+    /// serves the whole process. Features and limits are whatever that device was created with.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        let lost = Arc::new(Mutex::new(None));
+        let lost_flag = Arc::clone(&lost);
+        device.set_device_lost_callback(move |reason, message| {
+            tracing::error!(?reason, %message, "GPU device lost");
+            *lost_flag.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(format!("{reason:?}: {message}"));
+        });
+        let uncaptured = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&uncaptured);
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            tracing::error!(%error, "uncaptured GPU error");
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(error.to_string());
+        }));
+        let caps = Capabilities::from_features(device.features());
+        let limits = device.limits();
+        tracing::info!(
+            adapter = %info.name,
+            backend = ?info.backend,
+            device_type = ?info.device_type,
+            driver = %info.driver,
+            driver_info = %info.driver_info,
+            ?caps,
+            max_binding = limits.max_storage_buffer_binding_size,
+            max_buffer = limits.max_buffer_size,
+            "GPU context ready"
+        );
+        let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("placeholder"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Self {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                info,
+                limits,
+                caps,
+                lost,
+                uncaptured,
+                kernels: Mutex::new(HashMap::new()),
+                placeholder,
+            }),
+        }
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        self.inner.caps
+    }
+
+    /// The largest byte range one storage binding may cover on this device.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.inner.limits.max_storage_buffer_binding_size
+    }
+
+    pub(crate) fn placeholder(&self) -> &wgpu::Buffer {
+        &self.inner.placeholder
+    }
+
+    /// Fails once the device is lost or an error escaped every error scope.
+    pub fn check(&self) -> Result<()> {
+        if let Some(reason) = self
+            .inner
+            .lost
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Err(GpuError::DeviceLost(reason));
+        }
+        let mut uncaptured = self
+            .inner
+            .uncaptured
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !uncaptured.is_empty() {
+            let message = uncaptured.join("; ");
+            uncaptured.clear();
+            return Err(GpuError::Wgpu {
+                context: "running GPU work".into(),
+                message,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` inside out-of-memory and validation error scopes and turns what they catch into
+    /// errors that say what was being done.
+    pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        self.check()?;
+        let device = &self.inner.device;
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let value = f();
+        let oom_error = pollster::block_on(oom.pop());
+        let validation_error = pollster::block_on(validation.pop());
+        if let Some(e) = oom_error {
+            return Err(GpuError::OutOfMemory(format!("{what} ({e})")));
+        }
+        if let Some(e) = validation_error {
+            return Err(GpuError::Wgpu {
+                context: what.to_string(),
+                message: e.to_string(),
+            });
+        }
+        self.check()?;
+        Ok(value)
+    }
+
+    /// Waits until all submitted work has finished.
+    pub fn wait(&self) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Wgpu {
+                context: "waiting for the GPU".into(),
+                message: e.to_string(),
+            })?;
+        self.check()
+    }
+
+    /// The compiled pipeline for `key`, compiled on first use and cached for the process.
+    pub(crate) fn kernel(&self, key: &KernelKey) -> Result<Arc<Kernel>> {
+        let mut cache = self
+            .inner
+            .kernels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(kernel) = cache.get(key) {
+            return Ok(Arc::clone(kernel));
+        }
+        let kernel = Arc::new(Kernel::compile(self, key)?);
+        cache.insert(key.clone(), Arc::clone(&kernel));
+        Ok(kernel)
+    }
+
+    /// How many distinct pipelines have been compiled so far.
+    pub fn kernel_count(&self) -> usize {
+        self.inner
+            .kernels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+async fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+    let backends = wgpu::Backends::from_env().unwrap_or_default();
+    if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+        let wanted = wanted.to_lowercase();
+        let adapters = instance.enumerate_adapters(backends).await;
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted))
+            .ok_or_else(|| {
+                GpuError::NoAdapter(format!(
+                    "WGPU_ADAPTER_NAME={wanted:?} matches none of {names:?}"
+                ))
+            });
+    }
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::from_env()
+                .unwrap_or(wgpu::PowerPreference::HighPerformance),
+            force_fallback_adapter: std::env::var("WGPU_FORCE_FALLBACK_ADAPTER")
+                .is_ok_and(|v| v == "1"),
+            compatible_surface: None,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| GpuError::NoAdapter(format!("backends {backends:?}: {e}")))
+}

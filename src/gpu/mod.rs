@@ -1,0 +1,15 @@
+//! The GPU engine: a wgpu context, tensors, WGSL kernels and a graph executor. It knows nothing of
+//! AudioLDM.
+
+pub mod context;
+pub mod error;
+pub mod graph;
+pub mod kernel;
+pub mod ops;
+pub mod tensor;
+
+pub use context::{Capabilities, Context};
+pub use error::{GpuError, Result};
+pub use graph::{Executable, Graph, GraphStats, Scalar, Var};
+pub use ops::Activation;
+pub use tensor::{DType, Shape, Tensor};

@@ -1,0 +1,299 @@
+use crate::gpu::error::{Result, shape_error};
+use crate::gpu::graph::{Binding, Graph, OpSpec, Params, Var, grid};
+use crate::gpu::kernel::KernelKey;
+use crate::gpu::tensor::{DType, Shape};
+
+use super::Activation;
+
+/// Outputs per thread of the tiled GEMM (rows x columns); 8 x 8 threads per workgroup.
+const TM: usize = 4;
+const TN: usize = 4;
+
+/// Which matmul kernel to dispatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// Pick by shape: GEMV for a handful of rows, else the register-blocked GEMM.
+    Auto,
+    Tiled {
+        tm: usize,
+        tn: usize,
+    },
+    Gemv,
+    /// One thread per output; for benchmarks.
+    Naive,
+}
+
+/// A strided view of a batch of matrices: element (b, r, c) at `offset + b*sb + r*sr + c*sc`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatView {
+    pub var: Var,
+    pub offset: usize,
+    pub sb: usize,
+    pub sr: usize,
+    pub sc: usize,
+}
+
+/// A general batched matmul `C = act(alpha * A B + bias) + residual`.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    pub a: MatView,
+    pub b: MatView,
+    pub batch: usize,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub alpha: f32,
+    pub bias: Option<Var>,
+    pub residual: Option<Var>,
+    pub act: Activation,
+    pub kernel: MatmulKernel,
+}
+
+impl Graph {
+    /// `x [..., K] @ weight[N, K]^T + bias`, then the activation, then `+ residual [..., N]`:
+    /// a PyTorch `Linear` with its epilogue fused. `weight` may be stored as f16.
+    pub fn linear(
+        &mut self,
+        x: Var,
+        weight: Var,
+        bias: Option<Var>,
+        act: Activation,
+        residual: Option<Var>,
+    ) -> Result<Var> {
+        let op = "linear";
+        self.expect_dtype(op, x, &[DType::F32])?;
+        let (xs, ws) = (self.shape(x).clone(), self.shape(weight).clone());
+        let (&k, lead) = xs
+            .dims()
+            .split_last()
+            .ok_or_else(|| shape_error(op, "input is a scalar"))?;
+        if ws.rank() != 2 || ws.dims()[1] != k {
+            return Err(shape_error(
+                op,
+                format!("input {xs} does not match weight {ws} (expected [N, {k}])"),
+            ));
+        }
+        let n = ws.dims()[0];
+        let m: usize = lead.iter().product();
+        let mut out = lead.to_vec();
+        out.push(n);
+        self.gemm_checked(
+            op,
+            Gemm {
+                a: MatView {
+                    var: x,
+                    offset: 0,
+                    sb: 0,
+                    sr: k,
+                    sc: 1,
+                },
+                b: MatView {
+                    var: weight,
+                    offset: 0,
+                    sb: 0,
+                    sr: 1,
+                    sc: k,
+                },
+                batch: 1,
+                m,
+                k,
+                n,
+                alpha: 1.0,
+                bias,
+                residual,
+                act,
+                kernel: MatmulKernel::Auto,
+            },
+            Shape(out),
+        )
+    }
+
+    /// Batched `a [B, M, K] @ b [B, K, N]` (or `b [K, N]` shared by the batch), scaled by `alpha`.
+    pub fn matmul(&mut self, a: Var, b: Var, alpha: f32) -> Result<Var> {
+        self.matmul_with(a, b, alpha, MatmulKernel::Auto)
+    }
+
+    /// [`Graph::matmul`] with an explicit kernel choice (benchmarks, tests).
+    pub fn matmul_with(&mut self, a: Var, b: Var, alpha: f32, kernel: MatmulKernel) -> Result<Var> {
+        let op = "matmul";
+        let (sa, sb) = (self.shape(a).clone(), self.shape(b).clone());
+        let bad = || shape_error(op, format!("cannot multiply {sa} by {sb}"));
+        let (batch, m, k) = match sa.dims() {
+            [m, k] => (1, *m, *k),
+            [batch, m, k] => (*batch, *m, *k),
+            _ => return Err(bad()),
+        };
+        let (b_batched, k2, n) = match sb.dims() {
+            [k2, n] => (false, *k2, *n),
+            [bb, k2, n] if *bb == batch => (true, *k2, *n),
+            _ => return Err(bad()),
+        };
+        if k != k2 {
+            return Err(bad());
+        }
+        let out = if sa.rank() == 2 {
+            vec![m, n]
+        } else {
+            vec![batch, m, n]
+        };
+        self.gemm_checked(
+            op,
+            Gemm {
+                a: MatView {
+                    var: a,
+                    offset: 0,
+                    sb: m * k,
+                    sr: k,
+                    sc: 1,
+                },
+                b: MatView {
+                    var: b,
+                    offset: 0,
+                    sb: if b_batched { k * n } else { 0 },
+                    sr: n,
+                    sc: 1,
+                },
+                batch,
+                m,
+                k,
+                n,
+                alpha,
+                bias: None,
+                residual: None,
+                act: Activation::None,
+                kernel,
+            },
+            Shape(out),
+        )
+    }
+
+    /// The general form behind [`Graph::linear`] and [`Graph::matmul`], for strided views such as
+    /// the heads of a fused projection. The output is `[batch, m, n]` contiguous.
+    pub fn gemm(&mut self, gemm: Gemm) -> Result<Var> {
+        let shape = Shape(vec![gemm.batch, gemm.m, gemm.n]);
+        self.gemm_checked("gemm", gemm, shape)
+    }
+
+    fn gemm_checked(&mut self, op: &str, g: Gemm, out: Shape) -> Result<Var> {
+        self.expect_dtype(op, g.a.var, &[DType::F32])?;
+        self.expect_dtype(op, g.b.var, &[DType::F32, DType::F16])?;
+        let last = |v: &MatView, rows: usize, cols: usize| {
+            v.offset + (g.batch - 1) * v.sb + (rows - 1) * v.sr + (cols - 1) * v.sc
+        };
+        if g.batch == 0 || g.m == 0 || g.n == 0 || g.k == 0 {
+            return Err(shape_error(
+                op,
+                format!("empty product {}x{}x{} (batch {})", g.m, g.k, g.n, g.batch),
+            ));
+        }
+        for (name, view, rows, cols) in [("A", &g.a, g.m, g.k), ("B", &g.b, g.k, g.n)] {
+            let numel = self.shape(view.var).numel();
+            if last(view, rows, cols) >= numel {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "{name} view reaches past its tensor of shape {}",
+                        self.shape(view.var)
+                    ),
+                ));
+            }
+        }
+        if let Some(bias) = g.bias {
+            self.expect_dtype(op, bias, &[DType::F32])?;
+            if self.shape(bias).numel() != g.n {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "bias {} does not match {} output features",
+                        self.shape(bias),
+                        g.n
+                    ),
+                ));
+            }
+        }
+        if let Some(residual) = g.residual {
+            self.expect_dtype(op, residual, &[DType::F32])?;
+            if self.shape(residual).numel() != out.numel() {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "residual {} does not match output {out}",
+                        self.shape(residual)
+                    ),
+                ));
+            }
+        }
+        let kernel = match g.kernel {
+            MatmulKernel::Auto if g.m <= 4 => MatmulKernel::Gemv,
+            MatmulKernel::Auto => MatmulKernel::Tiled { tm: TM, tn: TN },
+            chosen => chosen,
+        };
+        let (entry, workgroups) = match kernel {
+            MatmulKernel::Tiled { tm, tn } => (
+                "matmul",
+                [
+                    g.n.div_ceil(8 * tn) as u32,
+                    g.m.div_ceil(8 * tm) as u32,
+                    g.batch as u32,
+                ],
+            ),
+            MatmulKernel::Naive => (
+                "matmul_naive",
+                [
+                    g.n.div_ceil(8) as u32,
+                    g.m.div_ceil(8) as u32,
+                    g.batch as u32,
+                ],
+            ),
+            MatmulKernel::Gemv | MatmulKernel::Auto => ("gemv", grid(g.batch * g.m * g.n)),
+        };
+        let (tm, tn) = match kernel {
+            MatmulKernel::Tiled { tm, tn } => (tm, tn),
+            _ => (1, 1),
+        };
+        let mut key = KernelKey::new("matmul.wgsl", entry, 4, 1)
+            .define("TM", tm)
+            .define("TN", tn);
+        if self.dtype(g.b.var) == DType::F16 {
+            key = key.define("W_F16", 1);
+        }
+        if g.bias.is_some() {
+            key = key.define("BIAS", 1);
+        }
+        if g.residual.is_some() {
+            key = key.define("RESIDUAL", 1);
+        }
+        let key = g.act.specialise(key);
+        let params = Params::default()
+            .u(g.m)
+            .u(g.n)
+            .u(g.k)
+            .u(g.batch)
+            .u(g.a.offset)
+            .u(g.a.sb)
+            .u(g.a.sr)
+            .u(g.a.sc)
+            .u(g.b.offset)
+            .u(g.b.sb)
+            .u(g.b.sr)
+            .u(g.b.sc)
+            .u(g.m * g.n)
+            .u(g.n)
+            .f(g.alpha)
+            .f(g.act.slope());
+        self.push(OpSpec {
+            label: op.to_string(),
+            key,
+            inputs: vec![
+                Some(Binding::from(g.a.var)),
+                Some(Binding::from(g.b.var)),
+                g.bias.map(Binding::from),
+                g.residual.map(Binding::from),
+            ],
+            out_shape: out,
+            out_dtype: DType::F32,
+            params,
+            workgroups,
+        })
+    }
+}

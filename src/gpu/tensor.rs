@@ -1,0 +1,289 @@
+use std::fmt;
+use std::sync::Arc;
+
+use super::context::Context;
+use super::error::{GpuError, Result};
+
+/// Element type of a tensor's storage. Arithmetic is always f32: `F16` is storage only, two
+/// halves packed in each `u32` word, unpacked in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    U32,
+}
+
+impl DType {
+    /// Bytes of storage for `len` elements, padded to whole 4-byte words.
+    pub fn storage_bytes(self, len: usize) -> u64 {
+        match self {
+            DType::F32 | DType::U32 => 4 * len as u64,
+            DType::F16 => 4 * len.div_ceil(2) as u64,
+        }
+    }
+}
+
+/// A tensor's dimensions, outermost first (PyTorch order).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Shape(pub Vec<usize>);
+
+impl Shape {
+    pub fn numel(&self) -> usize {
+        self.0.iter().product()
+    }
+    pub fn rank(&self) -> usize {
+        self.0.len()
+    }
+    pub fn dims(&self) -> &[usize] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl From<&[usize]> for Shape {
+    fn from(dims: &[usize]) -> Self {
+        Shape(dims.to_vec())
+    }
+}
+
+impl<const N: usize> From<[usize; N]> for Shape {
+    fn from(dims: [usize; N]) -> Self {
+        Shape(dims.to_vec())
+    }
+}
+
+impl From<Vec<usize>> for Shape {
+    fn from(dims: Vec<usize>) -> Self {
+        Shape(dims)
+    }
+}
+
+/// A GPU buffer with a shape and a dtype. Clones share the buffer.
+#[derive(Clone)]
+pub struct Tensor {
+    buffer: Arc<wgpu::Buffer>,
+    shape: Shape,
+    dtype: DType,
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({:?}, {:?})", self.shape, self.dtype)
+    }
+}
+
+pub(crate) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
+/// Allocates a storage buffer, reporting an oversized request or an allocation failure as an error.
+pub(crate) fn create_buffer(ctx: &Context, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+    let max = ctx.limits().max_buffer_size;
+    if bytes > max {
+        return Err(GpuError::OutOfMemory(format!(
+            "allocating {label}: {bytes} bytes is over the device's largest buffer ({max} bytes)"
+        )));
+    }
+    ctx.scoped(&format!("allocating {label} ({bytes} bytes)"), || {
+        ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4),
+            usage: STORAGE_USAGE,
+            mapped_at_creation: false,
+        })
+    })
+}
+
+impl Tensor {
+    /// An uninitialised tensor (contents unspecified until written).
+    pub fn empty(ctx: &Context, shape: impl Into<Shape>, dtype: DType) -> Result<Self> {
+        let shape = shape.into();
+        let bytes = dtype.storage_bytes(shape.numel());
+        let buffer = create_buffer(ctx, &format!("tensor {shape}"), bytes)?;
+        Ok(Self {
+            buffer: Arc::new(buffer),
+            shape,
+            dtype,
+        })
+    }
+
+    /// Uploads f32 data, stored as `dtype` (`F32` or `F16`; f16 rounds to nearest even).
+    pub fn from_f32(
+        ctx: &Context,
+        shape: impl Into<Shape>,
+        dtype: DType,
+        data: &[f32],
+    ) -> Result<Self> {
+        let tensor = Self::empty(ctx, shape, dtype)?;
+        tensor.write_f32(ctx, data)?;
+        Ok(tensor)
+    }
+
+    pub fn from_u32(ctx: &Context, shape: impl Into<Shape>, data: &[u32]) -> Result<Self> {
+        let tensor = Self::empty(ctx, shape, DType::U32)?;
+        tensor.write_u32(ctx, data)?;
+        Ok(tensor)
+    }
+
+    pub(crate) fn from_buffer(buffer: Arc<wgpu::Buffer>, shape: Shape, dtype: DType) -> Self {
+        Self {
+            buffer,
+            shape,
+            dtype,
+        }
+    }
+
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.numel()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.dtype.storage_bytes(self.numel())
+    }
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    fn check_len(&self, len: usize) -> Result<()> {
+        if len != self.numel() {
+            return Err(GpuError::Invalid(format!(
+                "writing {len} values into a tensor of shape {} ({} values)",
+                self.shape,
+                self.numel()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Replaces the contents with `data` (converted to the tensor's dtype).
+    pub fn write_f32(&self, ctx: &Context, data: &[f32]) -> Result<()> {
+        self.check_len(data.len())?;
+        let bytes: Vec<u8> = match self.dtype {
+            DType::F32 => bytemuck::cast_slice(data).to_vec(),
+            DType::F16 => {
+                let mut halves: Vec<half::f16> =
+                    data.iter().map(|&x| half::f16::from_f32(x)).collect();
+                if halves.len() % 2 == 1 {
+                    halves.push(half::f16::ZERO);
+                }
+                bytemuck::cast_slice(&halves).to_vec()
+            }
+            DType::U32 => {
+                return Err(GpuError::Invalid(
+                    "writing f32 values into a u32 tensor".into(),
+                ));
+            }
+        };
+        self.write_bytes(ctx, &bytes)
+    }
+
+    pub fn write_u32(&self, ctx: &Context, data: &[u32]) -> Result<()> {
+        self.check_len(data.len())?;
+        if self.dtype != DType::U32 {
+            return Err(GpuError::Invalid(format!(
+                "writing u32 values into a {:?} tensor",
+                self.dtype
+            )));
+        }
+        self.write_bytes(ctx, bytemuck::cast_slice(data))
+    }
+
+    fn write_bytes(&self, ctx: &Context, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        ctx.scoped(&format!("uploading tensor {}", self.shape), || {
+            ctx.queue().write_buffer(&self.buffer, 0, bytes)
+        })
+    }
+
+    /// Reads the tensor back as f32 (waits for all submitted work).
+    pub fn to_vec_f32(&self, ctx: &Context) -> Result<Vec<f32>> {
+        let bytes = read_buffer(ctx, &self.buffer, self.bytes())?;
+        Ok(match self.dtype {
+            DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
+            DType::F16 => {
+                let halves: Vec<half::f16> = bytemuck::pod_collect_to_vec(&bytes);
+                halves[..self.numel()].iter().map(|h| h.to_f32()).collect()
+            }
+            DType::U32 => {
+                return Err(GpuError::Invalid("reading a u32 tensor as f32".into()));
+            }
+        })
+    }
+
+    pub fn to_vec_u32(&self, ctx: &Context) -> Result<Vec<u32>> {
+        if self.dtype != DType::U32 {
+            return Err(GpuError::Invalid(format!(
+                "reading a {:?} tensor as u32",
+                self.dtype
+            )));
+        }
+        let bytes = read_buffer(ctx, &self.buffer, self.bytes())?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+/// Copies the first `bytes` of `buffer` back to the CPU through a staging buffer.
+pub(crate) fn read_buffer(ctx: &Context, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    if bytes == 0 {
+        return Ok(Vec::new());
+    }
+    let staging = ctx.scoped("allocating a read-back buffer", || {
+        ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    })?;
+    ctx.scoped("reading a tensor back", || {
+        let mut encoder = ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("read-back"),
+            });
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+        ctx.queue().submit([encoder.finish()]);
+    })?;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    staging.map_async(wgpu::MapMode::Read, .., move |result| {
+        // The receiver only goes away if this function has already returned an error.
+        let _ = sender.send(result);
+    });
+    ctx.wait()?;
+    receiver
+        .recv()
+        .map_err(|_| GpuError::DeviceLost("the read-back was never answered".into()))?
+        .map_err(|e| GpuError::Wgpu {
+            context: "mapping a read-back buffer".into(),
+            message: e.to_string(),
+        })?;
+    let view = staging.get_mapped_range(..).map_err(|e| GpuError::Wgpu {
+        context: "viewing a read-back buffer".into(),
+        message: e.to_string(),
+    })?;
+    let data = view.to_vec();
+    drop(view);
+    staging.unmap();
+    Ok(data)
+}

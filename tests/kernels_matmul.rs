@@ -1,0 +1,219 @@
+//! GEMM, GEMV, batched matmul and Linear against an f64 CPU reference.
+
+mod common;
+
+use audioldm::gpu::ops::matmul::MatmulKernel;
+use audioldm::gpu::{Activation, DType, Graph, Tensor};
+use common::*;
+
+/// C[b] = A[b] (m x k) * B[b] (k x n), all row-major, in f64.
+fn matmul_ref(
+    a: &[f32],
+    b: &[f32],
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    b_batched: bool,
+) -> Vec<f64> {
+    let mut c = vec![0.0; batch * m * n];
+    for bi in 0..batch {
+        let bb = if b_batched { bi * k * n } else { 0 };
+        for i in 0..m {
+            for j in 0..n {
+                let mut acc = 0.0f64;
+                for p in 0..k {
+                    acc += a[bi * m * k + i * k + p] as f64 * b[bb + p * n + j] as f64;
+                }
+                c[bi * m * n + i * n + j] = acc;
+            }
+        }
+    }
+    c
+}
+
+fn act_ref(x: f64, act: Activation) -> f64 {
+    match act {
+        Activation::None => x,
+        Activation::Relu => x.max(0.0),
+        Activation::LeakyRelu(s) => {
+            if x >= 0.0 {
+                x
+            } else {
+                x * s as f64
+            }
+        }
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
+        Activation::Tanh => x.tanh(),
+    }
+}
+
+#[test]
+fn matmul_matches_reference_on_odd_shapes() {
+    let shapes = [
+        (1, 1, 1, 1),
+        (1, 7, 13, 5),
+        (2, 33, 17, 65),
+        (3, 64, 64, 64),
+        (1, 100, 257, 31),
+        (2, 1, 40, 9),
+    ];
+    for (seed, &(batch, m, k, n)) in shapes.iter().enumerate() {
+        for kernel in [
+            MatmulKernel::Tiled { tm: 4, tn: 4 },
+            MatmulKernel::Tiled { tm: 8, tn: 8 },
+            MatmulKernel::Gemv,
+            MatmulKernel::Naive,
+        ] {
+            for b_batched in [false, true] {
+                let a = random(seed as u64 * 10, batch * m * k);
+                let bn = if b_batched { batch } else { 1 };
+                let b = random(seed as u64 * 10 + 1, bn * k * n);
+                let mut g = Graph::new(ctx());
+                let va = input(&mut g, &[batch, m, k], &a);
+                let vb = if b_batched {
+                    input(&mut g, &[batch, k, n], &b)
+                } else {
+                    input(&mut g, &[k, n], &b)
+                };
+                let out = g.matmul_with(va, vb, 0.5, kernel).unwrap();
+                assert_eq!(g.dims(out), &[batch, m, n]);
+                let got = run(g, out);
+                let want: Vec<f64> = matmul_ref(&a, &b, batch, m, k, n, b_batched)
+                    .iter()
+                    .map(|v| v * 0.5)
+                    .collect();
+                assert_close(
+                    &format!("matmul {kernel:?} b{batch} {m}x{k}x{n} batched_b={b_batched}"),
+                    &got,
+                    &want,
+                    1e-5,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn long_reductions_stay_within_1e4() {
+    for &(m, k, n) in &[(9, 4096, 11), (3, 3072, 5)] {
+        let a = random(7, m * k);
+        let b = random(8, k * n);
+        for kernel in [MatmulKernel::Auto, MatmulKernel::Gemv] {
+            let mut g = Graph::new(ctx());
+            let va = input(&mut g, &[m, k], &a);
+            let vb = input(&mut g, &[k, n], &b);
+            let out = g.matmul_with(va, vb, 1.0, kernel).unwrap();
+            let got = run(g, out);
+            assert_close(
+                &format!("matmul {kernel:?} K={k}"),
+                &got,
+                &matmul_ref(&a, &b, 1, m, k, n, false),
+                1e-4,
+            );
+        }
+    }
+}
+
+/// Linear: y = act(x W^T + b) + r, weights f32 and f16, every activation, GEMV and tiled paths.
+#[test]
+fn linear_fuses_bias_activation_and_residual() {
+    let acts = [
+        Activation::None,
+        Activation::Relu,
+        Activation::LeakyRelu(0.1),
+        Activation::Silu,
+        Activation::Gelu,
+        Activation::Tanh,
+    ];
+    for (seed, &(rows, k, n)) in [
+        (1usize, 19usize, 23usize),
+        (2, 64, 48),
+        (37, 50, 29),
+        (5, 128, 130),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for act in acts {
+            for dtype in [DType::F32, DType::F16] {
+                let seed = seed as u64 * 100;
+                let x = random(seed, rows * k);
+                let w = random(seed + 1, n * k);
+                let bias = random(seed + 2, n);
+                let res = random(seed + 3, rows * n);
+                let mut g = Graph::new(ctx());
+                let vx = input(&mut g, &[rows, k], &x);
+                let wt = Tensor::from_f32(ctx(), [n, k], dtype, &w).unwrap();
+                let vw = g.weight(&wt);
+                let vb = input(&mut g, &[n], &bias);
+                let vr = input(&mut g, &[rows, n], &res);
+                let out = g.linear(vx, vw, Some(vb), act, Some(vr)).unwrap();
+                let got = run(g, out);
+                let w_used = if dtype == DType::F16 {
+                    f16_round(&w)
+                } else {
+                    w.clone()
+                };
+                let mut want = vec![0.0; rows * n];
+                for i in 0..rows {
+                    for j in 0..n {
+                        let dot: f64 = (0..k)
+                            .map(|p| x[i * k + p] as f64 * w_used[j * k + p] as f64)
+                            .sum();
+                        want[i * n + j] =
+                            act_ref(dot + bias[j] as f64, act) + res[i * n + j] as f64;
+                    }
+                }
+                let tol = 1e-5;
+                assert_close(
+                    &format!("linear {rows}x{k}->{n} {act:?} {dtype:?}"),
+                    &got,
+                    &want,
+                    tol,
+                );
+                if dtype == DType::F16 {
+                    // Against the unrounded f32 weights, f16 storage stays within 1e-2.
+                    let mut want32 = vec![0.0; rows * n];
+                    for i in 0..rows {
+                        for j in 0..n {
+                            let dot: f64 = (0..k)
+                                .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                                .sum();
+                            want32[i * n + j] =
+                                act_ref(dot + bias[j] as f64, act) + res[i * n + j] as f64;
+                        }
+                    }
+                    assert_close(
+                        &format!("linear f16-vs-f32 {rows}x{k}->{n} {act:?}"),
+                        &got,
+                        &want32,
+                        1e-2,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn shape_mismatch_is_an_error_naming_the_op_and_shapes() {
+    let mut g = Graph::new(ctx());
+    let a = input(&mut g, &[3, 5], &random(1, 15));
+    let b = input(&mut g, &[6, 2], &random(2, 12));
+    let err = g.matmul(a, b, 1.0).unwrap_err().to_string();
+    assert!(
+        err.contains("matmul") && err.contains("[3, 5]") && err.contains("[6, 2]"),
+        "{err}"
+    );
+    let w = input(&mut g, &[4, 7], &random(3, 28));
+    let err = g
+        .linear(a, w, None, Activation::None, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("linear") && err.contains("[3, 5]") && err.contains("[4, 7]"),
+        "{err}"
+    );
+}
