@@ -22,15 +22,41 @@ pub struct Var(usize);
 pub struct Scalar(usize);
 
 enum Storage {
-    External { tensor: Tensor, weight: bool },
+    External {
+        tensor: Tensor,
+        weight: bool,
+    },
     Intermediate,
     Output,
+    /// Another shape over the same elements as `base` (a reshape): no copy, no buffer of its own.
+    View {
+        base: Var,
+    },
 }
 
 struct Value {
     shape: Shape,
     dtype: DType,
     storage: Storage,
+}
+
+/// A coefficient of an op: fixed when recorded, or a [`Scalar`] that may change between replays.
+#[derive(Clone, Copy, Debug)]
+pub enum Coef {
+    Const(f32),
+    Scalar(Scalar),
+}
+
+impl From<f32> for Coef {
+    fn from(value: f32) -> Self {
+        Coef::Const(value)
+    }
+}
+
+impl From<Scalar> for Coef {
+    fn from(scalar: Scalar) -> Self {
+        Coef::Scalar(scalar)
+    }
 }
 
 /// One word of an op's uniform block.
@@ -53,8 +79,11 @@ impl Params {
         self.0.push(Word::Bits(value.to_bits()));
         self
     }
-    pub fn scalar(mut self, scalar: Scalar) -> Self {
-        self.0.push(Word::Scalar(scalar));
+    pub fn coef(mut self, coef: impl Into<Coef>) -> Self {
+        self.0.push(match coef.into() {
+            Coef::Const(value) => Word::Bits(value.to_bits()),
+            Coef::Scalar(scalar) => Word::Scalar(scalar),
+        });
         self
     }
 }
@@ -151,15 +180,50 @@ impl Graph {
         )
     }
 
+    /// The same elements under another shape (same count), without a copy.
+    pub fn reshape(&mut self, var: Var, shape: impl Into<Shape>) -> Result<Var> {
+        let shape = shape.into();
+        let from = self.shape(var).clone();
+        if shape.numel() != from.numel() {
+            return Err(shape_error(
+                "reshape",
+                format!("cannot reshape {from} to {shape}"),
+            ));
+        }
+        let base = self.root(var);
+        let storage = match self.values[base.0].storage {
+            Storage::External { ref tensor, weight } => Storage::External {
+                tensor: Tensor::from_buffer(tensor.shared_buffer(), shape.clone(), tensor.dtype()),
+                weight,
+            },
+            _ => Storage::View { base },
+        };
+        let dtype = self.dtype(var);
+        Ok(self.add_value(shape, dtype, storage))
+    }
+
+    /// The var that owns the storage behind `var` (itself unless it is a view).
+    fn root(&self, var: Var) -> Var {
+        match self.values[var.0].storage {
+            Storage::View { base } => base,
+            _ => var,
+        }
+    }
+
     /// Keeps `var` in a buffer of its own after the run, readable and usable by other graphs.
     pub fn output(&mut self, var: Var) -> Result<()> {
+        if matches!(self.values[var.0].storage, Storage::View { .. }) {
+            return Err(GpuError::Invalid(
+                "a reshaped view cannot be an output; mark the tensor it views".into(),
+            ));
+        }
         let value = &mut self.values[var.0];
         match value.storage {
             Storage::Intermediate | Storage::Output => {
                 value.storage = Storage::Output;
                 Ok(())
             }
-            Storage::External { .. } => Err(GpuError::Invalid(
+            Storage::External { .. } | Storage::View { .. } => Err(GpuError::Invalid(
                 "an input cannot be marked as an output of the graph".into(),
             )),
         }
@@ -251,10 +315,20 @@ impl Graph {
             )));
         }
         let output = self.add_value(spec.out_shape, spec.out_dtype, Storage::Intermediate);
+        let inputs = spec
+            .inputs
+            .into_iter()
+            .map(|input| {
+                input.map(|b| Binding {
+                    var: self.root(b.var),
+                    ..b
+                })
+            })
+            .collect();
         self.ops.push(Op {
             label: spec.label,
             key: spec.key,
-            inputs: spec.inputs,
+            inputs,
             output,
             params: spec.params.0,
             workgroups: spec.workgroups,
@@ -266,7 +340,7 @@ impl Graph {
     /// split work whose inputs are too large for one binding.
     pub(crate) fn push_into(&mut self, target: Var, spec: OpSpec) -> Result<()> {
         let value = &self.values[target.0];
-        if matches!(value.storage, Storage::External { .. })
+        if !matches!(value.storage, Storage::Intermediate | Storage::Output)
             || value.shape != spec.out_shape
             || value.dtype != spec.out_dtype
         {
@@ -418,6 +492,7 @@ impl Executable {
                     stats.unplanned_bytes += bytes_of(value);
                     intermediates.push((i, (first[i], last[i].max(first[i]), bytes_of(value))));
                 }
+                Storage::View { .. } => {}
             }
         }
         let intervals: Vec<_> = intermediates
@@ -442,6 +517,7 @@ impl Executable {
             stats.planned_bytes += bytes.max(4);
         }
         stats.buffers = slot_buffers.len();
+        // Views share their base's buffer (bases always come before their views).
         for (&(var, _), &slot) in intermediates.iter().zip(&slot_of) {
             let value = &values[var];
             tensors[var] = Some(Tensor::from_buffer(
@@ -449,6 +525,14 @@ impl Executable {
                 value.shape.clone(),
                 value.dtype,
             ));
+        }
+
+        for (i, value) in values.iter().enumerate() {
+            if let Storage::View { base } = value.storage {
+                tensors[i] = tensors[base.0].as_ref().map(|t| {
+                    Tensor::from_buffer(t.shared_buffer(), value.shape.clone(), value.dtype)
+                });
+            }
         }
 
         // One uniform block per op, written once here and again only where a scalar changes.

@@ -26,18 +26,17 @@ macro_rules! shader {
 /// Every file in `shaders/`. Files starting with `_` are only included by others.
 pub const SHADERS: &[ShaderSource] = &[
     shader!("_activation.wgsl"),
-    // shader!("_f16.wgsl"),
     shader!("_reduce.wgsl"),
-    // shader!("attention.wgsl"),
-    // shader!("conv.wgsl"),
-    // shader!("conv_transpose1d.wgsl"),
-    // shader!("elementwise.wgsl"),
-    // shader!("embedding.wgsl"),
-    // shader!("layout.wgsl"),
+    shader!("attention.wgsl"),
+    shader!("conv.wgsl"),
+    shader!("conv_transpose1d.wgsl"),
+    shader!("elementwise.wgsl"),
+    shader!("embedding.wgsl"),
+    shader!("layout.wgsl"),
     shader!("matmul.wgsl"),
-    // shader!("norm.wgsl"),
-    // shader!("timestep.wgsl"),
-    // shader!("upsample.wgsl"),
+    shader!("norm.wgsl"),
+    shader!("timestep.wgsl"),
+    shader!("upsample.wgsl"),
 ];
 
 fn source_of(name: &str) -> Result<&'static str> {

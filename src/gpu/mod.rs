@@ -10,6 +10,6 @@ pub mod tensor;
 
 pub use context::{Capabilities, Context};
 pub use error::{GpuError, Result};
-pub use graph::{Executable, Graph, GraphStats, Scalar, Var};
+pub use graph::{Coef, Executable, Graph, GraphStats, Scalar, Var};
 pub use ops::Activation;
 pub use tensor::{DType, Shape, Tensor};

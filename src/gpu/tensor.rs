@@ -162,6 +162,9 @@ impl Tensor {
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }
+    pub(crate) fn shared_buffer(&self) -> Arc<wgpu::Buffer> {
+        Arc::clone(&self.buffer)
+    }
 
     fn check_len(&self, len: usize) -> Result<()> {
         if len != self.numel() {

@@ -1,17 +1,15 @@
 //! Op builders: each checks its inputs' shapes and dtypes, picks a kernel and records it in a
 //! [`Graph`](super::Graph). One file per kernel family, as in `shaders/`.
 
-// mod attention;
-// mod conv;
-// mod elementwise;
-// mod embedding;
-// mod layout;
+pub mod attention;
+pub mod conv;
+pub mod elementwise;
+pub mod embedding;
+pub mod layout;
 pub mod matmul;
-// mod norm;
-// mod timestep;
-// mod upsample;
-
-// pub use conv::{Conv2dOptions, conv_transpose1d_weight_layout, conv_weight_layout};
+pub mod norm;
+pub mod timestep;
+pub mod upsample;
 
 use super::kernel::KernelKey;
 

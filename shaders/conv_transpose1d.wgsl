@@ -1,0 +1,1 @@
+// kernel family: conv_transpose1d (to be written)

@@ -1,0 +1,1 @@
+// kernel family: elementwise (to be written)

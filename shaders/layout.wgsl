@@ -1,0 +1,1 @@
+// kernel family: layout (to be written)

@@ -1,0 +1,1 @@
+// kernel family: norm (to be written)

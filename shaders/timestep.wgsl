@@ -1,0 +1,1 @@
+// kernel family: timestep (to be written)

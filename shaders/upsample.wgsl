@@ -1,0 +1,1 @@
+// kernel family: upsample (to be written)
