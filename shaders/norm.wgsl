@@ -1,1 +1,165 @@
-// kernel family: norm (to be written)
+// Normalisations: one workgroup of WG threads (a power of two) per normalised set, recovered from a
+// 1-D grid as `wg.x + wg.y * num_workgroups.x`.
+//
+// group_norm   x [B, C, S] (S = product of the spatial dims), G groups of C/G channels; a group of
+//              one batch item is a contiguous run of (C/G)*S elements. Welford per thread, merged
+//              across the workgroup (stable for means far from zero and for long groups), then
+//              y = (x - mean) * rsqrt(var + eps) * gamma[c] + beta[c], optionally SiLU.
+// layer_norm   over the last dim (rows of p.n), same statistics, per-column gamma/beta.
+// l2_normalize x / max(||x||_2, eps) over the last dim.
+// softmax      softmax(scale * x) over the last dim: one pass for a per-thread running max and sum,
+//              merged across the workgroup, then one pass that writes.
+//
+// Defines: WG, GAMMA and BETA (present optional affine inputs), ACT_SILU (fused SiLU).
+
+struct Params {
+    // Elements per normalised set (group or row).
+    n: u32,
+    // Sets in all.
+    sets: u32,
+    // group_norm: spatial size S, groups G, channels per group C/G.
+    spatial: u32,
+    groups: u32,
+    cpg: u32,
+    eps: f32,
+    scale: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+
+#include "_reduce.wgsl"
+
+// The first finite f32 below every score; stands for -inf without producing inf - inf.
+const NEG_BIG: f32 = -3.4028235e38;
+
+fn set_index(wg: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return wg.x + wg.y * groups.x;
+}
+
+#if GROUP_NORM
+@group(0) @binding(2) var<storage, read> gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> beta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+#include "_activation.wgsl"
+
+@compute @workgroup_size(${WG}, 1, 1)
+fn group_norm(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) ngroups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let set = set_index(wg, ngroups);
+    if (set >= p.sets) {
+        return;
+    }
+    let base = set * p.n;
+    var w = Welford(0.0, 0.0, 0.0);
+    for (var i = lid; i < p.n; i += ${WG}u) {
+        w = welford_push(w, x[base + i]);
+    }
+    let stats = reduce_welford(lid, w);
+    let mean = stats.mean;
+    let rstd = inverseSqrt(stats.m2 / stats.n + p.eps);
+    // Channel of element i of this set: (set % G) * (C/G) + i / S.
+    let c0 = (set % p.groups) * p.cpg;
+    for (var i = lid; i < p.n; i += ${WG}u) {
+        var v = (x[base + i] - mean) * rstd;
+        let c = c0 + i / p.spatial;
+#if GAMMA
+        v = v * gamma[c];
+#endif
+#if BETA
+        v = v + beta[c];
+#endif
+        y[base + i] = activate(v, 0.0);
+    }
+}
+#endif
+
+#if LAYER_NORM
+@group(0) @binding(2) var<storage, read> gamma: array<f32>;
+@group(0) @binding(3) var<storage, read> beta: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(${WG}, 1, 1)
+fn layer_norm(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) ngroups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = set_index(wg, ngroups);
+    if (row >= p.sets) {
+        return;
+    }
+    let base = row * p.n;
+    var w = Welford(0.0, 0.0, 0.0);
+    for (var i = lid; i < p.n; i += ${WG}u) {
+        w = welford_push(w, x[base + i]);
+    }
+    let stats = reduce_welford(lid, w);
+    let mean = stats.mean;
+    let rstd = inverseSqrt(stats.m2 / stats.n + p.eps);
+    for (var i = lid; i < p.n; i += ${WG}u) {
+        y[base + i] = fma((x[base + i] - mean) * rstd, gamma[i], beta[i]);
+    }
+}
+#endif
+
+#if L2_NORMALIZE
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(${WG}, 1, 1)
+fn l2_normalize(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) ngroups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = set_index(wg, ngroups);
+    if (row >= p.sets) {
+        return;
+    }
+    let base = row * p.n;
+    var ss = 0.0;
+    for (var i = lid; i < p.n; i += ${WG}u) {
+        let v = x[base + i];
+        ss = fma(v, v, ss);
+    }
+    let inv = 1.0 / max(sqrt(reduce_sum(lid, ss)), p.eps);
+    for (var i = lid; i < p.n; i += ${WG}u) {
+        y[base + i] = x[base + i] * inv;
+    }
+}
+#endif
+
+#if SOFTMAX
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+@compute @workgroup_size(${WG}, 1, 1)
+fn softmax(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) ngroups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let row = set_index(wg, ngroups);
+    if (row >= p.sets) {
+        return;
+    }
+    let base = row * p.n;
+    // Online: running max m and sum l of exp(s - m) over this thread's elements.
+    var m = NEG_BIG;
+    var l = 0.0;
+    for (var i = lid; i < p.n; i += ${WG}u) {
+        let s = p.scale * x[base + i];
+        let m_new = max(m, s);
+        l = l * exp(m - m_new) + exp(s - m_new);
+        m = m_new;
+    }
+    let row_max = reduce_max(lid, m);
+    let inv = 1.0 / reduce_sum(lid, l * exp(m - row_max));
+    for (var i = lid; i < p.n; i += ${WG}u) {
+        y[base + i] = exp(p.scale * x[base + i] - row_max) * inv;
+    }
+}
+#endif

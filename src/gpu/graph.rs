@@ -212,12 +212,9 @@ impl Graph {
 
     /// Keeps `var` in a buffer of its own after the run, readable and usable by other graphs.
     pub fn output(&mut self, var: Var) -> Result<()> {
-        if matches!(self.values[var.0].storage, Storage::View { .. }) {
-            return Err(GpuError::Invalid(
-                "a reshaped view cannot be an output; mark the tensor it views".into(),
-            ));
-        }
-        let value = &mut self.values[var.0];
+        // Marking a view keeps the tensor it views.
+        let root = self.root(var);
+        let value = &mut self.values[root.0];
         match value.storage {
             Storage::Intermediate | Storage::Output => {
                 value.storage = Storage::Output;
@@ -723,8 +720,14 @@ impl Executable {
 
     /// The tensor behind an input or output of the graph (intermediates share memory and have none).
     pub fn tensor(&self, var: Var) -> Result<Tensor> {
+        let readable =
+            |storage: &Storage| matches!(storage, Storage::Output | Storage::External { .. });
         match self.values.get(var.0).map(|v| &v.storage) {
-            Some(Storage::Output | Storage::External { .. }) => self.tensors[var.0]
+            Some(Storage::View { base }) if readable(&self.values[base.0].storage) => self.tensors
+                [var.0]
+                .clone()
+                .ok_or_else(|| GpuError::Invalid("unbound var".into())),
+            Some(storage) if readable(storage) => self.tensors[var.0]
                 .clone()
                 .ok_or_else(|| GpuError::Invalid("unbound var".into())),
             _ => Err(GpuError::Invalid(

@@ -1,1 +1,407 @@
-//! Filled in by its kernel family's author.
+use crate::gpu::error::{Result, shape_error};
+use crate::gpu::graph::{Binding, Graph, OpSpec, Params, Var, grid};
+use crate::gpu::kernel::KernelKey;
+use crate::gpu::tensor::{DType, Shape};
+
+use super::Activation;
+
+/// Pixels x output channels per thread of the implicit-GEMM convolution.
+const TM: usize = 4;
+const TN: usize = 4;
+/// Output channels per thread of the transposed convolution.
+const TN_TRANSPOSED: usize = 4;
+
+/// Reorders a PyTorch convolution weight `[Cout, Cin, kh, kw]` (or `[Cout, Cin, k]`) into the
+/// engine's `[Cin, kh, kw, Cout]` layout, once at load.
+pub fn conv_weight_layout(
+    weight: &[f32],
+    cout: usize,
+    cin: usize,
+    kh: usize,
+    kw: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0; weight.len()];
+    for co in 0..cout {
+        for ci in 0..cin {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    out[((ci * kh + ky) * kw + kx) * cout + co] =
+                        weight[((co * cin + ci) * kh + ky) * kw + kx];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reorders a PyTorch `ConvTranspose1d` weight `[Cin, Cout, k]` into `[Cin, k, Cout]`.
+pub fn conv_transpose1d_weight_layout(
+    weight: &[f32],
+    cin: usize,
+    cout: usize,
+    k: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0; weight.len()];
+    for ci in 0..cin {
+        for co in 0..cout {
+            for j in 0..k {
+                out[(ci * k + j) * cout + co] = weight[(ci * cout + co) * k + j];
+            }
+        }
+    }
+    out
+}
+
+/// Which convolution kernel to dispatch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvKernel {
+    #[default]
+    Tiled,
+    TiledWith {
+        tm: usize,
+        tn: usize,
+    },
+    /// One thread per output; for benchmarks.
+    Naive,
+}
+
+/// Everything of a convolution but its tensors. Padding is given per side, so PyTorch's symmetric
+/// `padding=p` is `[p, p, p, p]` and diffusers' VAE down-sampler (`F.pad(x, (0, 1, 0, 1))` then a
+/// stride-2 convolution) is `[0, 1, 0, 1]` as `[top, bottom, left, right]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Conv2dOptions {
+    pub stride: [usize; 2],
+    pub padding: [usize; 4],
+    pub dilation: [usize; 2],
+    /// Applied to the output (after the bias, before the residual).
+    pub act: Activation,
+    /// Leaky ReLU slope applied to the inputs as they are read.
+    pub input_leaky_relu: Option<f32>,
+    pub kernel: ConvKernel,
+}
+
+impl Default for Conv2dOptions {
+    fn default() -> Self {
+        Self {
+            stride: [1, 1],
+            padding: [0; 4],
+            dilation: [1, 1],
+            act: Activation::None,
+            input_leaky_relu: None,
+            kernel: ConvKernel::Tiled,
+        }
+    }
+}
+
+impl Conv2dOptions {
+    /// PyTorch's `Conv2d(stride=s, padding=p)`.
+    pub fn same_padding(stride: usize, padding: usize) -> Self {
+        Self {
+            stride: [stride, stride],
+            padding: [padding; 4],
+            ..Self::default()
+        }
+    }
+}
+
+/// Options of a 1-D convolution (PyTorch `Conv1d` with symmetric padding).
+#[derive(Clone, Copy, Debug)]
+pub struct Conv1dOptions {
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+    pub act: Activation,
+    pub input_leaky_relu: Option<f32>,
+}
+
+impl Default for Conv1dOptions {
+    fn default() -> Self {
+        Self {
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+            act: Activation::None,
+            input_leaky_relu: None,
+        }
+    }
+}
+
+fn conv_out(size: usize, pad: usize, dilation: usize, k: usize, stride: usize) -> Option<usize> {
+    let span = dilation * (k - 1) + 1;
+    (size + pad).checked_sub(span).map(|room| room / stride + 1)
+}
+
+impl Graph {
+    /// `x [B, Cin, H, W]` convolved with `weight [Cin, kh, kw, Cout]` (see
+    /// [`conv_weight_layout`]), plus `bias [Cout]`, then `opts.act`, then `+ residual`.
+    pub fn conv2d(
+        &mut self,
+        x: Var,
+        weight: Var,
+        bias: Option<Var>,
+        residual: Option<Var>,
+        opts: Conv2dOptions,
+    ) -> Result<Var> {
+        let op = "conv2d";
+        self.expect_dtype(op, x, &[DType::F32])?;
+        self.expect_dtype(op, weight, &[DType::F32, DType::F16])?;
+        let (xs, ws) = (self.shape(x).clone(), self.shape(weight).clone());
+        let (&[b, cin, h, w], &[wcin, kh, kw, cout]) = (xs.dims(), ws.dims()) else {
+            return Err(shape_error(
+                op,
+                format!(
+                    "expects input [B, Cin, H, W] and weight [Cin, kh, kw, Cout], got {xs} and {ws}"
+                ),
+            ));
+        };
+        if wcin != cin || kh == 0 || kw == 0 || cout == 0 {
+            return Err(shape_error(
+                op,
+                format!("input {xs} does not match weight {ws}"),
+            ));
+        }
+        if opts.stride.contains(&0) || opts.dilation.contains(&0) {
+            return Err(shape_error(op, "stride and dilation must be at least 1"));
+        }
+        let [top, bottom, left, right] = opts.padding;
+        let (oh, ow) = match (
+            conv_out(h, top + bottom, opts.dilation[0], kh, opts.stride[0]),
+            conv_out(w, left + right, opts.dilation[1], kw, opts.stride[1]),
+        ) {
+            (Some(oh), Some(ow)) => (oh, ow),
+            _ => {
+                return Err(shape_error(
+                    op,
+                    format!("input {xs} is smaller than the kernel of weight {ws}"),
+                ));
+            }
+        };
+        let out = Shape(vec![b, cout, oh, ow]);
+        if let Some(bias) = bias {
+            self.expect_dtype(op, bias, &[DType::F32])?;
+            if self.shape(bias).numel() != cout {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "bias {} does not match {cout} output channels",
+                        self.shape(bias)
+                    ),
+                ));
+            }
+        }
+        if let Some(residual) = residual {
+            self.expect_dtype(op, residual, &[DType::F32])?;
+            if self.shape(residual) != &out {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "residual {} does not match output {out}",
+                        self.shape(residual)
+                    ),
+                ));
+            }
+        }
+        let pixels = b * oh * ow;
+        let (entry, tm, tn) = match opts.kernel {
+            ConvKernel::Tiled => ("conv2d", TM, TN),
+            ConvKernel::TiledWith { tm, tn } => ("conv2d", tm, tn),
+            ConvKernel::Naive => ("conv2d_naive", 1, 1),
+        };
+        let groups_y = pixels.div_ceil(8 * tm);
+        let workgroups = [
+            cout.div_ceil(8 * tn) as u32,
+            groups_y.min(65535) as u32,
+            groups_y.div_ceil(65535) as u32,
+        ];
+        let mut key = KernelKey::new("conv.wgsl", entry, 4, 1)
+            .define("TM", tm)
+            .define("TN", tn);
+        if self.dtype(weight) == DType::F16 {
+            key = key.define("W_F16", 1);
+        }
+        if bias.is_some() {
+            key = key.define("BIAS", 1);
+        }
+        if residual.is_some() {
+            key = key.define("RESIDUAL", 1);
+        }
+        if opts.input_leaky_relu.is_some() {
+            key = key.define("IN_LEAKY_RELU", 1);
+        }
+        let key = opts.act.specialise(key);
+        let params = Params::default()
+            .u(b)
+            .u(cin)
+            .u(h)
+            .u(w)
+            .u(cout)
+            .u(oh)
+            .u(ow)
+            .u(kh)
+            .u(kw)
+            .u(opts.stride[0])
+            .u(opts.stride[1])
+            .u(top)
+            .u(left)
+            .u(opts.dilation[0])
+            .u(opts.dilation[1])
+            .f(opts.act.slope())
+            .f(opts.input_leaky_relu.unwrap_or(0.0));
+        self.push(OpSpec {
+            label: op.to_string(),
+            key,
+            inputs: vec![
+                Some(Binding::from(x)),
+                Some(Binding::from(weight)),
+                bias.map(Binding::from),
+                residual.map(Binding::from),
+            ],
+            out_shape: out,
+            out_dtype: DType::F32,
+            params,
+            workgroups,
+        })
+    }
+
+    /// `x [B, Cin, L]` convolved with `weight [Cin, 1, k, Cout]` (see [`conv_weight_layout`]):
+    /// PyTorch `Conv1d`, run as a height-1 [`Graph::conv2d`].
+    pub fn conv1d(
+        &mut self,
+        x: Var,
+        weight: Var,
+        bias: Option<Var>,
+        residual: Option<Var>,
+        opts: Conv1dOptions,
+    ) -> Result<Var> {
+        let xs = self.shape(x).clone();
+        let &[b, cin, l] = xs.dims() else {
+            return Err(shape_error(
+                "conv1d",
+                format!("expects input [B, Cin, L], got {xs}"),
+            ));
+        };
+        let x4 = self.reshape(x, [b, cin, 1, l])?;
+        let residual4 = match residual {
+            Some(r) => {
+                let dims = self.dims(r).to_vec();
+                match dims.as_slice() {
+                    &[rb, rc, rl] => Some(self.reshape(r, [rb, rc, 1, rl])?),
+                    _ => {
+                        return Err(shape_error(
+                            "conv1d",
+                            format!("residual {dims:?} is not [B, C, L]"),
+                        ));
+                    }
+                }
+            }
+            None => None,
+        };
+        let y = self.conv2d(
+            x4,
+            weight,
+            bias,
+            residual4,
+            Conv2dOptions {
+                stride: [1, opts.stride],
+                padding: [0, 0, opts.padding, opts.padding],
+                dilation: [1, opts.dilation],
+                act: opts.act,
+                input_leaky_relu: opts.input_leaky_relu,
+                kernel: ConvKernel::Tiled,
+            },
+        )?;
+        let &[_, cout, _, lout] = self.dims(y) else {
+            unreachable!("conv2d returns rank 4")
+        };
+        self.reshape(y, [b, cout, lout])
+    }
+
+    /// PyTorch `ConvTranspose1d(stride, padding, output_padding)` on `x [B, Cin, L]` with
+    /// `weight [Cin, k, Cout]` (see [`conv_transpose1d_weight_layout`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv_transpose1d(
+        &mut self,
+        x: Var,
+        weight: Var,
+        bias: Option<Var>,
+        stride: usize,
+        padding: usize,
+        output_padding: usize,
+        act: Activation,
+        input_leaky_relu: Option<f32>,
+    ) -> Result<Var> {
+        let op = "conv_transpose1d";
+        self.expect_dtype(op, x, &[DType::F32])?;
+        self.expect_dtype(op, weight, &[DType::F32, DType::F16])?;
+        let (xs, ws) = (self.shape(x).clone(), self.shape(weight).clone());
+        let (&[b, cin, lin], &[wcin, k, cout]) = (xs.dims(), ws.dims()) else {
+            return Err(shape_error(
+                op,
+                format!("expects input [B, Cin, L] and weight [Cin, k, Cout], got {xs} and {ws}"),
+            ));
+        };
+        if wcin != cin || stride == 0 || k == 0 || cout == 0 {
+            return Err(shape_error(
+                op,
+                format!("input {xs} does not match weight {ws} (stride {stride})"),
+            ));
+        }
+        let lout = ((lin - 1) * stride + k + output_padding)
+            .checked_sub(2 * padding)
+            .filter(|&l| l > 0)
+            .ok_or_else(|| {
+                shape_error(
+                    op,
+                    format!("padding {padding} leaves no output for input {xs}"),
+                )
+            })?;
+        if let Some(bias) = bias {
+            if self.shape(bias).numel() != cout {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "bias {} does not match {cout} output channels",
+                        self.shape(bias)
+                    ),
+                ));
+            }
+        }
+        let threads = b * cout.div_ceil(TN_TRANSPOSED) * lout;
+        let mut key = KernelKey::new("conv_transpose1d.wgsl", "conv_transpose1d", 3, 1)
+            .define("TN", TN_TRANSPOSED);
+        if self.dtype(weight) == DType::F16 {
+            key = key.define("W_F16", 1);
+        }
+        if bias.is_some() {
+            key = key.define("BIAS", 1);
+        }
+        if input_leaky_relu.is_some() {
+            key = key.define("IN_LEAKY_RELU", 1);
+        }
+        let key = act.specialise(key);
+        let params = Params::default()
+            .u(b)
+            .u(cin)
+            .u(lin)
+            .u(cout)
+            .u(lout)
+            .u(k)
+            .u(stride)
+            .u(padding)
+            .f(act.slope())
+            .f(input_leaky_relu.unwrap_or(0.0));
+        self.push(OpSpec {
+            label: op.to_string(),
+            key,
+            inputs: vec![
+                Some(Binding::from(x)),
+                Some(Binding::from(weight)),
+                bias.map(Binding::from),
+            ],
+            out_shape: Shape(vec![b, cout, lout]),
+            out_dtype: DType::F32,
+            params,
+            workgroups: grid(threads.div_ceil(64)),
+        })
+    }
+}

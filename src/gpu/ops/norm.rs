@@ -1,1 +1,218 @@
-//! Filled in by its kernel family's author.
+//! Normalisations: GroupNorm (optionally fused with SiLU), LayerNorm, L2 normalisation and softmax.
+//! Each runs one workgroup per normalised set (a group of one batch item, or a row) over
+//! `shaders/norm.wgsl`; statistics use Welford's algorithm merged across the workgroup.
+
+use crate::gpu::error::{Result, shape_error};
+use crate::gpu::graph::{Binding, Graph, OpSpec, Params, Var, grid};
+use crate::gpu::kernel::KernelKey;
+use crate::gpu::tensor::{DType, Shape};
+
+/// Threads per workgroup for GroupNorm, whose sets are long (up to ~10^5 elements).
+const GROUP_WG: usize = 256;
+
+/// Threads per workgroup for a row op: 64 for rows up to 2048 elements, else 256.
+fn row_wg(n: usize) -> usize {
+    if n <= 2048 { 64 } else { 256 }
+}
+
+/// The uniform block of `shaders/norm.wgsl`, in the order of its `Params` struct.
+struct NormParams {
+    n: usize,
+    sets: usize,
+    spatial: usize,
+    groups: usize,
+    cpg: usize,
+    eps: f32,
+    scale: f32,
+}
+
+impl NormParams {
+    fn rows(n: usize, sets: usize, eps: f32, scale: f32) -> Self {
+        Self {
+            n,
+            sets,
+            spatial: 1,
+            groups: 1,
+            cpg: 1,
+            eps,
+            scale,
+        }
+    }
+
+    fn params(&self) -> Params {
+        Params::default()
+            .u(self.n)
+            .u(self.sets)
+            .u(self.spatial)
+            .u(self.groups)
+            .u(self.cpg)
+            .f(self.eps)
+            .f(self.scale)
+    }
+}
+
+impl Graph {
+    /// PyTorch `GroupNorm(groups, C, eps)` over `x [B, C, ...]` (biased variance), with the
+    /// per-channel affine `gamma [C]`, `beta [C]` when given, then SiLU when `silu` (the
+    /// `norm -> silu` of a diffusers ResnetBlock, fused).
+    pub fn group_norm(
+        &mut self,
+        x: Var,
+        groups: usize,
+        gamma: Option<Var>,
+        beta: Option<Var>,
+        eps: f32,
+        silu: bool,
+    ) -> Result<Var> {
+        let op = "group_norm";
+        self.expect_dtype(op, x, &[DType::F32])?;
+        let xs = self.shape(x).clone();
+        let (batch, channels, spatial) = match xs.dims() {
+            [b, c, rest @ ..] => (*b, *c, rest.iter().product::<usize>()),
+            _ => {
+                return Err(shape_error(
+                    op,
+                    format!("input {xs} must be [B, C, ...] (rank >= 2)"),
+                ));
+            }
+        };
+        if xs.numel() == 0 {
+            return Err(shape_error(op, format!("input {xs} is empty")));
+        }
+        if groups == 0 || channels % groups != 0 {
+            return Err(shape_error(
+                op,
+                format!("{channels} channels of input {xs} do not split into {groups} groups"),
+            ));
+        }
+        for (name, affine) in [("gamma", gamma), ("beta", beta)] {
+            if let Some(v) = affine {
+                self.expect_dtype(op, v, &[DType::F32])?;
+                let vs = self.shape(v);
+                if vs.numel() != channels {
+                    return Err(shape_error(
+                        op,
+                        format!("{name} {vs} does not match the {channels} channels of input {xs}"),
+                    ));
+                }
+            }
+        }
+        let sets = batch * groups;
+        let cpg = channels / groups;
+        let mut key = KernelKey::new("norm.wgsl", "group_norm", 3, 1)
+            .define("GROUP_NORM", 1)
+            .define("WG", GROUP_WG);
+        if gamma.is_some() {
+            key = key.define("GAMMA", 1);
+        }
+        if beta.is_some() {
+            key = key.define("BETA", 1);
+        }
+        if silu {
+            key = key.define("ACT_SILU", 1);
+        }
+        let params = NormParams {
+            n: cpg * spatial,
+            sets,
+            spatial,
+            groups,
+            cpg,
+            eps,
+            scale: 1.0,
+        }
+        .params();
+        self.push(OpSpec {
+            label: op.to_string(),
+            key,
+            inputs: vec![
+                Some(Binding::from(x)),
+                gamma.map(Binding::from),
+                beta.map(Binding::from),
+            ],
+            out_shape: xs,
+            out_dtype: DType::F32,
+            params,
+            workgroups: grid(sets),
+        })
+    }
+
+    /// PyTorch `LayerNorm(D, eps)` over the last dim of `x [..., D]`, with `gamma [D]`, `beta [D]`.
+    pub fn layer_norm(&mut self, x: Var, gamma: Var, beta: Var, eps: f32) -> Result<Var> {
+        let op = "layer_norm";
+        let (xs, d, rows) = self.rows_of(op, x)?;
+        for (name, v) in [("gamma", gamma), ("beta", beta)] {
+            self.expect_dtype(op, v, &[DType::F32])?;
+            let vs = self.shape(v);
+            if vs.numel() != d {
+                return Err(shape_error(
+                    op,
+                    format!("{name} {vs} does not match the last dim ({d}) of input {xs}"),
+                ));
+            }
+        }
+        let wg = row_wg(d);
+        let key = KernelKey::new("norm.wgsl", "layer_norm", 3, 1)
+            .define("LAYER_NORM", 1)
+            .define("WG", wg);
+        self.push(OpSpec {
+            label: op.to_string(),
+            key,
+            inputs: vec![
+                Some(Binding::from(x)),
+                Some(Binding::from(gamma)),
+                Some(Binding::from(beta)),
+            ],
+            out_shape: xs,
+            out_dtype: DType::F32,
+            params: NormParams::rows(d, rows, eps, 1.0).params(),
+            workgroups: grid(rows),
+        })
+    }
+
+    /// `torch.nn.functional.normalize(x, dim=-1)`: `x / max(||x||_2, eps)` per row.
+    pub fn l2_normalize(&mut self, x: Var, eps: f32) -> Result<Var> {
+        self.row_op("l2_normalize", "L2_NORMALIZE", x, eps, 1.0)
+    }
+
+    /// `softmax(scale * x)` over the last dim, max-subtracted.
+    pub fn softmax(&mut self, x: Var, scale: f32) -> Result<Var> {
+        self.row_op("softmax", "SOFTMAX", x, 0.0, scale)
+    }
+
+    fn row_op(
+        &mut self,
+        op: &'static str,
+        define: &'static str,
+        x: Var,
+        eps: f32,
+        scale: f32,
+    ) -> Result<Var> {
+        let (xs, d, rows) = self.rows_of(op, x)?;
+        let key = KernelKey::new("norm.wgsl", op, 1, 1)
+            .define(define, 1)
+            .define("WG", row_wg(d));
+        self.push(OpSpec {
+            label: op.to_string(),
+            key,
+            inputs: vec![Some(Binding::from(x))],
+            out_shape: xs,
+            out_dtype: DType::F32,
+            params: NormParams::rows(d, rows, eps, scale).params(),
+            workgroups: grid(rows),
+        })
+    }
+
+    /// The shape, last dim and row count of a non-empty f32 input of rank >= 1.
+    fn rows_of(&self, op: &str, x: Var) -> Result<(Shape, usize, usize)> {
+        self.expect_dtype(op, x, &[DType::F32])?;
+        let xs = self.shape(x).clone();
+        let Some(&d) = xs.dims().last() else {
+            return Err(shape_error(op, format!("input {xs} is a scalar")));
+        };
+        if xs.numel() == 0 {
+            return Err(shape_error(op, format!("input {xs} is empty")));
+        }
+        let rows = xs.numel() / d;
+        Ok((xs, d, rows))
+    }
+}

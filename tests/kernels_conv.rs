@@ -1,0 +1,436 @@
+//! conv2d (implicit GEMM), conv1d and transposed conv1d against an f64 CPU reference that takes
+//! PyTorch's weight layouts, so the load-time re-layout is tested too.
+
+mod common;
+
+use audioldm::gpu::ops::conv::{
+    Conv1dOptions, Conv2dOptions, ConvKernel, conv_transpose1d_weight_layout, conv_weight_layout,
+};
+use audioldm::gpu::{Activation, DType, Graph, Tensor};
+use common::*;
+
+struct Conv {
+    b: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    stride: [usize; 2],
+    pad: [usize; 4],
+    dil: [usize; 2],
+}
+
+fn leaky(x: f64, slope: Option<f32>) -> f64 {
+    match slope {
+        Some(s) if x < 0.0 => x * s as f64,
+        _ => x,
+    }
+}
+
+/// PyTorch conv2d with weight [Cout, Cin, kh, kw], per-side zero padding, in f64.
+fn conv2d_ref(
+    c: &Conv,
+    x: &[f32],
+    wt: &[f32],
+    bias: &[f32],
+    in_slope: Option<f32>,
+) -> (Vec<f64>, usize, usize) {
+    let oh = (c.h + c.pad[0] + c.pad[1] - c.dil[0] * (c.kh - 1) - 1) / c.stride[0] + 1;
+    let ow = (c.w + c.pad[2] + c.pad[3] - c.dil[1] * (c.kw - 1) - 1) / c.stride[1] + 1;
+    let mut out = vec![0.0; c.b * c.cout * oh * ow];
+    for b in 0..c.b {
+        for co in 0..c.cout {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias[co] as f64;
+                    for ci in 0..c.cin {
+                        for ky in 0..c.kh {
+                            for kx in 0..c.kw {
+                                let iy =
+                                    (oy * c.stride[0] + ky * c.dil[0]) as isize - c.pad[0] as isize;
+                                let ix =
+                                    (ox * c.stride[1] + kx * c.dil[1]) as isize - c.pad[2] as isize;
+                                if iy < 0 || ix < 0 || iy >= c.h as isize || ix >= c.w as isize {
+                                    continue;
+                                }
+                                let xv = x
+                                    [((b * c.cin + ci) * c.h + iy as usize) * c.w + ix as usize]
+                                    as f64;
+                                let wv = wt[((co * c.cin + ci) * c.kh + ky) * c.kw + kx] as f64;
+                                acc += leaky(xv, in_slope) * wv;
+                            }
+                        }
+                    }
+                    out[((b * c.cout + co) * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+    }
+    (out, oh, ow)
+}
+
+fn run_conv2d(
+    c: &Conv,
+    seed: u64,
+    dtype: DType,
+    kernel: ConvKernel,
+    act: Activation,
+    with_residual: bool,
+) {
+    let x = random(seed, c.b * c.cin * c.h * c.w);
+    let wt = random(seed + 1, c.cout * c.cin * c.kh * c.kw);
+    let bias = random(seed + 2, c.cout);
+    let (want, oh, ow) = conv2d_ref(c, &x, &wt, &bias, None);
+    let residual = random(seed + 3, want.len());
+    let mut g = Graph::new(ctx());
+    let vx = input(&mut g, &[c.b, c.cin, c.h, c.w], &x);
+    let laid = conv_weight_layout(&wt, c.cout, c.cin, c.kh, c.kw);
+    let wten = Tensor::from_f32(ctx(), [c.cin, c.kh, c.kw, c.cout], dtype, &laid).unwrap();
+    let vw = g.weight(&wten);
+    let vb = input(&mut g, &[c.cout], &bias);
+    let vr = with_residual.then(|| input(&mut g, &[c.b, c.cout, oh, ow], &residual));
+    let opts = Conv2dOptions {
+        stride: c.stride,
+        padding: c.pad,
+        dilation: c.dil,
+        act,
+        input_leaky_relu: None,
+        kernel,
+    };
+    let out = g.conv2d(vx, vw, Some(vb), vr, opts).unwrap();
+    assert_eq!(g.dims(out), &[c.b, c.cout, oh, ow]);
+    let got = run(g, out);
+    let act_ref = |v: f64| match act {
+        Activation::Silu => v / (1.0 + (-v).exp()),
+        Activation::None => v,
+        other => panic!("untested {other:?}"),
+    };
+    let want: Vec<f64> = want
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            act_ref(v)
+                + if with_residual {
+                    residual[i] as f64
+                } else {
+                    0.0
+                }
+        })
+        .collect();
+    let tol = if dtype == DType::F16 { 1e-2 } else { 1e-5 };
+    assert_close(
+        &format!(
+            "conv2d {kernel:?} {dtype:?} {act:?} b{} {}x{}x{} -> {} k{}x{} s{:?} p{:?} d{:?}",
+            c.b, c.cin, c.h, c.w, c.cout, c.kh, c.kw, c.stride, c.pad, c.dil
+        ),
+        &got,
+        &want,
+        tol,
+    );
+}
+
+#[test]
+fn conv2d_matches_reference() {
+    let cases = [
+        // 3x3 stride 1 padding 1, odd everything.
+        Conv {
+            b: 1,
+            cin: 3,
+            h: 7,
+            w: 5,
+            cout: 5,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pad: [1; 4],
+            dil: [1, 1],
+        },
+        // The UNet's down-sampler: 3x3 stride 2 padding 1, odd input (63 -> 32 like the latents).
+        Conv {
+            b: 2,
+            cin: 6,
+            h: 63,
+            w: 4,
+            cout: 7,
+            kh: 3,
+            kw: 3,
+            stride: [2, 2],
+            pad: [1; 4],
+            dil: [1, 1],
+        },
+        // The VAE encoder's down-sampler: pad right/bottom only, stride 2.
+        Conv {
+            b: 1,
+            cin: 4,
+            h: 9,
+            w: 8,
+            cout: 6,
+            kh: 3,
+            kw: 3,
+            stride: [2, 2],
+            pad: [0, 1, 0, 1],
+            dil: [1, 1],
+        },
+        // 1x1 (shortcuts, proj_in/out).
+        Conv {
+            b: 2,
+            cin: 13,
+            h: 5,
+            w: 3,
+            cout: 17,
+            kh: 1,
+            kw: 1,
+            stride: [1, 1],
+            pad: [0; 4],
+            dil: [1, 1],
+        },
+        // Size-1 edges.
+        Conv {
+            b: 1,
+            cin: 1,
+            h: 1,
+            w: 1,
+            cout: 1,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pad: [1; 4],
+            dil: [1, 1],
+        },
+        // A real UNet level, narrowed: 64 channels at 25 x 16.
+        Conv {
+            b: 2,
+            cin: 64,
+            h: 25,
+            w: 16,
+            cout: 64,
+            kh: 3,
+            kw: 3,
+            stride: [1, 1],
+            pad: [1; 4],
+            dil: [1, 1],
+        },
+    ];
+    for (i, c) in cases.iter().enumerate() {
+        for kernel in [
+            ConvKernel::Tiled,
+            ConvKernel::TiledWith { tm: 8, tn: 4 },
+            ConvKernel::Naive,
+        ] {
+            run_conv2d(
+                c,
+                10 * i as u64,
+                DType::F32,
+                kernel,
+                Activation::None,
+                false,
+            );
+        }
+        run_conv2d(
+            c,
+            10 * i as u64,
+            DType::F32,
+            ConvKernel::Tiled,
+            Activation::Silu,
+            true,
+        );
+        run_conv2d(
+            c,
+            10 * i as u64,
+            DType::F16,
+            ConvKernel::Tiled,
+            Activation::None,
+            true,
+        );
+    }
+}
+
+/// HiFi-GAN's residual convolutions: leaky ReLU on the input, dilation, symmetric padding.
+#[test]
+fn conv1d_with_dilation_and_input_activation() {
+    for (seed, &(b, cin, l, cout, k, dil, pad)) in [
+        (1, 4, 37, 6, 3, 1, 1),
+        (2, 5, 50, 3, 7, 3, 9),
+        (1, 8, 101, 8, 11, 5, 25),
+        (1, 3, 1, 2, 1, 1, 0),
+        (1, 7, 64, 1, 7, 1, 3),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = seed as u64 * 7;
+        let x = random(seed, b * cin * l);
+        let wt = random(seed + 1, cout * cin * k);
+        let bias = random(seed + 2, cout);
+        let c = Conv {
+            b,
+            cin,
+            h: 1,
+            w: l,
+            cout,
+            kh: 1,
+            kw: k,
+            stride: [1, 1],
+            pad: [0, 0, pad, pad],
+            dil: [1, dil],
+        };
+        let (want, _, lout) = conv2d_ref(&c, &x, &wt, &bias, Some(0.1));
+        let residual = random(seed + 3, want.len());
+        let mut g = Graph::new(ctx());
+        let vx = input(&mut g, &[b, cin, l], &x);
+        let wten = Tensor::from_f32(
+            ctx(),
+            [cin, 1, k, cout],
+            DType::F32,
+            &conv_weight_layout(&wt, cout, cin, 1, k),
+        )
+        .unwrap();
+        let vw = g.weight(&wten);
+        let vb = input(&mut g, &[cout], &bias);
+        let vr = input(&mut g, &[b, cout, lout], &residual);
+        let opts = Conv1dOptions {
+            padding: pad,
+            dilation: dil,
+            input_leaky_relu: Some(0.1),
+            ..Default::default()
+        };
+        let out = g.conv1d(vx, vw, Some(vb), Some(vr), opts).unwrap();
+        assert_eq!(g.dims(out), &[b, cout, lout]);
+        let got = run(g, out);
+        let want: Vec<f64> = want
+            .iter()
+            .zip(&residual)
+            .map(|(&v, &r)| v + r as f64)
+            .collect();
+        assert_close(
+            &format!("conv1d b{b} {cin}x{l} -> {cout} k{k} d{dil} p{pad}"),
+            &got,
+            &want,
+            1e-5,
+        );
+    }
+}
+
+/// PyTorch ConvTranspose1d with weight [Cin, Cout, k], in f64.
+#[allow(clippy::too_many_arguments)]
+fn conv_transpose1d_ref(
+    x: &[f32],
+    wt: &[f32],
+    bias: &[f32],
+    b: usize,
+    cin: usize,
+    lin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    out_pad: usize,
+    slope: f32,
+) -> Vec<f64> {
+    let lout = (lin - 1) * stride + k + out_pad - 2 * pad;
+    let mut full = vec![0.0f64; b * cout * (lout + 2 * pad + k)];
+    let width = lout + 2 * pad + k;
+    for bi in 0..b {
+        for ci in 0..cin {
+            for s in 0..lin {
+                let xv = leaky(x[(bi * cin + ci) * lin + s] as f64, Some(slope));
+                for co in 0..cout {
+                    for j in 0..k {
+                        full[(bi * cout + co) * width + s * stride + j] +=
+                            xv * wt[(ci * cout + co) * k + j] as f64;
+                    }
+                }
+            }
+        }
+    }
+    let mut out = vec![0.0; b * cout * lout];
+    for bi in 0..b {
+        for co in 0..cout {
+            for t in 0..lout {
+                out[(bi * cout + co) * lout + t] =
+                    full[(bi * cout + co) * width + t + pad] + bias[co] as f64;
+            }
+        }
+    }
+    out
+}
+
+/// HiFi-GAN's up-samplers: kernel 2u, stride u, padding u/2 (AudioLDM: u = 5, 4, 2, 2, 2 with
+/// kernels 16, 16, 8, 4, 4), plus odd cases.
+#[test]
+fn conv_transpose1d_matches_reference() {
+    let cases = [
+        (1, 6, 11, 3, 16, 5, 5, 0),
+        (2, 5, 9, 7, 16, 4, 6, 0),
+        (1, 4, 13, 4, 8, 2, 3, 0),
+        (1, 3, 17, 5, 4, 2, 1, 0),
+        (1, 2, 5, 3, 3, 3, 0, 2),
+        (1, 1, 1, 1, 1, 1, 0, 0),
+    ];
+    for (seed, &(b, cin, lin, cout, k, stride, pad, out_pad)) in cases.iter().enumerate() {
+        for dtype in [DType::F32, DType::F16] {
+            let seed = seed as u64 * 5;
+            let x = random(seed, b * cin * lin);
+            let wt = random(seed + 1, cin * cout * k);
+            let bias = random(seed + 2, cout);
+            let mut g = Graph::new(ctx());
+            let vx = input(&mut g, &[b, cin, lin], &x);
+            let laid = conv_transpose1d_weight_layout(&wt, cin, cout, k);
+            let wten = Tensor::from_f32(ctx(), [cin, k, cout], dtype, &laid).unwrap();
+            let vw = g.weight(&wten);
+            let vb = input(&mut g, &[cout], &bias);
+            let out = g
+                .conv_transpose1d(
+                    vx,
+                    vw,
+                    Some(vb),
+                    stride,
+                    pad,
+                    out_pad,
+                    Activation::None,
+                    Some(0.1),
+                )
+                .unwrap();
+            let got = run(g, out);
+            let w_used = if dtype == DType::F16 {
+                f16_round(&wt)
+            } else {
+                wt.clone()
+            };
+            let want = conv_transpose1d_ref(
+                &x, &w_used, &bias, b, cin, lin, cout, k, stride, pad, out_pad, 0.1,
+            );
+            assert_close(
+                &format!(
+                    "conv_transpose1d {dtype:?} b{b} {cin}x{lin} -> {cout} k{k} s{stride} p{pad} op{out_pad}"
+                ),
+                &got,
+                &want,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn conv_shape_errors_name_the_op_and_shapes() {
+    let mut g = Graph::new(ctx());
+    let x = input(&mut g, &[1, 3, 8, 8], &random(1, 192));
+    let w = input(&mut g, &[4, 3, 3, 5], &random(2, 180));
+    let err = g
+        .conv2d(x, w, None, None, Conv2dOptions::same_padding(1, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("conv2d") && err.contains("[1, 3, 8, 8]") && err.contains("[4, 3, 3, 5]"),
+        "{err}"
+    );
+    let tiny = input(&mut g, &[1, 4, 2, 2], &random(3, 16));
+    let err = g
+        .conv2d(tiny, w, None, None, Conv2dOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("smaller than the kernel"), "{err}");
+}
