@@ -64,7 +64,9 @@ fn store(pixel: u32, co: u32, acc: f32) {
 fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let pixels = p.batch * p.oh * p.ow;
     let pix0 = ((wg.y + wg.z * 65535u) * 8u + lid.y) * ${TM}u;
-    let co0 = (wg.x * 8u + lid.x) * ${TN}u;
+    // Output channels are interleaved across the 8 threads of a row (channel = co0 + 8 j), so
+    // that neighbouring threads (SIMD lanes on a CPU adapter) read neighbouring weights.
+    let co0 = wg.x * 8u * ${TN}u + lid.x;
     if (pix0 >= pixels || co0 >= p.cout) {
         return;
     }
@@ -82,7 +84,7 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     }
     var col: array<u32, ${TN}>;
     for (var j = 0u; j < ${TN}u; j++) {
-        col[j] = min(co0 + j, p.cout - 1u);
+        col[j] = min(co0 + 8u * j, p.cout - 1u);
     }
     var acc: array<array<f32, ${TN}>, ${TM}>;
     var k = 0u;
@@ -112,8 +114,8 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     }
     for (var i = 0u; i < ${TM}u; i++) {
         for (var j = 0u; j < ${TN}u; j++) {
-            if (pix0 + i < pixels && co0 + j < p.cout) {
-                store(pix0 + i, co0 + j, acc[i][j]);
+            if (pix0 + i < pixels && co0 + 8u * j < p.cout) {
+                store(pix0 + i, co0 + 8u * j, acc[i][j]);
             }
         }
     }

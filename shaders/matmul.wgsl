@@ -53,7 +53,9 @@ fn epilogue(batch: u32, row: u32, col: u32, acc: f32) {
 fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let batch = wg.z;
     let row0 = (wg.y * 8u + lid.y) * ${TM}u;
-    let col0 = (wg.x * 8u + lid.x) * ${TN}u;
+    // Columns are interleaved across the 8 threads of a row (column = col0 + 8 j), so that
+    // neighbouring threads, which a CPU adapter runs as SIMD lanes, read neighbouring addresses.
+    let col0 = wg.x * 8u * ${TN}u + lid.x;
     if (row0 >= p.m || col0 >= p.n) {
         return;
     }
@@ -64,7 +66,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     }
     var b_at: array<u32, ${TN}>;
     for (var j = 0u; j < ${TN}u; j++) {
-        b_at[j] = p.b_off + batch * p.b_sb + min(col0 + j, p.n - 1u) * p.b_sn;
+        b_at[j] = p.b_off + batch * p.b_sb + min(col0 + 8u * j, p.n - 1u) * p.b_sn;
     }
     var acc: array<array<f32, ${TN}>, ${TM}>;
     for (var k = 0u; k < p.k; k++) {
@@ -84,8 +86,8 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     }
     for (var i = 0u; i < ${TM}u; i++) {
         for (var j = 0u; j < ${TN}u; j++) {
-            if (row0 + i < p.m && col0 + j < p.n) {
-                epilogue(batch, row0 + i, col0 + j, acc[i][j]);
+            if (row0 + i < p.m && col0 + 8u * j < p.n) {
+                epilogue(batch, row0 + i, col0 + 8u * j, acc[i][j]);
             }
         }
     }

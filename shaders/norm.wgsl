@@ -50,22 +50,25 @@ fn group_norm(
     @builtin(num_workgroups) ngroups: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let set = set_index(wg, ngroups);
-    if (set >= p.sets) {
+    let gset = set_index(wg, ngroups);
+    if (gset >= p.sets) {
         return;
     }
-    let base = set * p.n;
+    let base = gset * p.n;
+    // Statistics of x - shift, shift = the set's first element: the differences are exact for
+    // values near the shift, so the mean keeps full precision however far from zero it lies.
+    let shift = x[base];
     var w = Welford(0.0, 0.0, 0.0);
     for (var i = lid; i < p.n; i += ${WG}u) {
-        w = welford_push(w, x[base + i]);
+        w = welford_push(w, x[base + i] - shift);
     }
     let stats = reduce_welford(lid, w);
     let mean = stats.mean;
     let rstd = inverseSqrt(stats.m2 / stats.n + p.eps);
     // Channel of element i of this set: (set % G) * (C/G) + i / S.
-    let c0 = (set % p.groups) * p.cpg;
+    let c0 = (gset % p.groups) * p.cpg;
     for (var i = lid; i < p.n; i += ${WG}u) {
-        var v = (x[base + i] - mean) * rstd;
+        var v = ((x[base + i] - shift) - mean) * rstd;
         let c = c0 + i / p.spatial;
 #if GAMMA
         v = v * gamma[c];
@@ -94,15 +97,18 @@ fn layer_norm(
         return;
     }
     let base = row * p.n;
+    // Statistics of x - shift, shift = the set's first element: the differences are exact for
+    // values near the shift, so the mean keeps full precision however far from zero it lies.
+    let shift = x[base];
     var w = Welford(0.0, 0.0, 0.0);
     for (var i = lid; i < p.n; i += ${WG}u) {
-        w = welford_push(w, x[base + i]);
+        w = welford_push(w, x[base + i] - shift);
     }
     let stats = reduce_welford(lid, w);
     let mean = stats.mean;
     let rstd = inverseSqrt(stats.m2 / stats.n + p.eps);
     for (var i = lid; i < p.n; i += ${WG}u) {
-        y[base + i] = fma((x[base + i] - mean) * rstd, gamma[i], beta[i]);
+        y[base + i] = fma(((x[base + i] - shift) - mean) * rstd, gamma[i], beta[i]);
     }
 }
 #endif

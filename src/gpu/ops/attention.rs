@@ -1,1 +1,218 @@
-//! Filled in by its kernel family's author.
+//! Fused multi-head attention `softmax(scale * Q K^T) V` with an online softmax over the keys
+//! (`shaders/attention.wgsl`): the score matrix is never materialised.
+
+use crate::gpu::error::{Result, shape_error};
+use crate::gpu::graph::{Binding, Graph, OpSpec, Params, Var};
+use crate::gpu::kernel::KernelKey;
+use crate::gpu::tensor::{DType, Shape};
+
+/// Query rows per workgroup (one invocation each).
+const WG: usize = 64;
+/// Keys per block of the online softmax: scores held in registers at once.
+const KB: usize = 8;
+/// The largest head dim: each invocation keeps a query and an accumulator of this many floats.
+pub const MAX_HEAD_DIM: usize = 512;
+
+/// A strided view of per-head rows: element (b, t, h, i) at `offset + b*sb + t*st + h*sh + i`
+/// (elements of one head's row are contiguous).
+#[derive(Clone, Copy, Debug)]
+pub struct HeadView {
+    pub var: Var,
+    pub offset: usize,
+    /// Batch stride.
+    pub sb: usize,
+    /// Token (row) stride.
+    pub st: usize,
+    /// Head stride.
+    pub sh: usize,
+}
+
+impl HeadView {
+    /// `[B, T, H*D]` with heads interleaved as PyTorch's `view(B, T, H, D)`.
+    pub fn interleaved(var: Var, tokens: usize, heads: usize, head_dim: usize) -> Self {
+        Self {
+            var,
+            offset: 0,
+            sb: tokens * heads * head_dim,
+            st: heads * head_dim,
+            sh: head_dim,
+        }
+    }
+}
+
+/// The general form of [`Graph::attention`]: Q, K and V as strided views (e.g. columns of one
+/// fused QKV projection, or `[B, H, T, D]` tensors). The output is `[batch, tq, heads * dv]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Attention {
+    pub q: HeadView,
+    pub k: HeadView,
+    pub v: HeadView,
+    pub batch: usize,
+    pub heads: usize,
+    pub tq: usize,
+    pub tk: usize,
+    /// Head dim of Q and K.
+    pub d: usize,
+    /// Head dim of V (and of the output).
+    pub dv: usize,
+    pub scale: f32,
+}
+
+/// Private array size for a head dim: the next power of two, at least 16.
+fn padded(dim: usize) -> usize {
+    dim.next_power_of_two().max(16)
+}
+
+impl Graph {
+    /// Multi-head attention without a mask: `q [B, Tq, H*D]`, `k [B, Tk, H*D]`,
+    /// `v [B, Tk, H*Dv]` give `[B, Tq, H*Dv]`, per head `softmax(scale * Q K^T) V`, heads
+    /// interleaved as PyTorch's `view(B, T, H, D)`.
+    pub fn attention(&mut self, q: Var, k: Var, v: Var, heads: usize, scale: f32) -> Result<Var> {
+        let op = "attention";
+        for var in [q, k, v] {
+            self.expect_dtype(op, var, &[DType::F32])?;
+        }
+        let (qs, ks, vs) = (
+            self.shape(q).clone(),
+            self.shape(k).clone(),
+            self.shape(v).clone(),
+        );
+        let bad = |why: &str| {
+            shape_error(
+                op,
+                format!("q {qs}, k {ks}, v {vs} with {heads} heads: {why}"),
+            )
+        };
+        let ([b, tq, hd], [bk, tk, hdk], [bv, tkv, hdv]) = (qs.dims(), ks.dims(), vs.dims()) else {
+            return Err(bad("expected [B, T, H*D] each"));
+        };
+        if b != bk || b != bv {
+            return Err(bad("batch sizes differ"));
+        }
+        if tk != tkv {
+            return Err(bad("k and v have different numbers of tokens"));
+        }
+        if hd != hdk {
+            return Err(bad("q and k have different widths"));
+        }
+        if heads == 0 || hd % heads != 0 || hdv % heads != 0 {
+            return Err(bad("the widths do not split into heads"));
+        }
+        let (d, dv) = (hd / heads, hdv / heads);
+        self.attention_checked(
+            op,
+            Attention {
+                q: HeadView::interleaved(q, *tq, heads, d),
+                k: HeadView::interleaved(k, *tk, heads, d),
+                v: HeadView::interleaved(v, *tk, heads, dv),
+                batch: *b,
+                heads,
+                tq: *tq,
+                tk: *tk,
+                d,
+                dv,
+                scale,
+            },
+        )
+    }
+
+    /// [`Graph::attention`] over strided views; the output is `[batch, tq, heads * dv]`.
+    pub fn attention_strided(&mut self, a: Attention) -> Result<Var> {
+        self.attention_checked("attention_strided", a)
+    }
+
+    fn attention_checked(&mut self, op: &str, a: Attention) -> Result<Var> {
+        if a.batch == 0 || a.heads == 0 || a.tq == 0 || a.tk == 0 || a.d == 0 || a.dv == 0 {
+            return Err(shape_error(
+                op,
+                format!(
+                    "empty attention: batch {}, heads {}, tq {}, tk {}, head dims {} and {}",
+                    a.batch, a.heads, a.tq, a.tk, a.d, a.dv
+                ),
+            ));
+        }
+        if a.d > MAX_HEAD_DIM || a.dv > MAX_HEAD_DIM {
+            return Err(shape_error(
+                op,
+                format!(
+                    "head dims {} and {} exceed the largest supported, {MAX_HEAD_DIM}",
+                    a.d, a.dv
+                ),
+            ));
+        }
+        for (name, view, t, width) in [
+            ("q", &a.q, a.tq, a.d),
+            ("k", &a.k, a.tk, a.d),
+            ("v", &a.v, a.tk, a.dv),
+        ] {
+            self.expect_dtype(op, view.var, &[DType::F32])?;
+            let last = view.offset
+                + (a.batch - 1) * view.sb
+                + (t - 1) * view.st
+                + (a.heads - 1) * view.sh
+                + width;
+            let numel = self.shape(view.var).numel();
+            if last > numel {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "{name} view ({} x {t} tokens x {} heads x {width}) reaches past its \
+                         tensor of shape {}",
+                        a.batch,
+                        a.heads,
+                        self.shape(view.var)
+                    ),
+                ));
+            }
+        }
+        let env = |name: &str, default: usize| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let (qb, kb, u) = (env("ATT_QB", 1), env("ATT_KB", KB), env("ATT_U", 4));
+        let key = KernelKey::new("attention.wgsl", "attention", 3, 1)
+            .define("WG", WG)
+            .define("KB", kb)
+            .define("QB", qb)
+            .define("U", u)
+            .define("DK", padded(a.d).max(a.d.next_multiple_of(u)))
+            .define("DV", padded(a.dv).max(a.dv.next_multiple_of(u)));
+        let width = a.heads * a.dv;
+        let params = Params::default()
+            .u(a.tq)
+            .u(a.tk)
+            .u(a.d)
+            .u(a.dv)
+            .u(a.q.offset)
+            .u(a.q.sb)
+            .u(a.q.st)
+            .u(a.q.sh)
+            .u(a.k.offset)
+            .u(a.k.sb)
+            .u(a.k.st)
+            .u(a.k.sh)
+            .u(a.v.offset)
+            .u(a.v.sb)
+            .u(a.v.st)
+            .u(a.v.sh)
+            .u(a.tq * width)
+            .u(width)
+            .u(a.dv)
+            .f(a.scale);
+        self.push(OpSpec {
+            label: op.to_string(),
+            key,
+            inputs: vec![
+                Some(Binding::from(a.q.var)),
+                Some(Binding::from(a.k.var)),
+                Some(Binding::from(a.v.var)),
+            ],
+            out_shape: Shape(vec![a.batch, a.tq, width]),
+            out_dtype: DType::F32,
+            params,
+            workgroups: [a.tq.div_ceil(WG * qb) as u32, a.heads as u32, a.batch as u32],
+        })
+    }
+}

@@ -7,7 +7,7 @@ use super::Activation;
 
 /// Pixels x output channels per thread of the implicit-GEMM convolution.
 const TM: usize = 4;
-const TN: usize = 4;
+const TN: usize = 8;
 /// Output channels per thread of the transposed convolution.
 const TN_TRANSPOSED: usize = 4;
 

@@ -7,7 +7,7 @@ use super::Activation;
 
 /// Outputs per thread of the tiled GEMM (rows x columns); 8 x 8 threads per workgroup.
 const TM: usize = 4;
-const TN: usize = 4;
+const TN: usize = 8;
 
 /// Which matmul kernel to dispatch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

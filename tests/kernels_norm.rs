@@ -1,0 +1,394 @@
+//! GroupNorm (+SiLU), LayerNorm, L2 normalisation and softmax against f64 CPU references.
+
+mod common;
+
+use std::time::Instant;
+
+use audioldm::gpu::{Graph, Tensor};
+use common::*;
+
+/// `scale * u + offset` for seeded uniform `u` in [-1, 1): inputs far from zero show whether the
+/// statistics are computed stably.
+fn shifted(seed: u64, len: usize, scale: f32, offset: f32) -> Vec<f32> {
+    random(seed, len)
+        .into_iter()
+        .map(|v| v * scale + offset)
+        .collect()
+}
+
+fn silu(v: f64) -> f64 {
+    v / (1.0 + (-v).exp())
+}
+
+/// Mean and biased variance in f64 (two-pass).
+fn moments(v: &[f32]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+    (mean, var)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn group_norm_ref(
+    x: &[f32],
+    dims: &[usize],
+    groups: usize,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+    eps: f64,
+    silu_after: bool,
+) -> Vec<f64> {
+    let (b, c) = (dims[0], dims[1]);
+    let s: usize = dims[2..].iter().product();
+    let cpg = c / groups;
+    let mut y = vec![0.0; x.len()];
+    for bi in 0..b {
+        for g in 0..groups {
+            let start = (bi * c + g * cpg) * s;
+            let set = &x[start..start + cpg * s];
+            let (mean, var) = moments(set);
+            let rstd = 1.0 / (var + eps).sqrt();
+            for (i, &v) in set.iter().enumerate() {
+                let ch = g * cpg + i / s;
+                let mut o = (v as f64 - mean) * rstd;
+                if let Some(gm) = gamma {
+                    o *= gm[ch] as f64;
+                }
+                if let Some(bt) = beta {
+                    o += bt[ch] as f64;
+                }
+                y[start + i] = if silu_after { silu(o) } else { o };
+            }
+        }
+    }
+    y
+}
+
+/// One GroupNorm test: input `x * scale + offset` for seeded uniform x in [-1, 1).
+#[derive(Clone, Copy)]
+struct GroupNormCase<'a> {
+    dims: &'a [usize],
+    groups: usize,
+    gamma: bool,
+    beta: bool,
+    silu: bool,
+    eps: f32,
+    scale: f32,
+    offset: f32,
+    seed: u64,
+}
+
+impl<'a> GroupNormCase<'a> {
+    fn new(dims: &'a [usize], groups: usize) -> Self {
+        Self {
+            dims,
+            groups,
+            gamma: true,
+            beta: true,
+            silu: false,
+            eps: 1e-5,
+            scale: 1.0,
+            offset: 0.0,
+            seed: 0,
+        }
+    }
+
+    fn check(self, tol: f64) {
+        let GroupNormCase {
+            dims,
+            groups,
+            eps,
+            scale,
+            offset,
+            seed,
+            ..
+        } = self;
+        let numel: usize = dims.iter().product();
+        let c = dims[1];
+        let x = shifted(seed, numel, scale, offset);
+        let gamma = shifted(seed + 1, c, 0.5, 1.0);
+        let beta = random(seed + 2, c);
+        let mut g = Graph::new(ctx());
+        let vx = input(&mut g, dims, &x);
+        let vg = self.gamma.then(|| input(&mut g, &[c], &gamma));
+        let vb = self.beta.then(|| input(&mut g, &[c], &beta));
+        let out = g.group_norm(vx, groups, vg, vb, eps, self.silu).unwrap();
+        assert_eq!(g.dims(out), dims);
+        let got = run(g, out);
+        let want = group_norm_ref(
+            &x,
+            dims,
+            groups,
+            self.gamma.then_some(&gamma[..]),
+            self.beta.then_some(&beta[..]),
+            eps as f64,
+            self.silu,
+        );
+        assert_close(
+            &format!(
+                "group_norm {dims:?} G={groups} gamma={} beta={} silu={} eps={eps:e} x*{scale}+{offset}",
+                self.gamma, self.beta, self.silu
+            ),
+            &got,
+            &want,
+            tol,
+        );
+    }
+}
+
+#[test]
+fn group_norm_matches_reference_on_odd_shapes() {
+    let cases: &[(&[usize], usize)] = &[
+        (&[2, 6, 5], 3),
+        (&[1, 4, 3, 7], 4),    // one channel per group
+        (&[3, 8], 2),          // rank 2: no spatial dims
+        (&[2, 32, 17, 3], 8),  // 204 elements per group: under one workgroup's 256 threads
+        (&[1, 12, 13, 29], 3), // 1508 per group: not a multiple of 256
+        (&[2, 3, 2, 2, 3], 1), // rank 5, one group
+        (&[1, 64, 1000], 32),  // a 1-D UNet/VAE-like shape
+    ];
+    let mut seed = 0;
+    for &(dims, groups) in cases {
+        for (gamma, beta) in [(true, true), (false, false), (true, false), (false, true)] {
+            for silu in [false, true] {
+                seed += 10;
+                GroupNormCase {
+                    gamma,
+                    beta,
+                    silu,
+                    seed,
+                    ..GroupNormCase::new(dims, groups)
+                }
+                .check(1e-5);
+            }
+        }
+    }
+}
+
+/// A group of one element has zero variance: the output is `beta` (after SiLU when fused).
+#[test]
+fn group_norm_of_single_element_groups_is_beta() {
+    GroupNormCase::new(&[2, 5, 1], 5).check(1e-5);
+    GroupNormCase {
+        silu: true,
+        eps: 1e-6,
+        seed: 4,
+        ..GroupNormCase::new(&[1, 3], 3)
+    }
+    .check(1e-5);
+}
+
+/// AudioLDM's largest GroupNorm: 640 channels in 32 groups over a 250x16 latent (80,000 elements
+/// per group), on data with mean 10 and spread 3, where a one-pass sum of squares would lose
+/// the variance to cancellation; and a mean of 100 with spread 0.01, where even an f32 mean loses
+/// digits unless the statistics are taken relative to a shift.
+#[test]
+fn group_norm_is_stable_on_large_offset_groups() {
+    let start = Instant::now();
+    let offset = |dims, groups, scale, offset, seed| GroupNormCase {
+        scale,
+        offset,
+        seed,
+        ..GroupNormCase::new(dims, groups)
+    };
+    GroupNormCase {
+        silu: true,
+        ..offset(&[1, 640, 250, 16], 32, 3.0, 10.0, 7)
+    }
+    .check(1e-5);
+    GroupNormCase {
+        eps: 1e-6,
+        ..offset(&[2, 128, 64, 16], 32, 3.0, 10.0, 8)
+    }
+    .check(1e-5);
+    GroupNormCase {
+        gamma: false,
+        beta: false,
+        eps: 1e-9,
+        ..offset(&[1, 4, 33, 31], 2, 0.01, 100.0, 9)
+    }
+    .check(1e-5);
+    println!("large group norms: {:.2?}", start.elapsed());
+}
+
+fn layer_norm_ref(x: &[f32], d: usize, gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f64> {
+    let mut y = Vec::with_capacity(x.len());
+    for row in x.chunks(d) {
+        let (mean, var) = moments(row);
+        let rstd = 1.0 / (var + eps).sqrt();
+        for (i, &v) in row.iter().enumerate() {
+            y.push((v as f64 - mean) * rstd * gamma[i] as f64 + beta[i] as f64);
+        }
+    }
+    y
+}
+
+#[test]
+fn layer_norm_matches_reference() {
+    let cases: &[(&[usize], f32, f32, f32)] = &[
+        // dims, eps, scale, offset
+        (&[1, 1], 1e-5, 1.0, 0.0), // D = 1: zero variance, the output is beta
+        (&[3, 7], 1e-5, 1.0, 0.0),
+        (&[1, 64], 1e-12, 3.0, 10.0),
+        (&[2, 5, 33], 1e-5, 1.0, 0.5),
+        (&[2, 77, 768], 1e-12, 3.0, 10.0), // the CLAP text encoder (RoBERTa)
+        (&[4, 1024], 1e-12, 3.0, 10.0),
+        (&[3, 3001], 1e-5, 2.0, -4.0), // over 2048: the 256-thread variant
+        (&[5, 300], 1e-12, 0.01, 100.0), // mean 100, spread 0.01
+        (&[2, 4000, 128], 1e-5, 1.0, 0.0), // a UNet transformer block's rows
+    ];
+    for (seed, &(dims, eps, scale, offset)) in cases.iter().enumerate() {
+        let seed = seed as u64 * 10 + 100;
+        let numel: usize = dims.iter().product();
+        let d = *dims.last().unwrap();
+        let x = shifted(seed, numel, scale, offset);
+        let gamma = shifted(seed + 1, d, 0.5, 1.0);
+        let beta = random(seed + 2, d);
+        let mut g = Graph::new(ctx());
+        let vx = input(&mut g, dims, &x);
+        let vg = input(&mut g, &[d], &gamma);
+        let vb = input(&mut g, &[d], &beta);
+        let out = g.layer_norm(vx, vg, vb, eps).unwrap();
+        assert_eq!(g.dims(out), dims);
+        let got = run(g, out);
+        assert_close(
+            &format!("layer_norm {dims:?} eps={eps:e} x*{scale}+{offset}"),
+            &got,
+            &layer_norm_ref(&x, d, &gamma, &beta, eps as f64),
+            1e-5,
+        );
+    }
+}
+
+fn l2_ref(x: &[f32], d: usize, eps: f64) -> Vec<f64> {
+    let mut y = Vec::with_capacity(x.len());
+    for row in x.chunks(d) {
+        let norm = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        y.extend(row.iter().map(|&v| v as f64 / norm.max(eps)));
+    }
+    y
+}
+
+#[test]
+fn l2_normalize_matches_reference() {
+    let cases: &[(&[usize], f32)] = &[
+        (&[1, 1], 1e-12),
+        (&[5, 17], 1e-12),
+        (&[2, 512], 1e-12), // the CLAP embedding
+        (&[3, 2, 100], 1e-12),
+        (&[2, 5000], 1e-12),
+        (&[4, 3], 10.0), // every norm under eps: x / eps
+    ];
+    for (seed, &(dims, eps)) in cases.iter().enumerate() {
+        let numel: usize = dims.iter().product();
+        let d = *dims.last().unwrap();
+        let x = random(seed as u64 + 200, numel);
+        let mut g = Graph::new(ctx());
+        let vx = input(&mut g, dims, &x);
+        let out = g.l2_normalize(vx, eps).unwrap();
+        let got = run(g, out);
+        assert_close(
+            &format!("l2_normalize {dims:?} eps={eps:e}"),
+            &got,
+            &l2_ref(&x, d, eps as f64),
+            1e-5,
+        );
+    }
+    // A zero row stays zero (divided by eps, not by its zero norm).
+    let mut g = Graph::new(ctx());
+    let vx = input(&mut g, &[2, 4], &[0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 4.0, 0.0]);
+    let out = g.l2_normalize(vx, 1e-12).unwrap();
+    let got = run(g, out);
+    assert_eq!(got, [0.0, 0.0, 0.0, 0.0, 0.6, 0.0, 0.8, 0.0]);
+}
+
+fn softmax_ref(x: &[f32], d: usize, scale: f64) -> Vec<f64> {
+    let mut y = Vec::with_capacity(x.len());
+    for row in x.chunks(d) {
+        let s: Vec<f64> = row.iter().map(|&v| v as f64 * scale).collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = s.iter().map(|v| (v - m).exp()).sum();
+        y.extend(s.iter().map(|v| (v - m).exp() / sum));
+    }
+    y
+}
+
+#[test]
+fn softmax_matches_reference() {
+    let cases: &[(&[usize], f32, f32)] = &[
+        // dims, scale, input spread
+        (&[1, 1], 1.0, 1.0),
+        (&[3, 7], 0.125, 1.0),
+        (&[2, 4, 1000], 1.0, 5.0),
+        (&[5, 65], -2.0, 3.0),    // a negative scale flips the maximum
+        (&[2, 4097], 1.0, 40.0),  // large logits: only max subtraction keeps exp finite
+        (&[64, 77], 0.125, 10.0), // attention probabilities over CLAP's 77 tokens
+    ];
+    for (seed, &(dims, scale, spread)) in cases.iter().enumerate() {
+        let numel: usize = dims.iter().product();
+        let d = *dims.last().unwrap();
+        let x = shifted(seed as u64 + 300, numel, spread, 0.0);
+        let mut g = Graph::new(ctx());
+        let vx = input(&mut g, dims, &x);
+        let out = g.softmax(vx, scale).unwrap();
+        let got = run(g, out);
+        let want = softmax_ref(&x, d, scale as f64);
+        // Each row sums to one, so compare per row: the max-relative measure of the whole tensor
+        // would hide the error of rows with small probabilities.
+        for (r, (got_row, want_row)) in got.chunks(d).zip(want.chunks(d)).enumerate().take(8) {
+            let err = max_rel_err(got_row, want_row);
+            assert!(err <= 1e-5, "softmax {dims:?} row {r}: {err:.3e}");
+        }
+        assert_close(
+            &format!("softmax {dims:?} scale={scale} spread={spread}"),
+            &got,
+            &want,
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn shape_mismatch_is_an_error_naming_the_op_and_shapes() {
+    let mut g = Graph::new(ctx());
+    let x = input(&mut g, &[2, 6, 5], &random(1, 60));
+    let err = g
+        .group_norm(x, 4, None, None, 1e-5, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("group_norm") && err.contains("[2, 6, 5]"),
+        "{err}"
+    );
+    let gamma = input(&mut g, &[5], &random(2, 5));
+    let err = g
+        .group_norm(x, 3, Some(gamma), None, 1e-5, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("group_norm") && err.contains("[2, 6, 5]") && err.contains("[5]"),
+        "{err}"
+    );
+    let flat = input(&mut g, &[7], &random(3, 7));
+    let err = g
+        .group_norm(flat, 1, None, None, 1e-5, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("group_norm") && err.contains("[7]"), "{err}");
+
+    let beta = input(&mut g, &[6], &random(4, 6));
+    let err = g.layer_norm(x, gamma, beta, 1e-5).unwrap_err().to_string();
+    assert!(
+        err.contains("layer_norm") && err.contains("[2, 6, 5]") && err.contains("[6]"),
+        "{err}"
+    );
+
+    let ids = Tensor::from_u32(ctx(), [2, 3], &[0, 1, 2, 3, 4, 5]).unwrap();
+    let ids = g.input(&ids);
+    for err in [
+        g.softmax(ids, 1.0).unwrap_err().to_string(),
+        g.l2_normalize(ids, 1e-12).unwrap_err().to_string(),
+    ] {
+        assert!(err.contains("U32") && err.contains("[2, 3]"), "{err}");
+    }
+}
