@@ -28,8 +28,7 @@ impl Graph {
         self.expect_dtype(op, x, &[DType::F32])?;
         let shape = self.shape(x).clone();
         let n = shape.numel();
-        let key =
-            act.specialise(KernelKey::new("elementwise.wgsl", "unary", 1, 1).define("UNARY", 1));
+        let key = act.specialise(KernelKey::new("elementwise.wgsl", "unary", 1, 1));
         self.push(OpSpec {
             label: op.to_string(),
             key,
@@ -49,22 +48,22 @@ impl Graph {
         alpha: impl Into<Coef>,
         beta: impl Into<Coef>,
     ) -> Result<Var> {
-        self.binary("axpby", a, b, "OP_AXPBY", alpha.into(), beta.into())
+        self.binary("axpby", a, b, false, alpha.into(), beta.into())
     }
 
     /// `a + b`, `b` broadcast to `a`'s shape.
     pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
-        self.binary("add", a, b, "OP_AXPBY", Coef::Const(1.0), Coef::Const(1.0))
+        self.binary("add", a, b, false, Coef::Const(1.0), Coef::Const(1.0))
     }
 
     /// `a - b`, `b` broadcast to `a`'s shape.
     pub fn sub(&mut self, a: Var, b: Var) -> Result<Var> {
-        self.binary("sub", a, b, "OP_AXPBY", Coef::Const(1.0), Coef::Const(-1.0))
+        self.binary("sub", a, b, false, Coef::Const(1.0), Coef::Const(-1.0))
     }
 
     /// `a * b`, `b` broadcast to `a`'s shape.
     pub fn mul(&mut self, a: Var, b: Var) -> Result<Var> {
-        self.binary("mul", a, b, "OP_MUL", Coef::Const(1.0), Coef::Const(0.0))
+        self.binary("mul", a, b, true, Coef::Const(1.0), Coef::Const(0.0))
     }
 
     fn binary(
@@ -72,7 +71,7 @@ impl Graph {
         op: &str,
         a: Var,
         b: Var,
-        kind: &'static str,
+        mul: bool,
         alpha: Coef,
         beta: Coef,
     ) -> Result<Var> {
@@ -108,11 +107,13 @@ impl Graph {
         let params = Params::default().u(n).u(dims.len()).coef(alpha).coef(beta);
         let params = push_dims(params, &dims, 1);
         let params = push_dims(params, &strides, 0);
+        let mut key = KernelKey::new("elementwise.wgsl", "binary", 2, 1).define("BINARY", 1);
+        if mul {
+            key = key.define("OP_MUL", 1);
+        }
         self.push(OpSpec {
             label: op.to_string(),
-            key: KernelKey::new("elementwise.wgsl", "binary", 2, 1)
-                .define("BINARY", 1)
-                .define(kind, 1),
+            key,
             inputs: vec![Some(Binding::from(a)), Some(Binding::from(b))],
             out_shape: sa,
             out_dtype: DType::F32,

@@ -133,7 +133,7 @@ impl Graph {
         let dtype = self.dtype(x);
         self.push(OpSpec {
             label: op.to_string(),
-            key: KernelKey::new("layout.wgsl", "strided_copy", 1, 1).define("COPY", 1),
+            key: KernelKey::new("layout.wgsl", "strided_copy", 1, 1),
             inputs: vec![Some(Binding::from(x))],
             out_shape,
             out_dtype: dtype,
