@@ -11,7 +11,9 @@ fn tensor(ctx: &Context, shape: &[usize], seed: u32) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     // A cheap deterministic fill; values do not matter for timing.
     let data: Vec<f32> = (0..n)
-        .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0 - 0.5)
+        .map(|i| {
+            ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0 - 0.5
+        })
         .collect();
     Tensor::from_f32(ctx, shape, DType::F32, &data)
 }
@@ -36,15 +38,26 @@ fn time_graph(ctx: &Context, g: Graph, out: Var, reps: usize) -> Result<f64> {
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
+    let gemm_only = std::env::args().any(|a| a == "--gemm");
     let reps = if quick { 1 } else { 3 };
     let ctx = Context::new_blocking()?;
     let info = ctx.adapter_info();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("adapter: {} ({:?}, {:?}), {cores} CPU cores", info.name, info.backend, info.device_type);
-    println!("{:<44} {:>10} {:>10} {:>12}", "case", "ms", "GFLOP/s", "GFLOP/s/core");
+    println!(
+        "adapter: {} ({:?}, {:?}), {cores} CPU cores",
+        info.name, info.backend, info.device_type
+    );
+    println!(
+        "{:<44} {:>10} {:>10} {:>12}",
+        "case", "ms", "GFLOP/s", "GFLOP/s/core"
+    );
     let report = |name: &str, flops: f64, secs: f64| {
         let gflops = flops / secs / 1e9;
-        println!("{name:<44} {:>10.1} {gflops:>10.2} {:>12.2}", secs * 1e3, gflops / cores as f64);
+        println!(
+            "{name:<44} {:>10.1} {gflops:>10.2} {:>12.2}",
+            secs * 1e3,
+            gflops / cores as f64
+        );
     };
 
     let n = 1024;
@@ -60,9 +73,16 @@ fn main() -> Result<()> {
         let (va, vb) = (g.input(&a), g.input(&b));
         let out = g.matmul_with(va, vb, 1.0, kernel)?;
         let secs = time_graph(&ctx, g, out, reps)?;
-        report(&format!("gemm 1024^3 {kernel:?}"), 2.0 * (n * n * n) as f64, secs);
+        report(
+            &format!("gemm 1024^3 {kernel:?}"),
+            2.0 * (n * n * n) as f64,
+            secs,
+        );
     }
 
+    if gemm_only {
+        return Ok(());
+    }
     // The UNet's 3x3 convolutions (batch 2 for classifier-free guidance, 10 s of audio).
     for &(c, h, w) in &[(128, 250, 16), (256, 125, 8), (384, 63, 4), (640, 32, 2)] {
         let x = tensor(&ctx, &[2, c, h, w], 3)?;
@@ -70,12 +90,20 @@ fn main() -> Result<()> {
         let kernels: &[ConvKernel] = if quick {
             &[ConvKernel::Naive, ConvKernel::Tiled]
         } else {
-            &[ConvKernel::Naive, ConvKernel::Tiled, ConvKernel::TiledWith { tm: 8, tn: 4 }, ConvKernel::TiledWith { tm: 4, tn: 8 }]
+            &[
+                ConvKernel::Naive,
+                ConvKernel::Tiled,
+                ConvKernel::TiledWith { tm: 8, tn: 4 },
+                ConvKernel::TiledWith { tm: 4, tn: 8 },
+            ]
         };
         for &kernel in kernels {
             let mut g = Graph::new(&ctx);
             let (vx, vw) = (g.input(&x), g.weight(&wt));
-            let opts = Conv2dOptions { kernel, ..Conv2dOptions::same_padding(1, 1) };
+            let opts = Conv2dOptions {
+                kernel,
+                ..Conv2dOptions::same_padding(1, 1)
+            };
             let out = g.conv2d(vx, vw, None, None, opts)?;
             let secs = time_graph(&ctx, g, out, reps)?;
             let flops = 2.0 * (2 * h * w) as f64 * (c * c * 9) as f64;

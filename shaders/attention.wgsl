@@ -44,94 +44,90 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
     let h = wg.y;
     let b = wg.z;
 
-    // Scaled queries, zero past d.
-    var qr: array<array<f32, ${DK}>, ${QB}>;
+    // Scaled queries, zero past d: qr[r * DK + i].
+    // (Loops of constant trip count stay innermost: llvmpipe compiles a runtime loop nested in
+    // an unrolled one very slowly.)
+    var q_at: array<u32, ${QB}>;
     for (var r = 0u; r < ${QB}u; r++) {
-        let q_at = p.q_off + b * p.q_sb + min(row0 + r, p.tq - 1u) * p.q_st + h * p.q_sh;
-        for (var i = 0u; i < p.d; i++) {
-            qr[r][i] = q[q_at + i] * p.scale;
+        q_at[r] = p.q_off + b * p.q_sb + min(row0 + r, p.tq - 1u) * p.q_st + h * p.q_sh;
+    }
+    var qr: array<f32, ${Q_LEN}>;
+    for (var i = 0u; i < p.d; i++) {
+        for (var r = 0u; r < ${QB}u; r++) {
+            qr[r * ${DK}u + i] = q[q_at[r] + i] * p.scale;
         }
     }
-    var acc: array<array<f32, ${DV}>, ${QB}>;
+    // Per row: output accumulator acc[r * DV + i], running max m and sum l.
+    var acc: array<f32, ${A_LEN}>;
     var m: array<f32, ${QB}>;
     var l: array<f32, ${QB}>;
+    var alpha: array<f32, ${QB}>;
     for (var r = 0u; r < ${QB}u; r++) {
         m[r] = NEG_BIG;
     }
+    // Scores, then weights, of the block: s[r * KB + t].
+    var s: array<f32, ${S_LEN}>;
+    var k_at: array<u32, ${KB}>;
+    var v_at: array<u32, ${KB}>;
     let k_base = p.k_off + b * p.k_sb + h * p.k_sh;
     let v_base = p.v_off + b * p.v_sb + h * p.v_sh;
-    let d_last = p.d - 1u;
-    let dv_last = p.dv - 1u;
 
     for (var j0 = 0u; j0 < p.tk; j0 += ${KB}u) {
         // Keys past the end are clamped for loading and get a score of NEG_BIG (weight 0).
-        var k_at: array<u32, ${KB}>;
-        var v_at: array<u32, ${KB}>;
         for (var t = 0u; t < ${KB}u; t++) {
             let j = min(j0 + t, p.tk - 1u);
             k_at[t] = k_base + j * p.k_st;
             v_at[t] = v_base + j * p.v_st;
         }
-        var s: array<array<f32, ${KB}>, ${QB}>;
-        for (var i0 = 0u; i0 < p.d; i0 += ${U}u) {
-            for (var u = 0u; u < ${U}u; u++) {
-                let i = i0 + u;
-                let ic = min(i, d_last);
-                var kv: array<f32, ${KB}>;
+        for (var x = 0u; x < ${S_LEN}u; x++) {
+            s[x] = 0.0;
+        }
+        for (var i = 0u; i < p.d; i++) {
+            for (var r = 0u; r < ${QB}u; r++) {
+                let qi = qr[r * ${DK}u + i];
                 for (var t = 0u; t < ${KB}u; t++) {
-                    kv[t] = k[k_at[t] + ic];
-                }
-                for (var r = 0u; r < ${QB}u; r++) {
-                    let qi = qr[r][i];
-                    for (var t = 0u; t < ${KB}u; t++) {
-                        s[r][t] = fma(qi, kv[t], s[r][t]);
-                    }
+                    s[r * ${KB}u + t] = fma(qi, k[k_at[t] + i], s[r * ${KB}u + t]);
                 }
             }
         }
-        var w: array<array<f32, ${KB}>, ${QB}>;
-        var alpha: array<f32, ${QB}>;
         for (var r = 0u; r < ${QB}u; r++) {
             var m_new = m[r];
             for (var t = 0u; t < ${KB}u; t++) {
-                s[r][t] = select(NEG_BIG, s[r][t], j0 + t < p.tk);
-                m_new = max(m_new, s[r][t]);
+                let st = select(NEG_BIG, s[r * ${KB}u + t], j0 + t < p.tk);
+                s[r * ${KB}u + t] = st;
+                m_new = max(m_new, st);
             }
             alpha[r] = exp(m[r] - m_new);
             var w_sum = 0.0;
             for (var t = 0u; t < ${KB}u; t++) {
-                w[r][t] = exp(s[r][t] - m_new);
-                w_sum += w[r][t];
+                let wt = exp(s[r * ${KB}u + t] - m_new);
+                s[r * ${KB}u + t] = wt;
+                w_sum += wt;
             }
             l[r] = fma(l[r], alpha[r], w_sum);
             m[r] = m_new;
         }
-        for (var i0 = 0u; i0 < p.dv; i0 += ${U}u) {
-            for (var u = 0u; u < ${U}u; u++) {
-                let i = i0 + u;
-                let ic = min(i, dv_last);
-                var vv: array<f32, ${KB}>;
+        for (var i = 0u; i < p.dv; i++) {
+            for (var r = 0u; r < ${QB}u; r++) {
+                var a = acc[r * ${DV}u + i] * alpha[r];
                 for (var t = 0u; t < ${KB}u; t++) {
-                    vv[t] = v[v_at[t] + ic];
+                    a = fma(s[r * ${KB}u + t], v[v_at[t] + i], a);
                 }
-                for (var r = 0u; r < ${QB}u; r++) {
-                    var a = acc[r][i] * alpha[r];
-                    for (var t = 0u; t < ${KB}u; t++) {
-                        a = fma(w[r][t], vv[t], a);
-                    }
-                    acc[r][i] = a;
-                }
+                acc[r * ${DV}u + i] = a;
             }
         }
     }
 
+    var inv: array<f32, ${QB}>;
+    var o_at: array<u32, ${QB}>;
     for (var r = 0u; r < ${QB}u; r++) {
-        let row = row0 + r;
-        if (row < p.tq) {
-            let inv = 1.0 / l[r];
-            let o_at = b * p.o_sb + row * p.o_st + h * p.o_sh;
-            for (var i = 0u; i < p.dv; i++) {
-                out[o_at + i] = acc[r][i] * inv;
+        inv[r] = 1.0 / l[r];
+        o_at[r] = b * p.o_sb + (row0 + r) * p.o_st + h * p.o_sh;
+    }
+    for (var i = 0u; i < p.dv; i++) {
+        for (var r = 0u; r < ${QB}u; r++) {
+            if (row0 + r < p.tq) {
+                out[o_at[r] + i] = acc[r * ${DV}u + i] * inv[r];
             }
         }
     }

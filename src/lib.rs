@@ -1,1 +1,11 @@
+//! AudioLDM text-to-audio on any GPU: WGSL compute shaders through wgpu.
+//!
+//! Layers, each importing only those below it: [`gpu`] (the engine, which knows nothing of
+//! AudioLDM), [`checkpoint`] (weights), [`model`] (the four networks).
+
+pub mod checkpoint;
+pub mod error;
 pub mod gpu;
+pub mod model;
+
+pub use error::{Error, Result};

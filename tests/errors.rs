@@ -29,7 +29,10 @@ fn a_lost_device_is_reported_by_the_next_call() {
     let y = g.scale(v, 2.0, 0.0).unwrap();
     g.output(y).unwrap();
     assert!(g.build().is_err(), "building on a lost device must fail");
-    assert!(x.to_vec_f32(&ctx).is_err(), "reading from a lost device must fail");
+    assert!(
+        x.to_vec_f32(&ctx).is_err(),
+        "reading from a lost device must fail"
+    );
 }
 
 #[test]

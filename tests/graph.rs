@@ -32,32 +32,46 @@ fn record(timestep: f32) -> (Graph, Var, Scalar) {
     };
     let x = input(&mut g, &[B, C, H, W], &random(1, B * C * H * W));
     let t = g.scalar(timestep);
-    let temb = g.timestep_embedding(B, t, TEMB, true, 0.0, 10000.0).unwrap();
+    let temb = g
+        .timestep_embedding(B, t, TEMB, true, 0.0, 10000.0)
+        .unwrap();
     let (tw, tb) = (param(&mut g, &[C, TEMB]), param(&mut g, &[C]));
-    let temb = g.linear(temb, tw, Some(tb), Activation::Silu, None).unwrap();
+    let temb = g
+        .linear(temb, tw, Some(tb), Activation::Silu, None)
+        .unwrap();
     let temb = g.reshape(temb, [B, C, 1, 1]).unwrap();
 
     let (g1, b1) = (param(&mut g, &[C]), param(&mut g, &[C]));
     let h = g.group_norm(x, 4, Some(g1), Some(b1), 1e-5, true).unwrap();
     let (w1, c1) = (conv_w(&mut g, 7), param(&mut g, &[C]));
-    let h = g.conv2d(h, w1, Some(c1), None, Conv2dOptions::same_padding(1, 1)).unwrap();
+    let h = g
+        .conv2d(h, w1, Some(c1), None, Conv2dOptions::same_padding(1, 1))
+        .unwrap();
     let h = g.add(h, temb).unwrap();
     let (g2, b2) = (param(&mut g, &[C]), param(&mut g, &[C]));
     let h = g.group_norm(h, 4, Some(g2), Some(b2), 1e-5, true).unwrap();
     let (w2, c2) = (conv_w(&mut g, 8), param(&mut g, &[C]));
-    let h = g.conv2d(h, w2, Some(c2), Some(x), Conv2dOptions::same_padding(1, 1)).unwrap();
+    let h = g
+        .conv2d(h, w2, Some(c2), Some(x), Conv2dOptions::same_padding(1, 1))
+        .unwrap();
 
     let tokens = g.permute(h, &[0, 2, 3, 1]).unwrap();
     let tokens = g.reshape(tokens, [B, H * W, C]).unwrap();
     let (lg, lb) = (param(&mut g, &[C]), param(&mut g, &[C]));
     let normed = g.layer_norm(tokens, lg, lb, 1e-5).unwrap();
-    let (wq, wk, wv) = (param(&mut g, &[C, C]), param(&mut g, &[C, C]), param(&mut g, &[C, C]));
+    let (wq, wk, wv) = (
+        param(&mut g, &[C, C]),
+        param(&mut g, &[C, C]),
+        param(&mut g, &[C, C]),
+    );
     let q = g.linear(normed, wq, None, Activation::None, None).unwrap();
     let k = g.linear(normed, wk, None, Activation::None, None).unwrap();
     let v = g.linear(normed, wv, None, Activation::None, None).unwrap();
     let attn = g.attention(q, k, v, 2, 0.5).unwrap();
     let (wo, bo) = (param(&mut g, &[C, C]), param(&mut g, &[C]));
-    let out = g.linear(attn, wo, Some(bo), Activation::None, Some(tokens)).unwrap();
+    let out = g
+        .linear(attn, wo, Some(bo), Activation::None, Some(tokens))
+        .unwrap();
     g.output(out).unwrap();
     (g, out, t)
 }
@@ -81,7 +95,10 @@ fn planned_graph_equals_op_by_op_run() {
 
     // Same kernels in the same order: any aliasing mistake in the plan shows as a difference.
     let diff = max_abs_err(&got, &f64s(&want));
-    println!("planned vs op-by-op: max abs diff {diff:e} over {} values", got.len());
+    println!(
+        "planned vs op-by-op: max abs diff {diff:e} over {} values",
+        got.len()
+    );
     assert_eq!(diff, 0.0);
     assert!(got.iter().all(|v| v.is_finite()));
 
@@ -113,10 +130,17 @@ fn replay_with_a_new_timestep_gives_the_new_result() {
     let (fresh, fresh_out, _) = record(999.0);
     let mut fresh = fresh.build().unwrap();
     let want = run_planned(&mut fresh, fresh_out);
-    assert_eq!(max_abs_err(&replayed, &f64s(&want)), 0.0, "replay differs from a graph built for t=999");
+    assert_eq!(
+        max_abs_err(&replayed, &f64s(&want)),
+        0.0,
+        "replay differs from a graph built for t=999"
+    );
     let moved = max_abs_err(&first, &f64s(&replayed));
     println!("output moved by {moved:e} when t went from 1 to 999");
-    assert!(moved > 1e-3, "changing the timestep did not change the output");
+    assert!(
+        moved > 1e-3,
+        "changing the timestep did not change the output"
+    );
 }
 
 /// A scalar coefficient against a CPU reference, over several replays.
@@ -136,7 +160,11 @@ fn replayed_scalars_are_applied_exactly() {
         exe.set_scalar(alpha, a);
         exe.set_scalar(beta, b);
         let got = run_planned(&mut exe, out);
-        let want: Vec<f64> = x.iter().zip(&y).map(|(&x, &y)| a as f64 * x as f64 + b as f64 * y as f64).collect();
+        let want: Vec<f64> = x
+            .iter()
+            .zip(&y)
+            .map(|(&x, &y)| a as f64 * x as f64 + b as f64 * y as f64)
+            .collect();
         assert_close(&format!("axpby replay a={a} b={b}"), &got, &want, 1e-6);
     }
 }

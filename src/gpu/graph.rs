@@ -268,6 +268,22 @@ impl Graph {
         }
     }
 
+    /// Fails with an error naming `op` unless the optional `bias` is an f32 vector of `n` values.
+    pub(crate) fn expect_bias(&self, op: &str, bias: Option<Var>, n: usize) -> Result<()> {
+        let Some(bias) = bias else { return Ok(()) };
+        self.expect_dtype(op, bias, &[DType::F32])?;
+        if self.shape(bias).numel() != n {
+            return Err(shape_error(
+                op,
+                format!(
+                    "bias {} does not match {n} output features",
+                    self.shape(bias)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Records an op and returns its output.
     pub(crate) fn push(&mut self, spec: OpSpec) -> Result<Var> {
         if spec.params.0.len() as u64 * 4 > PARAM_BLOCK_BYTES {

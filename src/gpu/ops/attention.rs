@@ -177,8 +177,11 @@ impl Graph {
             .define("KB", kb)
             .define("QB", qb)
             .define("U", u)
-            .define("DK", padded(a.d).max(a.d.next_multiple_of(u)))
-            .define("DV", padded(a.dv).max(a.dv.next_multiple_of(u)));
+            .define("DK", padded(a.d))
+            .define("DV", padded(a.dv))
+            .define("Q_LEN", qb * padded(a.d))
+            .define("A_LEN", qb * padded(a.dv))
+            .define("S_LEN", qb * kb);
         let width = a.heads * a.dv;
         let params = Params::default()
             .u(a.tq)
@@ -212,7 +215,11 @@ impl Graph {
             out_shape: Shape(vec![a.batch, a.tq, width]),
             out_dtype: DType::F32,
             params,
-            workgroups: [a.tq.div_ceil(WG * qb) as u32, a.heads as u32, a.batch as u32],
+            workgroups: [
+                a.tq.div_ceil(WG * qb) as u32,
+                a.heads as u32,
+                a.batch as u32,
+            ],
         })
     }
 }

@@ -177,18 +177,7 @@ impl Graph {
             }
         };
         let out = Shape(vec![b, cout, oh, ow]);
-        if let Some(bias) = bias {
-            self.expect_dtype(op, bias, &[DType::F32])?;
-            if self.shape(bias).numel() != cout {
-                return Err(shape_error(
-                    op,
-                    format!(
-                        "bias {} does not match {cout} output channels",
-                        self.shape(bias)
-                    ),
-                ));
-            }
-        }
+        self.expect_bias(op, bias, cout)?;
         if let Some(residual) = residual {
             self.expect_dtype(op, residual, &[DType::F32])?;
             if self.shape(residual) != &out {
@@ -355,17 +344,7 @@ impl Graph {
                     format!("padding {padding} leaves no output for input {xs}"),
                 )
             })?;
-        if let Some(bias) = bias {
-            if self.shape(bias).numel() != cout {
-                return Err(shape_error(
-                    op,
-                    format!(
-                        "bias {} does not match {cout} output channels",
-                        self.shape(bias)
-                    ),
-                ));
-            }
-        }
+        self.expect_bias(op, bias, cout)?;
         let threads = b * cout.div_ceil(TN_TRANSPOSED) * lout;
         let mut key = KernelKey::new("conv_transpose1d.wgsl", "conv_transpose1d", 3, 1)
             .define("TN", TN_TRANSPOSED);

@@ -198,19 +198,7 @@ impl Graph {
                 ));
             }
         }
-        if let Some(bias) = g.bias {
-            self.expect_dtype(op, bias, &[DType::F32])?;
-            if self.shape(bias).numel() != g.n {
-                return Err(shape_error(
-                    op,
-                    format!(
-                        "bias {} does not match {} output features",
-                        self.shape(bias),
-                        g.n
-                    ),
-                ));
-            }
-        }
+        self.expect_bias(op, g.bias, g.n)?;
         if let Some(residual) = g.residual {
             self.expect_dtype(op, residual, &[DType::F32])?;
             if self.shape(residual).numel() != out.numel() {

@@ -1,0 +1,382 @@
+//! Reading model weights: `.safetensors` (memory-mapped) and PyTorch `.bin` zip pickles (through a
+//! reader that only understands the opcodes torch uses to rebuild tensors and dicts, so it never
+//! executes pickled code). Every lookup checks presence, dtype and shape and names the tensor.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CheckpointError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid checkpoint: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{path}: no weight file (looked for {looked_for})")]
+    NoWeights { path: PathBuf, looked_for: String },
+    #[error("{path}: tensor `{name}` is missing")]
+    Missing { path: PathBuf, name: String },
+    #[error("{path}: tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    Shape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("{path}: tensor `{name}` has dtype {got}, expected a float tensor")]
+    Dtype {
+        path: PathBuf,
+        name: String,
+        got: String,
+    },
+}
+
+pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
+
+/// Element types found in checkpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredDtype {
+    F32,
+    F16,
+    BF16,
+    F64,
+    I64,
+    I32,
+    U8,
+    Bool,
+}
+
+impl StoredDtype {
+    pub fn size(self) -> usize {
+        match self {
+            StoredDtype::F64 | StoredDtype::I64 => 8,
+            StoredDtype::F32 | StoredDtype::I32 => 4,
+            StoredDtype::F16 | StoredDtype::BF16 => 2,
+            StoredDtype::U8 | StoredDtype::Bool => 1,
+        }
+    }
+}
+
+impl fmt::Display for StoredDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+/// Where a tensor's little-endian bytes live.
+#[derive(Clone)]
+pub(crate) enum Bytes {
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        start: usize,
+        end: usize,
+    },
+    Owned(Arc<Vec<u8>>),
+}
+
+impl Bytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped { map, start, end } => &map[*start..*end],
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub dtype: StoredDtype,
+    pub shape: Vec<usize>,
+    pub bytes: Bytes,
+}
+
+/// The tensors of one model part (one weight file).
+pub struct Checkpoint {
+    path: PathBuf,
+    tensors: BTreeMap<String, Entry>,
+}
+
+impl Checkpoint {
+    pub(crate) fn from_entries(path: PathBuf, tensors: BTreeMap<String, Entry>) -> Self {
+        Self { path, tensors }
+    }
+
+    /// Opens the weights of a diffusers/transformers component folder: `<stem>.safetensors` if
+    /// present, else `<stem>.bin` (`stem` is `diffusion_pytorch_model` or `model`; both are tried).
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let stems = ["diffusion_pytorch_model", "model"];
+        for ext in ["safetensors", "bin"] {
+            for stem in stems {
+                let path = dir.join(format!("{stem}.{ext}"));
+                if path.is_file() {
+                    return Self::open(&path);
+                }
+            }
+        }
+        Err(CheckpointError::NoWeights {
+            path: dir.to_path_buf(),
+            looked_for: "diffusion_pytorch_model / model .safetensors or .bin".into(),
+        })
+    }
+
+    /// Opens one weight file, choosing the reader by extension.
+    pub fn open(path: &Path) -> Result<Self> {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("bin") | Some("pt") | Some("pth") => super::checkpoint::pickle::read(path),
+            _ => read_safetensors(path),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|e| e.shape.as_slice())
+    }
+
+    pub fn dtype(&self, name: &str) -> Option<StoredDtype> {
+        self.tensors.get(name).map(|e| e.dtype)
+    }
+
+    /// Renames every tensor whose name contains `from` (e.g. diffusers' old VAE attention names).
+    pub fn rename_all(&mut self, from: &str, to: &str) {
+        let old: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| k.contains(from))
+            .cloned()
+            .collect();
+        for name in old {
+            if let Some(entry) = self.tensors.remove(&name) {
+                self.tensors.insert(name.replace(from, to), entry);
+            }
+        }
+    }
+
+    /// The tensor `name` as f32, checked to have `shape`.
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let entry = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| CheckpointError::Missing {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
+        if entry.shape != shape {
+            return Err(CheckpointError::Shape {
+                path: self.path.clone(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                got: entry.shape.clone(),
+            });
+        }
+        let bytes = entry.bytes.as_slice();
+        let numel: usize = shape.iter().product();
+        if bytes.len() != numel * entry.dtype.size() {
+            return Err(CheckpointError::Corrupt {
+                path: self.path.clone(),
+                detail: format!(
+                    "tensor `{name}` has {} bytes for {numel} {} values",
+                    bytes.len(),
+                    entry.dtype
+                ),
+            });
+        }
+        let words = bytes.chunks_exact(entry.dtype.size());
+        Ok(match entry.dtype {
+            StoredDtype::F32 => words
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            StoredDtype::F16 => words
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            StoredDtype::BF16 => words
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            StoredDtype::F64 => words
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
+                .collect(),
+            other => {
+                return Err(CheckpointError::Dtype {
+                    path: self.path.clone(),
+                    name: name.to_string(),
+                    got: other.to_string(),
+                });
+            }
+        })
+    }
+
+    /// The tensor `name` as f32 with whatever shape it has.
+    pub fn f32_any(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let shape = self
+            .shape(name)
+            .ok_or_else(|| CheckpointError::Missing {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?
+            .to_vec();
+        let data = self.f32(name, &shape)?;
+        Ok((shape, data))
+    }
+
+    /// An integer tensor (token ids, int64 buffers) with whatever shape it has.
+    pub fn i64_any(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+        let entry = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| CheckpointError::Missing {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })?;
+        let bytes = entry.bytes.as_slice();
+        let values = match entry.dtype {
+            StoredDtype::I64 => bytes
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                .collect(),
+            StoredDtype::I32 => bytes
+                .chunks_exact(4)
+                .map(|b| i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect(),
+            other => {
+                return Err(CheckpointError::Dtype {
+                    path: self.path.clone(),
+                    name: name.to_string(),
+                    got: format!("{other} (expected an integer tensor)"),
+                });
+            }
+        };
+        Ok((entry.shape.clone(), values))
+    }
+
+    /// A view that prefixes names, e.g. `ckpt.root().pp("down_blocks").pp(0)`.
+    pub fn root(&self) -> Weights<'_> {
+        Weights {
+            ckpt: self,
+            prefix: String::new(),
+        }
+    }
+}
+
+/// A path into a checkpoint's names, in the style of candle's `VarBuilder::pp`.
+#[derive(Clone)]
+pub struct Weights<'a> {
+    ckpt: &'a Checkpoint,
+    prefix: String,
+}
+
+impl<'a> Weights<'a> {
+    pub fn pp(&self, part: impl fmt::Display) -> Weights<'a> {
+        let prefix = if self.prefix.is_empty() {
+            part.to_string()
+        } else {
+            format!("{}.{part}", self.prefix)
+        };
+        Weights {
+            ckpt: self.ckpt,
+            prefix,
+        }
+    }
+
+    /// The full name of `leaf` under this path.
+    pub fn name(&self, leaf: &str) -> String {
+        if self.prefix.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{leaf}", self.prefix)
+        }
+    }
+
+    pub fn contains(&self, leaf: &str) -> bool {
+        self.ckpt.contains(&self.name(leaf))
+    }
+
+    pub fn f32(&self, leaf: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.ckpt.f32(&self.name(leaf), shape)
+    }
+
+    pub fn checkpoint(&self) -> &'a Checkpoint {
+        self.ckpt
+    }
+}
+
+fn read_safetensors(path: &Path) -> Result<Checkpoint> {
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the map is read-only; a file changed underneath us while mapped is the one hazard,
+    // the same as for every mmap-based checkpoint reader.
+    let map = Arc::new(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?);
+    let corrupt = |detail: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let (header_len, meta) =
+        safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| corrupt(e.to_string()))?;
+    let data_start = 8 + header_len;
+    let mut tensors = BTreeMap::new();
+    for (name, info) in meta.tensors() {
+        let dtype = match info.dtype {
+            safetensors::Dtype::F32 => StoredDtype::F32,
+            safetensors::Dtype::F16 => StoredDtype::F16,
+            safetensors::Dtype::BF16 => StoredDtype::BF16,
+            safetensors::Dtype::F64 => StoredDtype::F64,
+            safetensors::Dtype::I64 => StoredDtype::I64,
+            safetensors::Dtype::I32 => StoredDtype::I32,
+            safetensors::Dtype::U8 => StoredDtype::U8,
+            safetensors::Dtype::BOOL => StoredDtype::Bool,
+            other => {
+                return Err(corrupt(format!(
+                    "tensor `{name}` has unsupported dtype {other:?}"
+                )));
+            }
+        };
+        let (start, end) = info.data_offsets;
+        let (start, end) = (data_start + start, data_start + end);
+        if end > map.len() || start > end {
+            return Err(corrupt(format!(
+                "tensor `{name}` lies past the end of the file"
+            )));
+        }
+        tensors.insert(
+            name.to_string(),
+            Entry {
+                dtype,
+                shape: info.shape.clone(),
+                bytes: Bytes::Mapped {
+                    map: Arc::clone(&map),
+                    start,
+                    end,
+                },
+            },
+        );
+    }
+    Ok(Checkpoint::from_entries(path.to_path_buf(), tensors))
+}
+
+pub mod pickle;

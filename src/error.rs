@@ -1,0 +1,32 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::checkpoint::CheckpointError;
+use crate::gpu::GpuError;
+
+/// Errors of the model and pipeline layers, each saying what the user can do about it.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("{0}")]
+    Input(String),
+    #[error("{stage} produced a non-finite value (NaN or infinity)")]
+    NonFinite { stage: String },
+    #[error("cancelled")]
+    Cancelled,
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

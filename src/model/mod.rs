@@ -1,0 +1,24 @@
+//! The four networks of AudioLDM, one file per reference module, each built from its
+//! `config.json` and its checkpoint's own tensor names, recorded as ops on the engine's graph.
+
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// Reads a component's `config.json` (unknown keys ignored, missing ones defaulted as the
+/// reference does; a missing required key is an error naming the file).
+pub fn load_config<T: DeserializeOwned>(dir: &Path) -> Result<T> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::Config {
+        path,
+        message: e.to_string(),
+    })
+}
+
+pub mod nn;

@@ -1,0 +1,296 @@
+//! The layers the four networks share (PyTorch `nn` modules), each loaded by its checkpoint names
+//! and recorded onto a [`Graph`] by `forward`.
+
+use crate::checkpoint::Weights;
+use crate::error::Result;
+use crate::gpu::ops::conv::{
+    Conv1dOptions, Conv2dOptions, conv_transpose1d_weight_layout, conv_weight_layout,
+};
+use crate::gpu::{Activation, Context, DType, Graph, Tensor, Var};
+
+/// How weights are stored on the GPU: f32 (the reference path) or f16 (half the memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Precision {
+    pub weights: DType,
+}
+
+impl Default for Precision {
+    fn default() -> Self {
+        Self {
+            weights: DType::F32,
+        }
+    }
+}
+
+/// Loads tensors from a checkpoint onto the GPU.
+#[derive(Clone, Copy)]
+pub struct Loader<'a> {
+    pub ctx: &'a Context,
+    pub precision: Precision,
+}
+
+impl Loader<'_> {
+    /// A matrix or convolution weight, stored in the chosen precision.
+    pub fn weight(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        Ok(Tensor::from_f32(
+            self.ctx,
+            shape,
+            self.precision.weights,
+            data,
+        )?)
+    }
+
+    /// Biases, norm affines, embeddings that are added: always f32.
+    pub fn vector(&self, vb: &Weights, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let data = vb.f32(name, shape)?;
+        Ok(Tensor::from_f32(self.ctx, shape, DType::F32, &data)?)
+    }
+
+    fn optional_bias(&self, vb: &Weights, bias: bool, n: usize) -> Result<Option<Tensor>> {
+        bias.then(|| self.vector(vb, "bias", &[n])).transpose()
+    }
+}
+
+/// `nn.Linear`: `y = x W^T + b`, weight `[out, in]`.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(
+        l: &Loader,
+        vb: &Weights,
+        inputs: usize,
+        outputs: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let w = vb.f32("weight", &[outputs, inputs])?;
+        Ok(Self {
+            weight: l.weight(&[outputs, inputs], &w)?,
+            bias: l.optional_bias(vb, bias, outputs)?,
+        })
+    }
+
+    /// `act(x W^T + b) + residual`.
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        x: Var,
+        act: Activation,
+        residual: Option<Var>,
+    ) -> Result<Var> {
+        let w = g.weight(&self.weight);
+        let b = self.bias.as_ref().map(|b| g.weight(b));
+        Ok(g.linear(x, w, b, act, residual)?)
+    }
+}
+
+/// `nn.Conv2d` (groups 1), weight re-laid out at load to `[Cin, kh, kw, Cout]`.
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub options: Conv2dOptions,
+}
+
+impl Conv2d {
+    /// A square-kernel convolution with PyTorch's symmetric `padding`.
+    pub fn load(
+        l: &Loader,
+        vb: &Weights,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let w = vb.f32("weight", &[cout, cin, kernel, kernel])?;
+        let laid = conv_weight_layout(&w, cout, cin, kernel, kernel);
+        Ok(Self {
+            weight: l.weight(&[cin, kernel, kernel, cout], &laid)?,
+            bias: l.optional_bias(vb, true, cout)?,
+            options: Conv2dOptions::same_padding(stride, padding),
+        })
+    }
+
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        x: Var,
+        act: Activation,
+        residual: Option<Var>,
+    ) -> Result<Var> {
+        let w = g.weight(&self.weight);
+        let b = self.bias.as_ref().map(|b| g.weight(b));
+        let options = Conv2dOptions {
+            act,
+            ..self.options
+        };
+        Ok(g.conv2d(x, w, b, residual, options)?)
+    }
+}
+
+/// `nn.Conv1d` (groups 1), weight re-laid out at load to `[Cin, 1, k, Cout]`.
+pub struct Conv1d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub options: Conv1dOptions,
+}
+
+impl Conv1d {
+    pub fn load(
+        l: &Loader,
+        vb: &Weights,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        dilation: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let w = vb.f32("weight", &[cout, cin, kernel])?;
+        let laid = conv_weight_layout(&w, cout, cin, 1, kernel);
+        Ok(Self {
+            weight: l.weight(&[cin, 1, kernel, cout], &laid)?,
+            bias: l.optional_bias(vb, true, cout)?,
+            options: Conv1dOptions {
+                padding,
+                dilation,
+                ..Conv1dOptions::default()
+            },
+        })
+    }
+
+    /// `act(conv(leaky_relu(x)) + b) + residual`, the leaky ReLU on the input only if asked.
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        x: Var,
+        input_leaky_relu: Option<f32>,
+        act: Activation,
+        residual: Option<Var>,
+    ) -> Result<Var> {
+        let w = g.weight(&self.weight);
+        let b = self.bias.as_ref().map(|b| g.weight(b));
+        let options = Conv1dOptions {
+            act,
+            input_leaky_relu,
+            ..self.options
+        };
+        Ok(g.conv1d(x, w, b, residual, options)?)
+    }
+}
+
+/// `nn.ConvTranspose1d` (groups 1), weight re-laid out at load to `[Cin, k, Cout]`.
+pub struct ConvTranspose1d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvTranspose1d {
+    pub fn load(
+        l: &Loader,
+        vb: &Weights,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let w = vb.f32("weight", &[cin, cout, kernel])?;
+        let laid = conv_transpose1d_weight_layout(&w, cin, cout, kernel);
+        Ok(Self {
+            weight: l.weight(&[cin, kernel, cout], &laid)?,
+            bias: l.optional_bias(vb, true, cout)?,
+            stride,
+            padding,
+        })
+    }
+
+    pub fn forward(&self, g: &mut Graph, x: Var, input_leaky_relu: Option<f32>) -> Result<Var> {
+        let w = g.weight(&self.weight);
+        let b = self.bias.as_ref().map(|b| g.weight(b));
+        Ok(g.conv_transpose1d(
+            x,
+            w,
+            b,
+            self.stride,
+            self.padding,
+            0,
+            Activation::None,
+            input_leaky_relu,
+        )?)
+    }
+}
+
+/// `nn.GroupNorm` with affine parameters, optionally followed by SiLU in the same kernel.
+pub struct GroupNorm {
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    pub groups: usize,
+    pub eps: f32,
+}
+
+impl GroupNorm {
+    pub fn load(
+        l: &Loader,
+        vb: &Weights,
+        groups: usize,
+        channels: usize,
+        eps: f32,
+    ) -> Result<Self> {
+        Ok(Self {
+            gamma: l.vector(vb, "weight", &[channels])?,
+            beta: l.vector(vb, "bias", &[channels])?,
+            groups,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, g: &mut Graph, x: Var, silu: bool) -> Result<Var> {
+        let (gamma, beta) = (g.weight(&self.gamma), g.weight(&self.beta));
+        Ok(g.group_norm(x, self.groups, Some(gamma), Some(beta), self.eps, silu)?)
+    }
+}
+
+/// `nn.LayerNorm` over the last dimension.
+pub struct LayerNorm {
+    pub gamma: Tensor,
+    pub beta: Tensor,
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    pub fn load(l: &Loader, vb: &Weights, dim: usize, eps: f32) -> Result<Self> {
+        Ok(Self {
+            gamma: l.vector(vb, "weight", &[dim])?,
+            beta: l.vector(vb, "bias", &[dim])?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, g: &mut Graph, x: Var) -> Result<Var> {
+        let (gamma, beta) = (g.weight(&self.gamma), g.weight(&self.beta));
+        Ok(g.layer_norm(x, gamma, beta, self.eps)?)
+    }
+}
+
+/// `nn.Embedding`: rows of a `[vocab, dim]` table gathered by id.
+pub struct Embedding {
+    pub table: Tensor,
+}
+
+impl Embedding {
+    pub fn load(l: &Loader, vb: &Weights, vocab: usize, dim: usize) -> Result<Self> {
+        let data = vb.f32("weight", &[vocab, dim])?;
+        Ok(Self {
+            table: l.weight(&[vocab, dim], &data)?,
+        })
+    }
+
+    pub fn forward(&self, g: &mut Graph, ids: Var) -> Result<Var> {
+        let table = g.weight(&self.table);
+        Ok(g.embedding(ids, table)?)
+    }
+}
