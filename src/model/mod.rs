@@ -22,3 +22,8 @@ pub fn load_config<T: DeserializeOwned>(dir: &Path) -> Result<T> {
 }
 
 pub mod nn;
+pub mod clap_text;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+pub mod vocoder;
