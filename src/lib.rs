@@ -7,5 +7,6 @@ pub mod checkpoint;
 pub mod error;
 pub mod gpu;
 pub mod model;
+pub mod pipeline;
 
 pub use error::{Error, Result};

@@ -433,6 +433,8 @@ pub struct Executable {
     scalar_slots: Vec<Vec<usize>>,
     dirty: bool,
     stats: GraphStats,
+    /// Copies appended to every run, after the compute pass: (from output, into input).
+    feedback: Vec<(Tensor, Tensor)>,
 }
 
 /// Assigns each interval (first, last, bytes) a slot so that slots never hold overlapping
@@ -658,6 +660,7 @@ impl Executable {
             scalar_slots,
             dirty: true,
             stats,
+            feedback: Vec::new(),
         })
     }
 
@@ -684,7 +687,7 @@ impl Executable {
         Ok(())
     }
 
-    fn encode(&self, ops: &[CompiledOp]) -> wgpu::CommandBuffer {
+    fn encode(&self, ops: &[CompiledOp], with_feedback: bool) -> wgpu::CommandBuffer {
         let mut encoder =
             self.ctx
                 .device()
@@ -703,13 +706,37 @@ impl Executable {
                 pass.dispatch_workgroups(x, y, z);
             }
         }
+        if with_feedback {
+            for (from, into) in &self.feedback {
+                encoder.copy_buffer_to_buffer(from.buffer(), 0, into.buffer(), 0, from.bytes());
+            }
+        }
         encoder.finish()
+    }
+
+    /// After every run, copies output `from` into input `into` within the same submit, so that an
+    /// iteration (a denoising step) feeds its result to the next replay without a round trip.
+    pub fn feed_back(&mut self, from: Var, into: Var) -> Result<()> {
+        let (source, target) = (self.tensor(from)?, self.tensor(into)?);
+        let is_input = matches!(
+            self.values.get(into.0).map(|v| &v.storage),
+            Some(Storage::External { weight: false, .. })
+        );
+        if !is_input || source.bytes() != target.bytes() || source.dtype() != target.dtype() {
+            return Err(GpuError::Invalid(format!(
+                "cannot feed an output of shape {} back into {} (must be an input of the same size)",
+                source.shape(),
+                target.shape()
+            )));
+        }
+        self.feedback.push((source, target));
+        Ok(())
     }
 
     /// Replays the whole graph: one compute pass, one submit. Does not wait for the GPU.
     pub fn run(&mut self) -> Result<()> {
         self.upload_params()?;
-        let commands = self.encode(&self.ops);
+        let commands = self.encode(&self.ops, true);
         self.ctx.scoped("submitting the graph", || {
             self.ctx.queue().submit([commands])
         })?;
@@ -723,7 +750,7 @@ impl Executable {
         self.upload_params()?;
         for i in 0..self.ops.len() {
             let op = &self.ops[i..=i];
-            let commands = self.encode(op);
+            let commands = self.encode(op, i + 1 == self.ops.len());
             self.ctx.scoped(&format!("running {}", op[0].label), || {
                 self.ctx.queue().submit([commands])
             })?;
