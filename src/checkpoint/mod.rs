@@ -29,11 +29,12 @@ pub enum CheckpointError {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
-    #[error("{path}: tensor `{name}` has dtype {got}, expected a float tensor")]
+    #[error("{path}: tensor `{name}` has dtype {got}, expected {expected}")]
     Dtype {
         path: PathBuf,
         name: String,
         got: String,
+        expected: &'static str,
     },
 }
 
@@ -224,6 +225,7 @@ impl Checkpoint {
                     path: self.path.clone(),
                     name: name.to_string(),
                     got: other.to_string(),
+                    expected: "a float tensor",
                 });
             }
         })
@@ -265,7 +267,8 @@ impl Checkpoint {
                 return Err(CheckpointError::Dtype {
                     path: self.path.clone(),
                     name: name.to_string(),
-                    got: format!("{other} (expected an integer tensor)"),
+                    got: other.to_string(),
+                    expected: "an integer tensor",
                 });
             }
         };
@@ -336,6 +339,7 @@ fn read_safetensors(path: &Path) -> Result<Checkpoint> {
         path: path.to_path_buf(),
         detail,
     };
+    check_data_ends(&map[..]).map_err(corrupt)?;
     let (header_len, meta) =
         safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| corrupt(e.to_string()))?;
     let data_start = 8 + header_len;
@@ -377,6 +381,33 @@ fn read_safetensors(path: &Path) -> Result<Checkpoint> {
         );
     }
     Ok(Checkpoint::from_entries(path.to_path_buf(), tensors))
+}
+
+/// Refuses a header whose tensors end past the end of the file before `safetensors` sees it:
+/// `read_metadata` (0.8) adds the data's end to the header's length unchecked, which panics with
+/// overflow checks on when a crafted header's offsets add up to nearly 2^64. Anything else wrong
+/// with the header is left for `read_metadata` to report.
+fn check_data_ends(file: &[u8]) -> std::result::Result<(), String> {
+    let Some(len) = file.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+        return Ok(());
+    };
+    let Some(header) = usize::try_from(u64::from_le_bytes(len))
+        .ok()
+        .and_then(|n| file.get(8..8usize.checked_add(n)?))
+    else {
+        return Ok(());
+    };
+    let Ok(entries) = serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(header) else {
+        return Ok(());
+    };
+    let room = (file.len() - 8 - header.len()) as u64;
+    for (name, info) in &entries {
+        let end = info.get("data_offsets").and_then(|o| o.get(1)?.as_u64());
+        if end.is_some_and(|end| end > room) {
+            return Err(format!("tensor `{name}` lies past the end of the file"));
+        }
+    }
+    Ok(())
 }
 
 pub mod pickle;
