@@ -2,16 +2,19 @@
 //! (`shaders/attention.wgsl`): the score matrix is never materialised.
 
 use crate::gpu::error::{Result, shape_error};
-use crate::gpu::graph::{Binding, Graph, OpSpec, Params, Var};
+use crate::gpu::graph::{Binding, Graph, OpSpec, Params, Var, grid};
 use crate::gpu::kernel::KernelKey;
 use crate::gpu::tensor::{DType, Shape};
 
-/// Query rows per workgroup (one invocation each).
+/// Query rows per workgroup (one invocation each), and outputs per workgroup of the combine pass.
 const WG: usize = 64;
 /// Keys per block of the online softmax: scores held in registers at once.
 const KB: usize = 8;
 /// The largest head dim: each invocation keeps a query and an accumulator of this many floats.
 pub const MAX_HEAD_DIM: usize = 512;
+/// Loop iterations one invocation may run. llvmpipe (lavapipe) stops every loop of an invocation
+/// once 65535 iterations have run in all, silently; keys beyond this budget go to another split.
+const LOOP_BUDGET: usize = 60_000;
 
 /// A strided view of per-head rows: element (b, t, h, i) at `offset + b*sb + t*st + h*sh + i`
 /// (elements of one head's row are contiguous).
@@ -56,6 +59,29 @@ pub struct Attention {
     /// Head dim of V (and of the output).
     pub dv: usize,
     pub scale: f32,
+}
+
+/// Keys per split: `chunk` when given, else all of them unless one invocation's loops (the head
+/// dims once per key block) would run past [`LOOP_BUDGET`], then a multiple of the key block
+/// balanced over the splits.
+fn key_chunk(a: &Attention, chunk: Option<usize>) -> usize {
+    if let Some(chunk) = chunk {
+        return chunk.clamp(1, a.tk);
+    }
+    // Per block: both head-dim loops (unrolled by four) plus slack for the block's own loops; per
+    // invocation: the query loads and the stores.
+    let qb = rows_per_invocation(a);
+    let per_block = a.d.div_ceil(4) + a.dv.div_ceil(4) + KB;
+    let max_blocks = ((LOOP_BUDGET - 2 * qb * (a.d + a.dv)) / per_block).max(1);
+    let blocks = a.tk.div_ceil(KB);
+    let splits = blocks.div_ceil(max_blocks);
+    blocks.div_ceil(splits) * KB
+}
+
+/// Query rows per invocation: two share each K and V load where the head dims are small; large
+/// ones keep one (the private arrays grow with the rows, and llvmpipe's compile time with them).
+fn rows_per_invocation(a: &Attention) -> usize {
+    if a.d.max(a.dv) <= 128 { 2 } else { 1 }
 }
 
 /// Private array size for a head dim: the next power of two, at least 16.
@@ -113,15 +139,23 @@ impl Graph {
                 dv,
                 scale,
             },
+            None,
         )
     }
 
     /// [`Graph::attention`] over strided views; the output is `[batch, tq, heads * dv]`.
     pub fn attention_strided(&mut self, a: Attention) -> Result<Var> {
-        self.attention_checked("attention_strided", a)
+        self.attention_checked("attention_strided", a, None)
     }
 
-    fn attention_checked(&mut self, op: &str, a: Attention) -> Result<Var> {
+    /// [`Graph::attention_strided`] with the keys cut into chunks of `key_chunk` that run side by
+    /// side and are merged by a second dispatch. Without it, keys are split only where one pass
+    /// would run into llvmpipe's loop limit.
+    pub fn attention_split(&mut self, a: Attention, key_chunk: usize) -> Result<Var> {
+        self.attention_checked("attention_split", a, Some(key_chunk))
+    }
+
+    fn attention_checked(&mut self, op: &str, a: Attention, chunk: Option<usize>) -> Result<Var> {
         if a.batch == 0 || a.heads == 0 || a.tq == 0 || a.tk == 0 || a.d == 0 || a.dv == 0 {
             return Err(shape_error(
                 op,
@@ -165,61 +199,87 @@ impl Graph {
                 ));
             }
         }
-        let env = |name: &str, default: usize| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(default)
+        let chunk = key_chunk(&a, chunk);
+        let splits = a.tk.div_ceil(chunk);
+        let width = a.heads * a.dv;
+        let out_shape = Shape(vec![a.batch, a.tq, width]);
+        let params = || {
+            Params::default()
+                .u(a.tq)
+                .u(a.tk)
+                .u(a.d)
+                .u(a.dv)
+                .u(a.q.offset)
+                .u(a.q.sb)
+                .u(a.q.st)
+                .u(a.q.sh)
+                .u(a.k.offset)
+                .u(a.k.sb)
+                .u(a.k.st)
+                .u(a.k.sh)
+                .u(a.v.offset)
+                .u(a.v.sb)
+                .u(a.v.st)
+                .u(a.v.sh)
+                .u(a.tq * width)
+                .u(width)
+                .u(a.dv)
+                .f(a.scale)
+                .u(a.batch)
+                .u(a.heads)
+                .u(splits)
+                .u(chunk)
         };
-        let (qb, kb, u) = (env("ATT_QB", 1), env("ATT_KB", KB), env("ATT_U", 4));
+        let qb = rows_per_invocation(&a);
         let key = KernelKey::new("attention.wgsl", "attention", 3, 1)
             .define("WG", WG)
-            .define("KB", kb)
+            .define("KB", KB)
             .define("QB", qb)
-            .define("U", u)
             .define("DK", padded(a.d))
             .define("DV", padded(a.dv))
             .define("Q_LEN", qb * padded(a.d))
             .define("A_LEN", qb * padded(a.dv))
-            .define("S_LEN", qb * kb);
-        let width = a.heads * a.dv;
-        let params = Params::default()
-            .u(a.tq)
-            .u(a.tk)
-            .u(a.d)
-            .u(a.dv)
-            .u(a.q.offset)
-            .u(a.q.sb)
-            .u(a.q.st)
-            .u(a.q.sh)
-            .u(a.k.offset)
-            .u(a.k.sb)
-            .u(a.k.st)
-            .u(a.k.sh)
-            .u(a.v.offset)
-            .u(a.v.sb)
-            .u(a.v.st)
-            .u(a.v.sh)
-            .u(a.tq * width)
-            .u(width)
-            .u(a.dv)
-            .f(a.scale);
-        self.push(OpSpec {
-            label: op.to_string(),
+            .define("S_LEN", qb * KB);
+        let inputs = vec![
+            Some(Binding::from(a.q.var)),
+            Some(Binding::from(a.k.var)),
+            Some(Binding::from(a.v.var)),
+        ];
+        let workgroups = [
+            a.tq.div_ceil(WG * qb) as u32,
+            a.heads as u32,
+            (a.batch * splits) as u32,
+        ];
+        if splits == 1 {
+            return self.push(OpSpec {
+                label: op.to_string(),
+                key,
+                inputs,
+                out_shape,
+                out_dtype: DType::F32,
+                params: params(),
+                workgroups,
+            });
+        }
+        let partial = self.push(OpSpec {
+            label: format!("{op} ({splits} key splits)"),
             key,
-            inputs: vec![
-                Some(Binding::from(a.q.var)),
-                Some(Binding::from(a.k.var)),
-                Some(Binding::from(a.v.var)),
-            ],
-            out_shape: Shape(vec![a.batch, a.tq, width]),
+            inputs,
+            out_shape: Shape(vec![splits, a.batch, a.heads, a.tq, a.dv + 2]),
             out_dtype: DType::F32,
-            params,
-            workgroups: [
-                a.tq.div_ceil(WG * qb) as u32,
-                a.heads as u32,
-                a.batch as u32,
-            ],
+            params: params(),
+            workgroups,
+        })?;
+        self.push(OpSpec {
+            label: format!("{op} (merge of {splits} key splits)"),
+            key: KernelKey::new("attention.wgsl", "combine", 1, 1)
+                .define("COMBINE", 1)
+                .define("WG", WG),
+            inputs: vec![Some(Binding::from(partial))],
+            out_shape,
+            out_dtype: DType::F32,
+            params: params(),
+            workgroups: grid((a.batch * a.tq * width).div_ceil(WG)),
         })
     }
 }
