@@ -284,6 +284,20 @@ impl Graph {
         Ok(())
     }
 
+    /// Fails unless a kernel whose invocations loop `iterations` times stays under [`LOOP_BUDGET`].
+    pub(crate) fn expect_loop_budget(&self, op: &str, iterations: usize) -> Result<()> {
+        if iterations > LOOP_BUDGET {
+            return Err(shape_error(
+                op,
+                format!(
+                    "one invocation would loop {iterations} times, over the {LOOP_BUDGET} this engine \
+                     allows (software adapters stop loops silently past 65535)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Records an op and returns its output.
     pub(crate) fn push(&mut self, spec: OpSpec) -> Result<Var> {
         if spec.params.0.len() as u64 * 4 > PARAM_BLOCK_BYTES {
@@ -382,6 +396,12 @@ impl Graph {
         Executable::new(self, false)
     }
 }
+
+/// Loop iterations one invocation may run. llvmpipe (Mesa's software adapter) stops every loop of
+/// an invocation once 65,535 iterations have run in all of them, silently, leaving the rest of the
+/// output unwritten; kernels keep under this budget (with a margin) on every adapter, so that a
+/// shape that works on one adapter works on all.
+pub(crate) const LOOP_BUDGET: usize = 60_000;
 
 /// Splits a 1-D count of workgroups over x and y so neither exceeds the per-dimension limit.
 /// Kernels recover the linear index as `wg.x + wg.y * num_workgroups.x`.

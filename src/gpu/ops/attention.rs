@@ -2,7 +2,7 @@
 //! (`shaders/attention.wgsl`): the score matrix is never materialised.
 
 use crate::gpu::error::{Result, shape_error};
-use crate::gpu::graph::{Binding, Graph, OpSpec, Params, Var, grid};
+use crate::gpu::graph::{LOOP_BUDGET, Binding, Graph, OpSpec, Params, Var, grid};
 use crate::gpu::kernel::KernelKey;
 use crate::gpu::tensor::{DType, Shape};
 
@@ -12,9 +12,6 @@ const WG: usize = 64;
 const KB: usize = 8;
 /// The largest head dim: each invocation keeps a query and an accumulator of this many floats.
 pub const MAX_HEAD_DIM: usize = 512;
-/// Loop iterations one invocation may run. llvmpipe (lavapipe) stops every loop of an invocation
-/// once 65535 iterations have run in all, silently; keys beyond this budget go to another split.
-const LOOP_BUDGET: usize = 60_000;
 
 /// A strided view of per-head rows: element (b, t, h, i) at `offset + b*sb + t*st + h*sh + i`
 /// (elements of one head's row are contiguous).

@@ -190,6 +190,7 @@ impl Graph {
                 ));
             }
         }
+        self.expect_loop_budget(op, cin * (1 + kh + kh * kw))?;
         let pixels = b * oh * ow;
         let (entry, tm, tn) = match opts.kernel {
             ConvKernel::Tiled => ("conv2d", TM, TN),
@@ -345,6 +346,7 @@ impl Graph {
                 )
             })?;
         self.expect_bias(op, bias, cout)?;
+        self.expect_loop_budget(op, cin * (1 + k.div_ceil(stride)))?;
         let threads = b * cout.div_ceil(TN_TRANSPOSED) * lout;
         let mut key = KernelKey::new("conv_transpose1d.wgsl", "conv_transpose1d", 3, 1)
             .define("TN", TN_TRANSPOSED);

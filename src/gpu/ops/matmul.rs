@@ -199,6 +199,7 @@ impl Graph {
             }
         }
         self.expect_bias(op, g.bias, g.n)?;
+        self.expect_loop_budget(op, g.k)?;
         if let Some(residual) = g.residual {
             self.expect_dtype(op, residual, &[DType::F32])?;
             if self.shape(residual).numel() != out.numel() {
