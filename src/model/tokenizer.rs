@@ -1,1 +1,311 @@
-//! (being written)
+//! The prompt tokenizer: RoBERTa's byte-level BPE (`RobertaTokenizerFast` in transformers), through
+//! the `tokenizers` crate that backs it.
+//!
+//! A tokenizer folder is read from its `tokenizer.json` when present, else rebuilt from
+//! `vocab.json` + `merges.txt` as transformers does for RoBERTa: ByteLevel pre-tokenizer (no prefix
+//! space, GPT-2 regex) and decoder, RoBERTa post-processing (`<s> … </s>`), and the special tokens
+//! of `tokenizer_config.json` (RoBERTa's names by default; `<mask>` strips the space on its left).
+//!
+//! [`TextTokenizer::encode`] gives what `tokenizer(text, padding="max_length", max_length=n,
+//! truncation=True)` gives without its pads: the BPE tokens cut to `n - 2`, then `<s>` and `</s>`
+//! around them. The empty prompt is `[<s>, </s>]` = `[0, 2]`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::processors::roberta::RobertaProcessing;
+use tokenizers::{AddedToken, PostProcessor, PostProcessorWrapper, Tokenizer, TruncationDirection};
+
+use crate::error::{Error, Result};
+
+/// `model_max_length` when `tokenizer_config.json` does not give one: the pipeline's 512 (RoBERTa's
+/// 514 positions less the two that the padding convention skips).
+pub const DEFAULT_MODEL_MAX_LENGTH: usize = 512;
+
+/// The result of [`TextTokenizer::encode_full`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded {
+    /// `<s>`, the kept BPE tokens, `</s>`.
+    pub ids: Vec<u32>,
+    /// How many BPE tokens the truncation dropped (diffusers logs them as a warning).
+    pub dropped: usize,
+}
+
+/// RoBERTa's byte-level BPE tokenizer with its special-token ids.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    dir: PathBuf,
+    bos_id: u32,
+    eos_id: u32,
+    pad_id: u32,
+    /// Tokens the post-processor adds to one sequence (2: `<s>`, `</s>`).
+    added: usize,
+    model_max_length: usize,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("dir", &self.dir)
+            .field("vocab", &self.vocab_size())
+            .field("bos_id", &self.bos_id)
+            .field("eos_id", &self.eos_id)
+            .field("pad_id", &self.pad_id)
+            .field("model_max_length", &self.model_max_length)
+            .finish()
+    }
+}
+
+/// `tokenizer_config.json`, where present: special-token names and `model_max_length`.
+#[derive(Default)]
+struct TokenizerConfig(Option<Value>);
+
+impl TokenizerConfig {
+    fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer_config.json");
+        if !path.is_file() {
+            return Ok(Self(None));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let value = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path,
+            message: e.to_string(),
+        })?;
+        Ok(Self(Some(value)))
+    }
+
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.0.as_ref().and_then(|v| v.get(key))
+    }
+
+    /// A special token: a string, or an `AddedToken` object with `content` and flags.
+    fn token(&self, key: &str, default: &str) -> (String, bool, bool) {
+        match self.get(key) {
+            Some(Value::String(s)) => (s.clone(), false, false),
+            Some(Value::Object(o)) => (
+                o.get("content")
+                    .and_then(Value::as_str)
+                    .unwrap_or(default)
+                    .to_string(),
+                o.get("lstrip").and_then(Value::as_bool).unwrap_or(false),
+                o.get("rstrip").and_then(Value::as_bool).unwrap_or(false),
+            ),
+            _ => (default.to_string(), false, false),
+        }
+    }
+
+    fn token_name(&self, key: &str, default: &str) -> String {
+        self.token(key, default).0
+    }
+
+    fn add_prefix_space(&self) -> bool {
+        self.get("add_prefix_space")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// transformers stores "no limit" as a huge float (1e30); anything beyond 2^32 counts as unset.
+    fn model_max_length(&self) -> usize {
+        self.get("model_max_length")
+            .and_then(Value::as_f64)
+            .filter(|n| (1.0..4_294_967_296.0).contains(n))
+            .map_or(DEFAULT_MODEL_MAX_LENGTH, |n| n as usize)
+    }
+}
+
+fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(format!("{}: {e}", path.display()))
+}
+
+impl TextTokenizer {
+    /// Loads the tokenizer of a pipeline's `tokenizer/` folder: `tokenizer.json`, or else
+    /// `vocab.json` + `merges.txt`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Tokenizer(format!(
+                "{}: no such tokenizer folder (expected tokenizer.json, or vocab.json and \
+                 merges.txt)",
+                dir.display()
+            )));
+        }
+        let config = TokenizerConfig::read(dir)?;
+        let json = dir.join("tokenizer.json");
+        let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        let inner = if json.is_file() {
+            Tokenizer::from_file(&json).map_err(|e| tok_err(&json, e))?
+        } else if vocab.is_file() && merges.is_file() {
+            Self::build_roberta(&config, &vocab, &merges)?
+        } else {
+            return Err(Error::Tokenizer(format!(
+                "{}: found neither tokenizer.json nor vocab.json and merges.txt",
+                dir.display()
+            )));
+        };
+        Self::from_tokenizer(inner, dir, &config)
+    }
+
+    /// Byte-level BPE with RoBERTa's post-processing, from `vocab.json` and `merges.txt`.
+    fn build_roberta(config: &TokenizerConfig, vocab: &Path, merges: &Path) -> Result<Tokenizer> {
+        let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
+            .build()
+            .map_err(|e| tok_err(vocab, e))?;
+        let add_prefix_space = config.add_prefix_space();
+        let mut tokenizer = Tokenizer::new(bpe);
+        tokenizer
+            .with_pre_tokenizer(Some(
+                ByteLevel::default()
+                    .add_prefix_space(add_prefix_space)
+                    .trim_offsets(true)
+                    .use_regex(true),
+            ))
+            .with_decoder(Some(ByteLevelDecoder::default()));
+        let id = |name: &str| {
+            tokenizer.token_to_id(name).ok_or_else(|| {
+                tok_err(
+                    vocab,
+                    format!("special token `{name}` is not in the vocabulary"),
+                )
+            })
+        };
+        let cls = config.token_name("cls_token", "<s>");
+        let sep = config.token_name("sep_token", "</s>");
+        let processor = RobertaProcessing::new((sep.clone(), id(&sep)?), (cls.clone(), id(&cls)?))
+            .trim_offsets(true)
+            .add_prefix_space(add_prefix_space);
+        tokenizer.with_post_processor(Some(processor));
+        // RobertaTokenizer's special tokens; its `<mask>` swallows the space before it.
+        let specials = [
+            ("bos_token", "<s>", false),
+            ("pad_token", "<pad>", false),
+            ("eos_token", "</s>", false),
+            ("unk_token", "<unk>", false),
+            ("sep_token", "</s>", false),
+            ("cls_token", "<s>", false),
+            ("mask_token", "<mask>", true),
+        ];
+        let mut added: Vec<AddedToken> = Vec::new();
+        for (key, default, mask) in specials {
+            let (content, lstrip, rstrip) = config.token(key, default);
+            if added.iter().any(|t| t.content == content) {
+                continue;
+            }
+            added.push(
+                AddedToken::from(content, true)
+                    .lstrip(lstrip || mask)
+                    .rstrip(rstrip)
+                    .normalized(false),
+            );
+        }
+        tokenizer
+            .add_special_tokens(added)
+            .map_err(|e| tok_err(vocab, e))?;
+        Ok(tokenizer)
+    }
+
+    fn from_tokenizer(mut inner: Tokenizer, dir: &Path, config: &TokenizerConfig) -> Result<Self> {
+        // The pipeline's padding and truncation are applied by `encode`, not by the file's settings
+        // (the real tokenizer.json pads to the longest of a batch).
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| tok_err(dir, e))?;
+        let named = |key: &str, default: &str| {
+            let name = config.token_name(key, default);
+            inner
+                .token_to_id(&name)
+                .ok_or_else(|| tok_err(dir, format!("special token `{name}` is unknown")))
+        };
+        let (bos_id, eos_id) = match inner.get_post_processor() {
+            Some(PostProcessorWrapper::Roberta(r)) => (r.get_cls_copy().1, r.get_sep_copy().1),
+            _ => (named("bos_token", "<s>")?, named("eos_token", "</s>")?),
+        };
+        let pad_id = match inner.get_padding() {
+            Some(p) => p.pad_id,
+            None => named("pad_token", "<pad>")?,
+        };
+        let added = inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(false));
+        Ok(Self {
+            inner,
+            dir: dir.to_path_buf(),
+            bos_id,
+            eos_id,
+            pad_id,
+            added,
+            model_max_length: config.model_max_length(),
+        })
+    }
+
+    /// `<s> tokens </s>` with the tokens cut so that the whole is at most `max_len` long, as
+    /// transformers' `truncation=True, max_length=max_len` (no padding).
+    pub fn encode(&self, text: &str, max_len: usize) -> Result<Vec<u32>> {
+        Ok(self.encode_full(text, max_len)?.ids)
+    }
+
+    /// [`encode`](Self::encode), also saying how many tokens the truncation dropped.
+    pub fn encode_full(&self, text: &str, max_len: usize) -> Result<Encoded> {
+        if max_len < self.added {
+            return Err(Error::Input(format!(
+                "a token limit of {max_len} leaves no room for the {} special tokens",
+                self.added
+            )));
+        }
+        let mut encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tok_err(&self.dir, e))?;
+        let keep = max_len - self.added;
+        let dropped = encoding.len().saturating_sub(keep);
+        encoding.truncate(keep, 0, TruncationDirection::Right);
+        let encoding = self
+            .inner
+            .post_process(encoding, None, true)
+            .map_err(|e| tok_err(&self.dir, e))?;
+        Ok(Encoded {
+            ids: encoding.get_ids().to_vec(),
+            dropped,
+        })
+    }
+
+    /// The text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| tok_err(&self.dir, e))
+    }
+
+    /// `<s>`: 0 for RoBERTa.
+    pub fn bos_id(&self) -> u32 {
+        self.bos_id
+    }
+
+    /// `</s>`: 2 for RoBERTa.
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// `<pad>`: 1 for RoBERTa (also the text encoder's `padding_idx`).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// The pipeline's token limit (`model_max_length` of `tokenizer_config.json`, 512).
+    pub fn model_max_length(&self) -> usize {
+        self.model_max_length
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The wrapped `tokenizers` tokenizer.
+    pub fn inner(&self) -> &Tokenizer {
+        &self.inner
+    }
+}
