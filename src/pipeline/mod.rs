@@ -1,4 +1,480 @@
-//! Text-to-audio: prompt in, waveform out, with progress events. Knows nothing of any front end.
+//! Text-to-audio, as diffusers' `AudioLDMPipeline` does it: prompt in, waveform out, with progress
+//! events and cancellation between steps. Knows nothing of any front end: the CLI and the desktop
+//! app both call [`Pipeline::generate`] (or [`run`], which loads first).
 
 pub mod ddim;
 pub mod noise;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Context, DType, Executable, Graph, Scalar, Tensor, Var};
+use crate::model::clap_text::ClapTextModelWithProjection;
+use crate::model::nn::{Loader, Precision};
+use crate::model::tokenizer::TextTokenizer;
+use crate::model::unet::UNet2DConditionModel;
+use crate::model::vae::AutoencoderKL;
+use crate::model::vocoder::SpeechT5HifiGan;
+
+use ddim::DdimScheduler;
+
+/// The longest clip a request may ask for: beyond it the vocoder's activations outgrow one
+/// storage binding on common adapters (128 MiB).
+pub const MAX_DURATION_S: f64 = 60.0;
+
+/// What to generate. `Default` gives diffusers' defaults (10 steps, guidance 2.5, eta 0).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Request {
+    pub prompt: String,
+    /// `None` is the empty (unconditional) negative prompt, as in diffusers.
+    pub negative_prompt: Option<String>,
+    pub steps: usize,
+    pub guidance_scale: f32,
+    /// Seconds of audio; `None` takes the model's default (`sample_size` latent frames: 5.12 s).
+    pub duration_s: Option<f64>,
+    pub seed: u32,
+    pub eta: f32,
+    /// Initial latents `[1, C, frames, width]` instead of seeded noise.
+    pub init_latents: Option<Vec<f32>>,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: None,
+            steps: 10,
+            guidance_scale: 2.5,
+            duration_s: None,
+            seed: 0,
+            eta: 0.0,
+            init_latents: None,
+        }
+    }
+}
+
+/// A (log-)mel spectrogram, time-major: `data[frame * bins + bin]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Mel {
+    pub frames: usize,
+    pub bins: usize,
+    pub data: Vec<f32>,
+}
+
+/// Mono audio.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Audio {
+    pub sample_rate: u32,
+    pub samples: Vec<f32>,
+}
+
+/// Everything a generation produced.
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    pub audio: Audio,
+    /// The decoded mel spectrogram (exact, from the VAE).
+    pub mel: Mel,
+    /// Final latents `[1, C, frames, width]` as the scheduler left them (before VAE scaling).
+    pub latents: Vec<f32>,
+    pub latent_shape: [usize; 4],
+    /// Text embeddings `[rows, dim]` in diffusers' order: negative first when guidance is on.
+    pub text_embeds: Vec<f32>,
+    pub text_embeds_shape: [usize; 2],
+}
+
+/// Progress of [`run`] and [`Pipeline::generate`].
+#[derive(Clone, Debug)]
+pub enum Event {
+    Loaded { model: PathBuf },
+    /// Step `i` (1-based) of `n` done; `preview` is a cheap look at the current clean estimate.
+    Step { i: usize, n: usize, preview: Mel },
+    Done(Box<Output>),
+    Failed(String),
+}
+
+/// The latent and audio sizes a duration maps to (REFERENCE.md section 2.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lengths {
+    pub mel_frames: usize,
+    pub latent_frames: usize,
+    pub latent_width: usize,
+    pub samples: usize,
+}
+
+/// The step graph of one latent shape, recorded once and replayed every step.
+struct StepGraph {
+    shape: [usize; 4],
+    guided: bool,
+    exe: Executable,
+    latents: Tensor,
+    embeds: Tensor,
+    noise: Tensor,
+    clean: Var,
+    timestep: Scalar,
+    guidance: Scalar,
+    x0_scale: Scalar,
+    x0_eps: Scalar,
+    prev_x0: Scalar,
+    prev_eps: Scalar,
+    sigma: Scalar,
+}
+
+/// A loaded model: the four networks, the tokenizer and the scheduler on one GPU context.
+pub struct Pipeline {
+    ctx: Context,
+    dir: PathBuf,
+    tokenizer: TextTokenizer,
+    text_encoder: ClapTextModelWithProjection,
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    vocoder: SpeechT5HifiGan,
+    scheduler: DdimScheduler,
+    step_graph: Mutex<Option<StepGraph>>,
+}
+
+/// Loads the model in `dir` and generates `request`, reporting every stage through `on_event`
+/// (including failure, which is also returned).
+pub fn run(
+    ctx: &Context,
+    dir: &Path,
+    precision: Precision,
+    request: &Request,
+    cancel: &AtomicBool,
+    mut on_event: impl FnMut(Event),
+) -> Result<Output> {
+    let result = Pipeline::load(ctx, dir, precision).and_then(|pipeline| {
+        on_event(Event::Loaded {
+            model: dir.to_path_buf(),
+        });
+        pipeline.generate(request, cancel, &mut on_event)
+    });
+    match result {
+        Ok(output) => {
+            on_event(Event::Done(Box::new(output.clone())));
+            Ok(output)
+        }
+        Err(e) => {
+            on_event(Event::Failed(e.to_string()));
+            Err(e)
+        }
+    }
+}
+
+fn check_finite(stage: &str, values: &[f32]) -> Result<()> {
+    if values.iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(Error::NonFinite {
+            stage: stage.to_string(),
+        })
+    }
+}
+
+impl Pipeline {
+    /// Loads a diffusers-layout AudioLDM folder (`unet/`, `vae/`, `text_encoder/`, `vocoder/`,
+    /// `tokenizer/`, `scheduler/`).
+    pub fn load(ctx: &Context, dir: &Path, precision: Precision) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Input(format!(
+                "model folder {} does not exist",
+                dir.display()
+            )));
+        }
+        let loader = Loader { ctx, precision };
+        let pipeline = Self {
+            ctx: ctx.clone(),
+            dir: dir.to_path_buf(),
+            tokenizer: TextTokenizer::from_dir(&dir.join("tokenizer"))?,
+            text_encoder: ClapTextModelWithProjection::load(&loader, &dir.join("text_encoder"))?,
+            unet: UNet2DConditionModel::load(&loader, &dir.join("unet"))?,
+            vae: AutoencoderKL::load(&loader, &dir.join("vae"))?,
+            vocoder: SpeechT5HifiGan::load(&loader, &dir.join("vocoder"))?,
+            scheduler: DdimScheduler::load(&dir.join("scheduler"))?,
+            step_graph: Mutex::new(None),
+        };
+        tracing::info!(model = %dir.display(), "AudioLDM loaded");
+        Ok(pipeline)
+    }
+
+    pub fn model_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    pub fn sample_rate(&self) -> u32 {
+        self.vocoder.config.sampling_rate
+    }
+
+    /// The model's default clip length (diffusers: `sample_size * vae_scale * hop`).
+    pub fn default_duration_s(&self) -> f64 {
+        let size = self.unet.config.sample_size.unwrap_or(128);
+        size as f64 * self.vae_scale_factor() as f64 * self.seconds_per_frame()
+    }
+
+    fn vae_scale_factor(&self) -> usize {
+        1 << (self.vae.config.block_out_channels.len().saturating_sub(1))
+    }
+
+    fn seconds_per_frame(&self) -> f64 {
+        let hop: usize = self.vocoder.config.upsample_rates.iter().product();
+        hop as f64 / self.vocoder.config.sampling_rate as f64
+    }
+
+    /// Latent and audio sizes for a duration, exactly as diffusers computes them.
+    pub fn lengths(&self, duration_s: f64) -> Result<Lengths> {
+        let factor = self.seconds_per_frame();
+        let scale = self.vae_scale_factor();
+        let shortest = factor * scale as f64;
+        if !duration_s.is_finite() || duration_s < shortest {
+            return Err(Error::Input(format!(
+                "the duration must be at least {shortest} s, got {duration_s} s"
+            )));
+        }
+        if duration_s > MAX_DURATION_S {
+            return Err(Error::Input(format!(
+                "the duration must be at most {MAX_DURATION_S} s, got {duration_s} s"
+            )));
+        }
+        let mut height = (duration_s / factor) as usize;
+        if height % scale != 0 {
+            height = height.div_ceil(scale) * scale;
+        }
+        Ok(Lengths {
+            mel_frames: height,
+            latent_frames: height / scale,
+            latent_width: self.vocoder.config.model_in_dim / scale,
+            samples: (duration_s * self.vocoder.config.sampling_rate as f64) as usize,
+        })
+    }
+
+    /// Text embeddings `[rows, dim]`: `[negative, prompt]` when `guided`, else `[prompt]`.
+    pub fn encode_text(&self, prompt: &str, negative: Option<&str>, guided: bool) -> Result<(Vec<f32>, usize)> {
+        let encoder = &self.text_encoder;
+        let dim = encoder.config.projection_dim;
+        let mut rows = Vec::with_capacity(2 * dim);
+        if guided {
+            // diffusers truncates the negative prompt at the embedding width (its quirk).
+            let max = encoder.negative_max_len();
+            rows.extend(encoder.embed_text(&self.ctx, &self.tokenizer, negative.unwrap_or(""), max)?);
+        }
+        let max = encoder.prompt_max_len(&self.tokenizer);
+        rows.extend(encoder.embed_text(&self.ctx, &self.tokenizer, prompt, max)?);
+        check_finite("the text encoder", &rows)?;
+        Ok((rows, dim))
+    }
+
+    /// Generates `request`, calling `on_event` after every step; stops with [`Error::Cancelled`]
+    /// between steps once `cancel` is set.
+    pub fn generate(
+        &self,
+        request: &Request,
+        cancel: &AtomicBool,
+        mut on_event: impl FnMut(Event),
+    ) -> Result<Output> {
+        let duration = request.duration_s.unwrap_or_else(|| self.default_duration_s());
+        let lengths = self.lengths(duration)?;
+        if !request.guidance_scale.is_finite() {
+            return Err(Error::Input("the guidance scale must be a finite number".into()));
+        }
+        if !(0.0..=1.0).contains(&request.eta) {
+            return Err(Error::Input(format!("eta must be between 0 and 1, got {}", request.eta)));
+        }
+        let timesteps = self.scheduler.timesteps(request.steps)?;
+        let guided = request.guidance_scale > 1.0;
+        let shape = [
+            1,
+            self.unet.config.in_channels,
+            lengths.latent_frames,
+            lengths.latent_width,
+        ];
+        let count: usize = shape.iter().product();
+        let initial = match &request.init_latents {
+            Some(latents) if latents.len() == count => latents.clone(),
+            Some(latents) => {
+                return Err(Error::Input(format!(
+                    "initial latents have {} values; a {duration} s clip needs {shape:?} = {count}",
+                    latents.len()
+                )));
+            }
+            // DDIM's init_noise_sigma is 1.
+            None => noise::standard_normal(request.seed, count),
+        };
+
+        let (embeds, dim) = self.encode_text(&request.prompt, request.negative_prompt.as_deref(), guided)?;
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+
+        let mut cache = self.step_graph.lock().unwrap_or_else(PoisonError::into_inner);
+        if !cache.as_ref().is_some_and(|s| s.shape == shape && s.guided == guided) {
+            *cache = None;
+            *cache = Some(self.record_step(shape, guided, dim)?);
+        }
+        let step = cache
+            .as_mut()
+            .ok_or_else(|| Error::Input("the step graph could not be built".into()))?;
+        step.latents.write_f32(&self.ctx, &initial)?;
+        step.embeds.write_f32(&self.ctx, &embeds)?;
+        step.exe.set_scalar(step.guidance, request.guidance_scale);
+        let mut rng = noise::LegacyNormal::new(request.seed.wrapping_add(1));
+        let n = timesteps.len();
+        for (i, &t) in timesteps.iter().enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let s = self.scheduler.step(t, request.steps, request.eta);
+            step.exe.set_scalar(step.timestep, t as f32);
+            step.exe.set_scalar(step.x0_scale, 1.0 / s.sqrt_alpha);
+            step.exe.set_scalar(step.x0_eps, -s.sqrt_one_minus_alpha / s.sqrt_alpha);
+            step.exe.set_scalar(step.prev_x0, s.sqrt_alpha_prev);
+            step.exe.set_scalar(step.prev_eps, s.direction);
+            step.exe.set_scalar(step.sigma, s.sigma);
+            if s.sigma > 0.0 {
+                step.noise.write_f32(&self.ctx, &rng.sample(count))?;
+            }
+            step.exe.run()?;
+            let clean = step.exe.read(step.clean)?;
+            check_finite(&format!("denoising step {} of {n}", i + 1), &clean)?;
+            on_event(Event::Step {
+                i: i + 1,
+                n,
+                preview: preview_mel(&clean, shape, self.vae_scale_factor()),
+            });
+        }
+        let latents = step.latents.to_vec_f32(&self.ctx)?;
+        drop(cache);
+        check_finite("the denoising loop", &latents)?;
+
+        let (mel, waveform) = self.decode(&latents, shape)?;
+        let samples = waveform[..lengths.samples.min(waveform.len())].to_vec();
+        Ok(Output {
+            audio: Audio {
+                sample_rate: self.sample_rate(),
+                samples,
+            },
+            mel,
+            latents,
+            latent_shape: shape,
+            text_embeds_shape: [embeds.len() / dim, dim],
+            text_embeds: embeds,
+        })
+    }
+
+    /// Records UNet, guidance and the DDIM update for one latent shape:
+    /// `ε = ε_u + g (ε_c − ε_u)`, `x0 = (x − sqrt(1−ᾱ_t) ε) / sqrt(ᾱ_t)`,
+    /// `x' = sqrt(ᾱ_prev) x0 + sqrt(1−ᾱ_prev−σ²) ε + σ z`, then `x'` is copied back into `x`.
+    fn record_step(&self, shape: [usize; 4], guided: bool, dim: usize) -> Result<StepGraph> {
+        let ctx = &self.ctx;
+        let latents = Tensor::empty(ctx, shape, DType::F32)?;
+        let rows = if guided { 2 } else { 1 };
+        let embeds = Tensor::empty(ctx, [rows, dim], DType::F32)?;
+        let noise = Tensor::from_f32(ctx, shape, DType::F32, &vec![0.0; shape.iter().product()])?;
+        let mut g = Graph::new(ctx);
+        let x = g.input(&latents);
+        let e = g.input(&embeds);
+        let z = g.input(&noise);
+        let timestep = g.scalar(0.0);
+        let guidance = g.scalar(1.0);
+        let (x0_scale, x0_eps) = (g.scalar(1.0), g.scalar(0.0));
+        let (prev_x0, prev_eps, sigma) = (g.scalar(1.0), g.scalar(0.0), g.scalar(0.0));
+        let eps = if guided {
+            let doubled = g.concat(x, x, 0)?;
+            let both = self.unet.forward(&mut g, doubled, timestep, Some(e))?;
+            let uncond = g.slice(both, 0, 0, 1)?;
+            let cond = g.slice(both, 0, 1, 2)?;
+            let diff = g.sub(cond, uncond)?;
+            g.axpby(uncond, diff, 1.0, guidance)?
+        } else {
+            self.unet.forward(&mut g, x, timestep, Some(e))?
+        };
+        let clean = g.axpby(x, eps, x0_scale, x0_eps)?;
+        let next = g.axpby(clean, eps, prev_x0, prev_eps)?;
+        let next = g.axpby(next, z, 1.0, sigma)?;
+        g.output(clean)?;
+        g.output(next)?;
+        let mut exe = g.build()?;
+        exe.feed_back(next, x)?;
+        let stats = exe.stats();
+        tracing::info!(
+            dispatches = stats.dispatches,
+            planned_mib = stats.planned_bytes as f64 / (1 << 20) as f64,
+            unplanned_mib = stats.unplanned_bytes as f64 / (1 << 20) as f64,
+            "denoising step recorded"
+        );
+        Ok(StepGraph {
+            shape,
+            guided,
+            exe,
+            latents,
+            embeds,
+            noise,
+            clean,
+            timestep,
+            guidance,
+            x0_scale,
+            x0_eps,
+            prev_x0,
+            prev_eps,
+            sigma,
+        })
+    }
+
+    /// VAE decode (after undoing the latent scaling) and vocoder: returns the mel and the
+    /// untrimmed waveform.
+    pub fn decode(&self, latents: &[f32], shape: [usize; 4]) -> Result<(Mel, Vec<f32>)> {
+        let ctx = &self.ctx;
+        let z = Tensor::from_f32(ctx, shape, DType::F32, latents)?;
+        let mut g = Graph::new(ctx);
+        let z = g.input(&z);
+        let scaled = g.scale(z, (1.0 / self.vae.config.scaling_factor as f64) as f32, 0.0)?;
+        let mel = self.vae.decode(&mut g, scaled)?;
+        let dims = g.dims(mel).to_vec();
+        let (frames, bins) = (dims[2], dims[3]);
+        let mel3 = g.reshape(mel, [dims[0], frames, bins])?;
+        let wave = self.vocoder.forward(&mut g, mel3)?;
+        g.output(mel)?;
+        g.output(wave)?;
+        let mut exe = g.build()?;
+        exe.run()?;
+        let mel_data = exe.read(mel)?;
+        check_finite("the VAE decoder", &mel_data)?;
+        let waveform = exe.read(wave)?;
+        check_finite("the vocoder", &waveform)?;
+        Ok((
+            Mel {
+                frames,
+                bins,
+                data: mel_data,
+            },
+            waveform,
+        ))
+    }
+}
+
+/// A cheap picture of latents `[1, C, frames, width]`: the channel mean, stretched by the VAE's
+/// scale factor to mel size. Shows where energy sits over time and frequency while denoising;
+/// the exact mel comes from the VAE at the end.
+pub fn preview_mel(latents: &[f32], shape: [usize; 4], scale: usize) -> Mel {
+    let [_, channels, frames, width] = shape;
+    let (out_frames, bins) = (frames * scale, width * scale);
+    let mut data = vec![0.0; out_frames * bins];
+    for f in 0..out_frames {
+        for b in 0..bins {
+            let (lf, lw) = (f / scale, b / scale);
+            let sum: f32 = (0..channels)
+                .map(|c| latents[(c * frames + lf) * width + lw])
+                .sum();
+            data[f * bins + b] = sum / channels as f32;
+        }
+    }
+    Mel {
+        frames: out_frames,
+        bins,
+        data,
+    }
+}
