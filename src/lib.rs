@@ -3,9 +3,11 @@
 //! Layers, each importing only those below it: [`gpu`] (the engine, which knows nothing of
 //! AudioLDM), [`checkpoint`] (weights), [`model`] (the four networks).
 
+pub mod audio;
 pub mod checkpoint;
 pub mod error;
 pub mod gpu;
+pub mod hub;
 pub mod model;
 pub mod pipeline;
 

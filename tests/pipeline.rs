@@ -13,8 +13,7 @@ use audioldm::pipeline::{Event, Pipeline, Request, noise};
 use common::*;
 
 const PROMPT: &str = "a dog barking in the rain, then thunder!";
-const NEGATIVE: &str =
-    "low quality, noisy, distorted, muffled, clipping, hum, static, silence, wind, crowd talking, music";
+const NEGATIVE: &str = "low quality, noisy, distorted, muffled, clipping, hum, static, silence, wind, crowd talking, music";
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -29,7 +28,8 @@ fn golden(name: &str) -> Vec<f32> {
 }
 
 fn pipeline() -> Pipeline {
-    Pipeline::load(ctx(), &fixtures().join("tiny"), Precision::default()).expect("load the tiny model")
+    Pipeline::load(ctx(), &fixtures().join("tiny"), Precision::default())
+        .expect("load the tiny model")
 }
 
 fn request() -> Request {
@@ -65,12 +65,36 @@ fn end_to_end_matches_diffusers() {
         .expect("generate");
     assert_eq!(steps, vec![(1, 3), (2, 3), (3, 3)]);
     assert_eq!(out.text_embeds_shape, [2, 24]);
-    assert_close("pipeline text_embeds", &out.text_embeds, &f64s(&golden("text_embeds")), 1e-4);
-    assert_close("pipeline final latents", &out.latents, &f64s(&golden("run_final_latents")), 1e-4);
-    assert_close("pipeline mel", &out.mel.data, &f64s(&golden("run_mel")), 1e-4);
+    assert_close(
+        "pipeline text_embeds",
+        &out.text_embeds,
+        &f64s(&golden("text_embeds")),
+        1e-4,
+    );
+    assert_close(
+        "pipeline final latents",
+        &out.latents,
+        &f64s(&golden("run_final_latents")),
+        1e-4,
+    );
+    assert_close(
+        "pipeline mel",
+        &out.mel.data,
+        &f64s(&golden("run_mel")),
+        1e-4,
+    );
     assert_eq!(out.audio.sample_rate, 16000);
-    assert_eq!(out.audio.samples.len(), 16000, "trimmed to int(1.0 * 16000)");
-    assert_close("pipeline waveform", &out.audio.samples, &f64s(&golden("run_waveform")), 1e-3);
+    assert_eq!(
+        out.audio.samples.len(),
+        16000,
+        "trimmed to int(1.0 * 16000)"
+    );
+    assert_close(
+        "pipeline waveform",
+        &out.audio.samples,
+        &f64s(&golden("run_waveform")),
+        1e-3,
+    );
 }
 
 #[test]
@@ -110,7 +134,11 @@ fn bad_requests_are_errors_and_empty_prompts_are_unconditional() {
     let p = pipeline();
     let cancel = AtomicBool::new(false);
     for duration in [0.0, -1.0, 0.03, f64::NAN, 61.0] {
-        let req = Request { duration_s: Some(duration), init_latents: None, ..request() };
+        let req = Request {
+            duration_s: Some(duration),
+            init_latents: None,
+            ..request()
+        };
         let err = p.generate(&req, &cancel, |_| {}).unwrap_err().to_string();
         assert!(err.contains("duration"), "{duration}: {err}");
     }
@@ -119,38 +147,68 @@ fn bad_requests_are_errors_and_empty_prompts_are_unconditional() {
         let err = p.generate(&req, &cancel, |_| {}).unwrap_err().to_string();
         assert!(err.contains("steps"), "{steps}: {err}");
     }
-    let req = Request { init_latents: Some(vec![0.0; 5]), ..request() };
+    let req = Request {
+        init_latents: Some(vec![0.0; 5]),
+        ..request()
+    };
     assert!(p.generate(&req, &cancel, |_| {}).is_err());
 
     let mut nan = golden("init_latents");
     nan[17] = f32::NAN;
-    let req = Request { init_latents: Some(nan), ..request() };
+    let req = Request {
+        init_latents: Some(nan),
+        ..request()
+    };
     let err = p.generate(&req, &cancel, |_| {}).unwrap_err().to_string();
     assert!(err.contains("denoising step 1 of 3"), "{err}");
 
-    let req = Request { prompt: String::new(), negative_prompt: None, init_latents: None, ..request() };
-    let out = p.generate(&req, &cancel, |_| {}).expect("an empty prompt is allowed");
+    let req = Request {
+        prompt: String::new(),
+        negative_prompt: None,
+        init_latents: None,
+        ..request()
+    };
+    let out = p
+        .generate(&req, &cancel, |_| {})
+        .expect("an empty prompt is allowed");
     assert_eq!(out.audio.samples.len(), 16000);
     let long = "rain ".repeat(2000);
-    let req = Request { prompt: long, init_latents: None, ..request() };
-    p.generate(&req, &cancel, |_| {}).expect("a prompt over 512 tokens is truncated");
+    let req = Request {
+        prompt: long,
+        init_latents: None,
+        ..request()
+    };
+    p.generate(&req, &cancel, |_| {})
+        .expect("a prompt over 512 tokens is truncated");
 }
 
 #[test]
 fn guidance_off_runs_a_batch_of_one() {
     let p = pipeline();
-    let req = Request { guidance_scale: 1.0, ..request() };
+    let req = Request {
+        guidance_scale: 1.0,
+        ..request()
+    };
     let out = p.generate(&req, &AtomicBool::new(false), |_| {}).unwrap();
     assert_eq!(out.text_embeds_shape, [1, 24]);
     // Without a negative row the prompt's embedding is the second golden row.
     let want = golden("text_embeds");
-    assert_close("unguided prompt embedding", &out.text_embeds, &f64s(&want[24..]), 1e-4);
+    assert_close(
+        "unguided prompt embedding",
+        &out.text_embeds,
+        &f64s(&want[24..]),
+        1e-4,
+    );
 }
 
 #[test]
 fn a_missing_model_folder_is_a_clear_error() {
-    let err = Pipeline::load(ctx(), &fixtures().join("no-such-model"), Precision::default())
-        .err()
-        .expect("missing folder");
+    let err = Pipeline::load(
+        ctx(),
+        &fixtures().join("no-such-model"),
+        Precision::default(),
+    )
+    .err()
+    .expect("missing folder");
     assert!(err.to_string().contains("no-such-model"), "{err}");
 }

@@ -79,7 +79,8 @@ pub struct DdimScheduler {
 
 impl DdimScheduler {
     pub fn load(dir: &Path) -> Result<Self> {
-        let config: DdimConfig = crate::model::load_config_file(&dir.join("scheduler_config.json"))?;
+        let config: DdimConfig =
+            crate::model::load_config_file(&dir.join("scheduler_config.json"))?;
         Self::new(config, dir)
     }
 
@@ -107,14 +108,19 @@ impl DdimScheduler {
         let betas: Vec<f32> = match (&config.trained_betas, config.beta_schedule.as_str()) {
             (Some(betas), _) => betas.iter().map(|&b| b as f32).collect(),
             (None, "linear") => linspace(config.beta_start, config.beta_end, n),
-            (None, "scaled_linear") => linspace(config.beta_start.sqrt(), config.beta_end.sqrt(), n)
-                .iter()
-                .map(|b| b * b)
-                .collect(),
+            (None, "scaled_linear") => {
+                linspace(config.beta_start.sqrt(), config.beta_end.sqrt(), n)
+                    .iter()
+                    .map(|b| b * b)
+                    .collect()
+            }
             (None, other) => return Err(bad(format!("beta_schedule {other:?} is not supported"))),
         };
         if betas.len() != n {
-            return Err(bad(format!("{} trained betas for {n} timesteps", betas.len())));
+            return Err(bad(format!(
+                "{} trained betas for {n} timesteps",
+                betas.len()
+            )));
         }
         let mut alphas_cumprod = Vec::with_capacity(n);
         let mut product = 1.0f32;
@@ -122,7 +128,11 @@ impl DdimScheduler {
             product *= 1.0 - beta;
             alphas_cumprod.push(product);
         }
-        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        let final_alpha_cumprod = if config.set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
         Ok(Self {
             config,
             alphas_cumprod,
@@ -213,16 +223,28 @@ mod tests {
     #[test]
     fn schedule_matches_diffusers() {
         let s = audioldm();
-        for (t, want) in [(0, 0.99849999f64), (1, 0.99699444), (2, 0.99548328), (500, 0.11492198), (999, 0.00014230386)] {
+        for (t, want) in [
+            (0, 0.99849999f64),
+            (1, 0.99699444),
+            (2, 0.99548328),
+            (500, 0.11492198),
+            (999, 0.00014230386),
+        ] {
             let got = f64::from(s.alphas_cumprod[t]);
-            assert!(((got - want) / want).abs() < 2e-6, "alpha_cumprod[{t}] = {got}, want {want}");
+            assert!(
+                ((got - want) / want).abs() < 2e-6,
+                "alpha_cumprod[{t}] = {got}, want {want}"
+            );
         }
     }
 
     #[test]
     fn leading_timesteps_match_diffusers() {
         let s = audioldm();
-        assert_eq!(s.timesteps(10).unwrap(), vec![901, 801, 701, 601, 501, 401, 301, 201, 101, 1]);
+        assert_eq!(
+            s.timesteps(10).unwrap(),
+            vec![901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
+        );
         let t25 = s.timesteps(25).unwrap();
         assert_eq!((t25[0], t25[1], t25[23], t25[24]), (961, 921, 41, 1));
         let t200 = s.timesteps(200).unwrap();

@@ -87,9 +87,15 @@ pub struct Output {
 /// Progress of [`run`] and [`Pipeline::generate`].
 #[derive(Clone, Debug)]
 pub enum Event {
-    Loaded { model: PathBuf },
+    Loaded {
+        model: PathBuf,
+    },
     /// Step `i` (1-based) of `n` done; `preview` is a cheap look at the current clean estimate.
-    Step { i: usize, n: usize, preview: Mel },
+    Step {
+        i: usize,
+        n: usize,
+        preview: Mel,
+    },
     Done(Box<Output>),
     Failed(String),
 }
@@ -216,6 +222,11 @@ impl Pipeline {
         size as f64 * self.vae_scale_factor() as f64 * self.seconds_per_frame()
     }
 
+    /// The clip length whose latents have `frames` frames (for injected latents).
+    pub fn duration_for_latent_frames(&self, frames: usize) -> f64 {
+        (frames * self.vae_scale_factor()) as f64 * self.seconds_per_frame()
+    }
+
     fn vae_scale_factor(&self) -> usize {
         1 << (self.vae.config.block_out_channels.len().saturating_sub(1))
     }
@@ -241,7 +252,7 @@ impl Pipeline {
             )));
         }
         let mut height = (duration_s / factor) as usize;
-        if height % scale != 0 {
+        if !height.is_multiple_of(scale) {
             height = height.div_ceil(scale) * scale;
         }
         Ok(Lengths {
@@ -253,14 +264,24 @@ impl Pipeline {
     }
 
     /// Text embeddings `[rows, dim]`: `[negative, prompt]` when `guided`, else `[prompt]`.
-    pub fn encode_text(&self, prompt: &str, negative: Option<&str>, guided: bool) -> Result<(Vec<f32>, usize)> {
+    pub fn encode_text(
+        &self,
+        prompt: &str,
+        negative: Option<&str>,
+        guided: bool,
+    ) -> Result<(Vec<f32>, usize)> {
         let encoder = &self.text_encoder;
         let dim = encoder.config.projection_dim;
         let mut rows = Vec::with_capacity(2 * dim);
         if guided {
             // diffusers truncates the negative prompt at the embedding width (its quirk).
             let max = encoder.negative_max_len();
-            rows.extend(encoder.embed_text(&self.ctx, &self.tokenizer, negative.unwrap_or(""), max)?);
+            rows.extend(encoder.embed_text(
+                &self.ctx,
+                &self.tokenizer,
+                negative.unwrap_or(""),
+                max,
+            )?);
         }
         let max = encoder.prompt_max_len(&self.tokenizer);
         rows.extend(encoder.embed_text(&self.ctx, &self.tokenizer, prompt, max)?);
@@ -276,13 +297,20 @@ impl Pipeline {
         cancel: &AtomicBool,
         mut on_event: impl FnMut(Event),
     ) -> Result<Output> {
-        let duration = request.duration_s.unwrap_or_else(|| self.default_duration_s());
+        let duration = request
+            .duration_s
+            .unwrap_or_else(|| self.default_duration_s());
         let lengths = self.lengths(duration)?;
         if !request.guidance_scale.is_finite() {
-            return Err(Error::Input("the guidance scale must be a finite number".into()));
+            return Err(Error::Input(
+                "the guidance scale must be a finite number".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&request.eta) {
-            return Err(Error::Input(format!("eta must be between 0 and 1, got {}", request.eta)));
+            return Err(Error::Input(format!(
+                "eta must be between 0 and 1, got {}",
+                request.eta
+            )));
         }
         let timesteps = self.scheduler.timesteps(request.steps)?;
         let guided = request.guidance_scale > 1.0;
@@ -305,13 +333,20 @@ impl Pipeline {
             None => noise::standard_normal(request.seed, count),
         };
 
-        let (embeds, dim) = self.encode_text(&request.prompt, request.negative_prompt.as_deref(), guided)?;
+        let (embeds, dim) =
+            self.encode_text(&request.prompt, request.negative_prompt.as_deref(), guided)?;
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
 
-        let mut cache = self.step_graph.lock().unwrap_or_else(PoisonError::into_inner);
-        if !cache.as_ref().is_some_and(|s| s.shape == shape && s.guided == guided) {
+        let mut cache = self
+            .step_graph
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !cache
+            .as_ref()
+            .is_some_and(|s| s.shape == shape && s.guided == guided)
+        {
             *cache = None;
             *cache = Some(self.record_step(shape, guided, dim)?);
         }
@@ -330,7 +365,8 @@ impl Pipeline {
             let s = self.scheduler.step(t, request.steps, request.eta);
             step.exe.set_scalar(step.timestep, t as f32);
             step.exe.set_scalar(step.x0_scale, 1.0 / s.sqrt_alpha);
-            step.exe.set_scalar(step.x0_eps, -s.sqrt_one_minus_alpha / s.sqrt_alpha);
+            step.exe
+                .set_scalar(step.x0_eps, -s.sqrt_one_minus_alpha / s.sqrt_alpha);
             step.exe.set_scalar(step.prev_x0, s.sqrt_alpha_prev);
             step.exe.set_scalar(step.prev_eps, s.direction);
             step.exe.set_scalar(step.sigma, s.sigma);
@@ -431,7 +467,7 @@ impl Pipeline {
         let z = Tensor::from_f32(ctx, shape, DType::F32, latents)?;
         let mut g = Graph::new(ctx);
         let z = g.input(&z);
-        let scaled = g.scale(z, (1.0 / self.vae.config.scaling_factor as f64) as f32, 0.0)?;
+        let scaled = g.scale(z, (1.0 / self.vae.config.scaling_factor) as f32, 0.0)?;
         let mel = self.vae.decode(&mut g, scaled)?;
         let dims = g.dims(mel).to_vec();
         let (frames, bins) = (dims[2], dims[3]);

@@ -2,7 +2,7 @@
 //! (`shaders/attention.wgsl`): the score matrix is never materialised.
 
 use crate::gpu::error::{Result, shape_error};
-use crate::gpu::graph::{LOOP_BUDGET, Binding, Graph, OpSpec, Params, Var, grid};
+use crate::gpu::graph::{Binding, Graph, LOOP_BUDGET, OpSpec, Params, Var, grid};
 use crate::gpu::kernel::KernelKey;
 use crate::gpu::tensor::{DType, Shape};
 

@@ -1,0 +1,163 @@
+//! WAV files through `hound`, with the generation settings recorded in a RIFF `LIST/INFO` chunk
+//! (`ICMT` comment, `ISFT` software), which players and `sox --info`/`ffprobe` show.
+
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Sample format of a written WAV file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WavFormat {
+    /// 16-bit PCM, dithered by rounding (what every player plays).
+    #[default]
+    Pcm16,
+    /// 32-bit IEEE float (lossless for the model's output).
+    Float32,
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn hound_error(path: &Path, e: hound::Error) -> Error {
+    match e {
+        hound::Error::IoError(source) => Error::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => Error::Input(format!("{}: {other}", path.display())),
+    }
+}
+
+/// Writes mono `samples` at `sample_rate`; `comment` (if any) goes into the INFO chunk.
+pub fn write_wav(
+    path: &Path,
+    samples: &[f32],
+    sample_rate: u32,
+    format: WavFormat,
+    comment: Option<&str>,
+) -> Result<()> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate,
+        bits_per_sample: match format {
+            WavFormat::Pcm16 => 16,
+            WavFormat::Float32 => 32,
+        },
+        sample_format: match format {
+            WavFormat::Pcm16 => hound::SampleFormat::Int,
+            WavFormat::Float32 => hound::SampleFormat::Float,
+        },
+    };
+    let mut writer = hound::WavWriter::create(path, spec).map_err(|e| hound_error(path, e))?;
+    for &s in samples {
+        let written = match format {
+            WavFormat::Pcm16 => {
+                writer.write_sample((s.clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16)
+            }
+            WavFormat::Float32 => writer.write_sample(s),
+        };
+        written.map_err(|e| hound_error(path, e))?;
+    }
+    writer.finalize().map_err(|e| hound_error(path, e))?;
+    if let Some(comment) = comment {
+        append_info(path, comment)?;
+    }
+    Ok(())
+}
+
+/// Appends a `LIST/INFO` chunk after the data chunk and fixes the RIFF size.
+fn append_info(path: &Path, comment: &str) -> Result<()> {
+    let err = io_error(path);
+    let mut info = Vec::new();
+    info.extend_from_slice(b"INFO");
+    for (id, text) in [
+        (
+            b"ISFT",
+            concat!("audioldm-wgpu ", env!("CARGO_PKG_VERSION")),
+        ),
+        (b"ICMT", comment),
+    ] {
+        let mut bytes = text.as_bytes().to_vec();
+        bytes.push(0);
+        info.extend_from_slice(id);
+        info.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        info.extend_from_slice(&bytes);
+        if bytes.len() % 2 == 1 {
+            info.push(0);
+        }
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(&err)?;
+    let end = file.seek(SeekFrom::End(0)).map_err(&err)?;
+    if end % 2 == 1 {
+        file.write_all(&[0]).map_err(&err)?;
+    }
+    file.write_all(b"LIST").map_err(&err)?;
+    file.write_all(&(info.len() as u32).to_le_bytes())
+        .map_err(&err)?;
+    file.write_all(&info).map_err(&err)?;
+    let total = file.seek(SeekFrom::End(0)).map_err(&err)?;
+    let riff_size = u32::try_from(total - 8)
+        .map_err(|_| Error::Input(format!("{}: WAV file over 4 GiB", path.display())))?;
+    file.seek(SeekFrom::Start(4)).map_err(&err)?;
+    file.write_all(&riff_size.to_le_bytes()).map_err(&err)?;
+    Ok(())
+}
+
+/// Reads the `ICMT` comment of a WAV file written by [`write_wav`], if any.
+pub fn read_comment(path: &Path) -> Result<Option<String>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io_error(path))?;
+    let Some(at) = bytes.windows(4).rposition(|w| w == b"ICMT") else {
+        return Ok(None);
+    };
+    let size_at = at + 4;
+    let Some(size) = bytes.get(size_at..size_at + 4) else {
+        return Ok(None);
+    };
+    let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
+    let text = bytes
+        .get(size_at + 4..size_at + 4 + size)
+        .unwrap_or_default();
+    Ok(Some(
+        String::from_utf8_lossy(text)
+            .trim_end_matches('\0')
+            .to_string(),
+    ))
+}
+
+/// Reads a WAV file as mono f32 (channel 0) and its sample rate.
+pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32)> {
+    let mut reader = hound::WavReader::open(path).map_err(|e| hound_error(path, e))?;
+    let spec = reader.spec();
+    let channels = spec.channels.max(1) as usize;
+    let samples: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader
+            .samples::<f32>()
+            .collect::<Result<_, _>>()
+            .map_err(|e| hound_error(path, e))?,
+        hound::SampleFormat::Int => {
+            let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f32;
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|s| s as f32 * scale))
+                .collect::<Result<_, _>>()
+                .map_err(|e| hound_error(path, e))?
+        }
+    };
+    Ok((
+        samples.into_iter().step_by(channels).collect(),
+        spec.sample_rate,
+    ))
+}
