@@ -287,7 +287,8 @@ fn local_folder(model: &str) -> Result<Option<PathBuf>> {
             tracing::warn!("{}: {file}: {reason}", path.display());
         }
         for missing in &check.missing {
-            tracing::warn!("{}: missing {missing}", path.display());
+            // The loaders report what they need; this is only a hint for a download gone wrong.
+            tracing::debug!("{}: missing {missing}", path.display());
         }
         return Ok(Some(path));
     }

@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use audioldm::checkpoint::Checkpoint;
@@ -131,54 +130,6 @@ fn full_size_matches_transformers() {
 }
 
 // ---- modified copies of the fixture ----
-
-type Tensors = BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>;
-
-/// Copies `src` (config.json + one .safetensors) to a fresh folder under the test temp dir, with
-/// the tensors and the config edited.
-fn modified_copy(
-    src: &Path,
-    case: &str,
-    edit_tensors: impl FnOnce(&mut Tensors),
-    edit_config: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
-) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("model_vocoder")
-        .join(case);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let weights = std::fs::read_dir(src)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .expect("a .safetensors file");
-    let bytes = std::fs::read(&weights).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Tensors = st
-        .tensors()
-        .into_iter()
-        .map(|(name, v)| (name, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
-        .collect();
-    edit_tensors(&mut tensors);
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(name, (dtype, shape, data))| {
-            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap();
-            (name.clone(), view)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &dir.join(weights.file_name().unwrap())).unwrap();
-    let text = std::fs::read_to_string(src.join("config.json")).unwrap();
-    let mut config: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(&text).unwrap();
-    edit_config(&mut config);
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config).unwrap(),
-    )
-    .unwrap();
-    dir
-}
 
 fn load_error(dir: &Path) -> String {
     match load(dir) {

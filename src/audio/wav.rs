@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 /// Sample format of a written WAV file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WavFormat {
-    /// 16-bit PCM, dithered by rounding (what every player plays).
+    /// 16-bit PCM, rounded to the nearest step of 1/32768 (what every player plays).
     #[default]
     Pcm16,
     /// 32-bit IEEE float (lossless for the model's output).
@@ -58,7 +58,7 @@ pub fn write_wav(
     for &s in samples {
         let written = match format {
             WavFormat::Pcm16 => {
-                writer.write_sample((s.clamp(-1.0, 1.0) * i16::MAX as f32).round() as i16)
+                writer.write_sample((s * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
             }
             WavFormat::Float32 => writer.write_sample(s),
         };

@@ -108,21 +108,26 @@ impl Checkpoint {
         Self { path, tensors }
     }
 
-    /// Opens the weights of a diffusers/transformers component folder: `<stem>.safetensors` if
-    /// present, else `<stem>.bin` (`stem` is `diffusion_pytorch_model` or `model`; both are tried).
+    /// Opens the weights of a diffusers/transformers component folder, safetensors first:
+    /// diffusers' `diffusion_pytorch_model.{safetensors,bin}`, transformers' `model.safetensors`
+    /// and `pytorch_model.bin`.
     pub fn open_dir(dir: &Path) -> Result<Self> {
-        let stems = ["diffusion_pytorch_model", "model"];
-        for ext in ["safetensors", "bin"] {
-            for stem in stems {
-                let path = dir.join(format!("{stem}.{ext}"));
-                if path.is_file() {
-                    return Self::open(&path);
-                }
+        const FILES: [&str; 5] = [
+            "diffusion_pytorch_model.safetensors",
+            "model.safetensors",
+            "diffusion_pytorch_model.bin",
+            "pytorch_model.bin",
+            "model.bin",
+        ];
+        for file in FILES {
+            let path = dir.join(file);
+            if path.is_file() {
+                return Self::open(&path);
             }
         }
         Err(CheckpointError::NoWeights {
             path: dir.to_path_buf(),
-            looked_for: "diffusion_pytorch_model / model .safetensors or .bin".into(),
+            looked_for: FILES.join(", "),
         })
     }
 

@@ -1,6 +1,8 @@
 //! Shared by the kernel tests: one GPU context, seeded inputs, error measures.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use audioldm::gpu::{Context, Graph, Tensor, Var};
@@ -91,4 +93,55 @@ pub fn run(mut g: Graph, out: Var) -> Vec<f32> {
 /// Rounds through f16 and back, as f16 weight storage does.
 pub fn f16_round(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+}
+
+// ---- modified copies of fixture folders, for loading-error tests ----
+
+pub type Tensors = BTreeMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>;
+
+/// Copies `src` (config.json + one .safetensors) to a fresh folder under the test temp dir, with
+/// the tensors and the config edited.
+pub fn modified_copy(
+    src: &Path,
+    case: &str,
+    edit_tensors: impl FnOnce(&mut Tensors),
+    edit_config: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("modified")
+        .join(src.file_name().unwrap_or_default())
+        .join(case);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let weights = std::fs::read_dir(src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .expect("a .safetensors file");
+    let bytes = std::fs::read(&weights).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| (name, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
+    edit_tensors(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, (dtype, shape, data))| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join(weights.file_name().unwrap())).unwrap();
+    let text = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let mut config: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).unwrap();
+    edit_config(&mut config);
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    dir
 }
