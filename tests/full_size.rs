@@ -15,21 +15,11 @@ use audioldm::pipeline::{Pipeline, Request};
 use common::*;
 
 fn model_dir() -> PathBuf {
-    std::env::var_os("AUDIOLDM_FULL_REFERENCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/reference/full"))
+    full_reference().0
 }
 
 fn goldens() -> Checkpoint {
-    let dir = model_dir();
-    let name = format!(
-        "{}-goldens.safetensors",
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("full")
-    );
-    let path = dir.with_file_name(name);
-    Checkpoint::open(&path).unwrap_or_else(|e| {
-        panic!("{e}: run scripts/reference/make_reference.py --full (see AUDIOLDM_FULL_REFERENCE)")
-    })
+    full_reference().1
 }
 
 fn golden(name: &str) -> (Vec<usize>, Vec<f32>) {

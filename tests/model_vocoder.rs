@@ -100,21 +100,6 @@ fn rejects_wrong_mel_bins() {
     assert!(err.contains("32 mel bins"), "{err}");
 }
 
-/// The full-size reference of `scripts/reference/make_reference.py --full` (random weights in the
-/// real s-full-v2 configs): `AUDIOLDM_FULL_REFERENCE` names its `--out` folder, by default
-/// `target/reference/full`; the goldens lie next to it in `<folder>-goldens.safetensors`.
-fn full_reference() -> (PathBuf, Checkpoint) {
-    let dir = std::env::var_os("AUDIOLDM_FULL_REFERENCE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reference/full"));
-    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-    let goldens = dir.with_file_name(format!("{name}-goldens.safetensors"));
-    let goldens = Checkpoint::open(&goldens).unwrap_or_else(|e| {
-        panic!("{e}: run scripts/reference/make_reference.py --full (see AUDIOLDM_FULL_REFERENCE)")
-    });
-    (dir, goldens)
-}
-
 /// The real vocoder config (64 mels, 1024 initial channels).
 #[test]
 #[ignore = "needs the output of make_reference.py --full; slow on a software adapter"]
