@@ -137,6 +137,11 @@ impl KernelKey {
         self
     }
 
+    /// Defines `key` as 1 when `on`: the optional parts of a kernel (bias, residual, f16 weights).
+    pub fn flag(self, key: &'static str, on: bool) -> Self {
+        if on { self.define(key, 1) } else { self }
+    }
+
     pub fn source(&self) -> Result<String> {
         preprocess(self.shader, &self.defines)
     }

@@ -206,18 +206,11 @@ impl Graph {
         let mut key = KernelKey::new("conv.wgsl", entry, 4, 1)
             .define("TM", tm)
             .define("TN", tn);
-        if self.dtype(weight) == DType::F16 {
-            key = key.define("W_F16", 1);
-        }
-        if bias.is_some() {
-            key = key.define("BIAS", 1);
-        }
-        if residual.is_some() {
-            key = key.define("RESIDUAL", 1);
-        }
-        if opts.input_leaky_relu.is_some() {
-            key = key.define("IN_LEAKY_RELU", 1);
-        }
+        key = key
+            .flag("W_F16", self.dtype(weight) == DType::F16)
+            .flag("BIAS", bias.is_some())
+            .flag("RESIDUAL", residual.is_some())
+            .flag("IN_LEAKY_RELU", opts.input_leaky_relu.is_some());
         let key = opts.act.specialise(key);
         let params = Params::default()
             .u(b)
@@ -350,15 +343,10 @@ impl Graph {
         let threads = b * cout.div_ceil(TN_TRANSPOSED) * lout;
         let mut key = KernelKey::new("conv_transpose1d.wgsl", "conv_transpose1d", 3, 1)
             .define("TN", TN_TRANSPOSED);
-        if self.dtype(weight) == DType::F16 {
-            key = key.define("W_F16", 1);
-        }
-        if bias.is_some() {
-            key = key.define("BIAS", 1);
-        }
-        if input_leaky_relu.is_some() {
-            key = key.define("IN_LEAKY_RELU", 1);
-        }
+        key = key
+            .flag("W_F16", self.dtype(weight) == DType::F16)
+            .flag("BIAS", bias.is_some())
+            .flag("IN_LEAKY_RELU", input_leaky_relu.is_some());
         let key = act.specialise(key);
         let params = Params::default()
             .u(b)

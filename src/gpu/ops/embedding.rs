@@ -72,10 +72,8 @@ impl Graph {
         out_dims.push(d);
         let out_shape = Shape(out_dims);
         let n = out_shape.numel();
-        let mut key = KernelKey::new("embedding.wgsl", "embedding", 2, 1);
-        if dtype == DType::F16 {
-            key = key.define("W_F16", 1);
-        }
+        let key =
+            KernelKey::new("embedding.wgsl", "embedding", 2, 1).flag("W_F16", dtype == DType::F16);
         let windows = vocab.div_ceil(window_rows);
         let mut out = None;
         for w in 0..windows {

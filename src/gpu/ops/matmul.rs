@@ -243,15 +243,10 @@ impl Graph {
         let mut key = KernelKey::new("matmul.wgsl", entry, 4, 1)
             .define("TM", tm)
             .define("TN", tn);
-        if self.dtype(g.b.var) == DType::F16 {
-            key = key.define("W_F16", 1);
-        }
-        if g.bias.is_some() {
-            key = key.define("BIAS", 1);
-        }
-        if g.residual.is_some() {
-            key = key.define("RESIDUAL", 1);
-        }
+        key = key
+            .flag("W_F16", self.dtype(g.b.var) == DType::F16)
+            .flag("BIAS", g.bias.is_some())
+            .flag("RESIDUAL", g.residual.is_some());
         let key = g.act.specialise(key);
         let params = Params::default()
             .u(g.m)
