@@ -11,18 +11,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-#if W_F16
-@group(0) @binding(2) var<storage, read> wt: array<u32>;
-fn load_w(i: u32) -> f32 {
-    let pair = unpack2x16float(wt[i >> 1u]);
-    return select(pair.x, pair.y, (i & 1u) == 1u);
-}
-#else
-@group(0) @binding(2) var<storage, read> wt: array<f32>;
-fn load_w(i: u32) -> f32 {
-    return wt[i];
-}
-#endif
+#include "_weights.wgsl"
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 

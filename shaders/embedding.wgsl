@@ -17,18 +17,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
-#if W_F16
-@group(0) @binding(2) var<storage, read> table: array<u32>;
-fn load(i: u32) -> f32 {
-    let pair = unpack2x16float(table[i >> 1u]);
-    return select(pair.x, pair.y, (i & 1u) == 1u);
-}
-#else
-@group(0) @binding(2) var<storage, read> table: array<f32>;
-fn load(i: u32) -> f32 {
-    return table[i];
-}
-#endif
+#include "_weights.wgsl"
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(256, 1, 1)
@@ -44,7 +33,7 @@ fn embedding(
     let j = i % p.d;
     let id = ids[i / p.d];
     if (id >= p.r0 && id - p.r0 < p.rows) {
-        y[i] = load((id - p.r0) * p.d + j);
+        y[i] = load_w((id - p.r0) * p.d + j);
     } else if (p.first != 0u) {
         y[i] = 0.0;
     }

@@ -15,18 +15,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-#if W_F16
-@group(0) @binding(2) var<storage, read> b: array<u32>;
-fn load_b(i: u32) -> f32 {
-    let pair = unpack2x16float(b[i >> 1u]);
-    return select(pair.x, pair.y, (i & 1u) == 1u);
-}
-#else
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-fn load_b(i: u32) -> f32 {
-    return b[i];
-}
-#endif
+#include "_weights.wgsl"
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
@@ -76,7 +65,7 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
         }
         var bv: array<f32, ${TN}>;
         for (var j = 0u; j < ${TN}u; j++) {
-            bv[j] = load_b(b_at[j] + k * p.b_sk);
+            bv[j] = load_w(b_at[j] + k * p.b_sk);
         }
         for (var i = 0u; i < ${TM}u; i++) {
             for (var j = 0u; j < ${TN}u; j++) {
@@ -106,7 +95,7 @@ fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
     let b_at = p.b_off + batch * p.b_sb + col * p.b_sn;
     var acc = 0.0;
     for (var k = 0u; k < p.k; k++) {
-        acc = fma(a[a_at + k * p.a_sk], load_b(b_at + k * p.b_sk), acc);
+        acc = fma(a[a_at + k * p.a_sk], load_w(b_at + k * p.b_sk), acc);
     }
     epilogue(batch, row, col, acc);
 }
@@ -131,7 +120,7 @@ fn gemv(
     let b_at = p.b_off + batch * p.b_sb + col * p.b_sn;
     var acc = 0.0;
     for (var k = lid; k < p.k; k += 64u) {
-        acc = fma(a[a_at + k * p.a_sk], load_b(b_at + k * p.b_sk), acc);
+        acc = fma(a[a_at + k * p.a_sk], load_w(b_at + k * p.b_sk), acc);
     }
     partial[lid] = acc;
     workgroupBarrier();

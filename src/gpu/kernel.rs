@@ -27,6 +27,7 @@ macro_rules! shader {
 pub const SHADERS: &[ShaderSource] = &[
     shader!("_activation.wgsl"),
     shader!("_reduce.wgsl"),
+    shader!("_weights.wgsl"),
     shader!("attention.wgsl"),
     shader!("conv.wgsl"),
     shader!("conv_transpose1d.wgsl"),
