@@ -1,8 +1,11 @@
 //! AudioLDM text-to-audio on any GPU: WGSL compute shaders through wgpu.
 //!
 //! Layers, each importing only those below it: [`gpu`] (the engine, which knows nothing of
-//! AudioLDM), [`checkpoint`] (weights), [`model`] (the four networks).
+//! AudioLDM), [`checkpoint`] (weights), [`model`] (the four networks), [`pipeline`] (text to
+//! audio, shared by the front ends) and [`app`] (the desktop front end); [`audio`] and [`hub`] sit
+//! beside them.
 
+pub mod app;
 pub mod audio;
 pub mod checkpoint;
 pub mod error;

@@ -1,4 +1,5 @@
-//! The command line: `audioldm generate "PROMPT" -o out.wav`.
+//! The front ends' entry: with no arguments the desktop app, else the command line
+//! (`audioldm generate "PROMPT" -o out.wav`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use audioldm::audio::wav::{WavFormat, write_wav};
-use audioldm::gpu::{Context, DType};
+use audioldm::gpu::Context;
 use audioldm::hub::{self, DEFAULT_MODEL};
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::{Event, Pipeline, Request};
@@ -21,8 +22,9 @@ use audioldm::pipeline::{Event, Pipeline, Request};
     about = "Text-to-audio with AudioLDM on any GPU (WGSL through wgpu)"
 )]
 struct Cli {
+    /// Without a command, the desktop app opens.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -35,6 +37,15 @@ enum Format {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Open the desktop app (what running without a command does).
+    App {
+        /// Start with this model (a Hugging Face repo id or a local folder) instead of the last one.
+        #[arg(long)]
+        model: Option<String>,
+        /// Store weights as f16 on the GPU.
+        #[arg(long)]
+        f16: bool,
+    },
     /// Generate a clip from a text prompt.
     Generate {
         /// What to hear, e.g. "a dog barking in the rain".
@@ -100,7 +111,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> audioldm::Result<()> {
-    match cli.command {
+    let command = cli.command.unwrap_or(Command::App {
+        model: None,
+        f16: false,
+    });
+    match command {
+        Command::App { model, f16 } => {
+            let options = audioldm::app::AppOptions {
+                model,
+                precision: Precision::weights_f16(f16),
+                ..Default::default()
+            };
+            audioldm::app::run_native(options).map_err(audioldm::Error::Input)
+        }
         Command::Generate {
             prompt,
             negative,
@@ -125,9 +148,7 @@ fn run(cli: Cli) -> audioldm::Result<()> {
                 "GPU: {} ({:?}, {:?})",
                 info.name, info.backend, info.device_type
             );
-            let precision = Precision {
-                weights: if f16 { DType::F16 } else { DType::F32 },
-            };
+            let precision = Precision::weights_f16(f16);
             let pipeline = Pipeline::load(&ctx, &dir, precision)?;
             let init = init_latents.as_deref().map(read_latents).transpose()?;
             let duration = match (&init, duration) {

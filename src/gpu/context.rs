@@ -26,6 +26,19 @@ impl Capabilities {
     }
 }
 
+/// What the engine asks of a device: the adapter's own limits (the defaults bind only 128 MiB and
+/// cap buffers low) and whichever optional features it uses the adapter has. A front end that
+/// creates the device itself (eframe) passes this on, so one device serves drawing and compute.
+pub fn device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> {
+    wgpu::DeviceDescriptor {
+        label: Some("audioldm"),
+        required_features: adapter.features() & Capabilities::wanted_features(),
+        required_limits: adapter.limits(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        ..Default::default()
+    }
+}
+
 /// The device, its queue and what the engine learnt about it. Cheap to clone; one per process.
 #[derive(Clone)]
 pub struct Context {
@@ -57,16 +70,8 @@ impl Context {
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = choose_adapter(&instance).await?;
         let info = adapter.get_info();
-        let features = adapter.features() & Capabilities::wanted_features();
-        let limits = adapter.limits();
         let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("audioldm"),
-                required_features: features,
-                required_limits: limits,
-                memory_hints: wgpu::MemoryHints::Performance,
-                ..Default::default()
-            })
+            .request_device(&device_descriptor(&adapter))
             .await
             .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
         Ok(Self::from_device(device, queue, info))

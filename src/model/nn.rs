@@ -16,8 +16,15 @@ pub struct Precision {
 
 impl Default for Precision {
     fn default() -> Self {
+        Self::weights_f16(false)
+    }
+}
+
+impl Precision {
+    /// f16 weights when `f16`, else the f32 reference path.
+    pub fn weights_f16(f16: bool) -> Self {
         Self {
-            weights: DType::F32,
+            weights: if f16 { DType::F16 } else { DType::F32 },
         }
     }
 }

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+pub use crate::audio::{Audio, Mel};
 use crate::error::{Error, Result};
-use crate::gpu::{Context, DType, Executable, Graph, Scalar, Tensor, Var};
+use crate::gpu::{Context, DType, Executable, Graph, GraphStats, Scalar, Tensor, Var};
 use crate::model::clap_text::ClapTextModelWithProjection;
 use crate::model::nn::{Loader, Precision};
 use crate::model::tokenizer::TextTokenizer;
@@ -53,21 +54,6 @@ impl Default for Request {
             init_latents: None,
         }
     }
-}
-
-/// A (log-)mel spectrogram, time-major: `data[frame * bins + bin]`.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Mel {
-    pub frames: usize,
-    pub bins: usize,
-    pub data: Vec<f32>,
-}
-
-/// Mono audio.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Audio {
-    pub sample_rate: u32,
-    pub samples: Vec<f32>,
 }
 
 /// Everything a generation produced.
@@ -463,6 +449,13 @@ impl Pipeline {
     /// VAE decode (after undoing the latent scaling) and vocoder: returns the mel and the
     /// untrimmed waveform.
     pub fn decode(&self, latents: &[f32], shape: [usize; 4]) -> Result<(Mel, Vec<f32>)> {
+        let mel = self.decode_mel(latents, shape)?;
+        let waveform = self.vocode(&mel)?;
+        Ok((mel, waveform))
+    }
+
+    /// The VAE decoder on latents `[1, C, frames, width]` (before VAE scaling): the log-mel.
+    pub fn decode_mel(&self, latents: &[f32], shape: [usize; 4]) -> Result<Mel> {
         let ctx = &self.ctx;
         let z = Tensor::from_f32(ctx, shape, DType::F32, latents)?;
         let mut g = Graph::new(ctx);
@@ -470,25 +463,41 @@ impl Pipeline {
         let scaled = g.scale(z, (1.0 / self.vae.config.scaling_factor) as f32, 0.0)?;
         let mel = self.vae.decode(&mut g, scaled)?;
         let dims = g.dims(mel).to_vec();
-        let (frames, bins) = (dims[2], dims[3]);
-        let mel3 = g.reshape(mel, [dims[0], frames, bins])?;
-        let wave = self.vocoder.forward(&mut g, mel3)?;
         g.output(mel)?;
+        let mut exe = g.build()?;
+        exe.run()?;
+        let data = exe.read(mel)?;
+        check_finite("the VAE decoder", &data)?;
+        Ok(Mel {
+            frames: dims[2],
+            bins: dims[3],
+            data,
+        })
+    }
+
+    /// The vocoder on a log-mel: the untrimmed waveform (`hop * frames + 32` samples).
+    pub fn vocode(&self, mel: &Mel) -> Result<Vec<f32>> {
+        let ctx = &self.ctx;
+        let input = Tensor::from_f32(ctx, [1, mel.frames, mel.bins], DType::F32, &mel.data)?;
+        let mut g = Graph::new(ctx);
+        let x = g.input(&input);
+        let wave = self.vocoder.forward(&mut g, x)?;
         g.output(wave)?;
         let mut exe = g.build()?;
         exe.run()?;
-        let mel_data = exe.read(mel)?;
-        check_finite("the VAE decoder", &mel_data)?;
         let waveform = exe.read(wave)?;
         check_finite("the vocoder", &waveform)?;
-        Ok((
-            Mel {
-                frames,
-                bins,
-                data: mel_data,
-            },
-            waveform,
-        ))
+        Ok(waveform)
+    }
+
+    /// Statistics of the recorded denoising step (after a generation): dispatches and submits
+    /// per step, planned intermediate bytes, weight bytes.
+    pub fn step_stats(&self) -> Option<GraphStats> {
+        self.step_graph
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|s| s.exe.stats().clone())
     }
 }
 

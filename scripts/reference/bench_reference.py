@@ -1,0 +1,133 @@
+"""Times diffusers' AudioLDMPipeline stage by stage on a model folder, for `cargo bench --bench
+pipeline` to put side by side with our engine (same machine, same model, same sizes).
+
+    python scripts/reference/bench_reference.py --model target/reference/full --out target/bench/reference.json
+
+Stages (fp32): text encoder (prompt and negative, each padded to 512 tokens as the pipeline
+does), one UNet guidance step (batch 2) at --duration seconds, VAE decode, vocoder, and a
+whole --steps run. Median of --repeat runs each; peak RSS of the process.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AudioLDMPipeline
+
+
+def timed(fn, repeat):
+    times = []
+    out = None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+
+    pipe = AudioLDMPipeline.from_pretrained(args.model, torch_dtype=torch.float32).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    prompt, negative = "a dog barking in the rain", "low quality"
+
+    def text():
+        out = pipe._encode_prompt(prompt, device, 1, True, negative)
+        sync()
+        return out
+
+    t_text, embeds = timed(text, args.repeat)
+
+    factor = np.prod(pipe.vocoder.config.upsample_rates) / pipe.vocoder.config.sampling_rate
+    height = int(args.duration / factor)
+    scale = pipe.vae_scale_factor
+    if height % scale:
+        height = int(np.ceil(height / scale)) * scale
+    channels = pipe.unet.config.in_channels
+    width = pipe.vocoder.config.model_in_dim // scale
+    generator = np.random.RandomState(0)
+    latents = torch.from_numpy(generator.standard_normal((1, channels, height // scale, width)).astype(np.float32)).to(device)
+    timestep = torch.tensor([500], device=device)
+
+    def unet_step():
+        x = torch.cat([latents] * 2)
+        eps = pipe.unet(x, timestep, encoder_hidden_states=None, class_labels=embeds).sample
+        uncond, cond = eps.chunk(2)
+        out = uncond + 2.5 * (cond - uncond)
+        sync()
+        return out
+
+    t_unet, _ = timed(unet_step, args.repeat)
+
+    def vae():
+        out = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+        sync()
+        return out
+
+    t_vae, mel = timed(vae, args.repeat)
+
+    def vocoder():
+        out = pipe.vocoder(mel.squeeze(1))
+        sync()
+        return out
+
+    t_vocoder, _ = timed(vocoder, args.repeat)
+
+    def whole():
+        out = pipe(
+            prompt,
+            negative_prompt=negative,
+            num_inference_steps=args.steps,
+            guidance_scale=2.5,
+            audio_length_in_s=args.duration,
+            latents=latents,
+        ).audios
+        sync()
+        return out
+
+    t_run, _ = timed(whole, max(1, args.repeat - 1) if args.repeat > 1 else 1)
+
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "duration_s": args.duration,
+        "steps": args.steps,
+        "latent_shape": list(latents.shape),
+        "seconds": {
+            "text_encoder": t_text,
+            "unet_guidance_step": t_unet,
+            "vae_decode": t_vae,
+            "vocoder": t_vocoder,
+            "run": t_run,
+        },
+        "peak_rss_bytes": peak_rss,
+        "peak_cuda_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

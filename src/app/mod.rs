@@ -1,0 +1,920 @@
+//! The desktop app: an egui front end over the [`Pipeline`](crate::pipeline::Pipeline) API. It
+//! holds no model logic: it turns controls into a [`Request`](crate::pipeline::Request), hands it
+//! to a worker thread and draws what comes back.
+//!
+//! One GPU device serves the whole process: eframe creates it with the engine's
+//! [`device_descriptor`] (the adapter's limits and the features the engine uses) and the engine
+//! wraps it with [`Context::from_device`].
+
+pub mod spectrogram;
+pub mod state;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use eframe::egui::{self, Color32, Key, KeyboardShortcut, Modifiers, RichText};
+use eframe::egui_wgpu::{WgpuConfiguration, WgpuSetup, WgpuSetupCreateNew};
+
+use crate::audio::decode::decode_file;
+use crate::audio::mel::{MelFrontEnd, SAMPLE_RATE};
+use crate::audio::playback::Player;
+use crate::audio::resample::resample;
+use crate::audio::wav::{WavFormat, read_wav, write_wav};
+use crate::audio::{Audio, Mel};
+use crate::gpu::Context;
+use crate::gpu::context::device_descriptor;
+use crate::hub::{self, ResolveOptions};
+use crate::model::nn::Precision;
+
+use spectrogram::SpectrogramView;
+use state::{DURATION_RANGE, GUIDANCE_RANGE, HistoryEntry, Persisted, STEPS_RANGE, Settings};
+use worker::{Job, Report, Worker};
+
+/// The name eframe stores settings under (and the window title).
+pub const APP_ID: &str = "AudioLDM";
+
+/// How the app is set up; tests point `data_dir` at a temporary folder.
+#[derive(Clone, Debug, Default)]
+pub struct AppOptions {
+    /// Where generated clips are kept; default: `clips/` in eframe's storage folder.
+    pub data_dir: Option<PathBuf>,
+    /// Start with this model instead of the one used last.
+    pub model: Option<String>,
+    pub precision: Precision,
+}
+
+/// The wgpu setup eframe should use so that the engine can share its device.
+pub fn wgpu_setup() -> WgpuSetup {
+    let mut setup = WgpuSetupCreateNew::without_display_handle();
+    setup.instance_descriptor =
+        eframe::wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    setup.device_descriptor = Arc::new(device_descriptor);
+    WgpuSetup::CreateNew(setup)
+}
+
+/// Opens the main window and runs until it is closed.
+pub fn run_native(options: AppOptions) -> Result<(), String> {
+    let native = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("AudioLDM")
+            .with_inner_size([1200.0, 760.0])
+            .with_min_inner_size([800.0, 520.0])
+            .with_drag_and_drop(true),
+        renderer: eframe::Renderer::Wgpu,
+        wgpu_options: WgpuConfiguration {
+            wgpu_setup: wgpu_setup(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    eframe::run_native(
+        APP_ID,
+        native,
+        Box::new(move |cc| Ok(Box::new(AudioLdmApp::new(cc, options)))),
+    )
+    .map_err(|e| format!("cannot open the window: {e}"))
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Info,
+    Error,
+}
+
+/// A message shown at the top of the window until dismissed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    pub severity: Severity,
+    pub text: String,
+}
+
+/// Where the running generation is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Phase {
+    Resolving,
+    Downloading { file: String, fraction: f32 },
+    Loading,
+    Denoising { i: usize, n: usize },
+    Cancelling,
+}
+
+/// The generation in flight.
+struct Run {
+    id: u64,
+    settings: Settings,
+    started: Instant,
+    denoising_started: Option<Instant>,
+    phase: Phase,
+    preview: Option<Mel>,
+}
+
+/// A clip's audio and spectrogram, kept in memory once loaded.
+struct Clip {
+    audio: Audio,
+    mel: Mel,
+}
+
+/// A file dropped onto the window, to be transformed (style transfer comes in a later version).
+pub struct InputClip {
+    pub name: String,
+    pub audio: Audio,
+    /// The log-mel of its first channel at 16 kHz: what the model would see.
+    pub mel: Mel,
+}
+
+/// Id under which the input clip plays (history ids count up from 0).
+const INPUT_CLIP_ID: u64 = u64::MAX;
+
+pub struct AudioLdmApp {
+    persisted: Persisted,
+    data_dir: PathBuf,
+    adapter: String,
+    worker: Worker,
+    run: Option<Run>,
+    player: Player,
+    clips: HashMap<u64, Clip>,
+    selected: Option<u64>,
+    input: Option<InputClip>,
+    spectrogram: SpectrogramView,
+    input_spectrogram: SpectrogramView,
+    messages: Vec<Message>,
+    mel_front_end: MelFrontEnd,
+    /// Whether the model field names something already on disk, for the last text checked.
+    model_status: (String, String),
+}
+
+impl AudioLdmApp {
+    /// Builds the app on eframe's device (when eframe renders with wgpu), restoring the settings
+    /// and history of the last run.
+    pub fn new(cc: &eframe::CreationContext<'_>, options: AppOptions) -> Self {
+        let mut persisted: Persisted = cc
+            .storage
+            .and_then(|storage| eframe::get_value(storage, eframe::APP_KEY))
+            .unwrap_or_default();
+        if let Some(model) = options.model {
+            persisted.settings.model = model;
+        }
+        let ctx = cc.wgpu_render_state.as_ref().map(|rs| {
+            Context::from_device(rs.device.clone(), rs.queue.clone(), rs.adapter.get_info())
+        });
+        let adapter = match &ctx {
+            Some(ctx) => {
+                let info = ctx.adapter_info();
+                format!("{} ({:?})", info.name, info.backend)
+            }
+            None => "no wgpu renderer: the engine makes its own device".to_string(),
+        };
+        let egui_ctx = cc.egui_ctx.clone();
+        let worker = Worker::spawn(ctx, options.precision, move || egui_ctx.request_repaint());
+        let data_dir = options
+            .data_dir
+            .or_else(|| eframe::storage_dir(APP_ID).map(|d| d.join("clips")))
+            .unwrap_or_else(|| std::env::temp_dir().join("audioldm-clips"));
+        Self {
+            persisted,
+            data_dir,
+            adapter,
+            worker,
+            run: None,
+            player: Player::default(),
+            clips: HashMap::new(),
+            selected: None,
+            input: None,
+            spectrogram: SpectrogramView::default(),
+            input_spectrogram: SpectrogramView::default(),
+            messages: Vec::new(),
+            mel_front_end: MelFrontEnd::new(),
+            model_status: (String::new(), String::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.persisted.settings
+    }
+
+    pub fn settings_mut(&mut self) -> &mut Settings {
+        &mut self.persisted.settings
+    }
+
+    pub fn history(&self) -> &[HistoryEntry] {
+        &self.persisted.history
+    }
+
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.run.is_some()
+    }
+
+    /// The phase of the running generation, if any.
+    pub fn phase(&self) -> Option<&Phase> {
+        self.run.as_ref().map(|r| &r.phase)
+    }
+
+    /// The history entry whose clip the main view shows.
+    pub fn selected(&self) -> Option<u64> {
+        self.selected
+    }
+
+    /// Mel frames of the spectrogram on screen.
+    pub fn shown_frames(&self) -> usize {
+        self.spectrogram.frames()
+    }
+
+    /// The exact (VAE-decoded) spectrogram of history entry `id`, once loaded.
+    pub fn clip_mel(&self, id: u64) -> Option<&Mel> {
+        self.clips.get(&id).map(|c| &c.mel)
+    }
+
+    pub fn input_clip(&self) -> Option<&InputClip> {
+        self.input.as_ref()
+    }
+
+    fn error(&mut self, text: impl Into<String>) {
+        let text = text.into();
+        tracing::warn!("{text}");
+        self.messages.push(Message {
+            severity: Severity::Error,
+            text,
+        });
+    }
+
+    fn info(&mut self, text: impl Into<String>) {
+        self.messages.push(Message {
+            severity: Severity::Info,
+            text: text.into(),
+        });
+    }
+
+    /// Starts a generation with the current settings.
+    pub fn generate(&mut self) {
+        let mut settings = self.persisted.settings.clone();
+        if settings.random_seed {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            settings.seed = RandomState::new().hash_one(nanos) as u32;
+            self.persisted.settings.seed = settings.seed;
+        }
+        let id = self.persisted.next_id;
+        self.persisted.next_id += 1;
+        let job = Job {
+            id,
+            model: settings.model.trim().to_string(),
+            request: settings.request(settings.seed),
+        };
+        match self.worker.submit(job) {
+            Ok(()) => {
+                self.run = Some(Run {
+                    id,
+                    settings,
+                    started: Instant::now(),
+                    denoising_started: None,
+                    phase: Phase::Resolving,
+                    preview: None,
+                });
+            }
+            Err(e) => self.error(e),
+        }
+    }
+
+    pub fn cancel(&mut self) {
+        if let Some(run) = &mut self.run {
+            self.worker.cancel();
+            run.phase = Phase::Cancelling;
+        }
+    }
+
+    /// Loads `path` as the input clip (what a drop onto the window does).
+    pub fn load_input(&mut self, path: &Path) {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let loaded = decode_file(path).and_then(|audio| {
+            let at_16k = resample(&audio.samples, audio.sample_rate, SAMPLE_RATE)?;
+            let mel = self.mel_front_end.log_mel(&at_16k);
+            Ok(InputClip { name, audio, mel })
+        });
+        match loaded {
+            Ok(clip) => self.input = Some(clip),
+            Err(e) => self.error(format!("cannot load the dropped file: {e}")),
+        }
+    }
+
+    fn handle_reports(&mut self) {
+        while let Some(report) = self.worker.poll() {
+            let Some(run) = &mut self.run else { continue };
+            let id = match &report {
+                Report::Downloading { id, .. }
+                | Report::Loading { id, .. }
+                | Report::Started { id, .. }
+                | Report::Step { id, .. }
+                | Report::Done { id, .. }
+                | Report::Cancelled { id }
+                | Report::Failed { id, .. } => *id,
+            };
+            if id != run.id {
+                continue;
+            }
+            let cancelling = run.phase == Phase::Cancelling;
+            match report {
+                Report::Downloading { file, fraction, .. } if !cancelling => {
+                    run.phase = Phase::Downloading { file, fraction };
+                }
+                Report::Loading { .. } if !cancelling => run.phase = Phase::Loading,
+                Report::Started { .. } => run.denoising_started = Some(Instant::now()),
+                Report::Step { i, n, preview, .. } => {
+                    if !cancelling {
+                        run.phase = Phase::Denoising { i, n };
+                    }
+                    run.preview = Some(preview);
+                }
+                Report::Done { output, .. } => self.finish(*output),
+                Report::Cancelled { .. } => {
+                    self.run = None;
+                    self.info("Generation cancelled.");
+                }
+                Report::Failed { message, .. } => {
+                    self.run = None;
+                    self.error(format!("Generation failed: {message}"));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn finish(&mut self, output: crate::pipeline::Output) {
+        let Some(run) = self.run.take() else { return };
+        let wav = self.data_dir.join(format!("clip-{}.wav", run.id));
+        let saved = std::fs::create_dir_all(&self.data_dir)
+            .map_err(|source| crate::Error::Io {
+                path: self.data_dir.clone(),
+                source,
+            })
+            .and_then(|()| {
+                write_wav(
+                    &wav,
+                    &output.audio.samples,
+                    output.audio.sample_rate,
+                    WavFormat::Float32,
+                    Some(&run.settings.describe()),
+                )
+            });
+        if let Err(e) = saved {
+            self.error(format!(
+                "the clip could not be kept on disk, it lasts until the app closes: {e}"
+            ));
+        }
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        self.persisted.history.insert(
+            0,
+            HistoryEntry {
+                id: run.id,
+                settings: run.settings,
+                wav,
+                created,
+                took_s: run.started.elapsed().as_secs_f64(),
+            },
+        );
+        self.clips.insert(
+            run.id,
+            Clip {
+                audio: output.audio,
+                mel: output.mel,
+            },
+        );
+        self.selected = Some(run.id);
+    }
+
+    /// The clip of history entry `id`, read from its WAV file if it is not in memory yet.
+    fn clip(&mut self, id: u64) -> Option<&Clip> {
+        if !self.clips.contains_key(&id) {
+            let entry = self.persisted.history.iter().find(|e| e.id == id)?;
+            let loaded = read_wav(&entry.wav).and_then(|(samples, sample_rate)| {
+                let at_16k = resample(&samples, sample_rate, SAMPLE_RATE)?;
+                let mel = self.mel_front_end.log_mel(&at_16k);
+                Ok(Clip {
+                    audio: Audio {
+                        sample_rate,
+                        samples,
+                    },
+                    mel,
+                })
+            });
+            match loaded {
+                Ok(clip) => {
+                    self.clips.insert(id, clip);
+                }
+                Err(e) => {
+                    self.error(format!("cannot read the clip: {e}"));
+                    return None;
+                }
+            }
+        }
+        self.clips.get(&id)
+    }
+
+    fn play(&mut self, id: u64) {
+        let audio = if id == INPUT_CLIP_ID {
+            self.input.as_ref().map(|c| c.audio.clone())
+        } else {
+            self.clip(id).map(|c| c.audio.clone())
+        };
+        if let Some(audio) = audio
+            && let Err(e) = self.player.play(&audio, id)
+        {
+            self.error(e.to_string());
+        }
+    }
+
+    fn save_as(&mut self, id: u64) {
+        let Some(entry) = self.persisted.history.iter().find(|e| e.id == id).cloned() else {
+            return;
+        };
+        let Some(clip) = self.clip(id) else { return };
+        let (samples, rate) = (clip.audio.samples.clone(), clip.audio.sample_rate);
+        let name = file_name_for(&entry.settings.prompt);
+        let Some(path) = rfd::FileDialog::new()
+            .set_file_name(name)
+            .add_filter("WAV audio", &["wav"])
+            .save_file()
+        else {
+            return;
+        };
+        let described = entry.settings.describe();
+        match write_wav(&path, &samples, rate, WavFormat::Pcm16, Some(&described)) {
+            Ok(()) => self.info(format!("Saved {}", path.display())),
+            Err(e) => self.error(format!("cannot save the clip: {e}")),
+        }
+    }
+
+    fn regenerate(&mut self, id: u64) {
+        if let Some(entry) = self.persisted.history.iter().find(|e| e.id == id) {
+            self.persisted.settings = Settings {
+                random_seed: false,
+                ..entry.settings.clone()
+            };
+            self.generate();
+        }
+    }
+
+    fn check_model(&mut self) -> String {
+        let model = self.persisted.settings.model.trim().to_string();
+        if self.model_status.0 != model {
+            let status = if model.is_empty() {
+                "give a Hugging Face repo id or a folder".to_string()
+            } else {
+                match hub::find_cached(&model, &ResolveOptions::default()) {
+                    Ok(Some(_)) if Path::new(&model).is_dir() => "a local folder".to_string(),
+                    Ok(Some(_)) => "in the Hugging Face cache".to_string(),
+                    Ok(None) => "downloads on first use".to_string(),
+                    Err(e) => e.to_string(),
+                }
+            };
+            self.model_status = (model, status);
+        }
+        self.model_status.1.clone()
+    }
+
+    fn messages_ui(&mut self, ui: &mut egui::Ui) {
+        let mut dismissed = None;
+        for (i, message) in self.messages.iter().enumerate() {
+            ui.horizontal(|ui| {
+                let colour = match message.severity {
+                    Severity::Error => ui.visuals().error_fg_color,
+                    Severity::Info => ui.visuals().text_color(),
+                };
+                if ui.small_button("Dismiss").clicked() {
+                    dismissed = Some(i);
+                }
+                ui.label(RichText::new(&message.text).color(colour));
+            });
+        }
+        if let Some(i) = dismissed {
+            self.messages.remove(i);
+        }
+    }
+
+    fn controls_ui(&mut self, ui: &mut egui::Ui) {
+        let running = self.run.is_some();
+        let settings = &mut self.persisted.settings;
+        let label = ui.label("Prompt");
+        ui.add(
+            egui::TextEdit::multiline(&mut settings.prompt)
+                .hint_text("a dog barking in the rain")
+                .desired_rows(3)
+                .desired_width(f32::INFINITY),
+        )
+        .labelled_by(label.id);
+        let label = ui.label("Negative prompt");
+        ui.add(
+            egui::TextEdit::multiline(&mut settings.negative)
+                .hint_text("low quality")
+                .desired_rows(1)
+                .desired_width(f32::INFINITY),
+        )
+        .labelled_by(label.id);
+        ui.add_space(6.0);
+        ui.spacing_mut().slider_width = 160.0;
+        ui.add(egui::Slider::new(&mut settings.guidance, GUIDANCE_RANGE).text("Guidance scale"));
+        ui.add(
+            egui::Slider::new(&mut settings.steps, STEPS_RANGE)
+                .text("Steps")
+                .logarithmic(true),
+        );
+        ui.add(
+            egui::Slider::new(&mut settings.duration_s, DURATION_RANGE)
+                .text("Duration (s)")
+                .step_by(0.01),
+        );
+        ui.horizontal(|ui| {
+            let label = ui.label("Seed");
+            ui.add_enabled(
+                !settings.random_seed,
+                egui::DragValue::new(&mut settings.seed),
+            )
+            .labelled_by(label.id);
+            ui.checkbox(&mut settings.random_seed, "Random seed");
+        });
+        ui.add_space(6.0);
+        let label = ui.label("Model");
+        ui.add(egui::TextEdit::singleline(&mut settings.model).desired_width(f32::INFINITY))
+            .labelled_by(label.id);
+        ui.horizontal(|ui| {
+            if ui.button("Folder…").clicked()
+                && let Some(dir) = rfd::FileDialog::new().pick_folder()
+            {
+                settings.model = dir.display().to_string();
+            }
+            if ui.button("Default model").clicked() {
+                settings.model = hub::DEFAULT_MODEL.to_string();
+            }
+        });
+        let status = self.check_model();
+        ui.label(RichText::new(status).small().weak());
+        ui.add_space(8.0);
+
+        ui.horizontal(|ui| {
+            let generate = ui.add_enabled(!running, egui::Button::new("Generate"));
+            if generate.clicked() {
+                self.generate();
+            }
+            generate.on_hover_text("Ctrl+Enter");
+            if ui
+                .add_enabled(running, egui::Button::new("Cancel"))
+                .clicked()
+            {
+                self.cancel();
+            }
+        });
+        if let Some(run) = &self.run {
+            let (fraction, text) = progress_text(run);
+            ui.add(egui::ProgressBar::new(fraction).text(text).animate(true));
+        }
+    }
+
+    fn history_ui(&mut self, ui: &mut egui::Ui) {
+        ui.heading("History");
+        if self.persisted.history.is_empty() {
+            ui.label(RichText::new("Generated clips appear here.").weak());
+        }
+        let playing = self.player.playing().map(|(id, _)| id);
+        let mut action = None;
+        egui::ScrollArea::vertical().show(ui, |ui| {
+            for entry in &self.persisted.history {
+                let selected = self.selected == Some(entry.id);
+                egui::Frame::group(ui.style()).show(ui, |ui| {
+                    ui.set_width(ui.available_width());
+                    let s = &entry.settings;
+                    let title = if s.prompt.trim().is_empty() {
+                        "(no prompt)".to_string()
+                    } else {
+                        s.prompt.clone()
+                    };
+                    if ui.selectable_label(selected, title).clicked() {
+                        action = Some(HistoryAction::Select(entry.id));
+                    }
+                    let negative = if s.negative.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" · not: {}", s.negative)
+                    };
+                    ui.label(
+                        RichText::new(format!(
+                            "{:.2} s · {} steps · guidance {:.1} · seed {}{negative}\n{} · took {:.1} s",
+                            s.duration_s, s.steps, s.guidance, s.seed, s.model, entry.took_s
+                        ))
+                        .small()
+                        .weak(),
+                    );
+                    ui.horizontal_wrapped(|ui| {
+                        if playing == Some(entry.id) {
+                            if ui.button("Stop").clicked() {
+                                action = Some(HistoryAction::Stop);
+                            }
+                        } else if ui.button("Play").clicked() {
+                            action = Some(HistoryAction::Play(entry.id));
+                        }
+                        if ui.button("Save as WAV…").clicked() {
+                            action = Some(HistoryAction::Save(entry.id));
+                        }
+                        if ui
+                            .add_enabled(self.run.is_none(), egui::Button::new("Regenerate"))
+                            .clicked()
+                        {
+                            action = Some(HistoryAction::Regenerate(entry.id));
+                        }
+                        if ui.button("Remove").clicked() {
+                            action = Some(HistoryAction::Remove(entry.id));
+                        }
+                    });
+                });
+            }
+        });
+        match action {
+            Some(HistoryAction::Select(id)) => self.selected = Some(id),
+            Some(HistoryAction::Play(id)) => {
+                self.selected = Some(id);
+                self.play(id);
+            }
+            Some(HistoryAction::Stop) => self.player.stop(),
+            Some(HistoryAction::Save(id)) => self.save_as(id),
+            Some(HistoryAction::Regenerate(id)) => self.regenerate(id),
+            Some(HistoryAction::Remove(id)) => {
+                self.persisted.history.retain(|e| e.id != id);
+                self.clips.remove(&id);
+                if self.selected == Some(id) {
+                    self.selected = None;
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn main_view_ui(&mut self, ui: &mut egui::Ui) {
+        let playing = self.player.playing();
+        if let Some(run) = &self.run {
+            ui.heading(format!("Generating: {}", run.settings.prompt));
+            match &run.preview {
+                Some(preview) => {
+                    let key = format!("preview {} {:?}", run.id, run.phase);
+                    self.spectrogram.show(ui, &key, preview, 280.0, None);
+                    ui.label(
+                        RichText::new(
+                            "Preview of the current clean-latent estimate; the exact spectrogram comes with the audio.",
+                        )
+                        .small()
+                        .weak(),
+                    );
+                }
+                None => {
+                    ui.add_space(120.0);
+                    ui.vertical_centered(|ui| ui.spinner());
+                }
+            }
+        } else if let Some(id) = self.selected {
+            let prompt = self
+                .persisted
+                .history
+                .iter()
+                .find(|e| e.id == id)
+                .map(|e| e.settings.prompt.clone())
+                .unwrap_or_default();
+            ui.heading(if prompt.is_empty() {
+                "(no prompt)".into()
+            } else {
+                prompt
+            });
+            if self.clip(id).is_some() {
+                let cursor = playing.filter(|(p, _)| *p == id).map(|(_, t)| t);
+                let mut play = false;
+                let mut stop = false;
+                ui.horizontal(|ui| {
+                    if cursor.is_some() {
+                        stop = ui.button("Stop").clicked();
+                    } else {
+                        play = ui.button("Play").clicked();
+                    }
+                });
+                if let Some(clip) = self.clips.get(&id) {
+                    self.spectrogram
+                        .show(ui, &format!("clip {id}"), &clip.mel, 280.0, cursor);
+                }
+                if play {
+                    self.play(id);
+                }
+                if stop {
+                    self.player.stop();
+                }
+            }
+        } else {
+            ui.heading("AudioLDM");
+            ui.label("Type what you want to hear and press Generate (Ctrl+Enter).");
+        }
+        ui.add_space(12.0);
+        ui.separator();
+        self.input_ui(ui, playing);
+    }
+
+    fn input_ui(&mut self, ui: &mut egui::Ui, playing: Option<(u64, f64)>) {
+        ui.heading("Input clip");
+        let Some(input) = &self.input else {
+            egui::Frame::group(ui.style()).show(ui, |ui| {
+                ui.set_width(ui.available_width());
+                ui.set_height(80.0);
+                ui.centered_and_justified(|ui| {
+                    ui.label(RichText::new("Drop an audio file here (wav, flac, mp3, ogg)").weak());
+                });
+            });
+            return;
+        };
+        ui.label(format!(
+            "{} · {:.2} s at {} Hz",
+            input.name,
+            input.audio.duration_s(),
+            input.audio.sample_rate
+        ));
+        let cursor = playing.filter(|(p, _)| *p == INPUT_CLIP_ID).map(|(_, t)| t);
+        let (mut play, mut stop, mut clear) = (false, false, false);
+        ui.horizontal(|ui| {
+            if cursor.is_some() {
+                stop = ui.button("Stop").clicked();
+            } else {
+                play = ui.button("Play input").clicked();
+            }
+            clear = ui.button("Clear input").clicked();
+            ui.add_enabled(false, egui::Button::new("Style transfer"))
+                .on_disabled_hover_text(
+                    "Text-guided style transfer of this clip comes in a later version.",
+                );
+        });
+        spectrogram::waveform(ui, &input.audio.samples, 60.0);
+        let key = format!("input {}", input.name);
+        self.input_spectrogram
+            .show(ui, &key, &input.mel, 160.0, cursor);
+        if play {
+            self.play(INPUT_CLIP_ID);
+        }
+        if stop {
+            self.player.stop();
+        }
+        if clear {
+            self.input = None;
+        }
+    }
+
+    fn drop_ui(&mut self, ctx: &egui::Context) {
+        let (hovering, dropped) = ctx.input(|i| {
+            (
+                !i.raw.hovered_files.is_empty(),
+                i.raw
+                    .dropped_files
+                    .iter()
+                    .map(|f| f.path().to_path_buf())
+                    .collect::<Vec<_>>(),
+            )
+        });
+        if hovering {
+            let screen = ctx.content_rect();
+            egui::Area::new(egui::Id::unique("drop overlay"))
+                .order(egui::Order::Foreground)
+                .fixed_pos(screen.min)
+                .interactable(false)
+                .show(ctx, |ui| {
+                    egui::Frame::NONE
+                        .fill(Color32::from_black_alpha(190))
+                        .show(ui, |ui| {
+                            ui.set_min_size(screen.size());
+                            ui.centered_and_justified(|ui| {
+                                ui.label(
+                                    RichText::new("Drop to load as the input clip")
+                                        .size(28.0)
+                                        .color(Color32::WHITE),
+                                );
+                            });
+                        });
+                });
+        }
+        if let Some(path) = dropped.first() {
+            self.load_input(path);
+        }
+    }
+}
+
+enum HistoryAction {
+    Select(u64),
+    Play(u64),
+    Stop,
+    Save(u64),
+    Regenerate(u64),
+    Remove(u64),
+}
+
+/// The progress bar's fill and text for `run`.
+fn progress_text(run: &Run) -> (f32, String) {
+    match &run.phase {
+        Phase::Resolving => (0.0, "Finding the model…".into()),
+        Phase::Downloading { file, fraction } => (
+            *fraction,
+            format!("Downloading {file} ({:.0}%)", fraction * 100.0),
+        ),
+        Phase::Loading => (0.0, "Loading the model onto the GPU…".into()),
+        Phase::Cancelling => (0.0, "Cancelling…".into()),
+        Phase::Denoising { i, n } => {
+            let fraction = *i as f32 / (*n).max(1) as f32;
+            let left = run
+                .denoising_started
+                .filter(|_| *i > 0)
+                .map(|t| t.elapsed().as_secs_f64() / *i as f64 * (n - i) as f64);
+            let text = match left {
+                Some(s) if i < n => format!("Step {i}/{n} · about {s:.0} s left"),
+                _ if i >= n => format!("Step {i}/{n} · decoding…"),
+                _ => format!("Step {i}/{n}"),
+            };
+            (fraction, text)
+        }
+    }
+}
+
+/// A file name for a clip from its prompt: letters, digits and dashes.
+fn file_name_for(prompt: &str) -> String {
+    let stem: String = prompt
+        .chars()
+        .map(|c| if c.is_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .split('-')
+        .filter(|s| !s.is_empty())
+        .take(8)
+        .collect::<Vec<_>>()
+        .join("-");
+    format!("{}.wav", if stem.is_empty() { "clip" } else { &stem })
+}
+
+impl eframe::App for AudioLdmApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        self.handle_reports();
+        if ctx.input_mut(|i| {
+            i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter))
+        }) && self.run.is_none()
+        {
+            self.generate();
+        }
+        egui::Panel::bottom("status").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.label(
+                    RichText::new(format!("GPU: {}", self.adapter))
+                        .small()
+                        .weak(),
+                );
+            });
+        });
+        if !self.messages.is_empty() {
+            egui::Panel::top("messages").show(ui, |ui| self.messages_ui(ui));
+        }
+        egui::Panel::left("controls")
+            .resizable(true)
+            .default_size(320.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| self.controls_ui(ui));
+            });
+        egui::Panel::right("history")
+            .resizable(true)
+            .default_size(300.0)
+            .show(ui, |ui| self.history_ui(ui));
+        egui::CentralPanel::default().show(ui, |ui| {
+            egui::ScrollArea::vertical().show(ui, |ui| self.main_view_ui(ui));
+        });
+        self.drop_ui(&ctx);
+        if self.player.playing().is_some() {
+            ctx.request_repaint_after(std::time::Duration::from_millis(33));
+        }
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, eframe::APP_KEY, &self.persisted);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_name_for;
+
+    #[test]
+    fn file_names_come_from_the_prompt() {
+        assert_eq!(file_name_for("A dog, barking!"), "A-dog-barking.wav");
+        assert_eq!(file_name_for("  "), "clip.wav");
+        assert_eq!(file_name_for("ünïcode 音"), "ünïcode-音.wav");
+    }
+}

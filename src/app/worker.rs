@@ -1,0 +1,220 @@
+//! Generation off the UI thread: one worker thread owns the loaded pipeline (kept between runs
+//! of the same model) and reports progress as messages; the UI polls them every frame.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::JoinHandle;
+
+use crate::gpu::Context;
+use crate::hub::{self, ResolveOptions};
+use crate::model::nn::Precision;
+use crate::pipeline::{Event, Mel, Output, Pipeline, Request};
+
+/// One generation, as the UI asked for it.
+pub struct Job {
+    pub id: u64,
+    /// A Hugging Face repo id or a local folder.
+    pub model: String,
+    pub request: Request,
+}
+
+/// What the worker tells the UI about job `id`.
+#[derive(Debug)]
+pub enum Report {
+    /// Fetching model files: `fraction` of the bytes so far.
+    Downloading {
+        id: u64,
+        file: String,
+        fraction: f32,
+    },
+    /// Loading the model onto the GPU (the slow part of a first run).
+    Loading {
+        id: u64,
+        model: PathBuf,
+    },
+    /// The model is on the GPU and denoising starts.
+    Started {
+        id: u64,
+        sample_rate: u32,
+    },
+    Step {
+        id: u64,
+        i: usize,
+        n: usize,
+        preview: Mel,
+    },
+    Done {
+        id: u64,
+        output: Box<Output>,
+    },
+    Cancelled {
+        id: u64,
+    },
+    Failed {
+        id: u64,
+        message: String,
+    },
+}
+
+/// The UI's handle on the worker thread.
+pub struct Worker {
+    jobs: Option<Sender<(Job, Arc<AtomicBool>)>>,
+    reports: Receiver<Report>,
+    cancel: Option<Arc<AtomicBool>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts the worker. `ctx` is the engine's GPU context (eframe's device in the app); `None`
+    /// makes one on first use. `wake` is called after every report (the UI asks for a repaint).
+    pub fn spawn(
+        ctx: Option<Context>,
+        precision: Precision,
+        wake: impl Fn() + Send + 'static,
+    ) -> Self {
+        let (job_tx, job_rx) = channel::<(Job, Arc<AtomicBool>)>();
+        let (report_tx, report_rx) = channel();
+        let thread = std::thread::Builder::new()
+            .name("audioldm-worker".into())
+            .spawn(move || {
+                let mut state = WorkerState {
+                    ctx,
+                    precision,
+                    loaded: None,
+                };
+                while let Ok((job, cancel)) = job_rx.recv() {
+                    let report = |r: Report| {
+                        // The UI may be gone while a job finishes; nothing to do then.
+                        let _ = report_tx.send(r);
+                        wake();
+                    };
+                    state.run(job, &cancel, &report);
+                }
+            })
+            .ok();
+        Self {
+            jobs: thread.as_ref().map(|_| job_tx),
+            reports: report_rx,
+            cancel: None,
+            thread,
+        }
+    }
+
+    /// Queues `job`; an unfinished earlier job is cancelled first.
+    pub fn submit(&mut self, job: Job) -> Result<(), String> {
+        self.cancel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let sender = self
+            .jobs
+            .as_ref()
+            .ok_or("the generation thread could not be started")?;
+        sender
+            .send((job, cancel.clone()))
+            .map_err(|_| "the generation thread has stopped".to_string())?;
+        self.cancel = Some(cancel);
+        Ok(())
+    }
+
+    /// Asks the running job to stop at the next step boundary.
+    pub fn cancel(&mut self) {
+        if let Some(cancel) = self.cancel.take() {
+            cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The next report, if one is waiting.
+    pub fn poll(&self) -> Option<Report> {
+        self.reports.try_recv().ok()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.cancel();
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            // A job stops at its next step; a model still loading is waited for.
+            let _ = thread.join();
+        }
+    }
+}
+
+struct WorkerState {
+    ctx: Option<Context>,
+    precision: Precision,
+    /// The last model loaded, by the folder it came from.
+    loaded: Option<Pipeline>,
+}
+
+impl WorkerState {
+    fn run(&mut self, job: Job, cancel: &AtomicBool, report: &dyn Fn(Report)) {
+        let id = job.id;
+        match self.generate(job, cancel, report) {
+            Ok(output) => report(Report::Done {
+                id,
+                output: Box::new(output),
+            }),
+            Err(crate::Error::Cancelled) => report(Report::Cancelled { id }),
+            Err(e) => report(Report::Failed {
+                id,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    fn generate(
+        &mut self,
+        job: Job,
+        cancel: &AtomicBool,
+        report: &dyn Fn(Report),
+    ) -> crate::Result<Output> {
+        let id = job.id;
+        let dir = hub::resolve(&job.model, &ResolveOptions::default(), &mut |p| {
+            report(Report::Downloading {
+                id,
+                file: p.file.clone(),
+                fraction: if p.overall_total == 0 {
+                    0.0
+                } else {
+                    p.overall_downloaded as f32 / p.overall_total as f32
+                },
+            })
+        })?;
+        if cancel.load(Ordering::Relaxed) {
+            return Err(crate::Error::Cancelled);
+        }
+        let ctx = match &self.ctx {
+            Some(ctx) => ctx.clone(),
+            None => {
+                let ctx = Context::new_blocking()?;
+                self.ctx = Some(ctx.clone());
+                ctx
+            }
+        };
+        let reuse = self.loaded.as_ref().is_some_and(|p| p.model_dir() == dir);
+        if !reuse {
+            // Free the old model before loading the new one: both may not fit.
+            self.loaded = None;
+            report(Report::Loading {
+                id,
+                model: dir.clone(),
+            });
+            self.loaded = Some(Pipeline::load(&ctx, &dir, self.precision)?);
+        }
+        let pipeline = self
+            .loaded
+            .as_ref()
+            .ok_or_else(|| crate::Error::Input("the model did not load".into()))?;
+        report(Report::Started {
+            id,
+            sample_rate: pipeline.sample_rate(),
+        });
+        pipeline.generate(&job.request, cancel, |event| {
+            if let Event::Step { i, n, preview } = event {
+                report(Report::Step { id, i, n, preview });
+            }
+        })
+    }
+}

@@ -1,0 +1,327 @@
+//! The desktop app, driven through its widgets with egui_kittest on the tiny fixture model. The
+//! harness renders with wgpu on the same setup the real window uses, so the engine runs on the
+//! renderer's device here too.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use audioldm::app::{AppOptions, AudioLdmApp, Phase, Severity, wgpu_setup};
+use eframe::egui;
+use egui_kittest::kittest::Queryable;
+use egui_kittest::{Harness, SnapshotOptions};
+
+fn tiny_model() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny")
+        .display()
+        .to_string()
+}
+
+fn data_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("audioldm-app-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn harness(data_dir: &Path) -> Harness<'static, AudioLdmApp> {
+    harness_with(AppOptions {
+        data_dir: Some(data_dir.to_path_buf()),
+        ..Default::default()
+    })
+}
+
+fn harness_with(options: AppOptions) -> Harness<'static, AudioLdmApp> {
+    Harness::builder()
+        .with_size(egui::Vec2::new(1200.0, 760.0))
+        .wgpu_setup(wgpu_setup())
+        .build_eframe(move |cc| AudioLdmApp::new(cc, options))
+}
+
+/// Steps the UI until `done` holds, failing after `timeout`.
+fn step_until(
+    harness: &mut Harness<'static, AudioLdmApp>,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&AudioLdmApp) -> bool,
+) {
+    let start = Instant::now();
+    while !done(harness.state()) {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out waiting for {what}; messages: {:?}",
+            harness.state().messages()
+        );
+        harness.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    harness.run_steps(2);
+}
+
+/// A slider by its label (its number field carries the same label).
+fn slider<'h>(
+    harness: &'h Harness<'static, AudioLdmApp>,
+    label: &'h str,
+) -> egui_kittest::Node<'h> {
+    harness.get_by_role_and_label(egui::accesskit::Role::Slider, label)
+}
+
+/// Points the model field at the tiny fixture and sets a short clip, through the widgets.
+fn set_up_tiny_run(harness: &mut Harness<'static, AudioLdmApp>, steps: f64) {
+    harness
+        .get_by_label("Model")
+        .set_text_value_accesskit(&tiny_model());
+    slider(harness, "Duration (s)").set_value_accesskit(1.0);
+    slider(harness, "Steps").set_value_accesskit(steps);
+    harness.run();
+}
+
+#[test]
+fn typing_a_prompt_and_generating_adds_a_clip_to_the_history_and_shows_its_spectrogram() {
+    let dir = data_dir("generate");
+    let mut harness = harness(&dir);
+
+    harness.get_by_label("Prompt").focus();
+    harness.run();
+    harness
+        .get_by_label("Prompt")
+        .type_text("a dog barking in the rain");
+    harness
+        .get_by_label("Negative prompt")
+        .set_text_value_accesskit("low quality");
+    slider(&harness, "Guidance scale").set_value_accesskit(3.5);
+    harness.get_by_label("Random seed").click();
+    set_up_tiny_run(&mut harness, 3.0);
+    {
+        let settings = harness.state().settings();
+        assert_eq!(settings.prompt, "a dog barking in the rain");
+        assert_eq!(settings.negative, "low quality");
+        assert_eq!(settings.guidance, 3.5);
+        assert_eq!(settings.steps, 3);
+        assert_eq!(settings.duration_s, 1.0);
+        assert!(!settings.random_seed);
+    }
+
+    harness.get_by_label("Generate").click();
+    harness.run_steps(2);
+    assert!(harness.state().is_running(), "Generate started nothing");
+    step_until(&mut harness, Duration::from_secs(300), "the clip", |app| {
+        !app.is_running()
+    });
+
+    let app = harness.state();
+    assert!(
+        app.messages().iter().all(|m| m.severity != Severity::Error),
+        "{:?}",
+        app.messages()
+    );
+    let [entry] = app.history() else {
+        panic!("expected one history entry, got {:?}", app.history());
+    };
+    assert_eq!(entry.settings.prompt, "a dog barking in the rain");
+    assert_eq!(entry.settings.negative, "low quality");
+    assert_eq!(entry.settings.steps, 3);
+    assert_eq!(entry.settings.guidance, 3.5);
+    assert_eq!(entry.settings.seed, 0);
+    assert!(
+        entry.wav.is_file(),
+        "{} was not written",
+        entry.wav.display()
+    );
+    let (samples, rate) = audioldm::audio::wav::read_wav(&entry.wav).expect("the clip's WAV");
+    assert_eq!(rate, 16_000);
+    assert_eq!(samples.len(), 16_000);
+    assert!(samples.iter().all(|s| s.is_finite()) && samples.iter().any(|s| *s != 0.0));
+
+    // The main view shows the finished clip's exact spectrogram: 1 s is 100 mel frames, of the
+    // tiny vocoder's 32 bins.
+    assert_eq!(app.selected(), Some(entry.id));
+    let mel = app.clip_mel(entry.id).expect("the clip's spectrogram");
+    assert_eq!((mel.frames, mel.bins), (100, 32));
+    assert_eq!(app.shown_frames(), 100);
+    // Play in the main view and in the history entry.
+    assert_eq!(harness.get_all_by_label("Play").count(), 2);
+    let _ = harness.get_by_label("Regenerate");
+
+    // The same settings again give the same clip (seed 0 was not random).
+    harness.get_by_label("Regenerate").click();
+    harness.run_steps(2);
+    assert!(
+        harness.state().is_running(),
+        "Regenerate started nothing: {:?}",
+        harness.state().messages()
+    );
+    step_until(
+        &mut harness,
+        Duration::from_secs(300),
+        "the second clip",
+        |app| !app.is_running(),
+    );
+    let history = harness.state().history();
+    assert_eq!(history.len(), 2);
+    let (again, _) = audioldm::audio::wav::read_wav(&history[0].wav).expect("second WAV");
+    assert_eq!(again, samples);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cancel_stops_a_run_between_steps() {
+    let dir = data_dir("cancel");
+    let mut harness = harness(&dir);
+    harness
+        .get_by_label("Prompt")
+        .set_text_value_accesskit("wind");
+    set_up_tiny_run(&mut harness, 200.0);
+    harness.get_by_label("Generate").click();
+    step_until(
+        &mut harness,
+        Duration::from_secs(300),
+        "the first step",
+        |app| matches!(app.phase(), Some(Phase::Denoising { i, .. }) if *i >= 1),
+    );
+    harness.get_by_label("Cancel").click();
+    harness.run_steps(2);
+    step_until(
+        &mut harness,
+        Duration::from_secs(120),
+        "the cancel",
+        |app| !app.is_running(),
+    );
+    let app = harness.state();
+    assert!(app.history().is_empty(), "a cancelled run left a clip");
+    assert!(
+        app.messages()
+            .iter()
+            .any(|m| m.severity == Severity::Info && m.text.contains("cancelled")),
+        "{:?}",
+        app.messages()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_model_path_that_does_not_exist_shows_an_error() {
+    let dir = data_dir("missing-model");
+    let mut harness = harness(&dir);
+    let missing = dir.join("no-such-model");
+    harness
+        .get_by_label("Model")
+        .set_text_value_accesskit(&missing.display().to_string());
+    harness.run();
+    harness.get_by_label("Generate").click();
+    step_until(
+        &mut harness,
+        Duration::from_secs(60),
+        "the failure",
+        |app| !app.is_running(),
+    );
+    let app = harness.state();
+    let errors: Vec<_> = app
+        .messages()
+        .iter()
+        .filter(|m| m.severity == Severity::Error)
+        .collect();
+    assert_eq!(errors.len(), 1, "{:?}", app.messages());
+    assert!(
+        errors[0].text.contains("no-such-model"),
+        "the error does not name the path: {}",
+        errors[0].text
+    );
+    assert!(app.history().is_empty());
+    // The message is on screen and can be dismissed.
+    let _ = harness.get_by_label_contains("Generation failed");
+    harness.get_by_label("Dismiss").click();
+    harness.run();
+    assert!(harness.state().messages().is_empty());
+}
+
+/// A file dropped onto the window, as the native backend reports it.
+#[derive(Debug)]
+struct DroppedPath(PathBuf);
+
+impl egui::DroppedFile for DroppedPath {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+fn dropped(path: &Path) -> egui::DroppedFileHandle {
+    std::sync::Arc::new(DroppedPath(path.to_path_buf()))
+}
+
+#[test]
+fn a_dropped_audio_file_becomes_the_input_clip_and_a_bad_one_is_an_error() {
+    let dir = data_dir("drop");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let wav = dir.join("tone.wav");
+    let tone: Vec<f32> = (0..22_050)
+        .map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / 44_100.0).sin() * 0.5)
+        .collect();
+    audioldm::audio::wav::write_wav(
+        &wav,
+        &tone,
+        44_100,
+        audioldm::audio::wav::WavFormat::Pcm16,
+        None,
+    )
+    .expect("write the tone");
+    let mut harness = harness(&dir);
+
+    harness.input_mut().hovered_files.push(egui::HoveredFile {
+        path: Some(wav.clone()),
+        ..Default::default()
+    });
+    // egui keeps repainting while files hover over the window.
+    harness.run_steps(3);
+    let _ = harness.get_by_label("Drop to load as the input clip");
+    harness.input_mut().hovered_files.clear();
+    harness.input_mut().dropped_files.push(dropped(&wav));
+    harness.run();
+    let input = harness.state().input_clip().expect("the dropped clip");
+    assert_eq!(input.name, "tone.wav");
+    assert_eq!(input.audio.sample_rate, 44_100);
+    assert_eq!(input.audio.samples.len(), 22_050);
+    // 0.5 s at 16 kHz: 8000 samples, 1 + 8000/160 mel frames.
+    assert_eq!((input.mel.frames, input.mel.bins), (51, 64));
+    let _ = harness.get_by_label("Play input");
+
+    let bad = dir.join("not-audio.mp3");
+    std::fs::write(&bad, b"this is not audio at all").expect("write junk");
+    harness.input_mut().dropped_files.push(dropped(&bad));
+    harness.run();
+    let app = harness.state();
+    assert!(
+        app.messages()
+            .iter()
+            .any(|m| m.severity == Severity::Error && m.text.contains("not-audio.mp3")),
+        "{:?}",
+        app.messages()
+    );
+    // The good clip stays.
+    assert_eq!(app.input_clip().map(|c| c.name.as_str()), Some("tone.wav"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn main_window_snapshot() {
+    let dir = data_dir("snapshot");
+    // A local model by its relative path, so that nothing in the window depends on where the
+    // checkout is or on this machine's Hugging Face cache.
+    let mut harness = harness_with(AppOptions {
+        data_dir: Some(dir),
+        model: Some("tests/fixtures/tiny".into()),
+        ..Default::default()
+    });
+    harness.run();
+    assert!(harness.state().messages().is_empty());
+    // Fonts and anti-aliasing differ a little between Mesa versions and GPUs.
+    harness.snapshot_options(
+        "main_window",
+        &SnapshotOptions::new()
+            .threshold(2.0)
+            .max_failed_pixels(2_000),
+    );
+}

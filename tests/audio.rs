@@ -1,0 +1,242 @@
+//! The audio layer: the log-mel front end against librosa's filterbank values and a direct DFT,
+//! resampling, decoding (and its errors), and playback without a sound card.
+
+use std::f64::consts::PI;
+
+use audioldm::audio::Audio;
+use audioldm::audio::decode::decode_file;
+use audioldm::audio::mel::{HOP, MelFrontEnd, N_FFT, N_MELS, slaney_mel_filters};
+use audioldm::audio::playback::Player;
+use audioldm::audio::resample::resample;
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("audioldm-audio-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Deterministic noise in [-1, 1) (a small LCG keeps this test free of RNG crates).
+fn noise(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f64 / (1u64 << 24) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}
+
+#[test]
+fn mel_filterbank_matches_librosa() {
+    // REFERENCE.md 6.1: librosa.filters.mel(sr=16000, n_fft=1024, n_mels=64, fmin=0, fmax=8000).
+    let filters = slaney_mel_filters(16_000.0, N_FFT, N_MELS, 0.0, 8_000.0);
+    let bins = N_FFT / 2 + 1;
+    assert_eq!(filters.len(), N_MELS * bins);
+    let row0 = &filters[..bins];
+    let want = [0.00725564, 0.01451128, 0.02133115, 0.01407551, 0.00681987];
+    for (k, w) in want.iter().enumerate() {
+        assert!(
+            (row0[k + 1] - w).abs() < 1e-7,
+            "bin {}: {} vs {w}",
+            k + 1,
+            row0[k + 1]
+        );
+    }
+    assert_eq!(row0[0], 0.0);
+    assert!(row0[6..].iter().all(|&v| v == 0.0));
+    let max = filters.iter().copied().fold(0.0, f64::max);
+    assert!((max - 0.021331152).abs() < 1e-8, "max {max}");
+    // Row sums of librosa's matrix (through transformers' `mel_filter_bank` with Slaney scale and
+    // norm, which equals it): about 0.0639934, off by up to 1.14e-3 where bins are coarse.
+    let sums: Vec<f64> = filters.chunks(bins).map(|row| row.iter().sum()).collect();
+    for (m, want) in [
+        (0, 0.06399346),
+        (1, 0.06399346),
+        (62, 0.06399558),
+        (63, 0.06400368),
+    ] {
+        assert!((sums[m] - want).abs() < 1e-8, "row {m} sums to {}", sums[m]);
+    }
+    let lo = sums.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = sums.iter().copied().fold(0.0, f64::max);
+    assert!(
+        (lo - 0.06323287).abs() < 1e-8 && (hi - 0.06513735).abs() < 1e-8,
+        "{lo} {hi}"
+    );
+}
+
+/// `ln(max(filters @ |DFT(window * frame)|, 1e-5))` in f64, straight from the definitions.
+fn reference_log_mel(samples: &[f32]) -> Vec<f64> {
+    let n = samples.len() as isize;
+    let pad = (N_FFT / 2) as isize;
+    let reflect = |i: isize| -> f64 {
+        let j = if i < 0 {
+            -i
+        } else if i >= n {
+            2 * (n - 1) - i
+        } else {
+            i
+        };
+        samples[j as usize] as f64
+    };
+    let window: Vec<f64> = (0..N_FFT)
+        .map(|i| 0.5 - 0.5 * (2.0 * PI * i as f64 / N_FFT as f64).cos())
+        .collect();
+    let filters = slaney_mel_filters(16_000.0, N_FFT, N_MELS, 0.0, 8_000.0);
+    let bins = N_FFT / 2 + 1;
+    let frames = 1 + samples.len() / HOP;
+    let mut out = Vec::new();
+    for f in 0..frames {
+        let frame: Vec<f64> = (0..N_FFT)
+            .map(|i| reflect((f * HOP) as isize + i as isize - pad) * window[i])
+            .collect();
+        let magnitude: Vec<f64> = (0..bins)
+            .map(|k| {
+                let (mut re, mut im) = (0.0, 0.0);
+                for (i, x) in frame.iter().enumerate() {
+                    let angle = -2.0 * PI * (k * i % N_FFT) as f64 / N_FFT as f64;
+                    re += x * angle.cos();
+                    im += x * angle.sin();
+                }
+                (re * re + im * im).sqrt()
+            })
+            .collect();
+        for m in 0..N_MELS {
+            let energy: f64 = (0..bins)
+                .map(|k| filters[m * bins + k] * magnitude[k])
+                .sum();
+            out.push(energy.max(1e-5).ln());
+        }
+    }
+    out
+}
+
+#[test]
+fn log_mel_matches_a_direct_dft() {
+    let front_end = MelFrontEnd::new();
+    for (len, seed) in [(1237usize, 1u64), (600, 2), (3200, 3)] {
+        let samples: Vec<f32> = noise(len, seed).iter().map(|x| x * 0.3).collect();
+        let mel = front_end.log_mel(&samples);
+        assert_eq!(mel.frames, 1 + len / HOP, "frames for {len} samples");
+        assert_eq!(mel.bins, N_MELS);
+        let want = reference_log_mel(&samples);
+        let err = mel
+            .data
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| (*g as f64 - w).abs())
+            .fold(0.0, f64::max);
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        eprintln!("log-mel of {len} samples: max rel err {:.2e}", err / scale);
+        assert!(err / scale < 1e-4, "{len} samples: max abs err {err}");
+    }
+    // Silence sits at the floor, ln(1e-5).
+    let silent = front_end.log_mel(&[0.0; 800]);
+    assert!(silent.data.iter().all(|v| (v - 1e-5f32.ln()).abs() < 1e-6));
+}
+
+#[test]
+fn resampling_keeps_a_sine_and_the_length() {
+    let (from, to) = (44_100u32, 16_000u32);
+    let seconds = 0.5;
+    let n = (from as f64 * seconds) as usize;
+    let tone = |rate: u32, i: usize| (2.0 * PI * 440.0 * i as f64 / rate as f64).sin() as f32;
+    let input: Vec<f32> = (0..n).map(|i| tone(from, i)).collect();
+    let output = resample(&input, from, to).expect("resample");
+    assert_eq!(
+        output.len(),
+        (n as f64 * to as f64 / from as f64).ceil() as usize
+    );
+    // Away from the edges the output is the same sine at the new rate.
+    let err_at = |shift: f64| {
+        (200..output.len() - 200)
+            .map(|i| {
+                (output[i] - (2.0 * PI * 440.0 * (i as f64 + shift) / to as f64).sin() as f32).abs()
+            })
+            .fold(0.0f32, f32::max)
+    };
+    // Aligned to within a fraction of an output sample (rubato compensates its delay in whole
+    // samples): the best sub-sample shift leaves only the filter's error.
+    let (shift, err) = (-50..=50)
+        .map(|k| (k as f64 / 100.0, err_at(k as f64 / 100.0)))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or((0.0, f32::INFINITY));
+    eprintln!("resampled 440 Hz sine: max abs err {err:.2e} at a shift of {shift} samples");
+    assert!(err < 5e-3, "max abs err {err}");
+    assert_eq!(resample(&input, from, from).expect("same rate"), input);
+    assert!(resample(&input, 0, to).is_err());
+}
+
+#[test]
+fn decoding_takes_channel_zero_and_bad_files_are_clear_errors() {
+    let dir = temp_dir("decode");
+    let path = dir.join("stereo.wav");
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 22_050,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut writer = hound::WavWriter::create(&path, spec).expect("create");
+    for i in 0..1000i16 {
+        writer.write_sample(i * 10).expect("left");
+        writer.write_sample(-1000i16).expect("right");
+    }
+    writer.finalize().expect("finalize");
+    let Audio {
+        sample_rate,
+        samples,
+    } = decode_file(&path).expect("decode");
+    assert_eq!(sample_rate, 22_050);
+    assert_eq!(samples.len(), 1000);
+    for (i, s) in samples.iter().enumerate() {
+        assert!(
+            (s - (i as f32 * 10.0 / 32768.0)).abs() < 1e-6,
+            "sample {i}: {s}"
+        );
+    }
+
+    let junk = dir.join("junk.ogg");
+    std::fs::write(&junk, b"OggS but not really an ogg stream").expect("write");
+    let empty = dir.join("empty.flac");
+    std::fs::write(&empty, b"").expect("write");
+    let truncated = dir.join("truncated.wav");
+    let bytes = std::fs::read(&path).expect("read");
+    std::fs::write(&truncated, &bytes[..30]).expect("write");
+    for bad in [&junk, &empty, &truncated, &dir.join("missing.mp3")] {
+        let err = decode_file(bad).expect_err("a bad file must be an error");
+        let name = bad.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        assert!(err.to_string().contains(name), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn playback_plays_or_says_why_it_cannot() {
+    let mut player = Player::default();
+    let audio = Audio {
+        sample_rate: 16_000,
+        samples: vec![0.0; 16_000],
+    };
+    match player.play(&audio, 7) {
+        // A machine with a sound card (or the ALSA null device) plays.
+        Ok(()) => {
+            let (id, position) = player.playing().expect("playing right after play");
+            assert_eq!(id, 7);
+            assert!((0.0..=1.5).contains(&position));
+            player.stop();
+            assert!(player.playing().is_none());
+        }
+        // CI has none: the error says playback is off and the rest works.
+        Err(e) => {
+            eprintln!("no playback here: {e}");
+            assert!(e.to_string().contains("playback is off"), "{e}");
+            assert!(player.playing().is_none());
+        }
+    }
+}
