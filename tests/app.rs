@@ -30,6 +30,38 @@ fn harness(data_dir: &Path) -> Harness<'static, AudioLdmApp> {
     })
 }
 
+/// eframe's storage, in memory: what `save` wrote is what the next start reads.
+#[derive(Default, Clone)]
+struct MemoryStorage(std::collections::HashMap<String, String>);
+
+impl eframe::Storage for MemoryStorage {
+    fn get_string(&self, key: &str) -> Option<String> {
+        self.0.get(key).cloned()
+    }
+
+    fn set_string(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_string(), value);
+    }
+
+    fn remove_string(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+
+    fn flush(&mut self) {}
+}
+
+/// The app started again on what `storage` holds.
+fn restarted(options: AppOptions, storage: MemoryStorage) -> Harness<'static, AudioLdmApp> {
+    let storage: &'static MemoryStorage = Box::leak(Box::new(storage));
+    Harness::builder()
+        .with_size(egui::Vec2::new(1200.0, 760.0))
+        .wgpu_setup(wgpu_setup())
+        .build_eframe(move |cc| {
+            cc.storage = Some(storage);
+            AudioLdmApp::new(cc, options)
+        })
+}
+
 fn harness_with(options: AppOptions) -> Harness<'static, AudioLdmApp> {
     Harness::builder()
         .with_size(egui::Vec2::new(1200.0, 760.0))
@@ -160,18 +192,49 @@ fn typing_a_prompt_and_generating_adds_a_clip_to_the_history_and_shows_its_spect
     assert_eq!(history.len(), 2);
     let (again, _) = audioldm::audio::wav::read_wav(&history[0].wav).expect("second WAV");
     assert_eq!(again, samples);
+
+    // Settings and history survive a restart; a clip from before plays from its WAV file.
+    let mut storage = MemoryStorage::default();
+    eframe::App::save(harness.state_mut(), &mut storage);
+    let settings = harness.state().settings().clone();
+    let history = harness.state().history().to_vec();
+    drop(harness);
+    let mut harness = restarted(
+        AppOptions {
+            data_dir: Some(dir.clone()),
+            ..Default::default()
+        },
+        storage,
+    );
+    assert_eq!(harness.state().settings(), &settings);
+    assert_eq!(harness.state().history(), &history[..]);
+    let oldest = history[1].id;
+    assert!(harness.state().clip_mel(oldest).is_none());
+    harness
+        .get_all_by_label("a dog barking in the rain")
+        .last()
+        .expect("the oldest history entry")
+        .click();
+    harness.run();
+    assert_eq!(harness.state().selected(), Some(oldest));
+    // Read back from the WAV: the log-mel of its audio, 1 + 16000 / 160 frames of 64 bands.
+    let mel = harness
+        .state()
+        .clip_mel(oldest)
+        .expect("the clip read back");
+    assert_eq!((mel.frames, mel.bins), (101, 64));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
-fn cancel_stops_a_run_between_steps() {
+fn ctrl_enter_generates_and_cancel_stops_the_run_between_steps() {
     let dir = data_dir("cancel");
     let mut harness = harness(&dir);
     harness
         .get_by_label("Prompt")
         .set_text_value_accesskit("wind");
     set_up_tiny_run(&mut harness, 200.0);
-    harness.get_by_label("Generate").click();
+    harness.key_press_modifiers(egui::Modifiers::COMMAND, egui::Key::Enter);
     step_until(
         &mut harness,
         Duration::from_secs(300),
