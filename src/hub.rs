@@ -15,18 +15,20 @@
 //!    every file the pipeline needs, it is returned without touching the network, so models that
 //!    diffusers already downloaded are reused as they are.
 //! 4. Otherwise (and unless offline) the repo is listed on the Hub, the files the pipeline needs are
-//!    chosen (safetensors weights, else `.bin`), and the missing ones are downloaded with `hf-hub`
-//!    into that same cache, writing the same `blobs/` + `snapshots/` + `refs/` layout.
+//!    chosen (safetensors weights, else `.bin`), and the missing ones are streamed with `hf-hub`
+//!    into that same cache, writing the same `blobs/` + `snapshots/` + `refs/` layout. A download
+//!    cut short leaves `blobs/{etag}.incomplete` (the name huggingface_hub uses); the next run
+//!    continues it with a range request, and a file whose etag is a SHA-256 is checked against it
+//!    before it enters the cache.
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use hf_hub::progress::{DownloadEvent, Progress, ProgressEvent, ProgressHandler};
-use hf_hub::repository::{RepoTreeEntry, RepoTypeModel};
-use hf_hub::{HFClient, HFError, HFRepositorySync};
+use futures_util::StreamExt;
+use hf_hub::repository::{HFRepository, RepoTreeEntry, RepoTypeModel};
+use hf_hub::{HFClient, HFError};
 
 use crate::{Error, Result};
 
@@ -748,23 +750,38 @@ fn download(
     };
     probe_endpoint(&endpoint).map_err(|detail| ctx.cannot_reach(&detail))?;
 
-    let mut builder = HFClient::builder()
-        .endpoint(endpoint.clone())
-        .cache_dir(cache_dir.to_path_buf())
-        .retry_max_attempts(3);
-    if let Some(token) = options
+    let token = options
         .token
         .as_deref()
         .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
-        builder = builder.token(token);
-    }
-    let client = builder
-        .build_sync()
-        .map_err(|e| Error::Input(format!("cannot set up the Hugging Face client: {e}")))?;
+        .filter(|t| !t.is_empty());
+    let builder = || {
+        let builder = HFClient::builder()
+            .endpoint(endpoint.clone())
+            .cache_dir(cache_dir.to_path_buf())
+            .retry_max_attempts(3);
+        match token {
+            Some(token) => builder.token(token),
+            None => builder,
+        }
+    };
+    let setup_failed = |e: &dyn std::fmt::Display| {
+        Error::Input(format!("cannot set up the Hugging Face client: {e}"))
+    };
+    let client = builder().build_sync().map_err(|e| setup_failed(&e))?;
     let (owner, name) = spec.owner_name();
     let repo = client.model(owner, name);
+    // File bodies are streamed through the async client, so that a partial download can be
+    // continued with a range request; Xet transfers need a multi-threaded runtime.
+    let streaming = builder()
+        .build()
+        .map_err(|e| setup_failed(&e))?
+        .model(owner, name);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| setup_failed(&e))?;
 
     // The commit the revision points to now, then the repo's files at that commit.
     let info = if spec.revision == DEFAULT_REVISION {
@@ -844,10 +861,13 @@ fn download(
             })
         };
         report(0, false);
-        let path = download_one(&repo, file, &commit, *force, &mut |bytes| {
-            report(bytes, false)
-        })
-        .map_err(|e| ctx.hub_error(e, Some(file)))?;
+        if *force {
+            remove_entry(&snapshot.join(file))?;
+        }
+        let path =
+            download_resumable(&ctx, &runtime, &streaming, &commit, file, *size, &mut |b| {
+                report(b, false)
+            })?;
         let len = std::fs::metadata(&path)
             .map_err(|source| Error::Io {
                 path: path.clone(),
@@ -922,82 +942,171 @@ fn plan_from_listing(
     }
 }
 
-/// Downloads one file of `commit` into the cache with hf-hub, forwarding its byte counts to
-/// `on_bytes` on this thread (hf-hub reports from its own runtime thread).
-fn download_one(
-    repo: &HFRepositorySync<RepoTypeModel>,
-    file: &str,
+/// Downloads `file` of `commit` into the cache the way huggingface_hub lays it out
+/// (`blobs/{etag}`, and `snapshots/{commit}/{file}` linking to it), continuing a partial
+/// `blobs/{etag}.incomplete` that an interrupted run (ours or Python's) left behind with a range
+/// request instead of starting over. A blob whose etag is a SHA-256 (LFS and Xet files) is
+/// checked against it before it enters the cache. Bytes received are reported on this thread.
+fn download_resumable(
+    ctx: &Ctx,
+    runtime: &tokio::runtime::Runtime,
+    repo: &HFRepository<RepoTypeModel>,
     commit: &str,
-    force: bool,
+    file: &str,
+    size: u64,
     on_bytes: &mut dyn FnMut(u64),
-) -> std::result::Result<PathBuf, HFError> {
-    let (tx, rx) = mpsc::channel();
-    let handler = Forward {
-        file: file.to_string(),
-        tx,
+) -> Result<PathBuf> {
+    let hub = |e: HFError| ctx.hub_error(e, Some(file));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
     };
-    std::thread::scope(|scope| {
-        let worker = scope.spawn(move || {
-            repo.download_file()
-                .filename(file)
+    let meta = runtime
+        .block_on(
+            repo.get_file_metadata()
+                .filepath(file)
                 .revision(commit)
-                .force_download(force)
-                .progress(Progress::new(handler))
-                .send()
-        });
-        let mut last = 0u64;
-        let mut last_report = Instant::now();
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(bytes) => {
-                    let bytes = rx.try_iter().fold(bytes, u64::max);
+                .send(),
+        )
+        .map_err(hub)?;
+    let repo_dir = ctx.spec.cache_folder(ctx.cache_dir);
+    let blobs = repo_dir.join("blobs");
+    std::fs::create_dir_all(&blobs).map_err(io(&blobs))?;
+    let blob = blobs.join(&meta.etag);
+    let partial = blobs.join(format!("{}.incomplete", meta.etag));
+    // Another snapshot may already hold the same content.
+    let have_blob = std::fs::metadata(&blob).is_ok_and(|m| m.is_file() && m.len() == size);
+    if !have_blob {
+        let mut out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&partial)
+            .map_err(io(&partial))?;
+        let mut done = out.metadata().map_err(io(&partial))?.len();
+        if done > size {
+            out.set_len(0).map_err(io(&partial))?;
+            done = 0;
+        }
+        if done > 0 {
+            tracing::info!("{file}: resuming at byte {done} of {size}");
+        }
+        if done < size {
+            runtime.block_on(async {
+                let (length, mut stream) = repo
+                    .download_file_stream()
+                    .filename(file)
+                    .revision(commit)
+                    .range(done..size)
+                    .send()
+                    .await
+                    .map_err(hub)?;
+                if done > 0 && length == Some(size) {
+                    // The server ignored the range and sends the whole file.
+                    out.set_len(0).map_err(io(&partial))?;
+                    done = 0;
+                }
+                on_bytes(done);
+                let mut last_report = Instant::now();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(hub)?;
+                    out.write_all(&chunk).map_err(io(&partial))?;
+                    done += chunk.len() as u64;
                     // At most ~20 reports a second: a bar needs no more, and a GUI wants fewer.
-                    if bytes > last && last_report.elapsed() >= Duration::from_millis(50) {
-                        last = bytes;
+                    if last_report.elapsed() >= Duration::from_millis(50) {
                         last_report = Instant::now();
-                        on_bytes(bytes);
+                        on_bytes(done);
                     }
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if worker.is_finished() {
-                        break;
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Ok::<_, Error>(())
+            })?;
+        }
+        out.sync_all().map_err(io(&partial))?;
+        drop(out);
+        let len = std::fs::metadata(&partial).map_err(io(&partial))?.len();
+        if len != size {
+            return Err(Error::Input(format!(
+                "download of {}/{file} from {} stopped at {len} of {size} bytes. Run again to \
+                 continue where it stopped.",
+                ctx.spec.repo_id,
+                ctx.host()
+            )));
+        }
+        if is_sha256(&meta.etag) {
+            let digest = sha256_file(&partial).map_err(io(&partial))?;
+            if digest != meta.etag.to_ascii_lowercase() {
+                let _ = std::fs::remove_file(&partial);
+                return Err(Error::Input(format!(
+                    "download of {}/{file} is corrupt (SHA-256 {digest}, expected {}); it was \
+                     deleted. Run again to download it anew.",
+                    ctx.spec.repo_id, meta.etag
+                )));
             }
         }
-        match worker.join() {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
+        std::fs::rename(&partial, &blob).map_err(io(&blob))?;
+    }
+    on_bytes(size);
+    let entry = repo_dir.join("snapshots").join(commit).join(file);
+    link_snapshot_entry(&entry, file, &blob, &meta.etag).map_err(io(&entry))?;
+    Ok(entry)
 }
 
-/// hf-hub progress handler: sends the bytes received of one file down a channel.
-struct Forward {
-    file: String,
-    tx: mpsc::Sender<u64>,
+fn is_sha256(etag: &str) -> bool {
+    etag.len() == 64 && etag.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-impl ProgressHandler for Forward {
-    fn on_progress(&self, event: &ProgressEvent) {
-        let ProgressEvent::Download(event) = event else {
-            return;
-        };
-        match event {
-            DownloadEvent::Progress { files } => {
-                for f in files.iter().filter(|f| f.filename == self.file) {
-                    let _ = self.tx.send(f.bytes_completed);
-                }
-            }
-            // Xet transfers report the whole batch, which here is this one file.
-            DownloadEvent::AggregateProgress {
-                bytes_completed, ..
-            } => {
-                let _ = self.tx.send(*bytes_completed);
-            }
-            _ => {}
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
         }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Removes a snapshot entry (a link or a file) so it can be made anew.
+fn remove_entry(entry: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(entry) {
+        Ok(_) => std::fs::remove_file(entry).map_err(|source| Error::Io {
+            path: entry.to_path_buf(),
+            source,
+        }),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Points snapshot entry `entry` (of repo path `file`) at its blob: a relative symlink
+/// (`../../blobs/{etag}`, one more `..` per folder level of the file), as huggingface_hub makes
+/// it; where links are not available, a hard link or a copy.
+fn link_snapshot_entry(entry: &Path, file: &str, blob: &Path, etag: &str) -> std::io::Result<()> {
+    if let Some(parent) = entry.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    if std::fs::symlink_metadata(entry).is_ok() {
+        std::fs::remove_file(entry)?;
+    }
+    #[cfg(unix)]
+    {
+        let _ = blob;
+        let target = format!(
+            "{}blobs/{etag}",
+            "../".repeat(file.matches('/').count() + 2)
+        );
+        std::os::unix::fs::symlink(target, entry)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, etag);
+        std::fs::hard_link(blob, entry).or_else(|_| std::fs::copy(blob, entry).map(|_| ()))
     }
 }
 
@@ -1142,8 +1251,8 @@ impl Ctx<'_> {
             },
             e => match file {
                 Some(f) => Error::Input(format!(
-                    "download of {}/{f} from {} failed: {e}. Run again to retry; files already \
-                     downloaded are kept in the cache.",
+                    "download of {}/{f} from {} failed: {e}. Run again to continue: what was \
+                     downloaded is kept in the cache.",
                     spec.repo_id,
                     self.host()
                 )),

@@ -116,6 +116,15 @@ fn planned_graph_equals_op_by_op_run() {
     assert!(stats.weight_bytes > 0);
     assert_eq!(eager.stats().submits, ops, "op by op: one submit per op");
     assert_eq!(eager.stats().planned_bytes, eager.stats().unplanned_bytes);
+
+    // Sliced into submits of 3 dispatches (what the app does to let its renderer in): the same
+    // result, bit for bit, in ceil(ops / 3) submits.
+    let (g, out_sliced, _) = record(421.0);
+    let mut sliced = g.build().unwrap();
+    sliced.set_max_dispatches_per_submit(Some(3));
+    let got_sliced = run_planned(&mut sliced, out_sliced);
+    assert_eq!(got_sliced, got);
+    assert_eq!(sliced.stats().submits, ops.div_ceil(3));
 }
 
 #[test]

@@ -671,6 +671,8 @@ mod mock {
         pub cut_once: Mutex<HashSet<String>>,
         /// "METHOD /path" of every request.
         pub requests: Mutex<Vec<String>>,
+        /// (file, first byte) of every ranged GET.
+        pub ranges: Mutex<Vec<(String, u64)>>,
     }
 
     impl Hub {
@@ -703,10 +705,20 @@ mod mock {
         let mut reader = BufReader::new(stream.try_clone()?);
         let mut line = String::new();
         reader.read_line(&mut line)?;
+        let mut range = None;
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header)? == 0 || header == "\r\n" {
                 break;
+            }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("range")
+            {
+                // "bytes=START-END" (END inclusive), as hf-hub sends it.
+                let bounds = value.trim().trim_start_matches("bytes=");
+                if let Some((a, b)) = bounds.split_once('-') {
+                    range = Some((a.parse::<u64>().unwrap_or(0), b.parse::<u64>().ok()));
+                }
             }
         }
         let mut words = line.split_whitespace();
@@ -717,7 +729,20 @@ mod mock {
             .unwrap()
             .push(format!("{method} {path}"));
 
-        let (status, headers, body, cut) = route(hub, method, path);
+        let (mut status, mut headers, mut body, cut) = route(hub, method, path);
+        if let (Some((start, end)), "200 OK") = (range, status) {
+            let total = body.len() as u64;
+            let end = end.map_or(total - 1, |e| e.min(total - 1));
+            if let Some(file) = path.splitn(6, '/').nth(5) {
+                hub.ranges.lock().unwrap().push((file.to_string(), start));
+            }
+            headers.push((
+                "Content-Range".into(),
+                format!("bytes {start}-{end}/{total}"),
+            ));
+            body = body[start as usize..=end as usize].to_vec();
+            status = "206 Partial Content";
+        }
         let mut head = format!(
             "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
             body.len()
@@ -805,7 +830,7 @@ mod mock {
             let headers = vec![
                 (
                     "ETag".to_string(),
-                    format!("\"{}\"", super::etag(repo.commit, segs[4])),
+                    format!("\"{}\"", super::mock_etag(segs[4])),
                 ),
                 ("X-Repo-Commit".to_string(), repo.commit.to_string()),
             ];
@@ -816,10 +841,31 @@ mod mock {
     }
 }
 
+/// The mock Hub's etag of a file: for the weights, as for LFS files on the Hub, the SHA-256 of
+/// the contents (which the download checks); for the rest a git-like hash.
+fn mock_etag(file: &str) -> String {
+    if file.ends_with(".bin") {
+        use sha2::Digest;
+        sha2::Sha256::digest(mock_contents(file))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    } else {
+        etag(COMMIT, file)
+    }
+}
+
 /// Contents for the mock repo: the weights are big enough to arrive in several chunks.
 fn mock_contents(file: &str) -> Vec<u8> {
     if file.ends_with(".bin") {
-        fake_zip(&(0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>())
+        // Different per file: the cache stores content by its hash, so equal files would share
+        // one blob and be fetched once.
+        let offset: u32 = file.bytes().map(u32::from).sum();
+        fake_zip(
+            &(0..300_000u32)
+                .map(|i| ((i + offset) % 251) as u8)
+                .collect::<Vec<_>>(),
+        )
     } else {
         contents(file)
     }
@@ -904,11 +950,34 @@ fn mock_hub_downloads_into_the_standard_cache() {
         "cached file fetched"
     );
     assert_eq!(hub.count(&get("unet/diffusion_pytorch_model.bin")), 1);
+    // What arrived of the VAE weights waits in blobs/{etag}.incomplete, as huggingface_hub
+    // leaves it.
+    let repo_dir = cache.join("models--cvssp--audioldm");
+    let vae = "vae/diffusion_pytorch_model.bin";
+    let vae_partial = repo_dir
+        .join("blobs")
+        .join(format!("{}.incomplete", mock_etag(vae)));
+    let received = std::fs::metadata(&vae_partial).map_or(0, |m| m.len());
+    let vae_len = mock_contents(vae).len() as u64;
+    assert!(
+        received > 0 && received < vae_len,
+        "{received} of {vae_len} bytes kept"
+    );
 
-    // Second run: only what is missing is fetched, with progress.
+    // Second run: only what is missing is fetched, with progress; the VAE weights continue
+    // where they stopped.
     let mut events: Vec<DownloadProgress> = Vec::new();
     let snapshot = resolve("audioldm-s-full", &online, &mut |p| events.push(p)).unwrap();
-    let repo_dir = cache.join("models--cvssp--audioldm");
+    let resumed: Vec<u64> = hub
+        .ranges
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(f, _)| f.ends_with(vae))
+        .map(|(_, start)| *start)
+        .collect();
+    assert_eq!(resumed, [0, received], "ranges asked for the VAE weights");
+    assert!(!vae_partial.exists());
     assert_eq!(snapshot, repo_dir.join("snapshots").join(COMMIT));
     assert_eq!(hub.count(&get("unet/diffusion_pytorch_model.bin")), 1);
     assert_eq!(hub.count(&get("vae/diffusion_pytorch_model.bin")), 2);
@@ -952,7 +1021,7 @@ fn mock_hub_downloads_into_the_standard_cache() {
             mock_contents(file),
             "{file}"
         );
-        let blob = repo_dir.join("blobs").join(etag(COMMIT, file));
+        let blob = repo_dir.join("blobs").join(mock_etag(file));
         assert!(blob.is_file(), "{file}: no blob {}", blob.display());
         #[cfg(unix)]
         {
@@ -977,7 +1046,7 @@ fn mock_hub_downloads_into_the_standard_cache() {
     // A corrupt entry is reported offline and repaired online.
     let unet_blob = repo_dir
         .join("blobs")
-        .join(etag(COMMIT, "unet/diffusion_pytorch_model.bin"));
+        .join(mock_etag("unet/diffusion_pytorch_model.bin"));
     let unet = std::fs::read(&unet_blob).unwrap();
     std::fs::write(&unet_blob, &unet[..1000]).unwrap();
     let err = err_text(resolve_quiet("audioldm-s-full", &offline(&cache)));
@@ -996,6 +1065,23 @@ fn mock_hub_downloads_into_the_standard_cache() {
     assert_eq!(repaired, ["unet/diffusion_pytorch_model.bin"]);
     assert_eq!(std::fs::read(&unet_blob).unwrap(), unet);
     assert_eq!(hub.count(&get("unet/diffusion_pytorch_model.bin")), 2);
+
+    // A partial download whose bytes are wrong fails the SHA-256 check, is deleted, and the
+    // next run downloads the file anew.
+    std::fs::remove_file(&unet_blob).unwrap();
+    let unet_partial = repo_dir.join("blobs").join(format!(
+        "{}.incomplete",
+        mock_etag("unet/diffusion_pytorch_model.bin")
+    ));
+    std::fs::write(&unet_partial, vec![7u8; 1000]).unwrap();
+    let err = err_text(resolve("audioldm-s-full", &online, &mut |_| {}));
+    assert!(err.contains("is corrupt"), "{err}");
+    assert!(!unet_partial.exists());
+    assert_eq!(
+        resolve("audioldm-s-full", &online, &mut |_| {}).unwrap(),
+        snapshot
+    );
+    assert_eq!(std::fs::read(&unet_blob).unwrap(), unet);
 
     // Hub errors.
     let err = err_text(resolve_quiet("cvssp/no-such-model", &online));

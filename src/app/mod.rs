@@ -425,14 +425,15 @@ impl AudioLdmApp {
         self.clips.get(&id)
     }
 
-    fn play(&mut self, id: u64) {
+    /// Plays clip `id` (a history entry or the input clip) from `start_s` seconds.
+    fn play(&mut self, id: u64, start_s: f64) {
         let audio = if id == INPUT_CLIP_ID {
             self.input.as_ref().map(|c| c.audio.clone())
         } else {
             self.clip(id).map(|c| c.audio.clone())
         };
         if let Some(audio) = audio
-            && let Err(e) = self.player.play(&audio, id)
+            && let Err(e) = self.player.play_from(&audio, id, start_s)
         {
             self.error(e.to_string());
         }
@@ -646,7 +647,7 @@ impl AudioLdmApp {
             Some(HistoryAction::Select(id)) => self.selected = Some(id),
             Some(HistoryAction::Play(id)) => {
                 self.selected = Some(id);
-                self.play(id);
+                self.play(id, 0.0);
             }
             Some(HistoryAction::Stop) => self.player.stop(),
             Some(HistoryAction::Save(id)) => self.save_as(id),
@@ -707,12 +708,17 @@ impl AudioLdmApp {
                         play = ui.button("Play").clicked();
                     }
                 });
+                let mut seek = None;
                 if let Some(clip) = self.clips.get(&id) {
-                    self.spectrogram
-                        .show(ui, &format!("clip {id}"), &clip.mel, 280.0, cursor);
+                    seek =
+                        self.spectrogram
+                            .show(ui, &format!("clip {id}"), &clip.mel, 280.0, cursor);
                 }
                 if play {
-                    self.play(id);
+                    self.play(id, 0.0);
+                }
+                if let Some(t) = seek {
+                    self.play(id, t);
                 }
                 if stop {
                     self.player.stop();
@@ -761,10 +767,14 @@ impl AudioLdmApp {
         });
         spectrogram::waveform(ui, &input.audio.samples, 60.0);
         let key = format!("input {}", input.name);
-        self.input_spectrogram
+        let seek = self
+            .input_spectrogram
             .show(ui, &key, &input.mel, 160.0, cursor);
         if play {
-            self.play(INPUT_CLIP_ID);
+            self.play(INPUT_CLIP_ID, 0.0);
+        }
+        if let Some(t) = seek {
+            self.play(INPUT_CLIP_ID, t);
         }
         if stop {
             self.player.stop();

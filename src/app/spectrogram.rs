@@ -69,7 +69,7 @@ impl SpectrogramView {
     }
 
     /// Draws `mel` (named `key`; the same key reuses the uploaded image) at `height` points, with
-    /// a cursor at `cursor_s` seconds. Clicking returns the time clicked.
+    /// a cursor at `cursor_s` seconds. A click returns the time clicked (the app plays from there).
     pub fn show(
         &mut self,
         ui: &mut egui::Ui,

@@ -12,6 +12,11 @@ use crate::hub::{self, ResolveOptions};
 use crate::model::nn::Precision;
 use crate::pipeline::{Event, Mel, Output, Pipeline, Request};
 
+/// Dispatches per submit while the app's renderer shares the queue: on a software adapter a
+/// full-size step is a minute of work, which would otherwise hold every frame back until it ends;
+/// on a GPU the extra waits cost well under a millisecond each.
+const DISPATCHES_PER_SUBMIT: usize = 32;
+
 /// One generation, as the UI asked for it.
 pub struct Job {
     pub id: u64,
@@ -201,7 +206,10 @@ impl WorkerState {
                 id,
                 model: dir.clone(),
             });
-            self.loaded = Some(Pipeline::load(&ctx, &dir, self.precision)?);
+            let pipeline = Pipeline::load(&ctx, &dir, self.precision)?;
+            // The renderer draws on the same queue: leave it room between slices of a step.
+            pipeline.set_max_dispatches_per_submit(Some(DISPATCHES_PER_SUBMIT));
+            self.loaded = Some(pipeline);
         }
         let pipeline = self
             .loaded

@@ -40,8 +40,14 @@ struct Playing {
 }
 
 impl Player {
-    /// Plays `audio`, stopping whatever was playing. `id` names the clip, for [`Player::playing`].
+    /// Plays `audio` from the start, stopping whatever was playing. `id` names the clip, for
+    /// [`Player::playing`].
     pub fn play(&mut self, audio: &Audio, id: u64) -> Result<(), PlaybackError> {
+        self.play_from(audio, id, 0.0)
+    }
+
+    /// Plays `audio` from `start_s` seconds in.
+    pub fn play_from(&mut self, audio: &Audio, id: u64, start_s: f64) -> Result<(), PlaybackError> {
         self.stop();
         let host = cpal::default_host();
         let device = host
@@ -54,9 +60,10 @@ impl Player {
         let config: StreamConfig = supported.into();
         let samples = resample(&audio.samples, audio.sample_rate, config.sample_rate)
             .map_err(|e| PlaybackError::Clip(e.to_string()))?;
+        let start = (start_s.max(0.0) * f64::from(config.sample_rate)) as usize;
         let source = Source {
+            frames_done: Arc::new(AtomicUsize::new(start.min(samples.len()))),
             samples: Arc::new(samples),
-            frames_done: Arc::new(AtomicUsize::new(0)),
             finished: Arc::new(AtomicBool::new(false)),
             channels: usize::from(config.channels).max(1),
         };

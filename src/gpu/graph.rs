@@ -455,6 +455,8 @@ pub struct Executable {
     stats: GraphStats,
     /// Copies appended to every run, after the compute pass: (from output, into input).
     feedback: Vec<(Tensor, Tensor)>,
+    /// See [`Executable::set_max_dispatches_per_submit`].
+    max_dispatches_per_submit: Option<usize>,
 }
 
 /// Assigns each interval (first, last, bytes) a slot so that slots never hold overlapping
@@ -681,6 +683,7 @@ impl Executable {
             dirty: true,
             stats,
             feedback: Vec::new(),
+            max_dispatches_per_submit: None,
         })
     }
 
@@ -756,13 +759,35 @@ impl Executable {
     /// Replays the whole graph: one compute pass, one submit. Does not wait for the GPU.
     pub fn run(&mut self) -> Result<()> {
         self.upload_params()?;
-        let commands = self.encode(&self.ops, true);
-        self.ctx.scoped("submitting the graph", || {
-            self.ctx.queue().submit([commands])
-        })?;
-        self.stats.submits += 1;
+        let slice = self
+            .max_dispatches_per_submit
+            .unwrap_or(self.ops.len())
+            .max(1);
+        let slices = self.ops.len().div_ceil(slice).max(1);
+        for i in 0..slices {
+            let ops =
+                &self.ops[(i * slice).min(self.ops.len())..((i + 1) * slice).min(self.ops.len())];
+            let last = i + 1 == slices;
+            let commands = self.encode(ops, last);
+            self.ctx.scoped("submitting the graph", || {
+                self.ctx.queue().submit([commands])
+            })?;
+            self.stats.submits += 1;
+            if !last {
+                // Let whoever else uses the queue (a renderer) in before the next slice.
+                self.ctx.wait()?;
+            }
+        }
         self.stats.runs += 1;
         Ok(())
+    }
+
+    /// Splits every [`Executable::run`] into submits of at most `n` dispatches, each waited for
+    /// before the next: on a device shared with a renderer, frames are drawn between slices
+    /// instead of after the whole graph (a denoising step on a software adapter takes seconds).
+    /// `None` (the default) is one submit per run.
+    pub fn set_max_dispatches_per_submit(&mut self, n: Option<usize>) {
+        self.max_dispatches_per_submit = n;
     }
 
     /// Replays op by op, one submit and one wait each, naming the op that fails.

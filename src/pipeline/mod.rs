@@ -6,7 +6,7 @@ pub mod ddim;
 pub mod noise;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 pub use crate::audio::{Audio, Mel};
@@ -124,6 +124,8 @@ pub struct Pipeline {
     vocoder: SpeechT5HifiGan,
     scheduler: DdimScheduler,
     step_graph: Mutex<Option<StepGraph>>,
+    /// 0: one submit per graph run; else at most this many dispatches per submit.
+    dispatches_per_submit: AtomicUsize,
 }
 
 /// Loads the model in `dir` and generates `request`, reporting every stage through `on_event`
@@ -185,9 +187,25 @@ impl Pipeline {
             vocoder: SpeechT5HifiGan::load(&loader, &dir.join("vocoder"))?,
             scheduler: DdimScheduler::load(&dir.join("scheduler"))?,
             step_graph: Mutex::new(None),
+            dispatches_per_submit: AtomicUsize::new(0),
         };
         tracing::info!(model = %dir.display(), "AudioLDM loaded");
         Ok(pipeline)
+    }
+
+    /// On a device shared with a renderer (the desktop app), runs each graph in submits of at
+    /// most `n` dispatches so that frames are drawn in between (see
+    /// [`Executable::set_max_dispatches_per_submit`]); `None` is one submit per run.
+    pub fn set_max_dispatches_per_submit(&self, n: Option<usize>) {
+        self.dispatches_per_submit
+            .store(n.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn dispatches_per_submit(&self) -> Option<usize> {
+        match self.dispatches_per_submit.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
     }
 
     pub fn model_dir(&self) -> &Path {
@@ -342,6 +360,8 @@ impl Pipeline {
         step.latents.write_f32(&self.ctx, &initial)?;
         step.embeds.write_f32(&self.ctx, &embeds)?;
         step.exe.set_scalar(step.guidance, request.guidance_scale);
+        step.exe
+            .set_max_dispatches_per_submit(self.dispatches_per_submit());
         let mut rng = noise::LegacyNormal::new(request.seed.wrapping_add(1));
         let n = timesteps.len();
         for (i, &t) in timesteps.iter().enumerate() {
@@ -465,6 +485,7 @@ impl Pipeline {
         let dims = g.dims(mel).to_vec();
         g.output(mel)?;
         let mut exe = g.build()?;
+        exe.set_max_dispatches_per_submit(self.dispatches_per_submit());
         exe.run()?;
         let data = exe.read(mel)?;
         check_finite("the VAE decoder", &data)?;
@@ -484,6 +505,7 @@ impl Pipeline {
         let wave = self.vocoder.forward(&mut g, x)?;
         g.output(wave)?;
         let mut exe = g.build()?;
+        exe.set_max_dispatches_per_submit(self.dispatches_per_submit());
         exe.run()?;
         let waveform = exe.read(wave)?;
         check_finite("the vocoder", &waveform)?;
