@@ -227,6 +227,39 @@ fn typing_a_prompt_and_generating_adds_a_clip_to_the_history_and_shows_its_spect
 }
 
 #[test]
+fn text_typed_in_the_same_frame_as_ctrl_enter_is_part_of_the_request() {
+    let dir = data_dir("same-frame");
+    let mut harness = harness(&dir);
+    set_up_tiny_run(&mut harness, 1.0);
+    harness.get_by_label("Prompt").focus();
+    harness.run();
+    // Both events reach the app in one frame, as a fast typist's would (kittest's own helpers
+    // give every queued event a frame of its own).
+    let input = harness.input_mut();
+    input
+        .events
+        .push(egui::Event::Text("rain on a tin roof".into()));
+    input.events.push(egui::Event::Key {
+        key: egui::Key::Enter,
+        physical_key: None,
+        pressed: true,
+        repeat: false,
+        modifiers: egui::Modifiers::COMMAND,
+    });
+    harness.step();
+    assert!(harness.state().is_running(), "Ctrl+Enter started nothing");
+    step_until(&mut harness, Duration::from_secs(300), "the clip", |app| {
+        !app.is_running()
+    });
+    let history = harness.state().history();
+    assert_eq!(history.len(), 1, "{:?}", harness.state().messages());
+    assert_eq!(history[0].settings.prompt, "rain on a tin roof");
+    // Ctrl+Enter did not put a newline into the prompt.
+    assert_eq!(harness.state().settings().prompt, "rain on a tin roof");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn ctrl_enter_generates_and_cancel_stops_the_run_between_steps() {
     let dir = data_dir("cancel");
     let mut harness = harness(&dir);

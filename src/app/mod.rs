@@ -76,7 +76,13 @@ pub fn run_native(options: AppOptions) -> Result<(), String> {
         native,
         Box::new(move |cc| Ok(Box::new(AudioLdmApp::new(cc, options)))),
     )
-    .map_err(|e| format!("cannot open the window: {e}"))
+    .map_err(|e| {
+        format!(
+            "cannot open the window: {e}. The app needs a GPU adapter for drawing and compute; \
+             without a GPU on Linux, install Mesa's software one (mesa-vulkan-drivers), and \
+             check WGPU_BACKEND if it is set"
+        )
+    })
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -875,12 +881,11 @@ impl eframe::App for AudioLdmApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
         self.handle_reports();
-        if ctx.input_mut(|i| {
+        // Taken before the prompt box sees it (it would insert a newline), acted on after the
+        // panels: text typed in the same frame is then already in the settings.
+        let generate_requested = ctx.input_mut(|i| {
             i.consume_shortcut(&KeyboardShortcut::new(Modifiers::COMMAND, Key::Enter))
-        }) && self.run.is_none()
-        {
-            self.generate();
-        }
+        });
         egui::Panel::bottom("status").show(ui, |ui| {
             ui.horizontal(|ui| {
                 ui.label(
@@ -907,6 +912,9 @@ impl eframe::App for AudioLdmApp {
             egui::ScrollArea::vertical().show(ui, |ui| self.main_view_ui(ui));
         });
         self.drop_ui(&ctx);
+        if generate_requested && self.run.is_none() {
+            self.generate();
+        }
         if self.player.playing().is_some() {
             ctx.request_repaint_after(std::time::Duration::from_millis(33));
         }
