@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use audioldm::gpu::ops::conv::{Conv2dOptions, ConvKernel};
-use audioldm::gpu::ops::matmul::MatmulKernel;
-use audioldm::gpu::{Context, DType, Graph, Result, Tensor, Var};
+use audioldm::gpu::ops::matmul::{Gemm, MatView, MatmulKernel};
+use audioldm::gpu::{Activation, Context, DType, Graph, Result, Tensor, Var};
 
 fn tensor(ctx: &Context, shape: &[usize], seed: u32) -> Result<Tensor> {
     let n: usize = shape.iter().product();
@@ -80,6 +80,35 @@ fn main() -> Result<()> {
         );
     }
 
+    // The same product with B as a Linear weight [N, K], where the vec4 kernel applies.
+    for kernel in [
+        MatmulKernel::Naive,
+        MatmulKernel::Tiled { tm: 4, tn: 8 },
+        MatmulKernel::TiledK4 { tm: 4, tn: 4 },
+        MatmulKernel::TiledK4 { tm: 4, tn: 8 },
+    ] {
+        let mut g = Graph::new(&ctx);
+        let (va, vb) = (g.input(&a), g.weight(&b));
+        let out = g.gemm(Gemm {
+            a: MatView::new(va, n, 1),
+            b: MatView::new(vb, 1, n),
+            batch: 1,
+            m: n,
+            k: n,
+            n,
+            alpha: 1.0,
+            bias: None,
+            residual: None,
+            act: Activation::None,
+            kernel,
+        })?;
+        let secs = time_graph(&ctx, g, out, reps)?;
+        report(
+            &format!("linear 1024^3 {kernel:?}"),
+            2.0 * (n * n * n) as f64,
+            secs,
+        );
+    }
     if gemm_only {
         return Ok(());
     }

@@ -3,7 +3,9 @@
 // A and B are read through strides, so B can be a Linear weight [N, K] (b_sk = 1, b_sn = K), a
 // plain [K, N] matrix, or a view into a fused QKV buffer. C and the residual are row-major with
 // row stride c_sm. Defines: ACT (see _activation.wgsl), W_F16 (B stored as packed f16), BIAS,
-// RESIDUAL, and TM x TN outputs per thread for the tiled entry point.
+// RESIDUAL, and TM x TN outputs per thread for the tiled entry points. K4 selects `matmul_k4`
+// alone: A and B both contiguous along K (a Linear weight [N, K]), K and every offset and stride a
+// multiple of 4, read as vec4 along K.
 
 struct Params {
     m: u32, n: u32, k: u32, batch: u32,
@@ -14,8 +16,25 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#if K4
+// Operands read four K values at a time; f16 weights are four halves in two words.
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+#if W_F16
+@group(0) @binding(2) var<storage, read> wt: array<vec2<u32>>;
+fn load_w4(i: u32) -> vec4<f32> {
+    let words = wt[i];
+    return vec4<f32>(unpack2x16float(words.x), unpack2x16float(words.y));
+}
+#else
+@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
+fn load_w4(i: u32) -> vec4<f32> {
+    return wt[i];
+}
+#endif
+#else
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 #include "_weights.wgsl"
+#endif
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
@@ -35,6 +54,49 @@ fn epilogue(batch: u32, row: u32, col: u32, acc: f32) {
     c[at] = v;
 }
 
+#if K4
+// `matmul` reading four K values per load. On llvmpipe every per-lane load is a gather, so
+// loading vec4s quarters the gathers and the index arithmetic: 2.3x the scalar kernel there.
+@compute @workgroup_size(8, 8, 1)
+fn matmul_k4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let batch = wg.z;
+    let row0 = (wg.y * 8u + lid.y) * ${TM}u;
+    let col0 = wg.x * 8u * ${TN}u + lid.x;
+    if (row0 >= p.m || col0 >= p.n) {
+        return;
+    }
+    var a_at: array<u32, ${TM}>;
+    for (var i = 0u; i < ${TM}u; i++) {
+        a_at[i] = (p.a_off + batch * p.a_sb + min(row0 + i, p.m - 1u) * p.a_sm) / 4u;
+    }
+    var b_at: array<u32, ${TN}>;
+    for (var j = 0u; j < ${TN}u; j++) {
+        b_at[j] = (p.b_off + batch * p.b_sb + min(col0 + 8u * j, p.n - 1u) * p.b_sn) / 4u;
+    }
+    var acc: array<array<f32, ${TN}>, ${TM}>;
+    for (var k = 0u; k < p.k / 4u; k++) {
+        var av: array<vec4<f32>, ${TM}>;
+        for (var i = 0u; i < ${TM}u; i++) {
+            av[i] = a[a_at[i] + k];
+        }
+        for (var j = 0u; j < ${TN}u; j++) {
+            let bv = load_w4(b_at[j] + k);
+            for (var i = 0u; i < ${TM}u; i++) {
+                acc[i][j] += dot(av[i], bv);
+            }
+        }
+    }
+    // Inline, not a function taking the block: llvmpipe copies an array argument, which cost
+    // 10 % of the GEMM's speed and made the matmul tests (mostly shader compiles) 25x slower.
+    for (var i = 0u; i < ${TM}u; i++) {
+        for (var j = 0u; j < ${TN}u; j++) {
+            if (row0 + i < p.m && col0 + 8u * j < p.n) {
+                epilogue(batch, row0 + i, col0 + 8u * j, acc[i][j]);
+            }
+        }
+    }
+}
+#else
 // Register-blocked: each of the 8x8 threads computes TM rows x TN columns and keeps them in
 // registers; no workgroup memory (on CPU-backed adapters register blocking pays and shared memory
 // does not; on GPUs the blocks are served from cache).
@@ -134,3 +196,4 @@ fn gemv(
         epilogue(batch, row, col, partial[0]);
     }
 }
+#endif

@@ -95,6 +95,71 @@ fn matmul_matches_reference_on_odd_shapes() {
     }
 }
 
+/// The vec4 kernel on a Linear weight [N, K] with a long K, f32 and f16, against the scalar one.
+#[test]
+fn vec4_linear_kernel_handles_long_reductions() {
+    use audioldm::gpu::ops::matmul::{Gemm, MatView};
+    for dtype in [DType::F32, DType::F16] {
+        for &(m, k, n) in &[(9, 4096, 11), (17, 3072, 40)] {
+            let x = random(21, m * k);
+            let w = random(22, n * k);
+            let w_used = if dtype == DType::F16 {
+                f16_round(&w)
+            } else {
+                w.clone()
+            };
+            let want: Vec<f64> = (0..m * n)
+                .map(|o| {
+                    let (i, j) = (o / n, o % n);
+                    (0..k)
+                        .map(|p| x[i * k + p] as f64 * w_used[j * k + p] as f64)
+                        .sum()
+                })
+                .collect();
+            for kernel in [
+                MatmulKernel::TiledK4 { tm: 4, tn: 8 },
+                MatmulKernel::Tiled { tm: 4, tn: 8 },
+            ] {
+                let mut g = Graph::new(ctx());
+                let vx = input(&mut g, &[m, k], &x);
+                let wt = Tensor::from_f32(ctx(), [n, k], dtype, &w).unwrap();
+                let vw = g.weight(&wt);
+                let out = g
+                    .gemm(Gemm {
+                        a: MatView::new(vx, k, 1),
+                        b: MatView::new(vw, 1, k),
+                        batch: 1,
+                        m,
+                        k,
+                        n,
+                        alpha: 1.0,
+                        bias: None,
+                        residual: None,
+                        act: Activation::None,
+                        kernel,
+                    })
+                    .unwrap();
+                let got = run(g, out);
+                assert_close(
+                    &format!("linear {kernel:?} {dtype:?} {m}x{k}->{n}"),
+                    &got,
+                    &want,
+                    1e-4,
+                );
+            }
+        }
+    }
+    // Operands that are not contiguous along K cannot take it.
+    let mut g = Graph::new(ctx());
+    let a = input(&mut g, &[8, 8], &random(1, 64));
+    let b = input(&mut g, &[8, 8], &random(2, 64));
+    let err = g
+        .matmul_with(a, b, 1.0, MatmulKernel::TiledK4 { tm: 4, tn: 8 })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("contiguous along K"), "{err}");
+}
+
 #[test]
 fn long_reductions_stay_within_1e4() {
     for &(m, k, n) in &[(9, 4096, 11), (3, 3072, 5)] {
@@ -127,11 +192,14 @@ fn linear_fuses_bias_activation_and_residual() {
         Activation::Gelu,
         Activation::Tanh,
     ];
+    // Up to 4 rows take the GEMV; K a multiple of 4 the vec4 kernel (TiledK4), else `Tiled`.
     for (seed, &(rows, k, n)) in [
         (1usize, 19usize, 23usize),
         (2, 64, 48),
         (37, 50, 29),
         (5, 128, 130),
+        (33, 36, 65),
+        (70, 4, 9),
     ]
     .iter()
     .enumerate()

@@ -18,6 +18,12 @@ pub enum MatmulKernel {
         tm: usize,
         tn: usize,
     },
+    /// `Tiled` reading vec4s along K; needs A and B contiguous along K and K, offsets and
+    /// strides multiples of 4 (a Linear layer). `Auto` takes it whenever it applies.
+    TiledK4 {
+        tm: usize,
+        tn: usize,
+    },
     Gemv,
     /// One thread per output; for benchmarks.
     Naive,
@@ -31,6 +37,19 @@ pub struct MatView {
     pub sb: usize,
     pub sr: usize,
     pub sc: usize,
+}
+
+impl MatView {
+    /// One matrix (no offset, no batch stride) with the given row and column strides.
+    pub fn new(var: Var, row_stride: usize, col_stride: usize) -> Self {
+        Self {
+            var,
+            offset: 0,
+            sb: 0,
+            sr: row_stride,
+            sc: col_stride,
+        }
+    }
 }
 
 /// A general batched matmul `C = act(alpha * A B + bias) + residual`.
@@ -212,14 +231,31 @@ impl Graph {
                 ));
             }
         }
+        let along_k = g.a.sc == 1
+            && g.b.sr == 1
+            && [g.k, g.a.offset, g.a.sb, g.a.sr, g.b.offset, g.b.sb, g.b.sc]
+                .iter()
+                .all(|v| v % 4 == 0);
         let kernel = match g.kernel {
             MatmulKernel::Auto if g.m <= 4 => MatmulKernel::Gemv,
+            MatmulKernel::Auto if along_k => MatmulKernel::TiledK4 { tm: TM, tn: TN },
             MatmulKernel::Auto => MatmulKernel::Tiled { tm: TM, tn: TN },
+            MatmulKernel::TiledK4 { .. } if !along_k => {
+                return Err(shape_error(
+                    op,
+                    "the vec4 kernel needs both operands contiguous along K, with K and every \
+                     offset and stride a multiple of 4",
+                ));
+            }
             chosen => chosen,
         };
         let (entry, workgroups) = match kernel {
-            MatmulKernel::Tiled { tm, tn } => (
-                "matmul",
+            MatmulKernel::Tiled { tm, tn } | MatmulKernel::TiledK4 { tm, tn } => (
+                if matches!(kernel, MatmulKernel::TiledK4 { .. }) {
+                    "matmul_k4"
+                } else {
+                    "matmul"
+                },
                 [
                     g.n.div_ceil(8 * tn) as u32,
                     g.m.div_ceil(8 * tm) as u32,
@@ -237,13 +273,14 @@ impl Graph {
             MatmulKernel::Gemv | MatmulKernel::Auto => ("gemv", grid(g.batch * g.m * g.n)),
         };
         let (tm, tn) = match kernel {
-            MatmulKernel::Tiled { tm, tn } => (tm, tn),
+            MatmulKernel::Tiled { tm, tn } | MatmulKernel::TiledK4 { tm, tn } => (tm, tn),
             _ => (1, 1),
         };
         let mut key = KernelKey::new("matmul.wgsl", entry, 4, 1)
             .define("TM", tm)
             .define("TN", tn);
         key = key
+            .flag("K4", matches!(kernel, MatmulKernel::TiledK4 { .. }))
             .flag("W_F16", self.dtype(g.b.var) == DType::F16)
             .flag("BIAS", g.bias.is_some())
             .flag("RESIDUAL", g.residual.is_some());
