@@ -861,13 +861,14 @@ fn download(
             })
         };
         report(0, false);
-        if *force {
-            remove_entry(&snapshot.join(file))?;
-        }
-        let path =
-            download_resumable(&ctx, &runtime, &streaming, &commit, file, *size, &mut |b| {
-                report(b, false)
-            })?;
+        let path = download_resumable(
+            &ctx,
+            &runtime,
+            &streaming,
+            (&commit, file, *size),
+            *force,
+            &mut |b| report(b, false),
+        )?;
         let len = std::fs::metadata(&path)
             .map_err(|source| Error::Io {
                 path: path.clone(),
@@ -946,14 +947,15 @@ fn plan_from_listing(
 /// (`blobs/{etag}`, and `snapshots/{commit}/{file}` linking to it), continuing a partial
 /// `blobs/{etag}.incomplete` that an interrupted run (ours or Python's) left behind with a range
 /// request instead of starting over. A blob whose etag is a SHA-256 (LFS and Xet files) is
-/// checked against it before it enters the cache. Bytes received are reported on this thread.
+/// checked against it before it enters the cache. With `replace`, the cached blob is distrusted
+/// (the entry that used it was unusable) and fetched again. Bytes received are reported on this
+/// thread.
 fn download_resumable(
     ctx: &Ctx,
     runtime: &tokio::runtime::Runtime,
     repo: &HFRepository<RepoTypeModel>,
-    commit: &str,
-    file: &str,
-    size: u64,
+    (commit, file, size): (&str, &str, u64),
+    replace: bool,
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<PathBuf> {
     let hub = |e: HFError| ctx.hub_error(e, Some(file));
@@ -975,7 +977,8 @@ fn download_resumable(
     let blob = blobs.join(&meta.etag);
     let partial = blobs.join(format!("{}.incomplete", meta.etag));
     // Another snapshot may already hold the same content.
-    let have_blob = std::fs::metadata(&blob).is_ok_and(|m| m.is_file() && m.len() == size);
+    let have_blob =
+        !replace && std::fs::metadata(&blob).is_ok_and(|m| m.is_file() && m.len() == size);
     if !have_blob {
         let mut out = std::fs::OpenOptions::new()
             .create(true)
@@ -1071,17 +1074,6 @@ fn sha256_file(path: &Path) -> std::io::Result<String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
-}
-
-/// Removes a snapshot entry (a link or a file) so it can be made anew.
-fn remove_entry(entry: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(entry) {
-        Ok(_) => std::fs::remove_file(entry).map_err(|source| Error::Io {
-            path: entry.to_path_buf(),
-            source,
-        }),
-        Err(_) => Ok(()),
-    }
 }
 
 /// Points snapshot entry `entry` (of repo path `file`) at its blob: a relative symlink

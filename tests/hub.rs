@@ -1083,6 +1083,17 @@ fn mock_hub_downloads_into_the_standard_cache() {
     );
     assert_eq!(std::fs::read(&unet_blob).unwrap(), unet);
 
+    // A blob garbled without changing its length (here a config that no longer parses) is
+    // fetched again, not relinked as it is.
+    let config_blob = repo_dir.join("blobs").join(mock_etag("unet/config.json"));
+    let config = std::fs::read(&config_blob).unwrap();
+    std::fs::write(&config_blob, vec![b'{'; config.len()]).unwrap();
+    assert_eq!(
+        resolve("audioldm-s-full", &online, &mut |_| {}).unwrap(),
+        snapshot
+    );
+    assert_eq!(std::fs::read(&config_blob).unwrap(), config);
+
     // Hub errors.
     let err = err_text(resolve_quiet("cvssp/no-such-model", &online));
     assert!(err.contains("`cvssp/no-such-model` not found"), "{err}");
