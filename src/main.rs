@@ -179,7 +179,7 @@ fn run(cli: Cli) -> audioldm::Result<()> {
                 }
             })?;
             bar.finish_and_clear();
-            let settings = settings_json(&request, &model, pipeline.default_duration_s());
+            let settings = request.describe(&model, pipeline.default_duration_s());
             let wav_format = match format {
                 Format::Pcm16 => WavFormat::Pcm16,
                 Format::F32 => WavFormat::Float32,
@@ -245,23 +245,6 @@ fn read_latents(path: &std::path::Path) -> audioldm::Result<(usize, Vec<f32>)> {
             path.display()
         ))),
     }
-}
-
-/// The settings recorded in the WAV file, as JSON.
-fn settings_json(request: &Request, model: &str, default_duration: f64) -> String {
-    serde_json::json!({
-        "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt,
-        "steps": request.steps,
-        "guidance_scale": request.guidance_scale,
-        "duration_s": request.duration_s.unwrap_or(default_duration),
-        "seed": request.seed,
-        "eta": request.eta,
-        "scheduler": "DDIM",
-        "model": model,
-        "initial_latents": if request.init_latents.is_some() { "injected" } else { "seeded" },
-    })
-    .to_string()
 }
 
 /// `DIR/outputs.safetensors`: text_embeds, latents (before VAE scaling), mel, waveform.

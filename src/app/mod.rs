@@ -20,9 +20,8 @@ use eframe::egui::{self, Color32, Key, KeyboardShortcut, Modifiers, RichText};
 use eframe::egui_wgpu::{WgpuConfiguration, WgpuSetup, WgpuSetupCreateNew};
 
 use crate::audio::decode::decode_file;
-use crate::audio::mel::{MelFrontEnd, SAMPLE_RATE};
+use crate::audio::mel::MelFrontEnd;
 use crate::audio::playback::Player;
-use crate::audio::resample::resample;
 use crate::audio::wav::{WavFormat, read_wav, write_wav};
 use crate::audio::{Audio, Mel};
 use crate::gpu::Context;
@@ -274,7 +273,7 @@ impl AudioLdmApp {
         let job = Job {
             id,
             model: settings.model.trim().to_string(),
-            request: settings.request(settings.seed),
+            request: settings.request(),
         };
         match self.worker.submit(job) {
             Ok(()) => {
@@ -305,8 +304,7 @@ impl AudioLdmApp {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
         let loaded = decode_file(path).and_then(|audio| {
-            let at_16k = resample(&audio.samples, audio.sample_rate, SAMPLE_RATE)?;
-            let mel = self.mel_front_end.log_mel(&at_16k);
+            let mel = self.mel_front_end.log_mel_of(&audio)?;
             Ok(InputClip { name, audio, mel })
         });
         match loaded {
@@ -318,16 +316,7 @@ impl AudioLdmApp {
     fn handle_reports(&mut self) {
         while let Some(report) = self.worker.poll() {
             let Some(run) = &mut self.run else { continue };
-            let id = match &report {
-                Report::Downloading { id, .. }
-                | Report::Loading { id, .. }
-                | Report::Started { id, .. }
-                | Report::Step { id, .. }
-                | Report::Done { id, .. }
-                | Report::Cancelled { id }
-                | Report::Failed { id, .. } => *id,
-            };
-            if id != run.id {
+            if report.id() != run.id {
                 continue;
             }
             let cancelling = run.phase == Phase::Cancelling;
@@ -408,15 +397,12 @@ impl AudioLdmApp {
         if !self.clips.contains_key(&id) {
             let entry = self.persisted.history.iter().find(|e| e.id == id)?;
             let loaded = read_wav(&entry.wav).and_then(|(samples, sample_rate)| {
-                let at_16k = resample(&samples, sample_rate, SAMPLE_RATE)?;
-                let mel = self.mel_front_end.log_mel(&at_16k);
-                Ok(Clip {
-                    audio: Audio {
-                        sample_rate,
-                        samples,
-                    },
-                    mel,
-                })
+                let audio = Audio {
+                    sample_rate,
+                    samples,
+                };
+                let mel = self.mel_front_end.log_mel_of(&audio)?;
+                Ok(Clip { audio, mel })
             });
             match loaded {
                 Ok(clip) => {

@@ -47,32 +47,22 @@ pub const GUIDANCE_RANGE: std::ops::RangeInclusive<f32> = 0.0..=10.0;
 pub const DURATION_RANGE: std::ops::RangeInclusive<f64> = 0.5..=30.0;
 
 impl Settings {
-    /// The pipeline request these settings make with `seed`.
-    pub fn request(&self, seed: u32) -> Request {
+    /// The pipeline request these settings make.
+    pub fn request(&self) -> Request {
         Request {
             prompt: self.prompt.clone(),
             negative_prompt: (!self.negative.trim().is_empty()).then(|| self.negative.clone()),
             steps: self.steps,
             guidance_scale: self.guidance,
             duration_s: Some(self.duration_s),
-            seed,
+            seed: self.seed,
             ..Request::default()
         }
     }
 
-    /// The settings as text for the WAV file's comment (the CLI records the same keys).
+    /// The settings as text for the WAV file's comment, in the keys the CLI writes.
     pub fn describe(&self) -> String {
-        serde_json::json!({
-            "prompt": self.prompt,
-            "negative_prompt": self.negative,
-            "steps": self.steps,
-            "guidance_scale": self.guidance,
-            "duration_s": self.duration_s,
-            "seed": self.seed,
-            "scheduler": "DDIM",
-            "model": self.model,
-        })
-        .to_string()
+        self.request().describe(&self.model, self.duration_s)
     }
 }
 

@@ -63,6 +63,21 @@ pub enum Report {
     },
 }
 
+impl Report {
+    /// The job the report is about.
+    pub fn id(&self) -> u64 {
+        match self {
+            Report::Downloading { id, .. }
+            | Report::Loading { id, .. }
+            | Report::Started { id, .. }
+            | Report::Step { id, .. }
+            | Report::Done { id, .. }
+            | Report::Cancelled { id }
+            | Report::Failed { id, .. } => *id,
+        }
+    }
+}
+
 /// The UI's handle on the worker thread.
 pub struct Worker {
     jobs: Option<Sender<(Job, Arc<AtomicBool>)>>,

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use realfft::{RealFftPlanner, RealToComplex};
 
-use super::Mel;
+use super::resample::resample;
+use super::{Audio, Mel};
+use crate::error::Result;
 
 pub const SAMPLE_RATE: u32 = 16_000;
 pub const N_FFT: usize = 1024;
@@ -73,6 +75,12 @@ impl MelFrontEnd {
             out.extend(spectrum.iter().map(|c| c.norm()));
         }
         (frames, out)
+    }
+
+    /// The log-mel spectrogram of `audio` at any rate, resampled to 16 kHz first.
+    pub fn log_mel_of(&self, audio: &Audio) -> Result<Mel> {
+        let at_16k = resample(&audio.samples, audio.sample_rate, SAMPLE_RATE)?;
+        Ok(self.log_mel(&at_16k))
     }
 
     /// The log-mel spectrogram of 16 kHz `samples`, `[frames, N_MELS]`.

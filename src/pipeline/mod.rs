@@ -56,6 +56,26 @@ impl Default for Request {
     }
 }
 
+impl Request {
+    /// The settings as JSON, for a clip's metadata (the WAV comment the CLI and the app write);
+    /// `default_duration_s` stands in when the request leaves the duration to the model.
+    pub fn describe(&self, model: &str, default_duration_s: f64) -> String {
+        serde_json::json!({
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "duration_s": self.duration_s.unwrap_or(default_duration_s),
+            "seed": self.seed,
+            "eta": self.eta,
+            "scheduler": "DDIM",
+            "model": model,
+            "initial_latents": if self.init_latents.is_some() { "injected" } else { "seeded" },
+        })
+        .to_string()
+    }
+}
+
 /// Everything a generation produced.
 #[derive(Clone, Debug, Default)]
 pub struct Output {
