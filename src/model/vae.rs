@@ -396,6 +396,30 @@ impl Upsample2D {
     }
 }
 
+/// `layers` resnets `vb.resnets.{i}`, the first from `cin` channels, the rest from `cout`.
+fn load_resnets(
+    l: &Loader,
+    vb: &Weights,
+    cin: usize,
+    cout: usize,
+    layers: usize,
+    groups: usize,
+) -> Result<Vec<ResnetBlock2D>> {
+    (0..layers)
+        .map(|i| {
+            let cin = if i == 0 { cin } else { cout };
+            ResnetBlock2D::load(l, &vb.pp("resnets").pp(i), cin, cout, groups)
+        })
+        .collect()
+}
+
+fn forward_resnets(resnets: &[ResnetBlock2D], g: &mut Graph, mut x: Var) -> Result<Var> {
+    for resnet in resnets {
+        x = resnet.forward(g, x)?;
+    }
+    Ok(x)
+}
+
 /// diffusers `DownEncoderBlock2D`: resnets, then a down-sampler except in the last block.
 pub struct DownEncoderBlock2D {
     pub resnets: Vec<ResnetBlock2D>,
@@ -412,12 +436,7 @@ impl DownEncoderBlock2D {
         groups: usize,
         add_downsample: bool,
     ) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|i| {
-                let cin = if i == 0 { cin } else { cout };
-                ResnetBlock2D::load(l, &vb.pp("resnets").pp(i), cin, cout, groups)
-            })
-            .collect::<Result<_>>()?;
+        let resnets = load_resnets(l, vb, cin, cout, layers, groups)?;
         let downsampler = add_downsample
             .then(|| Downsample2D::load(l, &vb.pp("downsamplers").pp(0), cout))
             .transpose()?;
@@ -427,10 +446,8 @@ impl DownEncoderBlock2D {
         })
     }
 
-    pub fn forward(&self, g: &mut Graph, mut x: Var) -> Result<Var> {
-        for resnet in &self.resnets {
-            x = resnet.forward(g, x)?;
-        }
+    pub fn forward(&self, g: &mut Graph, x: Var) -> Result<Var> {
+        let x = forward_resnets(&self.resnets, g, x)?;
         match &self.downsampler {
             Some(down) => down.forward(g, x),
             None => Ok(x),
@@ -454,22 +471,15 @@ impl UpDecoderBlock2D {
         groups: usize,
         add_upsample: bool,
     ) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|i| {
-                let cin = if i == 0 { cin } else { cout };
-                ResnetBlock2D::load(l, &vb.pp("resnets").pp(i), cin, cout, groups)
-            })
-            .collect::<Result<_>>()?;
+        let resnets = load_resnets(l, vb, cin, cout, layers, groups)?;
         let upsampler = add_upsample
             .then(|| Upsample2D::load(l, &vb.pp("upsamplers").pp(0), cout))
             .transpose()?;
         Ok(Self { resnets, upsampler })
     }
 
-    pub fn forward(&self, g: &mut Graph, mut x: Var) -> Result<Var> {
-        for resnet in &self.resnets {
-            x = resnet.forward(g, x)?;
-        }
+    pub fn forward(&self, g: &mut Graph, x: Var) -> Result<Var> {
+        let x = forward_resnets(&self.resnets, g, x)?;
         match &self.upsampler {
             Some(up) => up.forward(g, x),
             None => Ok(x),
