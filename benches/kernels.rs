@@ -1,5 +1,5 @@
 //! GFLOP/s of the GEMM and the UNet's real convolution shapes, next to naive kernels.
-//! `cargo bench --bench kernels` (add `-- --quick` for fewer repetitions).
+//! `cargo bench --bench kernels` (add `-- --quick` for fewer repetitions, `--gemm` or `--conv` for one half).
 
 use std::time::Instant;
 
@@ -39,6 +39,7 @@ fn time_graph(ctx: &Context, g: Graph, out: Var, reps: usize) -> Result<f64> {
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let gemm_only = std::env::args().any(|a| a == "--gemm");
+    let conv_only = std::env::args().any(|a| a == "--conv");
     let reps = if quick { 1 } else { 3 };
     let ctx = Context::new_blocking()?;
     let info = ctx.adapter_info();
@@ -61,16 +62,23 @@ fn main() -> Result<()> {
     };
 
     let n = 1024;
-    let a = tensor(&ctx, &[n, n], 1)?;
-    let b = tensor(&ctx, &[n, n], 2)?;
+    let (a, b) = if conv_only {
+        (None, None)
+    } else {
+        (
+            Some(tensor(&ctx, &[n, n], 1)?),
+            Some(tensor(&ctx, &[n, n], 2)?),
+        )
+    };
     for kernel in [
         MatmulKernel::Naive,
         MatmulKernel::Tiled { tm: 4, tn: 4 },
         MatmulKernel::Tiled { tm: 4, tn: 8 },
         MatmulKernel::Tiled { tm: 8, tn: 8 },
     ] {
+        let (Some(a), Some(b)) = (&a, &b) else { break };
         let mut g = Graph::new(&ctx);
-        let (va, vb) = (g.input(&a), g.input(&b));
+        let (va, vb) = (g.input(a), g.input(b));
         let out = g.matmul_with(va, vb, 1.0, kernel)?;
         let secs = time_graph(&ctx, g, out, reps)?;
         report(
@@ -87,8 +95,9 @@ fn main() -> Result<()> {
         MatmulKernel::TiledK4 { tm: 4, tn: 4 },
         MatmulKernel::TiledK4 { tm: 4, tn: 8 },
     ] {
+        let (Some(a), Some(b)) = (&a, &b) else { break };
         let mut g = Graph::new(&ctx);
-        let (va, vb) = (g.input(&a), g.weight(&b));
+        let (va, vb) = (g.input(a), g.weight(b));
         let out = g.gemm(Gemm {
             a: MatView::new(va, n, 1),
             b: MatView::new(vb, 1, n),
@@ -122,8 +131,9 @@ fn main() -> Result<()> {
             &[
                 ConvKernel::Naive,
                 ConvKernel::Tiled,
+                ConvKernel::TiledWith { tm: 4, tn: 4 },
                 ConvKernel::TiledWith { tm: 8, tn: 4 },
-                ConvKernel::TiledWith { tm: 4, tn: 8 },
+                ConvKernel::TiledWith { tm: 8, tn: 8 },
             ]
         };
         for &kernel in kernels {
@@ -137,6 +147,38 @@ fn main() -> Result<()> {
             let secs = time_graph(&ctx, g, out, reps)?;
             let flops = 2.0 * (2 * h * w) as f64 * (c * c * 9) as f64;
             report(&format!("conv3x3 2x{c}x{h}x{w} {kernel:?}"), flops, secs);
+        }
+    }
+    // HiFi-GAN's resblock convolutions at its last two stages (10 s of audio): channels, length,
+    // kernel, dilation, as height-1 2-D convolutions.
+    for &(c, l, k, d) in &[(64, 80016, 11, 5), (32, 160032, 7, 3), (32, 160032, 3, 1)] {
+        let x = tensor(&ctx, &[1, c, 1, l], 5)?;
+        let wt = tensor(&ctx, &[c, 1, k, c], 6)?;
+        let kernels: &[ConvKernel] = if quick {
+            &[ConvKernel::Naive, ConvKernel::Tiled]
+        } else {
+            &[
+                ConvKernel::Naive,
+                ConvKernel::Tiled,
+                ConvKernel::TiledWith { tm: 4, tn: 4 },
+                ConvKernel::TiledWith { tm: 4, tn: 8 },
+                ConvKernel::TiledWith { tm: 8, tn: 2 },
+            ]
+        };
+        for &kernel in kernels {
+            let mut g = Graph::new(&ctx);
+            let (vx, vw) = (g.input(&x), g.weight(&wt));
+            let pad = d * (k - 1) / 2;
+            let opts = Conv2dOptions {
+                padding: [0, 0, pad, pad],
+                dilation: [1, d],
+                kernel,
+                ..Conv2dOptions::default()
+            };
+            let out = g.conv2d(vx, vw, None, None, opts)?;
+            let secs = time_graph(&ctx, g, out, reps)?;
+            let flops = 2.0 * l as f64 * (c * c * k) as f64;
+            report(&format!("conv1d {c}x{l} k{k} d{d} {kernel:?}"), flops, secs);
         }
     }
     Ok(())

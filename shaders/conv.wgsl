@@ -1,36 +1,77 @@
-// 2-D convolution as an implicit GEMM (1-D convolutions run as height-1 2-D ones).
+// 2-D convolution as an implicit GEMM (1-D convolutions run as height-1 2-D ones), in two passes.
 //
-// out[b, co, oy, ox] = act(bias[co] + sum_{ci, ky, kx} in_act(x[b, ci, iy, ix]) * w[ci, ky, kx, co])
-//                      + residual[b, co, oy, ox]
-// with iy = oy*stride_h - pad_top + ky*dil_h (likewise x); taps outside the input read zero.
-// The weight is laid out once at load as [Cin, kh, kw, Cout] so a thread's output channels are
-// contiguous. Defines: ACT (epilogue), IN_LEAKY_RELU (applied to inputs as they are read, as
-// HiFi-GAN does before each convolution), W_F16, BIAS, RESIDUAL, TM (pixels) x TN (channels).
+// INPUT (entry `conv_input`): the NCHW input is copied once into a zero-padded channels-last
+// tensor xp[b, y, x, c] of shape [B, H + pad_top + pad_bottom, W + pad_left + pad_right, C4],
+// with C4 = Cin rounded up to 4 (the extra channels are zero, as are their weights), applying
+// HiFi-GAN's leaky ReLU to the inputs on the way (IN_LEAKY_RELU; zero stays zero).
+//
+// (default, entries `conv2d` and `conv2d_naive`): with taps inside the padded tensor and the
+// channels of one tap contiguous, the reduction runs over (ky, kx, c) reading vec4s along c from
+// both operands, as `matmul_k4` does (a software adapter turns every per-lane load into a gather;
+// vec4s quarter them), and needs no bounds checks:
+// out[b, co, oy, ox] = act(bias[co] + sum_{ky, kx, c} xp[b, oy*sh + ky*dh, ox*sw + kx*dw, c]
+//                                                      * w[co, ky, kx, c]) + residual[b, co, oy, ox]
+// The weight is laid out once at load as [Cout, kh, kw, C4]. Defines: ACT (epilogue), W_F16, BIAS,
+// RESIDUAL, TM (pixels) x TN (output channels) per thread.
 
+#if INPUT
 struct Params {
-    batch: u32, cin: u32, h: u32, w: u32,
-    cout: u32, oh: u32, ow: u32, kh: u32,
-    kw: u32, stride_h: u32, stride_w: u32, pad_top: u32,
-    pad_left: u32, dil_h: u32, dil_w: u32, slope: f32,
-    in_slope: f32,
+    n: u32, cin: u32, h: u32, w: u32,
+    c4: u32, hp: u32, wp: u32, pad_top: u32,
+    pad_left: u32, in_slope: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> xp: array<vec4<f32>>;
+
+// One thread per vec4 of the output.
+@compute @workgroup_size(256, 1, 1)
+fn conv_input(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = (wg.x + wg.y * groups.x) * 256u + lid;
+    if (i >= p.n) {
+        return;
+    }
+    let c0 = (i % p.c4) * 4u;
+    let at = i / p.c4;
+    let iy = i32((at / p.wp) % p.hp) - i32(p.pad_top);
+    let ix = i32(at % p.wp) - i32(p.pad_left);
+    let b = at / (p.wp * p.hp);
+    var v = vec4<f32>(0.0);
+    if (iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
+        let plane = p.h * p.w;
+        let pixel = b * p.cin * plane + u32(iy) * p.w + u32(ix);
+        for (var t = 0u; t < 4u; t++) {
+            if (c0 + t < p.cin) {
+                v[t] = x[pixel + (c0 + t) * plane];
+            }
+        }
+    }
+#if IN_LEAKY_RELU
+    v = select(v * p.in_slope, v, v >= vec4<f32>(0.0));
+#endif
+    xp[i] = v;
+}
+#else
+struct Params {
+    batch: u32, c4: u32, hp: u32, wp: u32,
+    cout: u32, oh: u32, ow: u32, kh: u32,
+    kw: u32, stride_h: u32, stride_w: u32, dil_h: u32,
+    dil_w: u32, slope: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> xp: array<vec4<f32>>;
 #include "_weights.wgsl"
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 #include "_activation.wgsl"
-
-fn load_x(index: u32, valid: bool) -> f32 {
-    var v = select(0.0, x[select(0u, index, valid)], valid);
-#if IN_LEAKY_RELU
-    v = select(v * p.in_slope, v, v >= 0.0);
-#endif
-    return v;
-}
 
 fn store(pixel: u32, co: u32, acc: f32) {
     let plane = p.oh * p.ow;
@@ -47,58 +88,55 @@ fn store(pixel: u32, co: u32, acc: f32) {
     out[at] = v;
 }
 
-// Each thread: TM consecutive output pixels (flattened over batch, rows, columns) x TN consecutive
-// output channels, accumulated in registers.
+// Where output pixel `pixel`'s tap (0, 0) starts in xp, in vec4s.
+fn first_tap(pixel: u32) -> u32 {
+    let b = pixel / (p.oh * p.ow);
+    let rem = pixel % (p.oh * p.ow);
+    let y = (rem / p.ow) * p.stride_h;
+    let x = (rem % p.ow) * p.stride_w;
+    return ((b * p.hp + y) * p.wp + x) * p.c4;
+}
+
+// Each thread: TM consecutive output pixels (flattened over batch, rows, columns) x TN output
+// channels, accumulated in registers.
 @compute @workgroup_size(8, 8, 1)
 fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let pixels = p.batch * p.oh * p.ow;
     let pix0 = ((wg.y + wg.z * 65535u) * 8u + lid.y) * ${TM}u;
     // Output channels are interleaved across the 8 threads of a row (channel = co0 + 8 j), so
-    // that neighbouring threads (SIMD lanes on a CPU adapter) read neighbouring weights.
+    // that neighbouring threads (SIMD lanes on a CPU adapter) read neighbouring weight rows.
     let co0 = wg.x * 8u * ${TN}u + lid.x;
     if (pix0 >= pixels || co0 >= p.cout) {
         return;
     }
-    let plane_in = p.h * p.w;
-    var base: array<u32, ${TM}>;
-    var iy0: array<i32, ${TM}>;
-    var ix0: array<i32, ${TM}>;
+    // Pixels and channels past the edge are clamped for loading and skipped at the store.
+    var x_at: array<u32, ${TM}>;
     for (var i = 0u; i < ${TM}u; i++) {
-        let pixel = min(pix0 + i, pixels - 1u);
-        let b = pixel / (p.oh * p.ow);
-        let rem = pixel % (p.oh * p.ow);
-        base[i] = b * p.cin * plane_in;
-        iy0[i] = i32((rem / p.ow) * p.stride_h) - i32(p.pad_top);
-        ix0[i] = i32((rem % p.ow) * p.stride_w) - i32(p.pad_left);
+        x_at[i] = first_tap(min(pix0 + i, pixels - 1u));
     }
-    var col: array<u32, ${TN}>;
+    let row = p.kh * p.kw * p.c4;
+    var w_at: array<u32, ${TN}>;
     for (var j = 0u; j < ${TN}u; j++) {
-        col[j] = min(co0 + 8u * j, p.cout - 1u);
+        w_at[j] = min(co0 + 8u * j, p.cout - 1u) * row;
     }
     var acc: array<array<f32, ${TN}>, ${TM}>;
-    var k = 0u;
-    for (var ci = 0u; ci < p.cin; ci++) {
-        let chan = ci * plane_in;
-        for (var ky = 0u; ky < p.kh; ky++) {
-            for (var kx = 0u; kx < p.kw; kx++) {
-                var xv: array<f32, ${TM}>;
+    var w_tap = 0u;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let x_tap = (ky * p.dil_h * p.wp + kx * p.dil_w) * p.c4;
+            for (var c = 0u; c < p.c4; c++) {
+                var xv: array<vec4<f32>, ${TM}>;
                 for (var i = 0u; i < ${TM}u; i++) {
-                    let iy = iy0[i] + i32(ky * p.dil_h);
-                    let ix = ix0[i] + i32(kx * p.dil_w);
-                    let valid = iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);
-                    xv[i] = load_x(base[i] + chan + u32(iy) * p.w + u32(ix), valid);
+                    xv[i] = xp[x_at[i] + x_tap + c];
                 }
-                var wv: array<f32, ${TN}>;
                 for (var j = 0u; j < ${TN}u; j++) {
-                    wv[j] = load_w(k * p.cout + col[j]);
-                }
-                for (var i = 0u; i < ${TM}u; i++) {
-                    for (var j = 0u; j < ${TN}u; j++) {
-                        acc[i][j] = fma(xv[i], wv[j], acc[i][j]);
+                    let wv = load_w4(w_at[j] + w_tap + c);
+                    for (var i = 0u; i < ${TM}u; i++) {
+                        acc[i][j] += dot(xv[i], wv);
                     }
                 }
-                k++;
             }
+            w_tap += p.c4;
         }
     }
     for (var i = 0u; i < ${TM}u; i++) {
@@ -119,23 +157,18 @@ fn conv2d_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (pixel >= pixels || co >= p.cout) {
         return;
     }
-    let b = pixel / (p.oh * p.ow);
-    let rem = pixel % (p.oh * p.ow);
-    let iy0 = i32((rem / p.ow) * p.stride_h) - i32(p.pad_top);
-    let ix0 = i32((rem % p.ow) * p.stride_w) - i32(p.pad_left);
+    let x_at = first_tap(pixel);
+    var w_at = co * p.kh * p.kw * p.c4;
     var acc = 0.0;
-    var k = 0u;
-    for (var ci = 0u; ci < p.cin; ci++) {
-        for (var ky = 0u; ky < p.kh; ky++) {
-            for (var kx = 0u; kx < p.kw; kx++) {
-                let iy = iy0 + i32(ky * p.dil_h);
-                let ix = ix0 + i32(kx * p.dil_w);
-                let valid = iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);
-                let at = ((b * p.cin + ci) * p.h + u32(iy)) * p.w + u32(ix);
-                acc = fma(load_x(at, valid), load_w(k * p.cout + co), acc);
-                k++;
+    for (var ky = 0u; ky < p.kh; ky++) {
+        for (var kx = 0u; kx < p.kw; kx++) {
+            let x_tap = x_at + (ky * p.dil_h * p.wp + kx * p.dil_w) * p.c4;
+            for (var c = 0u; c < p.c4; c++) {
+                acc += dot(xp[x_tap + c], load_w4(w_at));
+                w_at++;
             }
         }
     }
     store(pixel, co, acc);
 }
+#endif

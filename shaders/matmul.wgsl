@@ -17,24 +17,11 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 #if K4
-// Operands read four K values at a time; f16 weights are four halves in two words.
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-#if W_F16
-@group(0) @binding(2) var<storage, read> wt: array<vec2<u32>>;
-fn load_w4(i: u32) -> vec4<f32> {
-    let words = wt[i];
-    return vec4<f32>(unpack2x16float(words.x), unpack2x16float(words.y));
-}
-#else
-@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
-fn load_w4(i: u32) -> vec4<f32> {
-    return wt[i];
-}
-#endif
 #else
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-#include "_weights.wgsl"
 #endif
+#include "_weights.wgsl"
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;

@@ -26,8 +26,8 @@ fn record(timestep: f32) -> (Graph, Var, Scalar) {
         g.weight(&t)
     };
     let conv_w = |g: &mut Graph, seed: u64| {
-        let w = conv_weight_layout(&random(seed, C * C * 9), C, C, 3, 3);
-        let t = Tensor::from_f32(ctx(), [C, 3, 3, C], DType::F32, &w).unwrap();
+        let (shape, w) = conv_weight_layout(&random(seed, C * C * 9), C, C, 3, 3);
+        let t = Tensor::from_f32(ctx(), shape, DType::F32, &w).unwrap();
         g.weight(&t)
     };
     let x = input(&mut g, &[B, C, H, W], &random(1, B * C * H * W));

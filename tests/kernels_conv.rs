@@ -86,8 +86,8 @@ fn run_conv2d(
     let residual = random(seed + 3, want.len());
     let mut g = Graph::new(ctx());
     let vx = input(&mut g, &[c.b, c.cin, c.h, c.w], &x);
-    let laid = conv_weight_layout(&wt, c.cout, c.cin, c.kh, c.kw);
-    let wten = Tensor::from_f32(ctx(), [c.cin, c.kh, c.kw, c.cout], dtype, &laid).unwrap();
+    let (shape, laid) = conv_weight_layout(&wt, c.cout, c.cin, c.kh, c.kw);
+    let wten = Tensor::from_f32(ctx(), shape, dtype, &laid).unwrap();
     let vw = g.weight(&wten);
     let vb = input(&mut g, &[c.cout], &bias);
     let vr = with_residual.then(|| input(&mut g, &[c.b, c.cout, oh, ow], &residual));
@@ -280,13 +280,8 @@ fn conv1d_with_dilation_and_input_activation() {
         let residual = random(seed + 3, want.len());
         let mut g = Graph::new(ctx());
         let vx = input(&mut g, &[b, cin, l], &x);
-        let wten = Tensor::from_f32(
-            ctx(),
-            [cin, 1, k, cout],
-            DType::F32,
-            &conv_weight_layout(&wt, cout, cin, 1, k),
-        )
-        .unwrap();
+        let (shape, laid) = conv_weight_layout(&wt, cout, cin, 1, k);
+        let wten = Tensor::from_f32(ctx(), shape, DType::F32, &laid).unwrap();
         let vw = g.weight(&wten);
         let vb = input(&mut g, &[cout], &bias);
         let vr = input(&mut g, &[b, cout, lout], &residual);
@@ -418,16 +413,17 @@ fn conv_transpose1d_matches_reference() {
 fn conv_shape_errors_name_the_op_and_shapes() {
     let mut g = Graph::new(ctx());
     let x = input(&mut g, &[1, 3, 8, 8], &random(1, 192));
-    let w = input(&mut g, &[4, 3, 3, 5], &random(2, 180));
+    // [Cout, kh, kw, Cin4] with Cin4 = 8: not 3 rounded up to 4.
+    let w = input(&mut g, &[5, 3, 3, 8], &random(2, 360));
     let err = g
         .conv2d(x, w, None, None, Conv2dOptions::same_padding(1, 1))
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("conv2d") && err.contains("[1, 3, 8, 8]") && err.contains("[4, 3, 3, 5]"),
+        err.contains("conv2d") && err.contains("[1, 3, 8, 8]") && err.contains("[5, 3, 3, 8]"),
         "{err}"
     );
-    let tiny = input(&mut g, &[1, 4, 2, 2], &random(3, 16));
+    let tiny = input(&mut g, &[1, 7, 2, 2], &random(3, 28));
     let err = g
         .conv2d(tiny, w, None, None, Conv2dOptions::default())
         .unwrap_err()

@@ -93,7 +93,7 @@ impl Linear {
     }
 }
 
-/// `nn.Conv2d` (groups 1), weight re-laid out at load to `[Cin, kh, kw, Cout]`.
+/// `nn.Conv2d` (groups 1), weight re-laid out at load (see [`conv_weight_layout`]).
 pub struct Conv2d {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
@@ -112,9 +112,9 @@ impl Conv2d {
         padding: usize,
     ) -> Result<Self> {
         let w = vb.f32("weight", &[cout, cin, kernel, kernel])?;
-        let laid = conv_weight_layout(&w, cout, cin, kernel, kernel);
+        let (shape, laid) = conv_weight_layout(&w, cout, cin, kernel, kernel);
         Ok(Self {
-            weight: l.weight(&[cin, kernel, kernel, cout], &laid)?,
+            weight: l.weight(&shape, &laid)?,
             bias: l.optional_bias(vb, true, cout)?,
             options: Conv2dOptions::same_padding(stride, padding),
         })
@@ -137,7 +137,7 @@ impl Conv2d {
     }
 }
 
-/// `nn.Conv1d` (groups 1), weight re-laid out at load to `[Cin, 1, k, Cout]`.
+/// `nn.Conv1d` (groups 1), weight re-laid out at load (see [`conv_weight_layout`]).
 pub struct Conv1d {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
@@ -155,9 +155,9 @@ impl Conv1d {
         padding: usize,
     ) -> Result<Self> {
         let w = vb.f32("weight", &[cout, cin, kernel])?;
-        let laid = conv_weight_layout(&w, cout, cin, 1, kernel);
+        let (shape, laid) = conv_weight_layout(&w, cout, cin, 1, kernel);
         Ok(Self {
-            weight: l.weight(&[cin, 1, kernel, cout], &laid)?,
+            weight: l.weight(&shape, &laid)?,
             bias: l.optional_bias(vb, true, cout)?,
             options: Conv1dOptions {
                 padding,

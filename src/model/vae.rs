@@ -653,8 +653,9 @@ impl AutoencoderKL {
             let b = vb.f32("bias", &[c2])?;
             let half = |i: usize| -> Result<Conv2d> {
                 let rows = &w[i * c * c2..(i + 1) * c * c2];
+                let (shape, laid) = conv_weight_layout(rows, c, c2, 1, 1);
                 Ok(Conv2d {
-                    weight: l.weight(&[c2, 1, 1, c], &conv_weight_layout(rows, c, c2, 1, 1))?,
+                    weight: l.weight(&shape, &laid)?,
                     bias: Some(Tensor::from_f32(
                         l.ctx,
                         [c],

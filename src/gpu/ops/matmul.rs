@@ -279,8 +279,10 @@ impl Graph {
         let mut key = KernelKey::new("matmul.wgsl", entry, 4, 1)
             .define("TM", tm)
             .define("TN", tn);
+        let k4 = matches!(kernel, MatmulKernel::TiledK4 { .. });
         key = key
-            .flag("K4", matches!(kernel, MatmulKernel::TiledK4 { .. }))
+            .flag("K4", k4)
+            .flag("W_VEC4", k4)
             .flag("W_F16", self.dtype(g.b.var) == DType::F16)
             .flag("BIAS", g.bias.is_some())
             .flag("RESIDUAL", g.residual.is_some());
