@@ -75,6 +75,11 @@ fn main() -> Result<()> {
         MatmulKernel::Tiled { tm: 4, tn: 4 },
         MatmulKernel::Tiled { tm: 4, tn: 8 },
         MatmulKernel::Tiled { tm: 8, tn: 8 },
+        MatmulKernel::TiledN4 { tm: 4, tn: 1 },
+        MatmulKernel::TiledN4 { tm: 4, tn: 2 },
+        MatmulKernel::TiledN4 { tm: 8, tn: 1 },
+        MatmulKernel::TiledN4 { tm: 8, tn: 2 },
+        MatmulKernel::TiledN4 { tm: 2, tn: 4 },
     ] {
         let (Some(a), Some(b)) = (&a, &b) else { break };
         let mut g = Graph::new(&ctx);

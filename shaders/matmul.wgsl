@@ -3,9 +3,11 @@
 // A and B are read through strides, so B can be a Linear weight [N, K] (b_sk = 1, b_sn = K), a
 // plain [K, N] matrix, or a view into a fused QKV buffer. C and the residual are row-major with
 // row stride c_sm. Defines: ACT (see _activation.wgsl), W_F16 (B stored as packed f16), BIAS,
-// RESIDUAL, and TM x TN outputs per thread for the tiled entry points. K4 selects `matmul_k4`
-// alone: A and B both contiguous along K (a Linear weight [N, K]), K and every offset and stride a
-// multiple of 4, read as vec4 along K.
+// RESIDUAL, and TM x TN outputs per thread for the tiled entry points. K4 (with W_VEC4) selects
+// `matmul_k4` alone: A and B both contiguous along K (a Linear weight [N, K]), K and every offset
+// and stride a multiple of 4, read as vec4 along K. N4 (with W_VEC4) selects `matmul_n4` alone: A
+// as for K4, B contiguous along N (a plain [K, N] matrix) with N and its offset and strides
+// multiples of 4, read as vec4 along N, TN counting vec4 columns. A_VEC4 goes with either.
 
 struct Params {
     m: u32, n: u32, k: u32, batch: u32,
@@ -16,7 +18,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-#if K4
+#if A_VEC4
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 #else
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -41,6 +43,61 @@ fn epilogue(batch: u32, row: u32, col: u32, acc: f32) {
     c[at] = v;
 }
 
+#if N4
+// `matmul` reading four columns of B per load; each accumulator is a vec4 of neighbouring columns.
+// On llvmpipe this quarters B's gathers as `matmul_k4` does, and A's loads are the same address
+// across the lanes of a row.
+@compute @workgroup_size(8, 8, 1)
+fn matmul_n4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let batch = wg.z;
+    let row0 = (wg.y * 8u + lid.y) * ${TM}u;
+    // vec4 columns are interleaved across the 8 threads of a row (quad = q0 + 8 j).
+    let q0 = wg.x * 8u * ${TN}u + lid.x;
+    let quads = p.n / 4u;
+    if (row0 >= p.m || q0 >= quads) {
+        return;
+    }
+    var a_at: array<u32, ${TM}>;
+    for (var i = 0u; i < ${TM}u; i++) {
+        a_at[i] = (p.a_off + batch * p.a_sb + min(row0 + i, p.m - 1u) * p.a_sm) / 4u;
+    }
+    var b_at: array<u32, ${TN}>;
+    for (var j = 0u; j < ${TN}u; j++) {
+        b_at[j] = (p.b_off + batch * p.b_sb) / 4u + min(q0 + 8u * j, quads - 1u);
+    }
+    let b_sk = p.b_sk / 4u;
+    var acc: array<array<vec4<f32>, ${TN}>, ${TM}>;
+    // Four k per iteration, A read as vec4 along K: 16 TM TN multiply-adds per TM + 4 TN loads.
+    for (var k4 = 0u; k4 < p.k / 4u; k4++) {
+        var av: array<vec4<f32>, ${TM}>;
+        for (var i = 0u; i < ${TM}u; i++) {
+            av[i] = a[a_at[i] + k4];
+        }
+        let row = k4 * 4u * b_sk;
+        for (var j = 0u; j < ${TN}u; j++) {
+            let b0 = load_w4(b_at[j] + row);
+            let b1 = load_w4(b_at[j] + row + b_sk);
+            let b2 = load_w4(b_at[j] + row + 2u * b_sk);
+            let b3 = load_w4(b_at[j] + row + 3u * b_sk);
+            for (var i = 0u; i < ${TM}u; i++) {
+                var v = fma(vec4<f32>(av[i].x), b0, acc[i][j]);
+                v = fma(vec4<f32>(av[i].y), b1, v);
+                v = fma(vec4<f32>(av[i].z), b2, v);
+                acc[i][j] = fma(vec4<f32>(av[i].w), b3, v);
+            }
+        }
+    }
+    for (var i = 0u; i < ${TM}u; i++) {
+        for (var j = 0u; j < ${TN}u; j++) {
+            if (row0 + i < p.m && q0 + 8u * j < quads) {
+                for (var t = 0u; t < 4u; t++) {
+                    epilogue(batch, row0 + i, (q0 + 8u * j) * 4u + t, acc[i][j][t]);
+                }
+            }
+        }
+    }
+}
+#else
 #if K4
 // `matmul` reading four K values per load. On llvmpipe every per-lane load is a gather, so
 // loading vec4s quarters the gathers and the index arithmetic: 2.3x the scalar kernel there.
@@ -183,4 +240,5 @@ fn gemv(
         epilogue(batch, row, col, partial[0]);
     }
 }
+#endif
 #endif

@@ -58,14 +58,23 @@ fn matmul_matches_reference_on_odd_shapes() {
         (3, 64, 64, 64),
         (1, 100, 257, 31),
         (2, 1, 40, 9),
+        // K and N multiples of 4 (the vec4-along-N kernel), N not of its 64- or 32-column tiles.
+        (2, 33, 20, 12),
+        (1, 101, 260, 36),
+        (1, 3, 8, 4),
     ];
     for (seed, &(batch, m, k, n)) in shapes.iter().enumerate() {
-        for kernel in [
+        let mut kernels = vec![
             MatmulKernel::Tiled { tm: 4, tn: 4 },
             MatmulKernel::Tiled { tm: 8, tn: 8 },
             MatmulKernel::Gemv,
             MatmulKernel::Naive,
-        ] {
+        ];
+        if n % 4 == 0 && k % 4 == 0 {
+            kernels.push(MatmulKernel::TiledN4 { tm: 4, tn: 2 });
+            kernels.push(MatmulKernel::TiledN4 { tm: 8, tn: 1 });
+        }
+        for kernel in kernels {
             for b_batched in [false, true] {
                 let a = random(seed as u64 * 10, batch * m * k);
                 let bn = if b_batched { batch } else { 1 };
@@ -160,9 +169,47 @@ fn vec4_linear_kernel_handles_long_reductions() {
     assert!(err.contains("contiguous along K"), "{err}");
 }
 
+/// The vec4-along-N kernel with B a plain `[K, N]` matrix stored as f32 and as f16, and its
+/// refusal of an N that is not a multiple of 4.
+#[test]
+fn vec4_columns_kernel_reads_f32_and_f16() {
+    let (m, k, n) = (13, 516, 44);
+    let a = random(31, m * k);
+    let b = random(32, k * n);
+    for dtype in [DType::F32, DType::F16] {
+        let b_used = if dtype == DType::F16 {
+            f16_round(&b)
+        } else {
+            b.clone()
+        };
+        let mut g = Graph::new(ctx());
+        let va = input(&mut g, &[m, k], &a);
+        let bt = Tensor::from_f32(ctx(), [k, n], dtype, &b).unwrap();
+        let vb = g.weight(&bt);
+        let kernel = MatmulKernel::TiledN4 { tm: 4, tn: 2 };
+        let out = g.matmul_with(va, vb, 1.0, kernel).unwrap();
+        let got = run(g, out);
+        assert_close(
+            &format!("matmul {kernel:?} {dtype:?} {m}x{k}x{n}"),
+            &got,
+            &matmul_ref(&a, &b_used, 1, m, k, n, false),
+            1e-4,
+        );
+    }
+    let mut g = Graph::new(ctx());
+    let va = input(&mut g, &[4, 8], &random(1, 32));
+    let vb = input(&mut g, &[8, 6], &random(2, 48));
+    let err = g
+        .matmul_with(va, vb, 1.0, MatmulKernel::TiledN4 { tm: 4, tn: 2 })
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("B along N"), "{err}");
+}
+
 #[test]
 fn long_reductions_stay_within_1e4() {
-    for &(m, k, n) in &[(9, 4096, 11), (3, 3072, 5)] {
+    // (9, 4096, 12): `Auto` reads A along K and B along N (vec4 kernel); the others take the scalar kernels.
+    for &(m, k, n) in &[(9, 4096, 11), (3, 3072, 5), (9, 4096, 12)] {
         let a = random(7, m * k);
         let b = random(8, k * n);
         for kernel in [MatmulKernel::Auto, MatmulKernel::Gemv] {
