@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use audioldm::gpu::ops::conv::{Conv2dOptions, ConvKernel};
+use audioldm::gpu::ops::conv::{Conv2dOptions, ConvKernel, ConvTranspose1dOptions};
 use audioldm::gpu::ops::matmul::{Gemm, MatView, MatmulKernel};
 use audioldm::gpu::{Activation, Context, DType, Graph, Result, Tensor, Var};
 
@@ -185,6 +185,37 @@ fn main() -> Result<()> {
             let flops = 2.0 * l as f64 * (c * c * k) as f64;
             report(&format!("conv1d {c}x{l} k{k} d{d} {kernel:?}"), flops, secs);
         }
+    }
+    // HiFi-GAN's up-sampling transposed convolutions (10 s of audio): Cin, input length, kernel,
+    // stride; Cout = Cin / 2, padding (k - u) / 2.
+    for &(cin, l, k, u) in &[
+        (1024usize, 1000usize, 16usize, 5usize),
+        (512, 5001, 16, 4),
+        (256, 20004, 8, 2),
+        (128, 40008, 4, 2),
+        (64, 80016, 4, 2),
+    ] {
+        let x = tensor(&ctx, &[1, cin, l], 7)?;
+        // Laid out as conv_transpose1d_weight_layout does: [u * Cout, 1, ceil(k / u), Cin].
+        let wt = tensor(&ctx, &[u * cin / 2, 1, k.div_ceil(u), cin], 8)?;
+        let mut g = Graph::new(&ctx);
+        let (vx, vw) = (g.input(&x), g.weight(&wt));
+        let opts = ConvTranspose1dOptions {
+            kernel_size: k,
+            stride: u,
+            padding: (k - u) / 2,
+            output_padding: 0,
+            act: Activation::None,
+            input_leaky_relu: None,
+        };
+        let out = g.conv_transpose1d(vx, vw, None, opts)?;
+        let secs = time_graph(&ctx, g, out, reps)?;
+        let flops = 2.0 * l as f64 * (cin * cin / 2 * k) as f64;
+        report(
+            &format!("conv_transpose1d {cin}x{l} k{k} s{u}"),
+            flops,
+            secs,
+        );
     }
     Ok(())
 }

@@ -12,7 +12,9 @@
 // out[b, co, oy, ox] = act(bias[co] + sum_{ky, kx, c} xp[b, oy*sh + ky*dh, ox*sw + kx*dw, c]
 //                                                      * w[co, ky, kx, c]) + residual[b, co, oy, ox]
 // The weight is laid out once at load as [Cout, kh, kw, C4]. Defines: ACT (epilogue), W_F16, BIAS,
-// RESIDUAL, TM (pixels) x TN (output channels) per thread.
+// RESIDUAL, TM (pixels) x TN (output channels) per thread, PHASES: a transposed convolution
+// computed phase by phase (weight row r * phase_cout + co is phase r of output channel co; see
+// `Graph::conv_transpose1d`), whose results are stored interleaved into [B, phase_cout, out_len].
 
 #if INPUT
 struct Params {
@@ -61,22 +63,34 @@ struct Params {
     batch: u32, c4: u32, hp: u32, wp: u32,
     cout: u32, oh: u32, ow: u32, kh: u32,
     kw: u32, stride_h: u32, stride_w: u32, dil_h: u32,
-    dil_w: u32, slope: f32,
+    dil_w: u32, slope: f32, phases: u32, phase_cout: u32,
+    out_len: u32, phase_pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> xp: array<vec4<f32>>;
-#include "_weights.wgsl"
+#include "_weights_vec4.wgsl"
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 #include "_activation.wgsl"
 
-fn store(pixel: u32, co: u32, acc: f32) {
+fn store(pixel: u32, row: u32, acc: f32) {
     let plane = p.oh * p.ow;
     let b = pixel / plane;
+#if PHASES
+    // Row r * phase_cout + co, position q is output (co, phases * q + r - phase_pad).
+    let co = row % p.phase_cout;
+    let t = i32(p.phases * (pixel % plane) + row / p.phase_cout) - i32(p.phase_pad);
+    if (t < 0 || t >= i32(p.out_len)) {
+        return;
+    }
+    let at = (b * p.phase_cout + co) * p.out_len + u32(t);
+#else
+    let co = row;
     let at = (b * p.cout + co) * plane + pixel % plane;
+#endif
     var v = acc;
 #if BIAS
     v = v + bias[co];

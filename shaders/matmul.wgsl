@@ -3,11 +3,11 @@
 // A and B are read through strides, so B can be a Linear weight [N, K] (b_sk = 1, b_sn = K), a
 // plain [K, N] matrix, or a view into a fused QKV buffer. C and the residual are row-major with
 // row stride c_sm. Defines: ACT (see _activation.wgsl), W_F16 (B stored as packed f16), BIAS,
-// RESIDUAL, and TM x TN outputs per thread for the tiled entry points. K4 (with W_VEC4) selects
+// RESIDUAL, and TM x TN outputs per thread for the tiled entry points. K4 selects
 // `matmul_k4` alone: A and B both contiguous along K (a Linear weight [N, K]), K and every offset
-// and stride a multiple of 4, read as vec4 along K. N4 (with W_VEC4) selects `matmul_n4` alone: A
-// as for K4, B contiguous along N (a plain [K, N] matrix) with N and its offset and strides
-// multiples of 4, read as vec4 along N, TN counting vec4 columns. A_VEC4 goes with either.
+// and stride a multiple of 4, read as vec4 along K. N4 selects `matmul_n4` alone: A as for K4, B
+// contiguous along N (a plain [K, N] matrix) with N and its offset and strides multiples of 4,
+// read as vec4 along N, TN counting vec4 columns.
 
 struct Params {
     m: u32, n: u32, k: u32, batch: u32,
@@ -18,12 +18,6 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-#if A_VEC4
-@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-#else
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-#endif
-#include "_weights.wgsl"
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> c: array<f32>;
@@ -44,6 +38,9 @@ fn epilogue(batch: u32, row: u32, col: u32, acc: f32) {
 }
 
 #if N4
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+#include "_weights_vec4.wgsl"
+
 // `matmul` reading four columns of B per load; each accumulator is a vec4 of neighbouring columns.
 // On llvmpipe this quarters B's gathers as `matmul_k4` does, and A's loads are the same address
 // across the lanes of a row.
@@ -99,6 +96,9 @@ fn matmul_n4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
 }
 #else
 #if K4
+@group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
+#include "_weights_vec4.wgsl"
+
 // `matmul` reading four K values per load. On llvmpipe every per-lane load is a gather, so
 // loading vec4s quarters the gathers and the index arithmetic: 2.3x the scalar kernel there.
 @compute @workgroup_size(8, 8, 1)
@@ -141,6 +141,9 @@ fn matmul_k4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     }
 }
 #else
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+#include "_weights.wgsl"
+
 // Register-blocked: each of the 8x8 threads computes TM rows x TN columns and keeps them in
 // registers; no workgroup memory (on CPU-backed adapters register blocking pays and shared memory
 // does not; on GPUs the blocks are served from cache).

@@ -4,7 +4,8 @@
 mod common;
 
 use audioldm::gpu::ops::conv::{
-    Conv1dOptions, Conv2dOptions, ConvKernel, conv_transpose1d_weight_layout, conv_weight_layout,
+    Conv1dOptions, Conv2dOptions, ConvKernel, ConvTranspose1dOptions,
+    conv_transpose1d_weight_layout, conv_weight_layout,
 };
 use audioldm::gpu::{Activation, DType, Graph, Tensor};
 use common::*;
@@ -363,6 +364,9 @@ fn conv_transpose1d_matches_reference() {
         (1, 3, 17, 5, 4, 2, 1, 0),
         (1, 2, 5, 3, 3, 3, 0, 2),
         (1, 1, 1, 1, 1, 1, 0, 0),
+        // Kernel shorter than the stride, padding past a whole phase, 64+ rows of phases.
+        (2, 9, 7, 33, 2, 3, 4, 1),
+        (1, 12, 10, 40, 7, 2, 5, 1),
     ];
     for (seed, &(b, cin, lin, cout, k, stride, pad, out_pad)) in cases.iter().enumerate() {
         for dtype in [DType::F32, DType::F16] {
@@ -372,22 +376,19 @@ fn conv_transpose1d_matches_reference() {
             let bias = random(seed + 2, cout);
             let mut g = Graph::new(ctx());
             let vx = input(&mut g, &[b, cin, lin], &x);
-            let laid = conv_transpose1d_weight_layout(&wt, cin, cout, k);
-            let wten = Tensor::from_f32(ctx(), [cin, k, cout], dtype, &laid).unwrap();
+            let (shape, laid) = conv_transpose1d_weight_layout(&wt, cin, cout, k, stride);
+            let wten = Tensor::from_f32(ctx(), shape, dtype, &laid).unwrap();
             let vw = g.weight(&wten);
             let vb = input(&mut g, &[cout], &bias);
-            let out = g
-                .conv_transpose1d(
-                    vx,
-                    vw,
-                    Some(vb),
-                    stride,
-                    pad,
-                    out_pad,
-                    Activation::None,
-                    Some(0.1),
-                )
-                .unwrap();
+            let opts = ConvTranspose1dOptions {
+                kernel_size: k,
+                stride,
+                padding: pad,
+                output_padding: out_pad,
+                act: Activation::None,
+                input_leaky_relu: Some(0.1),
+            };
+            let out = g.conv_transpose1d(vx, vw, Some(vb), opts).unwrap();
             let got = run(g, out);
             let w_used = if dtype == DType::F16 {
                 f16_round(&wt)
@@ -429,4 +430,24 @@ fn conv_shape_errors_name_the_op_and_shapes() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("smaller than the kernel"), "{err}");
+    // A transposed-convolution weight laid out for kernel 16, stride 4 ([4 * 3, 1, 4, 8]) used
+    // with kernel 8.
+    let x1 = input(&mut g, &[1, 5, 9], &random(4, 45));
+    let wt = input(&mut g, &[12, 1, 4, 8], &random(5, 384));
+    let opts = ConvTranspose1dOptions {
+        kernel_size: 8,
+        stride: 4,
+        padding: 2,
+        output_padding: 0,
+        act: Activation::None,
+        input_leaky_relu: None,
+    };
+    let err = g
+        .conv_transpose1d(x1, wt, None, opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("conv_transpose1d") && err.contains("kernel 8 and stride 4"),
+        "{err}"
+    );
 }

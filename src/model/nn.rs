@@ -4,7 +4,8 @@
 use crate::checkpoint::Weights;
 use crate::error::Result;
 use crate::gpu::ops::conv::{
-    Conv1dOptions, Conv2dOptions, conv_transpose1d_weight_layout, conv_weight_layout,
+    Conv1dOptions, Conv2dOptions, ConvTranspose1dOptions, conv_transpose1d_weight_layout,
+    conv_weight_layout,
 };
 use crate::gpu::{Activation, Context, DType, Graph, Tensor, Var};
 
@@ -187,12 +188,12 @@ impl Conv1d {
     }
 }
 
-/// `nn.ConvTranspose1d` (groups 1), weight re-laid out at load to `[Cin, k, Cout]`.
+/// `nn.ConvTranspose1d` (groups 1), weight re-laid out at load for the phase-by-phase
+/// convolution (see [`conv_transpose1d_weight_layout`]).
 pub struct ConvTranspose1d {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
-    pub stride: usize,
-    pub padding: usize,
+    pub options: ConvTranspose1dOptions,
 }
 
 impl ConvTranspose1d {
@@ -206,28 +207,29 @@ impl ConvTranspose1d {
         padding: usize,
     ) -> Result<Self> {
         let w = vb.f32("weight", &[cin, cout, kernel])?;
-        let laid = conv_transpose1d_weight_layout(&w, cin, cout, kernel);
+        let (shape, laid) = conv_transpose1d_weight_layout(&w, cin, cout, kernel, stride);
         Ok(Self {
-            weight: l.weight(&[cin, kernel, cout], &laid)?,
+            weight: l.weight(&shape, &laid)?,
             bias: l.optional_bias(vb, true, cout)?,
-            stride,
-            padding,
+            options: ConvTranspose1dOptions {
+                kernel_size: kernel,
+                stride,
+                padding,
+                output_padding: 0,
+                act: Activation::None,
+                input_leaky_relu: None,
+            },
         })
     }
 
     pub fn forward(&self, g: &mut Graph, x: Var, input_leaky_relu: Option<f32>) -> Result<Var> {
         let w = g.weight(&self.weight);
         let b = self.bias.as_ref().map(|b| g.weight(b));
-        Ok(g.conv_transpose1d(
-            x,
-            w,
-            b,
-            self.stride,
-            self.padding,
-            0,
-            Activation::None,
+        let options = ConvTranspose1dOptions {
             input_leaky_relu,
-        )?)
+            ..self.options
+        };
+        Ok(g.conv_transpose1d(x, w, b, options)?)
     }
 }
 

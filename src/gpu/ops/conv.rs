@@ -16,8 +16,6 @@ fn tile_for(cout: usize) -> (usize, usize) {
         _ => (4, 1),
     }
 }
-/// Output channels per thread of the transposed convolution.
-const TN_TRANSPOSED: usize = 4;
 
 /// Input channels of a convolution as the engine stores them: rounded up to whole vec4s.
 pub fn padded_channels(cin: usize) -> usize {
@@ -49,22 +47,34 @@ pub fn conv_weight_layout(
     ([cout, kh, kw, cin4], out)
 }
 
-/// Reorders a PyTorch `ConvTranspose1d` weight `[Cin, Cout, k]` into `[Cin, k, Cout]`.
+/// Reorders a PyTorch `ConvTranspose1d(stride=u)` weight `[Cin, Cout, k]` into the weight of the
+/// ordinary convolution that computes it phase by phase (see [`Graph::conv_transpose1d`]):
+/// `[u * Cout, 1, kp, Cin4]` with `kp = ceil(k / u)`, row `r * Cout + co` holding, for output phase
+/// `r`, taps `n = 0..kp` = `w[ci, co, r + u * (kp - 1 - n)]` (zero past `k`). Returns the shape and
+/// the data.
 pub fn conv_transpose1d_weight_layout(
     weight: &[f32],
     cin: usize,
     cout: usize,
     k: usize,
-) -> Vec<f32> {
-    let mut out = vec![0.0; weight.len()];
-    for ci in 0..cin {
+    stride: usize,
+) -> ([usize; 4], Vec<f32>) {
+    let (cin4, kp) = (padded_channels(cin), k.div_ceil(stride));
+    let mut out = vec![0.0; stride * cout * kp * cin4];
+    for r in 0..stride {
         for co in 0..cout {
-            for j in 0..k {
-                out[(ci * k + j) * cout + co] = weight[(ci * cout + co) * k + j];
+            for n in 0..kp {
+                let j = r + stride * (kp - 1 - n);
+                if j >= k {
+                    continue;
+                }
+                for ci in 0..cin {
+                    out[((r * cout + co) * kp + n) * cin4 + ci] = weight[(ci * cout + co) * k + j];
+                }
             }
         }
     }
-    out
+    ([stride * cout, 1, kp, cin4], out)
 }
 
 /// Which convolution kernel to dispatch.
@@ -141,6 +151,47 @@ impl Default for Conv1dOptions {
     }
 }
 
+/// Options of a transposed 1-D convolution (PyTorch `ConvTranspose1d`); the kernel size is here
+/// because the re-laid-out weight only keeps `ceil(k / stride)` taps per phase.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvTranspose1dOptions {
+    pub kernel_size: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub output_padding: usize,
+    pub act: Activation,
+    pub input_leaky_relu: Option<f32>,
+}
+
+/// Where a convolution's outputs go when it computes a transposed convolution phase by phase:
+/// output row `r * cout + co`, position `q` lands at `[co, stride * q + r - padding]` of an output
+/// of length `len`, or nowhere when that is outside.
+#[derive(Clone, Copy, Debug)]
+struct Phases {
+    stride: usize,
+    cout: usize,
+    len: usize,
+    padding: usize,
+}
+
+/// A convolution's geometry, checked: what [`Graph::conv_ops`] records.
+struct ConvGeometry {
+    batch: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    /// Rows of the weight.
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    stride: [usize; 2],
+    padding: [usize; 4],
+    dilation: [usize; 2],
+    phases: Option<Phases>,
+}
+
 fn conv_out(size: usize, pad: usize, dilation: usize, k: usize, stride: usize) -> Option<usize> {
     let span = dilation * (k - 1) + 1;
     (size + pad).checked_sub(span).map(|room| room / stride + 1)
@@ -208,19 +259,51 @@ impl Graph {
                 ));
             }
         }
-        let vec4s = wcin / 4;
-        self.expect_loop_budget(op, kh * kw * vec4s)?;
+        let geometry = ConvGeometry {
+            batch: b,
+            cin,
+            h,
+            w,
+            cout,
+            kh,
+            kw,
+            oh,
+            ow,
+            stride: opts.stride,
+            padding: opts.padding,
+            dilation: opts.dilation,
+            phases: None,
+        };
+        self.conv_ops(op, x, weight, bias, residual, &geometry, out, opts)
+    }
 
-        let (hp, wp) = (h + top + bottom, w + left + right);
-        let padded_len = b * hp * wp * vec4s;
+    /// Records a checked convolution: the input copied into a zero-padded channels-last tensor,
+    /// then the implicit GEMM over it.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_ops(
+        &mut self,
+        op: &str,
+        x: Var,
+        weight: Var,
+        bias: Option<Var>,
+        residual: Option<Var>,
+        c: &ConvGeometry,
+        out_shape: Shape,
+        opts: Conv2dOptions,
+    ) -> Result<Var> {
+        let vec4s = c.cin.div_ceil(4);
+        self.expect_loop_budget(op, c.kh * c.kw * vec4s)?;
+        let [top, bottom, left, right] = c.padding;
+        let (hp, wp) = (c.h + top + bottom, c.w + left + right);
+        let padded_len = c.batch * hp * wp * vec4s;
         let key = KernelKey::new("conv.wgsl", "conv_input", 1, 1)
             .flag("INPUT", true)
             .flag("IN_LEAKY_RELU", opts.input_leaky_relu.is_some());
         let params = Params::default()
             .u(padded_len)
-            .u(cin)
-            .u(h)
-            .u(w)
+            .u(c.cin)
+            .u(c.h)
+            .u(c.w)
             .u(vec4s)
             .u(hp)
             .u(wp)
@@ -231,16 +314,16 @@ impl Graph {
             label: format!("{op} input"),
             key,
             inputs: vec![Some(Binding::from(x))],
-            out_shape: Shape(vec![b, hp, wp, wcin]),
+            out_shape: Shape(vec![c.batch, hp, wp, 4 * vec4s]),
             out_dtype: DType::F32,
             params,
             workgroups: grid(padded_len.div_ceil(256)),
         })?;
 
-        let pixels = b * oh * ow;
+        let pixels = c.batch * c.oh * c.ow;
         let (entry, tm, tn) = match opts.kernel {
             ConvKernel::Tiled => {
-                let (tm, tn) = tile_for(cout);
+                let (tm, tn) = tile_for(c.cout);
                 ("conv2d", tm, tn)
             }
             ConvKernel::TiledWith { tm, tn } => ("conv2d", tm, tn),
@@ -248,7 +331,7 @@ impl Graph {
         };
         let groups_y = pixels.div_ceil(8 * tm);
         let workgroups = [
-            cout.div_ceil(8 * tn) as u32,
+            c.cout.div_ceil(8 * tn) as u32,
             groups_y.min(65535) as u32,
             groups_y.div_ceil(65535) as u32,
         ];
@@ -256,26 +339,36 @@ impl Graph {
             .define("TM", tm)
             .define("TN", tn);
         key = key
-            .flag("W_VEC4", true)
             .flag("W_F16", self.dtype(weight) == DType::F16)
             .flag("BIAS", bias.is_some())
-            .flag("RESIDUAL", residual.is_some());
+            .flag("RESIDUAL", residual.is_some())
+            .flag("PHASES", c.phases.is_some());
         let key = opts.act.specialise(key);
+        let phases = c.phases.unwrap_or(Phases {
+            stride: 1,
+            cout: c.cout,
+            len: c.oh * c.ow,
+            padding: 0,
+        });
         let params = Params::default()
-            .u(b)
+            .u(c.batch)
             .u(vec4s)
             .u(hp)
             .u(wp)
-            .u(cout)
-            .u(oh)
-            .u(ow)
-            .u(kh)
-            .u(kw)
-            .u(opts.stride[0])
-            .u(opts.stride[1])
-            .u(opts.dilation[0])
-            .u(opts.dilation[1])
-            .f(opts.act.slope());
+            .u(c.cout)
+            .u(c.oh)
+            .u(c.ow)
+            .u(c.kh)
+            .u(c.kw)
+            .u(c.stride[0])
+            .u(c.stride[1])
+            .u(c.dilation[0])
+            .u(c.dilation[1])
+            .f(opts.act.slope())
+            .u(phases.stride)
+            .u(phases.cout)
+            .u(phases.len)
+            .u(phases.padding);
         self.push(OpSpec {
             label: op.to_string(),
             key,
@@ -285,7 +378,7 @@ impl Graph {
                 bias.map(Binding::from),
                 residual.map(Binding::from),
             ],
-            out_shape: out,
+            out_shape,
             out_dtype: DType::F32,
             params,
             workgroups,
@@ -345,37 +438,52 @@ impl Graph {
         self.reshape(y, [b, cout, lout])
     }
 
-    /// PyTorch `ConvTranspose1d(stride, padding, output_padding)` on `x [B, Cin, L]` with
-    /// `weight [Cin, k, Cout]` (see [`conv_transpose1d_weight_layout`]).
-    #[allow(clippy::too_many_arguments)]
+    /// PyTorch `ConvTranspose1d` on `x [B, Cin, L]` with `weight [u * Cout, 1, kp, Cin4]` (see
+    /// [`conv_transpose1d_weight_layout`]). Output `t` gathers `x[s] w[j]` over `u s + j = t + p`:
+    /// for the outputs of one phase `r = (t + p) mod u` that is an ordinary stride-1 convolution
+    /// of `x` (left-padded by `kp - 1`) with that phase's taps, so the `u` phases run as one
+    /// convolution with `u * Cout` output rows whose results are stored interleaved.
     pub fn conv_transpose1d(
         &mut self,
         x: Var,
         weight: Var,
         bias: Option<Var>,
-        stride: usize,
-        padding: usize,
-        output_padding: usize,
-        act: Activation,
-        input_leaky_relu: Option<f32>,
+        opts: ConvTranspose1dOptions,
     ) -> Result<Var> {
         let op = "conv_transpose1d";
         self.expect_dtype(op, x, &[DType::F32])?;
         self.expect_dtype(op, weight, &[DType::F32, DType::F16])?;
         let (xs, ws) = (self.shape(x).clone(), self.shape(weight).clone());
-        let (&[b, cin, lin], &[wcin, k, cout]) = (xs.dims(), ws.dims()) else {
+        let ConvTranspose1dOptions {
+            kernel_size: k,
+            stride: u,
+            padding,
+            output_padding,
+            ..
+        } = opts;
+        let (&[b, cin, lin], &[rows, 1, kp, wcin]) = (xs.dims(), ws.dims()) else {
             return Err(shape_error(
                 op,
-                format!("expects input [B, Cin, L] and weight [Cin, k, Cout], got {xs} and {ws}"),
+                format!(
+                    "expects input [B, Cin, L] and weight [stride * Cout, 1, kp, Cin4], got {xs} \
+                     and {ws}"
+                ),
             ));
         };
-        if wcin != cin || stride == 0 || k == 0 || cout == 0 {
+        if u == 0 || k == 0 || kp != k.div_ceil(u) || rows % u != 0 || rows == 0 {
             return Err(shape_error(
                 op,
-                format!("input {xs} does not match weight {ws} (stride {stride})"),
+                format!("weight {ws} is not laid out for kernel {k} and stride {u}"),
             ));
         }
-        let lout = ((lin - 1) * stride + k + output_padding)
+        if wcin != padded_channels(cin) || lin == 0 {
+            return Err(shape_error(
+                op,
+                format!("input {xs} does not match weight {ws}"),
+            ));
+        }
+        let cout = rows / u;
+        let lout = ((lin - 1) * u + k + output_padding)
             .checked_sub(2 * padding)
             .filter(|&l| l > 0)
             .ok_or_else(|| {
@@ -385,38 +493,37 @@ impl Graph {
                 )
             })?;
         self.expect_bias(op, bias, cout)?;
-        self.expect_loop_budget(op, cin * (1 + k.div_ceil(stride)))?;
-        let threads = b * cout.div_ceil(TN_TRANSPOSED) * lout;
-        let mut key = KernelKey::new("conv_transpose1d.wgsl", "conv_transpose1d", 3, 1)
-            .define("TN", TN_TRANSPOSED);
-        key = key
-            .flag("W_F16", self.dtype(weight) == DType::F16)
-            .flag("BIAS", bias.is_some())
-            .flag("IN_LEAKY_RELU", input_leaky_relu.is_some());
-        let key = act.specialise(key);
-        let params = Params::default()
-            .u(b)
-            .u(cin)
-            .u(lin)
-            .u(cout)
-            .u(lout)
-            .u(k)
-            .u(stride)
-            .u(padding)
-            .f(act.slope())
-            .f(input_leaky_relu.unwrap_or(0.0));
-        self.push(OpSpec {
-            label: op.to_string(),
-            key,
-            inputs: vec![
-                Some(Binding::from(x)),
-                Some(Binding::from(weight)),
-                bias.map(Binding::from),
-            ],
-            out_shape: Shape(vec![b, cout, lout]),
-            out_dtype: DType::F32,
-            params,
-            workgroups: grid(threads.div_ceil(64)),
-        })
+        // Phase outputs q = 0..lq cover every t = u q + r - p in 0..lout; the convolution yields
+        // lin + right of them.
+        let lq = (lout - 1 + padding) / u + 1;
+        let right = lq.saturating_sub(lin);
+        let x4 = self.reshape(x, [b, cin, 1, lin])?;
+        let geometry = ConvGeometry {
+            batch: b,
+            cin,
+            h: 1,
+            w: lin,
+            cout: rows,
+            kh: 1,
+            kw: kp,
+            oh: 1,
+            ow: lin + right,
+            stride: [1, 1],
+            padding: [0, 0, kp - 1, right],
+            dilation: [1, 1],
+            phases: Some(Phases {
+                stride: u,
+                cout,
+                len: lout,
+                padding,
+            }),
+        };
+        let conv = Conv2dOptions {
+            act: opts.act,
+            input_leaky_relu: opts.input_leaky_relu,
+            ..Conv2dOptions::default()
+        };
+        let out = Shape(vec![b, cout, lout]);
+        self.conv_ops(op, x4, weight, bias, None, &geometry, out, conv)
     }
 }

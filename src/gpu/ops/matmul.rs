@@ -315,8 +315,6 @@ impl Graph {
         key = key
             .flag("K4", k4)
             .flag("N4", n4)
-            .flag("A_VEC4", k4 || n4)
-            .flag("W_VEC4", k4 || n4)
             .flag("W_F16", self.dtype(g.b.var) == DType::F16)
             .flag("BIAS", g.bias.is_some())
             .flag("RESIDUAL", g.residual.is_some());
