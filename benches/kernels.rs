@@ -126,64 +126,57 @@ fn main() -> Result<()> {
     if gemm_only {
         return Ok(());
     }
-    // The UNet's 3x3 convolutions (batch 2 for classifier-free guidance, 10 s of audio).
+    // The UNet's 3x3 convolutions (batch 2 for classifier-free guidance, 10 s of audio), then
+    // HiFi-GAN's resblock convolutions at its last two stages (10 s of audio) as height-1 2-D
+    // ones: input shape, kernel [kh, kw], options.
+    let mut cases: Vec<(String, [usize; 4], [usize; 2], Conv2dOptions)> = Vec::new();
     for &(c, h, w) in &[(128, 250, 16), (256, 125, 8), (384, 63, 4), (640, 32, 2)] {
-        let x = tensor(&ctx, &[2, c, h, w], 3)?;
-        let wt = tensor(&ctx, &[c, 3, 3, c], 4)?;
-        let kernels: &[ConvKernel] = if quick {
-            &[ConvKernel::Naive, ConvKernel::Tiled]
-        } else {
-            &[
-                ConvKernel::Naive,
-                ConvKernel::Tiled,
-                ConvKernel::TiledWith { tm: 4, tn: 4 },
-                ConvKernel::TiledWith { tm: 8, tn: 4 },
-                ConvKernel::TiledWith { tm: 8, tn: 8 },
-            ]
-        };
-        for &kernel in kernels {
-            let mut g = Graph::new(&ctx);
-            let (vx, vw) = (g.input(&x), g.weight(&wt));
-            let opts = Conv2dOptions {
-                kernel,
-                ..Conv2dOptions::same_padding(1, 1)
-            };
-            let out = g.conv2d(vx, vw, None, None, opts)?;
-            let secs = time_graph(&ctx, g, out, reps)?;
-            let flops = 2.0 * (2 * h * w) as f64 * (c * c * 9) as f64;
-            report(&format!("conv3x3 2x{c}x{h}x{w} {kernel:?}"), flops, secs);
-        }
+        let name = format!("conv3x3 2x{c}x{h}x{w}");
+        cases.push((
+            name,
+            [2, c, h, w],
+            [3, 3],
+            Conv2dOptions::same_padding(1, 1),
+        ));
     }
-    // HiFi-GAN's resblock convolutions at its last two stages (10 s of audio): channels, length,
-    // kernel, dilation, as height-1 2-D convolutions.
     for &(c, l, k, d) in &[(64, 80016, 11, 5), (32, 160032, 7, 3), (32, 160032, 3, 1)] {
-        let x = tensor(&ctx, &[1, c, 1, l], 5)?;
-        let wt = tensor(&ctx, &[c, 1, k, c], 6)?;
-        let kernels: &[ConvKernel] = if quick {
-            &[ConvKernel::Naive, ConvKernel::Tiled]
-        } else {
-            &[
-                ConvKernel::Naive,
-                ConvKernel::Tiled,
-                ConvKernel::TiledWith { tm: 4, tn: 4 },
-                ConvKernel::TiledWith { tm: 4, tn: 8 },
-                ConvKernel::TiledWith { tm: 8, tn: 2 },
-            ]
+        let pad = d * (k - 1) / 2;
+        let opts = Conv2dOptions {
+            padding: [0, 0, pad, pad],
+            dilation: [1, d],
+            ..Conv2dOptions::default()
         };
+        cases.push((
+            format!("conv1d {c}x{l} k{k} d{d}"),
+            [1, c, 1, l],
+            [1, k],
+            opts,
+        ));
+    }
+    let kernels: &[ConvKernel] = if quick {
+        &[ConvKernel::Naive, ConvKernel::Tiled]
+    } else {
+        &[
+            ConvKernel::Naive,
+            ConvKernel::Tiled,
+            ConvKernel::TiledWith { tm: 4, tn: 4 },
+            ConvKernel::TiledWith { tm: 4, tn: 8 },
+            ConvKernel::TiledWith { tm: 8, tn: 4 },
+            ConvKernel::TiledWith { tm: 8, tn: 2 },
+        ]
+    };
+    for (name, [b, c, h, w], [kh, kw], opts) in cases {
+        let x = tensor(&ctx, &[b, c, h, w], 3)?;
+        // [Cout, kh, kw, Cin4], Cin a multiple of 4.
+        let wt = tensor(&ctx, &[c, kh, kw, c], 4)?;
         for &kernel in kernels {
             let mut g = Graph::new(&ctx);
             let (vx, vw) = (g.input(&x), g.weight(&wt));
-            let pad = d * (k - 1) / 2;
-            let opts = Conv2dOptions {
-                padding: [0, 0, pad, pad],
-                dilation: [1, d],
-                kernel,
-                ..Conv2dOptions::default()
-            };
-            let out = g.conv2d(vx, vw, None, None, opts)?;
+            let out = g.conv2d(vx, vw, None, None, Conv2dOptions { kernel, ..opts })?;
             let secs = time_graph(&ctx, g, out, reps)?;
-            let flops = 2.0 * l as f64 * (c * c * k) as f64;
-            report(&format!("conv1d {c}x{l} k{k} d{d} {kernel:?}"), flops, secs);
+            // Every case keeps its size: b h w output pixels.
+            let flops = 2.0 * (b * h * w) as f64 * (c * c * kh * kw) as f64;
+            report(&format!("{name} {kernel:?}"), flops, secs);
         }
     }
     // HiFi-GAN's up-sampling transposed convolutions (10 s of audio): Cin, input length, kernel,
