@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use audioldm::gpu::ops::conv::{Conv2dOptions, ConvKernel, ConvTranspose1dOptions};
+use audioldm::gpu::ops::conv::{
+    Conv2dOptions, ConvKernel, ConvTranspose1dOptions, conv_transpose1d_weight_shape,
+};
 use audioldm::gpu::ops::matmul::{Gemm, MatView, MatmulKernel};
 use audioldm::gpu::{Activation, Context, DType, Graph, Result, Tensor, Var};
 
@@ -61,67 +63,61 @@ fn main() -> Result<()> {
         );
     };
 
-    let n = 1024;
-    let (a, b) = if conv_only {
-        (None, None)
-    } else {
-        (
-            Some(tensor(&ctx, &[n, n], 1)?),
-            Some(tensor(&ctx, &[n, n], 2)?),
-        )
-    };
-    for kernel in [
-        MatmulKernel::Naive,
-        MatmulKernel::Tiled { tm: 4, tn: 4 },
-        MatmulKernel::Tiled { tm: 4, tn: 8 },
-        MatmulKernel::Tiled { tm: 8, tn: 8 },
-        MatmulKernel::TiledN4 { tm: 4, tn: 1 },
-        MatmulKernel::TiledN4 { tm: 4, tn: 2 },
-        MatmulKernel::TiledN4 { tm: 8, tn: 1 },
-        MatmulKernel::TiledN4 { tm: 8, tn: 2 },
-        MatmulKernel::TiledN4 { tm: 2, tn: 4 },
-    ] {
-        let (Some(a), Some(b)) = (&a, &b) else { break };
-        let mut g = Graph::new(&ctx);
-        let (va, vb) = (g.input(a), g.input(b));
-        let out = g.matmul_with(va, vb, 1.0, kernel)?;
-        let secs = time_graph(&ctx, g, out, reps)?;
-        report(
-            &format!("gemm 1024^3 {kernel:?}"),
-            2.0 * (n * n * n) as f64,
-            secs,
-        );
-    }
+    if !conv_only {
+        let n = 1024;
+        let a = tensor(&ctx, &[n, n], 1)?;
+        let b = tensor(&ctx, &[n, n], 2)?;
+        for kernel in [
+            MatmulKernel::Naive,
+            MatmulKernel::Tiled { tm: 4, tn: 4 },
+            MatmulKernel::Tiled { tm: 4, tn: 8 },
+            MatmulKernel::Tiled { tm: 8, tn: 8 },
+            MatmulKernel::TiledN4 { tm: 4, tn: 1 },
+            MatmulKernel::TiledN4 { tm: 4, tn: 2 },
+            MatmulKernel::TiledN4 { tm: 8, tn: 1 },
+            MatmulKernel::TiledN4 { tm: 8, tn: 2 },
+            MatmulKernel::TiledN4 { tm: 2, tn: 4 },
+        ] {
+            let mut g = Graph::new(&ctx);
+            let (va, vb) = (g.input(&a), g.input(&b));
+            let out = g.matmul_with(va, vb, 1.0, kernel)?;
+            let secs = time_graph(&ctx, g, out, reps)?;
+            report(
+                &format!("gemm 1024^3 {kernel:?}"),
+                2.0 * (n * n * n) as f64,
+                secs,
+            );
+        }
 
-    // The same product with B as a Linear weight [N, K], where the vec4 kernel applies.
-    for kernel in [
-        MatmulKernel::Naive,
-        MatmulKernel::Tiled { tm: 4, tn: 8 },
-        MatmulKernel::TiledK4 { tm: 4, tn: 4 },
-        MatmulKernel::TiledK4 { tm: 4, tn: 8 },
-    ] {
-        let (Some(a), Some(b)) = (&a, &b) else { break };
-        let mut g = Graph::new(&ctx);
-        let (va, vb) = (g.input(a), g.weight(b));
-        let out = g.gemm(Gemm {
-            a: MatView::new(va, n, 1),
-            b: MatView::new(vb, 1, n),
-            batch: 1,
-            m: n,
-            k: n,
-            n,
-            alpha: 1.0,
-            bias: None,
-            residual: None,
-            act: Activation::None,
-            kernel,
-        })?;
-        let secs = time_graph(&ctx, g, out, reps)?;
-        report(
-            &format!("linear 1024^3 {kernel:?}"),
-            2.0 * (n * n * n) as f64,
-            secs,
-        );
+        // The same product with B as a Linear weight [N, K], where the vec4 kernel applies.
+        for kernel in [
+            MatmulKernel::Naive,
+            MatmulKernel::Tiled { tm: 4, tn: 8 },
+            MatmulKernel::TiledK4 { tm: 4, tn: 4 },
+            MatmulKernel::TiledK4 { tm: 4, tn: 8 },
+        ] {
+            let mut g = Graph::new(&ctx);
+            let (va, vb) = (g.input(&a), g.weight(&b));
+            let out = g.gemm(Gemm {
+                a: MatView::new(va, n, 1),
+                b: MatView::new(vb, 1, n),
+                batch: 1,
+                m: n,
+                k: n,
+                n,
+                alpha: 1.0,
+                bias: None,
+                residual: None,
+                act: Activation::None,
+                kernel,
+            })?;
+            let secs = time_graph(&ctx, g, out, reps)?;
+            report(
+                &format!("linear 1024^3 {kernel:?}"),
+                2.0 * (n * n * n) as f64,
+                secs,
+            );
+        }
     }
     if gemm_only {
         return Ok(());
@@ -181,16 +177,16 @@ fn main() -> Result<()> {
     }
     // HiFi-GAN's up-sampling transposed convolutions (10 s of audio): Cin, input length, kernel,
     // stride; Cout = Cin / 2, padding (k - u) / 2.
-    for &(cin, l, k, u) in &[
-        (1024usize, 1000usize, 16usize, 5usize),
+    let upsamplers: [(usize, usize, usize, usize); 5] = [
+        (1024, 1000, 16, 5),
         (512, 5001, 16, 4),
         (256, 20004, 8, 2),
         (128, 40008, 4, 2),
         (64, 80016, 4, 2),
-    ] {
+    ];
+    for (cin, l, k, u) in upsamplers {
         let x = tensor(&ctx, &[1, cin, l], 7)?;
-        // Laid out as conv_transpose1d_weight_layout does: [u * Cout, 1, ceil(k / u), Cin].
-        let wt = tensor(&ctx, &[u * cin / 2, 1, k.div_ceil(u), cin], 8)?;
+        let wt = tensor(&ctx, &conv_transpose1d_weight_shape(cin, cin / 2, k, u), 8)?;
         let mut g = Graph::new(&ctx);
         let (vx, vw) = (g.input(&x), g.weight(&wt));
         let opts = ConvTranspose1dOptions {

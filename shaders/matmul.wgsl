@@ -37,6 +37,16 @@ fn epilogue(batch: u32, row: u32, col: u32, acc: f32) {
     c[at] = v;
 }
 
+// Where row `row` of A and column `col` of B start, in elements; rows and columns past the edge
+// are clamped to the last (the tiled kernels load them and skip them at the store).
+fn a_row(batch: u32, row: u32) -> u32 {
+    return p.a_off + batch * p.a_sb + min(row, p.m - 1u) * p.a_sm;
+}
+
+fn b_col(batch: u32, col: u32) -> u32 {
+    return p.b_off + batch * p.b_sb + min(col, p.n - 1u) * p.b_sn;
+}
+
 #if N4
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
 #include "_weights_vec4.wgsl"
@@ -56,7 +66,7 @@ fn matmul_n4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     }
     var a_at: array<u32, ${TM}>;
     for (var i = 0u; i < ${TM}u; i++) {
-        a_at[i] = (p.a_off + batch * p.a_sb + min(row0 + i, p.m - 1u) * p.a_sm) / 4u;
+        a_at[i] = a_row(batch, row0 + i) / 4u;
     }
     var b_at: array<u32, ${TN}>;
     for (var j = 0u; j < ${TN}u; j++) {
@@ -111,11 +121,11 @@ fn matmul_k4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id)
     }
     var a_at: array<u32, ${TM}>;
     for (var i = 0u; i < ${TM}u; i++) {
-        a_at[i] = (p.a_off + batch * p.a_sb + min(row0 + i, p.m - 1u) * p.a_sm) / 4u;
+        a_at[i] = a_row(batch, row0 + i) / 4u;
     }
     var b_at: array<u32, ${TN}>;
     for (var j = 0u; j < ${TN}u; j++) {
-        b_at[j] = (p.b_off + batch * p.b_sb + min(col0 + 8u * j, p.n - 1u) * p.b_sn) / 4u;
+        b_at[j] = b_col(batch, col0 + 8u * j) / 4u;
     }
     var acc: array<array<f32, ${TN}>, ${TM}>;
     for (var k = 0u; k < p.k / 4u; k++) {
@@ -160,11 +170,11 @@ fn matmul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     // Rows and columns past the edge are clamped for loading and skipped at the store.
     var a_at: array<u32, ${TM}>;
     for (var i = 0u; i < ${TM}u; i++) {
-        a_at[i] = p.a_off + batch * p.a_sb + min(row0 + i, p.m - 1u) * p.a_sm;
+        a_at[i] = a_row(batch, row0 + i);
     }
     var b_at: array<u32, ${TN}>;
     for (var j = 0u; j < ${TN}u; j++) {
-        b_at[j] = p.b_off + batch * p.b_sb + min(col0 + 8u * j, p.n - 1u) * p.b_sn;
+        b_at[j] = b_col(batch, col0 + 8u * j);
     }
     var acc: array<array<f32, ${TN}>, ${TM}>;
     for (var k = 0u; k < p.k; k++) {
@@ -200,8 +210,8 @@ fn matmul_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (row >= p.m || col >= p.n) {
         return;
     }
-    let a_at = p.a_off + batch * p.a_sb + row * p.a_sm;
-    let b_at = p.b_off + batch * p.b_sb + col * p.b_sn;
+    let a_at = a_row(batch, row);
+    let b_at = b_col(batch, col);
     var acc = 0.0;
     for (var k = 0u; k < p.k; k++) {
         acc = fma(a[a_at + k * p.a_sk], load_w(b_at + k * p.b_sk), acc);
@@ -225,8 +235,8 @@ fn gemv(
     if (batch >= p.batch) {
         return;
     }
-    let a_at = p.a_off + batch * p.a_sb + row * p.a_sm;
-    let b_at = p.b_off + batch * p.b_sb + col * p.b_sn;
+    let a_at = a_row(batch, row);
+    let b_at = b_col(batch, col);
     var acc = 0.0;
     for (var k = lid; k < p.k; k += 64u) {
         acc = fma(a[a_at + k * p.a_sk], load_w(b_at + k * p.b_sk), acc);

@@ -59,8 +59,9 @@ pub fn conv_transpose1d_weight_layout(
     k: usize,
     stride: usize,
 ) -> ([usize; 4], Vec<f32>) {
-    let (cin4, kp) = (padded_channels(cin), k.div_ceil(stride));
-    let mut out = vec![0.0; stride * cout * kp * cin4];
+    let shape = conv_transpose1d_weight_shape(cin, cout, k, stride);
+    let [_, _, kp, cin4] = shape;
+    let mut out = vec![0.0; shape.iter().product()];
     for r in 0..stride {
         for co in 0..cout {
             for n in 0..kp {
@@ -74,7 +75,17 @@ pub fn conv_transpose1d_weight_layout(
             }
         }
     }
-    ([stride * cout, 1, kp, cin4], out)
+    (shape, out)
+}
+
+/// The shape [`conv_transpose1d_weight_layout`] gives: `[stride * Cout, 1, ceil(k / stride), Cin4]`.
+pub fn conv_transpose1d_weight_shape(
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+) -> [usize; 4] {
+    [stride * cout, 1, k.div_ceil(stride), padded_channels(cin)]
 }
 
 /// Which convolution kernel to dispatch.
@@ -174,7 +185,8 @@ struct Phases {
     padding: usize,
 }
 
-/// A convolution's geometry, checked: what [`Graph::conv_ops`] records.
+/// A convolution's sizes, checked, for [`Graph::conv_ops`] (stride, padding and dilation are in
+/// its [`Conv2dOptions`]).
 struct ConvGeometry {
     batch: usize,
     cin: usize,
@@ -186,10 +198,17 @@ struct ConvGeometry {
     kw: usize,
     oh: usize,
     ow: usize,
-    stride: [usize; 2],
-    padding: [usize; 4],
-    dilation: [usize; 2],
     phases: Option<Phases>,
+}
+
+impl ConvGeometry {
+    /// `[B, Cout, oh, ow]`, or `[B, Cout, len]` for a phased transposed convolution.
+    fn out_shape(&self) -> Shape {
+        match self.phases {
+            None => Shape(vec![self.batch, self.cout, self.oh, self.ow]),
+            Some(phases) => Shape(vec![self.batch, phases.cout, phases.len]),
+        }
+    }
 }
 
 fn conv_out(size: usize, pad: usize, dilation: usize, k: usize, stride: usize) -> Option<usize> {
@@ -245,20 +264,6 @@ impl Graph {
                 ));
             }
         };
-        let out = Shape(vec![b, cout, oh, ow]);
-        self.expect_bias(op, bias, cout)?;
-        if let Some(residual) = residual {
-            self.expect_dtype(op, residual, &[DType::F32])?;
-            if self.shape(residual) != &out {
-                return Err(shape_error(
-                    op,
-                    format!(
-                        "residual {} does not match output {out}",
-                        self.shape(residual)
-                    ),
-                ));
-            }
-        }
         let geometry = ConvGeometry {
             batch: b,
             cin,
@@ -269,12 +274,23 @@ impl Graph {
             kw,
             oh,
             ow,
-            stride: opts.stride,
-            padding: opts.padding,
-            dilation: opts.dilation,
             phases: None,
         };
-        self.conv_ops(op, x, weight, bias, residual, &geometry, out, opts)
+        self.expect_bias(op, bias, cout)?;
+        if let Some(residual) = residual {
+            self.expect_dtype(op, residual, &[DType::F32])?;
+            let out = geometry.out_shape();
+            if self.shape(residual) != &out {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "residual {} does not match output {out}",
+                        self.shape(residual)
+                    ),
+                ));
+            }
+        }
+        self.conv_ops(op, x, weight, bias, residual, &geometry, opts)
     }
 
     /// Records a checked convolution: the input copied into a zero-padded channels-last tensor,
@@ -288,12 +304,11 @@ impl Graph {
         bias: Option<Var>,
         residual: Option<Var>,
         c: &ConvGeometry,
-        out_shape: Shape,
         opts: Conv2dOptions,
     ) -> Result<Var> {
         let vec4s = c.cin.div_ceil(4);
         self.expect_loop_budget(op, c.kh * c.kw * vec4s)?;
-        let [top, bottom, left, right] = c.padding;
+        let [top, bottom, left, right] = opts.padding;
         let (hp, wp) = (c.h + top + bottom, c.w + left + right);
         let padded_len = c.batch * hp * wp * vec4s;
         let key = KernelKey::new("conv.wgsl", "conv_input", 1, 1)
@@ -360,10 +375,10 @@ impl Graph {
             .u(c.ow)
             .u(c.kh)
             .u(c.kw)
-            .u(c.stride[0])
-            .u(c.stride[1])
-            .u(c.dilation[0])
-            .u(c.dilation[1])
+            .u(opts.stride[0])
+            .u(opts.stride[1])
+            .u(opts.dilation[0])
+            .u(opts.dilation[1])
             .f(opts.act.slope())
             .u(phases.stride)
             .u(phases.cout)
@@ -378,7 +393,7 @@ impl Graph {
                 bias.map(Binding::from),
                 residual.map(Binding::from),
             ],
-            out_shape,
+            out_shape: c.out_shape(),
             out_dtype: DType::F32,
             params,
             workgroups,
@@ -508,9 +523,6 @@ impl Graph {
             kw: kp,
             oh: 1,
             ow: lin + right,
-            stride: [1, 1],
-            padding: [0, 0, kp - 1, right],
-            dilation: [1, 1],
             phases: Some(Phases {
                 stride: u,
                 cout,
@@ -519,11 +531,11 @@ impl Graph {
             }),
         };
         let conv = Conv2dOptions {
+            padding: [0, 0, kp - 1, right],
             act: opts.act,
             input_leaky_relu: opts.input_leaky_relu,
             ..Conv2dOptions::default()
         };
-        let out = Shape(vec![b, cout, lout]);
-        self.conv_ops(op, x4, weight, bias, None, &geometry, out, conv)
+        self.conv_ops(op, x4, weight, bias, None, &geometry, conv)
     }
 }
