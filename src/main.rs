@@ -6,13 +6,15 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use audioldm::audio::decode::decode_file;
 use audioldm::audio::wav::{WavFormat, write_wav};
 use audioldm::gpu::Context;
 use audioldm::hub::{self, DEFAULT_MODEL};
 use audioldm::model::nn::Precision;
+use audioldm::pipeline::edit::{EditRequest, Mode};
 use audioldm::pipeline::{Event, Pipeline, Request};
 
 #[derive(Parser)]
@@ -50,46 +52,130 @@ enum Command {
     Generate {
         /// What to hear, e.g. "a dog barking in the rain".
         prompt: String,
-        /// What not to hear.
-        #[arg(long)]
-        negative: Option<String>,
-        /// Denoising steps.
-        #[arg(long, default_value_t = 10)]
-        steps: usize,
-        /// Classifier-free guidance scale (1 or less turns guidance off).
-        #[arg(long, default_value_t = 2.5)]
-        guidance: f32,
         /// Seconds of audio [default: the model's, 5.12 s].
         #[arg(long)]
         duration: Option<f64>,
-        /// Seed of the initial noise (NumPy's RandomState(seed).standard_normal).
-        #[arg(long, default_value_t = 0)]
-        seed: u32,
-        /// DDIM eta (0 is deterministic).
-        #[arg(long, default_value_t = 0.0)]
-        eta: f32,
-        /// A Hugging Face repo id or a local diffusers folder.
-        #[arg(long, default_value = DEFAULT_MODEL)]
-        model: String,
-        /// Output WAV file.
-        #[arg(short, long, default_value = "out.wav")]
-        out: PathBuf,
-        /// Sample format of the WAV file.
-        #[arg(long, value_enum, default_value_t = Format::Pcm16)]
-        format: Format,
         /// Initial latents: a .safetensors file with a tensor `latents` [1, 8, frames, 16].
         #[arg(long)]
         init_latents: Option<PathBuf>,
-        /// Write DIR/outputs.safetensors (text_embeds, latents, mel, waveform).
-        #[arg(long)]
-        dump: Option<PathBuf>,
-        /// Store weights as f16 on the GPU (half the memory; within 1e-2 of f32).
-        #[arg(long)]
-        f16: bool,
-        /// Never touch the network: use the Hugging Face cache only.
-        #[arg(long)]
-        offline: bool,
+        #[command(flatten)]
+        options: Options,
     },
+    /// Style transfer: turn an audio file into what the prompt describes.
+    Transfer {
+        /// The audio file to transform (wav, flac, mp3, ogg; channel 0 is used).
+        input: PathBuf,
+        /// What it should become.
+        prompt: String,
+        /// How much of the clip is noised away and regenerated, in (0, 1].
+        #[arg(long, default_value_t = 0.5)]
+        strength: f32,
+        #[command(flatten)]
+        options: Options,
+    },
+    /// Inpainting: regenerate time ranges of an audio file, keep the rest.
+    Inpaint {
+        /// The audio file to edit.
+        input: PathBuf,
+        /// What the regenerated ranges should hold.
+        prompt: String,
+        /// A range to regenerate, START:END in seconds (repeat for more).
+        #[arg(long = "range", value_name = "START:END", required = true, value_parser = parse_range)]
+        ranges: Vec<(f64, f64)>,
+        #[command(flatten)]
+        options: Options,
+    },
+    /// Super-resolution: keep the content below a cutoff, generate the bands above it.
+    Superres {
+        /// The audio file to extend in frequency (e.g. an 8 kHz recording).
+        input: PathBuf,
+        /// What the clip is.
+        prompt: String,
+        /// Keep the clip below this frequency [default: half the file's sample rate].
+        #[arg(long)]
+        cutoff_hz: Option<f64>,
+        #[command(flatten)]
+        options: Options,
+    },
+    /// Continuation: extend an audio file by some seconds.
+    Extend {
+        /// The audio file to continue.
+        input: PathBuf,
+        /// What the continuation should hold.
+        prompt: String,
+        /// Seconds to add.
+        #[arg(long)]
+        seconds: f64,
+        #[command(flatten)]
+        options: Options,
+    },
+}
+
+/// What every generating command takes.
+#[derive(Args)]
+struct Options {
+    /// What not to hear.
+    #[arg(long)]
+    negative: Option<String>,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Classifier-free guidance scale (1 or less turns guidance off).
+    #[arg(long, default_value_t = 2.5)]
+    guidance: f32,
+    /// Seed of the noise (NumPy's RandomState(seed).standard_normal; see ARCHITECTURE.md).
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// DDIM eta (0 is deterministic; the original AudioLDM uses 1).
+    #[arg(long, default_value_t = 0.0)]
+    eta: f32,
+    /// A Hugging Face repo id or a local diffusers folder.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: String,
+    /// Output WAV file.
+    #[arg(short, long, default_value = "out.wav")]
+    out: PathBuf,
+    /// Sample format of the WAV file.
+    #[arg(long, value_enum, default_value_t = Format::Pcm16)]
+    format: Format,
+    /// Write DIR/outputs.safetensors (text_embeds, latents, mel, waveform; for edits also
+    /// source_latents and mask).
+    #[arg(long)]
+    dump: Option<PathBuf>,
+    /// Store weights as f16 on the GPU (half the memory; within 1e-2 of f32).
+    #[arg(long)]
+    f16: bool,
+    /// Never touch the network: use the Hugging Face cache only.
+    #[arg(long)]
+    offline: bool,
+}
+
+impl Options {
+    fn request(&self, prompt: String) -> Request {
+        Request {
+            prompt,
+            negative_prompt: self.negative.clone(),
+            steps: self.steps,
+            guidance_scale: self.guidance,
+            duration_s: None,
+            seed: self.seed,
+            eta: self.eta,
+            init_latents: None,
+        }
+    }
+}
+
+/// `START:END` in seconds.
+fn parse_range(text: &str) -> Result<(f64, f64), String> {
+    let (start, end) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not START:END (seconds)"))?;
+    let number = |s: &str| {
+        s.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("{s:?} in {text:?} is not a number of seconds"))
+    };
+    Ok((number(start)?, number(end)?))
 }
 
 fn main() -> ExitCode {
@@ -126,84 +212,151 @@ fn run(cli: Cli) -> audioldm::Result<()> {
         }
         Command::Generate {
             prompt,
-            negative,
-            steps,
-            guidance,
             duration,
-            seed,
-            eta,
-            model,
-            out,
-            format,
             init_latents,
-            dump,
-            f16,
-            offline,
+            options,
         } => {
-            let started = Instant::now();
-            let dir = resolve_model(&model, offline)?;
-            let ctx = Context::new_blocking()?;
-            let info = ctx.adapter_info();
-            eprintln!(
-                "GPU: {} ({:?}, {:?})",
-                info.name, info.backend, info.device_type
-            );
-            let precision = Precision::weights_f16(f16);
-            let pipeline = Pipeline::load(&ctx, &dir, precision)?;
             let init = init_latents.as_deref().map(read_latents).transpose()?;
-            let duration = match (&init, duration) {
-                (Some((frames, _)), None) => Some(pipeline.duration_for_latent_frames(*frames)),
-                (_, d) => d,
-            };
-            let request = Request {
-                prompt,
-                negative_prompt: negative,
-                steps,
-                guidance_scale: guidance,
-                duration_s: duration,
-                seed,
-                eta,
-                init_latents: init.map(|(_, latents)| latents),
-            };
-            let bar = ProgressBar::new(steps as u64).with_style(
-                ProgressStyle::with_template(
-                    "{spinner} denoising {bar:30} {pos}/{len} steps, {elapsed} elapsed, ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            let cancel = AtomicBool::new(false);
-            let output = pipeline.generate(&request, &cancel, |event| {
-                if let Event::Step { i, n, .. } = event {
-                    bar.set_length(n as u64);
-                    bar.set_position(i as u64);
-                }
-            })?;
-            bar.finish_and_clear();
-            let settings = request.describe(&model, pipeline.default_duration_s());
-            let wav_format = match format {
-                Format::Pcm16 => WavFormat::Pcm16,
-                Format::F32 => WavFormat::Float32,
-            };
-            write_wav(
-                &out,
-                &output.audio.samples,
-                output.audio.sample_rate,
-                wav_format,
-                Some(&settings),
-            )?;
-            if let Some(dir) = dump {
-                dump_outputs(&dir, &output)?;
-            }
-            eprintln!(
-                "wrote {} ({:.2} s at {} Hz) in {:.1} s",
-                out.display(),
-                output.audio.samples.len() as f64 / output.audio.sample_rate as f64,
-                output.audio.sample_rate,
-                started.elapsed().as_secs_f64()
-            );
-            Ok(())
+            let mut request = options.request(prompt);
+            request.init_latents = init.as_ref().map(|(_, latents)| latents.clone());
+            produce(&options, |pipeline, cancel, on_event| {
+                request.duration_s = match (&init, duration) {
+                    (Some((frames, _)), None) => {
+                        Some(pipeline.duration_for_latent_frames(*frames))
+                    }
+                    (_, d) => d,
+                };
+                let output = pipeline.generate(&request, cancel, on_event)?;
+                let settings = request.describe(&options.model, pipeline.default_duration_s());
+                Ok((output, settings))
+            })
         }
+        Command::Transfer {
+            input,
+            prompt,
+            strength,
+            options,
+        } => edit(input, prompt, Mode::StyleTransfer { strength }, &options),
+        Command::Inpaint {
+            input,
+            prompt,
+            ranges,
+            options,
+        } => edit(input, prompt, Mode::Inpaint { ranges }, &options),
+        Command::Superres {
+            input,
+            prompt,
+            cutoff_hz,
+            options,
+        } => edit(input, prompt, Mode::SuperResolution { cutoff_hz }, &options),
+        Command::Extend {
+            input,
+            prompt,
+            seconds,
+            options,
+        } => edit(input, prompt, Mode::Extend { seconds }, &options),
     }
+}
+
+/// Runs an edit of the audio file `input`, which is decoded before any model work starts.
+fn edit(input: PathBuf, prompt: String, mode: Mode, options: &Options) -> audioldm::Result<()> {
+    let source = decode_file(&input)?;
+    let edit = EditRequest {
+        request: options.request(prompt),
+        source,
+        source_name: input
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| input.display().to_string()),
+        mode,
+    };
+    produce(options, |pipeline, cancel, on_event| {
+        let output = pipeline.edit(&edit, cancel, on_event)?;
+        Ok((output, edit.describe(&options.model)))
+    })
+}
+
+/// What every generating command does around its pipeline call: check that the output can be
+/// written, load the model, show progress, write the WAV (and the dump).
+fn produce(
+    options: &Options,
+    call: impl FnOnce(
+        &Pipeline,
+        &AtomicBool,
+        &mut dyn FnMut(Event),
+    ) -> audioldm::Result<(audioldm::pipeline::Output, String)>,
+) -> audioldm::Result<()> {
+    let started = Instant::now();
+    check_writable(&options.out)?;
+    let dir = resolve_model(&options.model, options.offline)?;
+    let ctx = Context::new_blocking()?;
+    let info = ctx.adapter_info();
+    eprintln!(
+        "GPU: {} ({:?}, {:?})",
+        info.name, info.backend, info.device_type
+    );
+    let pipeline = Pipeline::load(&ctx, &dir, Precision::weights_f16(options.f16))?;
+    let bar = ProgressBar::new(options.steps as u64).with_style(
+        ProgressStyle::with_template(
+            "{spinner} denoising {bar:30} {pos}/{len} steps, {elapsed} elapsed, ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let cancel = AtomicBool::new(false);
+    let (output, settings) = call(&pipeline, &cancel, &mut |event| {
+        if let Event::Step { i, n, .. } = event {
+            bar.set_length(n as u64);
+            bar.set_position(i as u64);
+        }
+    })?;
+    bar.finish_and_clear();
+    let wav_format = match options.format {
+        Format::Pcm16 => WavFormat::Pcm16,
+        Format::F32 => WavFormat::Float32,
+    };
+    write_wav(
+        &options.out,
+        &output.audio.samples,
+        output.audio.sample_rate,
+        wav_format,
+        Some(&settings),
+    )?;
+    if let Some(dir) = &options.dump {
+        dump_outputs(dir, &output)?;
+    }
+    eprintln!(
+        "wrote {} ({:.2} s at {} Hz) in {:.1} s",
+        options.out.display(),
+        output.audio.samples.len() as f64 / output.audio.sample_rate as f64,
+        output.audio.sample_rate,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Fails now, not after minutes of generation, when `path` cannot be written: its folder is
+/// missing or read-only, or it names a folder.
+fn check_writable(path: &std::path::Path) -> audioldm::Result<()> {
+    let io = |source| audioldm::Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let existed = path.exists();
+    if path.is_dir() {
+        return Err(audioldm::Error::Input(format!(
+            "the output {} is a folder, not a file",
+            path.display()
+        )));
+    }
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io)?;
+    if !existed {
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// A local folder, or a Hugging Face repo id downloaded into (or found in) the standard cache.
@@ -247,7 +400,8 @@ fn read_latents(path: &std::path::Path) -> audioldm::Result<(usize, Vec<f32>)> {
     }
 }
 
-/// `DIR/outputs.safetensors`: text_embeds, latents (before VAE scaling), mel, waveform.
+/// `DIR/outputs.safetensors`: text_embeds, latents (before VAE scaling), mel, waveform, and for
+/// edits source_latents and mask.
 fn dump_outputs(
     dir: &std::path::Path,
     output: &audioldm::pipeline::Output,
@@ -259,7 +413,7 @@ fn dump_outputs(
     };
     std::fs::create_dir_all(dir).map_err(io)?;
     let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
-    let tensors = [
+    let mut tensors = vec![
         (
             "text_embeds",
             output.text_embeds_shape.to_vec(),
@@ -281,6 +435,17 @@ fn dump_outputs(
             bytes(&output.audio.samples),
         ),
     ];
+    if !output.source_latents.is_empty() {
+        tensors.push((
+            "source_latents",
+            output.source_latent_shape.to_vec(),
+            bytes(&output.source_latents),
+        ));
+    }
+    if let Some(mask) = &output.mask {
+        let [_, _, frames, width] = output.latent_shape;
+        tensors.push(("mask", vec![frames, width], bytes(mask)));
+    }
     let views = tensors
         .iter()
         .map(|(name, shape, data)| {

@@ -421,3 +421,153 @@ fn main_window_snapshot() {
             .max_failed_pixels(2_000),
     );
 }
+
+/// A harness tall enough that the input panel's controls are on screen.
+fn tall_harness(data_dir: &Path) -> Harness<'static, AudioLdmApp> {
+    let options = AppOptions {
+        data_dir: Some(data_dir.to_path_buf()),
+        ..Default::default()
+    };
+    Harness::builder()
+        .with_size(egui::Vec2::new(1200.0, 1400.0))
+        .wgpu_setup(wgpu_setup())
+        .build_eframe(move |cc| AudioLdmApp::new(cc, options))
+}
+
+fn chirp() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clips/chirp-16k.wav")
+}
+
+/// Drags across the input spectrogram from `from` to `to` (fractions of its plot's width).
+fn drag_on_input_spectrogram(harness: &mut Harness<'static, AudioLdmApp>, from: f32, to: f32) {
+    let rect = harness.get_by_label("Input spectrogram").rect();
+    // The plot inside the view leaves room for the axes: 52 points left, 6 right.
+    let x = |f: f32| rect.left() + 52.0 + f * (rect.width() - 58.0);
+    let y = rect.center().y;
+    harness.hover_at(egui::pos2(x(from), y));
+    harness.run();
+    harness.drag_at(egui::pos2(x(from), y));
+    harness.run();
+    for step in 1..=4 {
+        let f = from + (to - from) * step as f32 / 4.0;
+        harness.hover_at(egui::pos2(x(f), y));
+        harness.run();
+    }
+    harness.drop_at(egui::pos2(x(to), y));
+    harness.run();
+}
+
+#[test]
+fn style_transfer_and_inpainting_through_the_widgets() {
+    use audioldm::pipeline::edit::Mode;
+    let dir = data_dir("edit");
+    let mut harness = tall_harness(&dir);
+    set_up_tiny_run(&mut harness, 2.0);
+    harness.get_by_label("Prompt").focus();
+    harness.run();
+    harness.get_by_label("Prompt").type_text("rain on a tin roof");
+    harness.get_by_label("Random seed").click();
+    harness.run();
+    harness.input_mut().dropped_files.push(dropped(&chirp()));
+    harness.run();
+    assert_eq!(
+        harness.state().input_clip().map(|c| c.name.as_str()),
+        Some("chirp-16k.wav")
+    );
+
+    // Style transfer at strength 1: both steps run.
+    harness.get_by_label("Style transfer").click();
+    harness.run();
+    slider(&harness, "Strength").set_value_accesskit(1.0);
+    harness.run();
+    harness.get_by_label("Generate edit").click();
+    harness.run();
+    assert!(harness.state().is_running());
+    step_until(&mut harness, Duration::from_secs(120), "the style transfer", |app| {
+        !app.is_running()
+    });
+    let app = harness.state();
+    assert!(app.messages().is_empty(), "{:?}", app.messages());
+    assert_eq!(app.history().len(), 1);
+    let entry = &app.history()[0];
+    let record = entry.edit.as_ref().expect("an edit entry");
+    assert_eq!(record.mode, Mode::StyleTransfer { strength: 1.0 });
+    assert_eq!(record.source_name, "chirp-16k.wav");
+    assert_eq!(entry.settings.prompt, "rain on a tin roof");
+    let (samples, rate) = audioldm::audio::wav::read_wav(&entry.wav).expect("the clip's WAV");
+    assert_eq!((samples.len(), rate), (8000, 16_000), "the clip's own length");
+    assert!(record.source_wav.is_file());
+
+    // Inpainting: pick the mode, drag a range on the clip's spectrogram, generate.
+    harness.get_by_label("Inpaint").click();
+    harness.run();
+    drag_on_input_spectrogram(&mut harness, 0.2, 0.4);
+    let ranges = harness.state().input_clip().unwrap().ranges.clone();
+    assert_eq!(ranges.len(), 1, "{ranges:?}");
+    let (start, end) = ranges[0];
+    // The view spans the clip's 51 mel frames (0.51 s).
+    assert!((start - 0.102).abs() < 0.02 && (end - 0.204).abs() < 0.02, "{ranges:?}");
+    let _ = harness.get_by_label(&format!("Regenerate {start:.2}-{end:.2} s"));
+    harness.get_by_label("Generate edit").click();
+    harness.run();
+    step_until(&mut harness, Duration::from_secs(120), "the inpainting", |app| {
+        !app.is_running()
+    });
+    let app = harness.state();
+    assert!(app.messages().is_empty(), "{:?}", app.messages());
+    assert_eq!(app.history().len(), 2);
+    let inpainted = app.history()[0].clone();
+    assert_eq!(
+        inpainted.edit.as_ref().map(|e| e.mode.clone()),
+        Some(Mode::Inpaint { ranges })
+    );
+    let _ = harness.get_by_label(&inpainted.edit.as_ref().unwrap().summary());
+
+    // Regenerate repeats the edit exactly.
+    harness.get_all_by_label("Regenerate").next().unwrap().click();
+    harness.run();
+    step_until(&mut harness, Duration::from_secs(120), "the repeated edit", |app| {
+        !app.is_running()
+    });
+    let app = harness.state();
+    assert_eq!(app.history().len(), 3);
+    let again = &app.history()[0];
+    assert_eq!(again.edit.as_ref().map(|e| &e.mode), inpainted.edit.as_ref().map(|e| &e.mode));
+    assert_eq!(
+        audioldm::audio::wav::read_wav(&again.wav).unwrap(),
+        audioldm::audio::wav::read_wav(&inpainted.wav).unwrap()
+    );
+
+    // A failed edit leaves the input clip and the history as they were.
+    harness
+        .get_by_label("Model")
+        .set_text_value_accesskit(&dir.join("no-such-model").display().to_string());
+    harness.run();
+    harness.get_by_label("Generate edit").click();
+    harness.run();
+    step_until(&mut harness, Duration::from_secs(60), "the failed edit", |app| {
+        !app.is_running()
+    });
+    let app = harness.state();
+    assert!(
+        app.messages()
+            .iter()
+            .any(|m| m.severity == Severity::Error && m.text.contains("no-such-model")),
+        "{:?}",
+        app.messages()
+    );
+    assert_eq!(app.history().len(), 3);
+    let input = app.input_clip().expect("the input clip stays");
+    assert_eq!(input.name, "chirp-16k.wav");
+    assert_eq!(input.ranges.len(), 1);
+
+    // "Use as input" makes a result the next edit's clip.
+    harness.get_all_by_label("Use as input").next().unwrap().click();
+    harness.run();
+    let input = harness.state().input_clip().expect("the clip from the history");
+    assert!(input.name.starts_with("clip "), "{}", input.name);
+    assert!(input.ranges.is_empty());
+    assert_eq!(input.audio.samples.len(), 8000);
+    drop(harness);
+    let _ = std::fs::remove_dir_all(&dir);
+}

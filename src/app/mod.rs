@@ -28,10 +28,14 @@ use crate::gpu::Context;
 use crate::gpu::context::device_descriptor;
 use crate::hub::{self, ResolveOptions};
 use crate::model::nn::Precision;
+use crate::pipeline::edit::{EditRequest, Mode};
 
-use spectrogram::SpectrogramView;
-use state::{DURATION_RANGE, GUIDANCE_RANGE, HistoryEntry, Persisted, STEPS_RANGE, Settings};
-use worker::{Job, Report, Worker};
+use spectrogram::{Overlay, SpectrogramView};
+use state::{
+    CUTOFF_RANGE, DURATION_RANGE, EXTEND_RANGE, EditKind, EditRecord, GUIDANCE_RANGE,
+    HistoryEntry, Persisted, STEPS_RANGE, STRENGTH_RANGE, Settings,
+};
+use worker::{Job, Report, Task, Worker};
 
 /// The name eframe stores settings under (and the window title).
 pub const APP_ID: &str = "AudioLDM";
@@ -115,6 +119,8 @@ struct Run {
     denoising_started: Option<Instant>,
     phase: Phase,
     preview: Option<Mel>,
+    /// Set when the run edits a clip.
+    edit: Option<Box<EditRequest>>,
 }
 
 /// A clip's audio and spectrogram, kept in memory once loaded.
@@ -123,12 +129,34 @@ struct Clip {
     mel: Mel,
 }
 
-/// A file dropped onto the window, to be transformed (style transfer comes in a later version).
+/// A file dropped onto the window (or a clip from the history), to be edited.
 pub struct InputClip {
     pub name: String,
     pub audio: Audio,
     /// The log-mel of its first channel at 16 kHz: what the model would see.
     pub mel: Mel,
+    /// The time ranges inpainting regenerates, in seconds, sorted and disjoint.
+    pub ranges: Vec<(f64, f64)>,
+}
+
+impl InputClip {
+    /// Adds a range to regenerate, merged with those it touches.
+    pub fn add_range(&mut self, (start, end): (f64, f64)) {
+        let (mut start, mut end) = (start.max(0.0), end.min(self.audio.duration_s()));
+        if end <= start {
+            return;
+        }
+        self.ranges.retain(|&(a, b)| {
+            let touches = a <= end && start <= b;
+            if touches {
+                start = start.min(a);
+                end = end.max(b);
+            }
+            !touches
+        });
+        self.ranges.push((start, end));
+        self.ranges.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
 }
 
 /// Id under which the input clip plays (history ids count up from 0).
@@ -259,6 +287,59 @@ impl AudioLdmApp {
 
     /// Starts a generation with the current settings.
     pub fn generate(&mut self) {
+        let settings = self.next_settings();
+        let task = Task::Generate(settings.request());
+        self.submit(settings, task, None);
+    }
+
+    /// Starts the edit the input panel describes (mode and parameters) on the input clip, with
+    /// the prompt, guidance, steps and seed of the left panel.
+    pub fn generate_edit(&mut self) {
+        let Some(input) = &self.input else {
+            self.error("Drop an audio file on the window first: edits work on an input clip.");
+            return;
+        };
+        let s = &self.persisted.settings;
+        let mode = match s.edit {
+            EditKind::StyleTransfer => Mode::StyleTransfer {
+                strength: s.strength,
+            },
+            EditKind::Inpaint => {
+                if input.ranges.is_empty() {
+                    self.error(
+                        "Drag over the input clip's spectrogram to mark the time ranges to                          regenerate.",
+                    );
+                    return;
+                }
+                Mode::Inpaint {
+                    ranges: input.ranges.clone(),
+                }
+            }
+            EditKind::SuperResolution => Mode::SuperResolution {
+                cutoff_hz: Some(s.cutoff_hz),
+            },
+            EditKind::Extend => Mode::Extend {
+                seconds: s.extend_s,
+            },
+        };
+        let (source, source_name) = (input.audio.clone(), input.name.clone());
+        let settings = self.next_settings();
+        let edit = EditRequest {
+            request: settings.edit_request(),
+            source,
+            source_name,
+            mode,
+        };
+        self.submit_edit(settings, edit);
+    }
+
+    fn submit_edit(&mut self, settings: Settings, edit: EditRequest) {
+        let edit = Box::new(edit);
+        self.submit(settings, Task::Edit(edit.clone()), Some(edit));
+    }
+
+    /// The current settings with the seed this run uses.
+    fn next_settings(&mut self) -> Settings {
         let mut settings = self.persisted.settings.clone();
         if settings.random_seed {
             let nanos = SystemTime::now()
@@ -268,12 +349,16 @@ impl AudioLdmApp {
             settings.seed = RandomState::new().hash_one(nanos) as u32;
             self.persisted.settings.seed = settings.seed;
         }
+        settings
+    }
+
+    fn submit(&mut self, settings: Settings, task: Task, edit: Option<Box<EditRequest>>) {
         let id = self.persisted.next_id;
         self.persisted.next_id += 1;
         let job = Job {
             id,
             model: settings.model.trim().to_string(),
-            request: settings.request(),
+            task,
         };
         match self.worker.submit(job) {
             Ok(()) => {
@@ -284,6 +369,7 @@ impl AudioLdmApp {
                     denoising_started: None,
                     phase: Phase::Resolving,
                     preview: None,
+                    edit,
                 });
             }
             Err(e) => self.error(e),
@@ -303,14 +389,46 @@ impl AudioLdmApp {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        let loaded = decode_file(path).and_then(|audio| {
-            let mel = self.mel_front_end.log_mel_of(&audio)?;
-            Ok(InputClip { name, audio, mel })
-        });
-        match loaded {
-            Ok(clip) => self.input = Some(clip),
+        match decode_file(path) {
+            Ok(audio) => {
+                // Super-resolution keeps what the recording holds: up to half its rate.
+                let nyquist = audio.sample_rate as f64 / 2.0;
+                if CUTOFF_RANGE.contains(&nyquist) {
+                    self.persisted.settings.cutoff_hz = nyquist;
+                }
+                self.set_input(name, audio);
+            }
             Err(e) => self.error(format!("cannot load the dropped file: {e}")),
         }
+    }
+
+    fn set_input(&mut self, name: String, audio: Audio) {
+        match self.mel_front_end.log_mel_of(&audio) {
+            Ok(mel) => {
+                self.input = Some(InputClip {
+                    name,
+                    audio,
+                    mel,
+                    ranges: Vec::new(),
+                })
+            }
+            Err(e) => self.error(format!("cannot load the clip: {e}")),
+        }
+    }
+
+    /// Makes history entry `id` the input clip, so that edits chain.
+    pub fn use_as_input(&mut self, id: u64) {
+        let Some(audio) = self.clip(id).map(|c| c.audio.clone()) else {
+            return;
+        };
+        let prompt = self
+            .persisted
+            .history
+            .iter()
+            .find(|e| e.id == id)
+            .map(|e| e.settings.prompt.clone())
+            .unwrap_or_default();
+        self.set_input(format!("clip {id}: {prompt}"), audio);
     }
 
     fn handle_reports(&mut self) {
@@ -347,8 +465,14 @@ impl AudioLdmApp {
     }
 
     fn finish(&mut self, output: crate::pipeline::Output) {
-        let Some(run) = self.run.take() else { return };
+        let Some(mut run) = self.run.take() else {
+            return;
+        };
         let wav = self.data_dir.join(format!("clip-{}.wav", run.id));
+        let description = match &run.edit {
+            Some(edit) => edit.describe(&run.settings.model),
+            None => run.settings.describe(),
+        };
         let saved = std::fs::create_dir_all(&self.data_dir)
             .map_err(|source| crate::Error::Io {
                 path: self.data_dir.clone(),
@@ -360,7 +484,7 @@ impl AudioLdmApp {
                     &output.audio.samples,
                     output.audio.sample_rate,
                     WavFormat::Float32,
-                    Some(&run.settings.describe()),
+                    Some(&description),
                 )
             });
         if let Err(e) = saved {
@@ -368,6 +492,30 @@ impl AudioLdmApp {
                 "the clip could not be kept on disk, it lasts until the app closes: {e}"
             ));
         }
+        let edit = run.edit.take().map(|edit| {
+            let source_wav = self.data_dir.join(format!("source-{}.wav", run.id));
+            let kept = write_wav(
+                &source_wav,
+                &edit.source.samples,
+                edit.source.sample_rate,
+                WavFormat::Float32,
+                None,
+            );
+            if let Err(e) = kept {
+                self.error(format!(
+                    "the source clip could not be kept on disk, so the edit cannot be repeated \
+                     after the app closes: {e}"
+                ));
+            }
+            EditRecord {
+                mode: edit.mode,
+                source_name: edit.source_name,
+                source_wav,
+                description,
+            }
+        });
+        // An edit's length comes from its clip.
+        run.settings.duration_s = output.audio.duration_s();
         let created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -380,6 +528,7 @@ impl AudioLdmApp {
                 wav,
                 created,
                 took_s: run.started.elapsed().as_secs_f64(),
+                edit,
             },
         );
         self.clips.insert(
@@ -445,20 +594,49 @@ impl AudioLdmApp {
         else {
             return;
         };
-        let described = entry.settings.describe();
+        let described = match &entry.edit {
+            Some(edit) => edit.description.clone(),
+            None => entry.settings.describe(),
+        };
         match write_wav(&path, &samples, rate, WavFormat::Pcm16, Some(&described)) {
             Ok(()) => self.info(format!("Saved {}", path.display())),
             Err(e) => self.error(format!("cannot save the clip: {e}")),
         }
     }
 
+    /// Repeats history entry `id` with the same settings (and source clip, for an edit).
     fn regenerate(&mut self, id: u64) {
-        if let Some(entry) = self.persisted.history.iter().find(|e| e.id == id) {
-            self.persisted.settings = Settings {
-                random_seed: false,
-                ..entry.settings.clone()
-            };
+        let Some(entry) = self.persisted.history.iter().find(|e| e.id == id).cloned() else {
+            return;
+        };
+        let settings = Settings {
+            random_seed: false,
+            // An edit keeps the panel's own duration; the clip sets the edit's.
+            duration_s: match entry.edit {
+                Some(_) => self.persisted.settings.duration_s,
+                None => entry.settings.duration_s,
+            },
+            ..entry.settings.clone()
+        };
+        self.persisted.settings = settings.clone();
+        let Some(record) = entry.edit else {
             self.generate();
+            return;
+        };
+        match read_wav(&record.source_wav) {
+            Ok((samples, sample_rate)) => {
+                let edit = EditRequest {
+                    request: settings.edit_request(),
+                    source: Audio {
+                        sample_rate,
+                        samples,
+                    },
+                    source_name: record.source_name,
+                    mode: record.mode,
+                };
+                self.submit_edit(settings, edit);
+            }
+            Err(e) => self.error(format!("cannot repeat the edit: its source clip is gone: {e}")),
         }
     }
 
@@ -603,6 +781,9 @@ impl AudioLdmApp {
                     } else {
                         format!(" · not: {}", s.negative)
                     };
+                    if let Some(edit) = &entry.edit {
+                        ui.label(RichText::new(edit.summary()).small());
+                    }
                     ui.label(
                         RichText::new(format!(
                             "{:.2} s · {} steps · guidance {:.1} · seed {}{negative}\n{} · took {:.1} s",
@@ -628,6 +809,9 @@ impl AudioLdmApp {
                         {
                             action = Some(HistoryAction::Regenerate(entry.id));
                         }
+                        if ui.button("Use as input").clicked() {
+                            action = Some(HistoryAction::UseAsInput(entry.id));
+                        }
                         if ui.button("Remove").clicked() {
                             action = Some(HistoryAction::Remove(entry.id));
                         }
@@ -644,6 +828,7 @@ impl AudioLdmApp {
             Some(HistoryAction::Stop) => self.player.stop(),
             Some(HistoryAction::Save(id)) => self.save_as(id),
             Some(HistoryAction::Regenerate(id)) => self.regenerate(id),
+            Some(HistoryAction::UseAsInput(id)) => self.use_as_input(id),
             Some(HistoryAction::Remove(id)) => {
                 self.persisted.history.retain(|e| e.id != id);
                 self.clips.remove(&id);
@@ -658,7 +843,15 @@ impl AudioLdmApp {
     fn main_view_ui(&mut self, ui: &mut egui::Ui) {
         let playing = self.player.playing();
         if let Some(run) = &self.run {
-            ui.heading(format!("Generating: {}", run.settings.prompt));
+            ui.heading(match &run.edit {
+                Some(edit) => format!(
+                    "Editing {} ({}): {}",
+                    edit.source_name,
+                    edit.mode.name(),
+                    run.settings.prompt
+                ),
+                None => format!("Generating: {}", run.settings.prompt),
+            });
             match &run.preview {
                 Some(preview) => {
                     let key = format!("preview {} {:?}", run.id, run.phase);
@@ -752,20 +945,106 @@ impl AudioLdmApp {
                 play = ui.button("Play input").clicked();
             }
             clear = ui.button("Clear input").clicked();
-            ui.add_enabled(false, egui::Button::new("Style transfer"))
-                .on_disabled_hover_text(
-                    "Text-guided style transfer of this clip comes in a later version.",
-                );
         });
         spectrogram::waveform(ui, &input.audio.samples, 60.0);
+        let settings = &mut self.persisted.settings;
+        let kind = settings.edit;
+        let overlay = Overlay {
+            ranges: if kind == EditKind::Inpaint {
+                &input.ranges
+            } else {
+                &[]
+            },
+            cutoff_hz: (kind == EditKind::SuperResolution).then_some(settings.cutoff_hz),
+            select_ranges: kind == EditKind::Inpaint,
+            label: Some("Input spectrogram"),
+        };
         let key = format!("input {}", input.name);
-        let seek = self
-            .input_spectrogram
-            .show(ui, &key, &input.mel, 160.0, cursor);
+        let interaction =
+            self.input_spectrogram
+                .show_with(ui, &key, &input.mel, 160.0, cursor, &overlay);
+
+        ui.add_space(6.0);
+        ui.horizontal_wrapped(|ui| {
+            ui.label("Edit:");
+            for kind in EditKind::ALL {
+                ui.selectable_value(&mut settings.edit, kind, kind.label());
+            }
+        });
+        let mut remove_range = None;
+        match settings.edit {
+            EditKind::StyleTransfer => {
+                ui.add(egui::Slider::new(&mut settings.strength, STRENGTH_RANGE).text("Strength"));
+                ui.label(
+                    RichText::new(
+                        "How much of the clip is noised away and redrawn: low keeps its shape, 1 \
+                         keeps nothing.",
+                    )
+                    .small()
+                    .weak(),
+                );
+            }
+            EditKind::Inpaint => {
+                if input.ranges.is_empty() {
+                    ui.label(
+                        RichText::new("Drag over the spectrogram to mark ranges to regenerate.")
+                            .small()
+                            .weak(),
+                    );
+                }
+                for (i, (start, end)) in input.ranges.iter().enumerate() {
+                    ui.horizontal(|ui| {
+                        ui.label(format!("Regenerate {start:.2}-{end:.2} s"));
+                        if ui.small_button("Remove range").clicked() {
+                            remove_range = Some(i);
+                        }
+                    });
+                }
+            }
+            EditKind::SuperResolution => {
+                ui.add(
+                    egui::Slider::new(&mut settings.cutoff_hz, CUTOFF_RANGE)
+                        .text("Cutoff (Hz)")
+                        .step_by(50.0),
+                );
+                ui.label(
+                    RichText::new(format!(
+                        "Keeps the clip below the line and generates the bands above it (this \
+                         file was recorded at {} Hz).",
+                        input.audio.sample_rate
+                    ))
+                    .small()
+                    .weak(),
+                );
+            }
+            EditKind::Extend => {
+                ui.add(
+                    egui::Slider::new(&mut settings.extend_s, EXTEND_RANGE)
+                        .text("Seconds to add")
+                        .step_by(0.01),
+                );
+            }
+        }
+        let running = self.run.is_some();
+        let generate = ui
+            .add_enabled(!running, egui::Button::new("Generate edit"))
+            .on_hover_text("Runs the edit with the prompt, guidance, steps and seed on the left.")
+            .clicked();
+        if let Some(input) = &mut self.input {
+            if let Some(range) = interaction.selected {
+                input.add_range(range);
+            }
+            if let Some(i) = remove_range {
+                input.ranges.remove(i);
+            }
+        }
+        if generate {
+            self.generate_edit();
+        }
         if play {
             self.play(INPUT_CLIP_ID, 0.0);
         }
-        if let Some(t) = seek {
+        if let Some(t) = interaction.clicked {
             self.play(INPUT_CLIP_ID, t);
         }
         if stop {
@@ -820,6 +1099,7 @@ enum HistoryAction {
     Stop,
     Save(u64),
     Regenerate(u64),
+    UseAsInput(u64),
     Remove(u64),
 }
 

@@ -7,7 +7,7 @@ use eframe::egui::{
 };
 
 use crate::audio::Mel;
-use crate::audio::mel::{F_MAX, F_MIN, FRAMES_PER_SECOND, mel_band_centres};
+use crate::audio::mel::{F_MAX, F_MIN, FRAMES_PER_SECOND, hz_to_mel, mel_band_centres};
 
 /// Anchors of matplotlib's "magma" colour map, dark to light.
 const MAGMA: [[u8; 3]; 9] = [
@@ -60,6 +60,36 @@ pub fn mel_image(mel: &Mel) -> ColorImage {
 pub struct SpectrogramView {
     texture: Option<(String, TextureHandle)>,
     frames: usize,
+    /// Where a drag over the view started, in seconds.
+    drag_from: Option<f64>,
+}
+
+/// What is drawn over a spectrogram: time ranges (shaded), a cutoff frequency (a line, the
+/// bands above it shaded), and whether a drag selects a time range.
+#[derive(Clone, Debug, Default)]
+pub struct Overlay<'a> {
+    pub ranges: &'a [(f64, f64)],
+    pub cutoff_hz: Option<f64>,
+    pub select_ranges: bool,
+    /// The accessibility label of the view (tests find it by this).
+    pub label: Option<&'a str>,
+}
+
+/// What the user did on a spectrogram this frame.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Interaction {
+    /// A click, at this time in seconds (the app plays from there).
+    pub clicked: Option<f64>,
+    /// A drag that ended, over this time range in seconds (start before end).
+    pub selected: Option<(f64, f64)>,
+}
+
+/// Where `hz` sits on a view of `bins` mel bands, as a fraction of the height from the bottom
+/// (band `b` is drawn over `[b, b + 1) / bins`, its centre frequency in the middle).
+fn frequency_fraction(hz: f64, bins: usize) -> f32 {
+    let (lo, hi) = (hz_to_mel(F_MIN), hz_to_mel(F_MAX));
+    let band = (hz_to_mel(hz) - lo) / (hi - lo) * (bins + 1) as f64 - 1.0;
+    ((band + 0.5) / bins.max(1) as f64).clamp(0.0, 1.0) as f32
 }
 
 impl SpectrogramView {
@@ -78,6 +108,21 @@ impl SpectrogramView {
         height: f32,
         cursor_s: Option<f64>,
     ) -> Option<f64> {
+        self.show_with(ui, key, mel, height, cursor_s, &Overlay::default())
+            .clicked
+    }
+
+    /// [`Self::show`] with `overlay` drawn over the image, and drags reported when it selects
+    /// ranges.
+    pub fn show_with(
+        &mut self,
+        ui: &mut egui::Ui,
+        key: &str,
+        mel: &Mel,
+        height: f32,
+        cursor_s: Option<f64>,
+        overlay: &Overlay<'_>,
+    ) -> Interaction {
         if self.texture.as_ref().is_none_or(|(k, _)| k != key) {
             let texture =
                 ui.ctx()
@@ -85,8 +130,18 @@ impl SpectrogramView {
             self.texture = Some((key.to_string(), texture));
             self.frames = mel.frames;
         }
+        let sense = if overlay.select_ranges {
+            Sense::click_and_drag()
+        } else {
+            Sense::click()
+        };
         let (rect, response) =
-            ui.allocate_exact_size(Vec2::new(ui.available_width(), height), Sense::click());
+            ui.allocate_exact_size(Vec2::new(ui.available_width(), height), sense);
+        if let Some(label) = overlay.label {
+            response.widget_info(|| {
+                egui::WidgetInfo::labeled(egui::Role::Image, true, label)
+            });
+        }
         let plot = Rect::from_min_max(
             rect.min + Vec2::new(52.0, 4.0),
             rect.max - Vec2::new(6.0, 20.0),
@@ -166,6 +221,59 @@ impl SpectrogramView {
             t += step;
         }
 
+        let time_at = |p: Pos2| ((p.x - plot.left()) / plot.width()).clamp(0.0, 1.0) as f64 * seconds;
+        let mut interaction = Interaction {
+            clicked: response
+                .clicked()
+                .then(|| response.interact_pointer_pos())
+                .flatten()
+                .map(time_at),
+            selected: None,
+        };
+        let mut pending = None;
+        if overlay.select_ranges {
+            if response.drag_started() {
+                self.drag_from = response.interact_pointer_pos().map(time_at);
+            }
+            let now = response.interact_pointer_pos().map(time_at);
+            if let (Some(from), Some(to)) = (self.drag_from, now) {
+                pending = Some((from.min(to), from.max(to)));
+            }
+            if response.drag_stopped() {
+                interaction.selected = pending.take().filter(|(a, b)| b > a);
+                self.drag_from = None;
+            }
+        }
+        let shade = Color32::from_rgba_unmultiplied(80, 170, 255, 70);
+        for &(start, end) in overlay.ranges.iter().chain(pending.as_ref()) {
+            let area = Rect::from_x_y_ranges(
+                x_of(start.max(0.0))..=x_of(end.min(seconds)),
+                plot.top()..=plot.bottom(),
+            );
+            painter.rect_filled(area, 0.0, shade);
+            painter.rect_stroke(
+                area,
+                0.0,
+                Stroke::new(1.0, Color32::from_rgb(80, 170, 255)),
+                egui::StrokeKind::Inside,
+            );
+        }
+        if let Some(hz) = overlay.cutoff_hz {
+            let y = plot.bottom() - frequency_fraction(hz, mel.bins) * plot.height();
+            let above = Rect::from_x_y_ranges(plot.left()..=plot.right(), plot.top()..=y);
+            painter.rect_filled(above, 0.0, shade);
+            painter.line_segment(
+                [Pos2::new(plot.left(), y), Pos2::new(plot.right(), y)],
+                Stroke::new(2.0, Color32::from_rgb(80, 170, 255)),
+            );
+            painter.text(
+                Pos2::new(plot.right() - 4.0, y - 2.0),
+                Align2::RIGHT_BOTTOM,
+                format!("cutoff {:.0} Hz", hz),
+                font.clone(),
+                Color32::WHITE,
+            );
+        }
         if let Some(cursor) = cursor_s.filter(|c| *c <= seconds) {
             let x = x_of(cursor);
             painter.line_segment(
@@ -173,11 +281,7 @@ impl SpectrogramView {
                 Stroke::new(2.0, Color32::WHITE),
             );
         }
-        response
-            .clicked()
-            .then(|| response.interact_pointer_pos())
-            .flatten()
-            .map(|p| ((p.x - plot.left()) / plot.width()).clamp(0.0, 1.0) as f64 * seconds)
+        interaction
     }
 }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hub::DEFAULT_MODEL;
 use crate::pipeline::Request;
+use crate::pipeline::edit::Mode;
 
 /// The controls of the main window.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -22,7 +23,44 @@ pub struct Settings {
     pub random_seed: bool,
     /// A Hugging Face repo id or a local folder.
     pub model: String,
+    /// The edit "Generate edit" applies to the input clip, and its parameters.
+    pub edit: EditKind,
+    pub strength: f32,
+    pub cutoff_hz: f64,
+    pub extend_s: f64,
 }
+
+/// The audio-to-audio modes the input clip offers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EditKind {
+    #[default]
+    StyleTransfer,
+    Inpaint,
+    SuperResolution,
+    Extend,
+}
+
+impl EditKind {
+    pub const ALL: [EditKind; 4] = [
+        EditKind::StyleTransfer,
+        EditKind::Inpaint,
+        EditKind::SuperResolution,
+        EditKind::Extend,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            EditKind::StyleTransfer => "Style transfer",
+            EditKind::Inpaint => "Inpaint",
+            EditKind::SuperResolution => "Super-resolution",
+            EditKind::Extend => "Extend",
+        }
+    }
+}
+
+pub const STRENGTH_RANGE: std::ops::RangeInclusive<f32> = 0.05..=1.0;
+pub const CUTOFF_RANGE: std::ops::RangeInclusive<f64> = 500.0..=7500.0;
+pub const EXTEND_RANGE: std::ops::RangeInclusive<f64> = 0.5..=20.0;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -36,6 +74,10 @@ impl Default for Settings {
             seed: request.seed,
             random_seed: true,
             model: DEFAULT_MODEL.to_string(),
+            edit: EditKind::default(),
+            strength: 0.5,
+            cutoff_hz: 4000.0,
+            extend_s: 5.0,
         }
     }
 }
@@ -64,6 +106,48 @@ impl Settings {
     pub fn describe(&self) -> String {
         self.request().describe(&self.model, self.duration_s)
     }
+
+    /// The request of an edit: the clip sets the length.
+    pub fn edit_request(&self) -> Request {
+        Request {
+            duration_s: None,
+            ..self.request()
+        }
+    }
+}
+
+/// How a history entry was made from a source clip.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EditRecord {
+    pub mode: Mode,
+    pub source_name: String,
+    /// The source clip, kept as a 32-bit float WAV at its own rate so that the edit can be
+    /// repeated after a restart.
+    pub source_wav: PathBuf,
+    /// The settings as recorded in the clip's WAV comment.
+    pub description: String,
+}
+
+impl EditRecord {
+    /// One line for the history: the mode and its parameters.
+    pub fn summary(&self) -> String {
+        let what = match &self.mode {
+            Mode::StyleTransfer { strength } => format!("style transfer, strength {strength:.2}"),
+            Mode::Inpaint { ranges } => {
+                let ranges: Vec<String> = ranges
+                    .iter()
+                    .map(|(a, b)| format!("{a:.2}-{b:.2} s"))
+                    .collect();
+                format!("inpainting {}", ranges.join(", "))
+            }
+            Mode::SuperResolution { cutoff_hz } => match cutoff_hz {
+                Some(hz) => format!("super-resolution above {hz:.0} Hz"),
+                None => "super-resolution".into(),
+            },
+            Mode::Extend { seconds } => format!("extended by {seconds:.2} s"),
+        };
+        format!("{what} of {}", self.source_name)
+    }
 }
 
 /// One generated clip.
@@ -78,6 +162,9 @@ pub struct HistoryEntry {
     pub created: u64,
     /// Seconds the generation took.
     pub took_s: f64,
+    /// Set when the clip is an edit of another.
+    #[serde(default)]
+    pub edit: Option<EditRecord>,
 }
 
 /// Everything persisted through eframe's storage.

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use crate::gpu::Context;
 use crate::hub::{self, ResolveOptions};
 use crate::model::nn::Precision;
+use crate::pipeline::edit::EditRequest;
 use crate::pipeline::{Event, Mel, Output, Pipeline, Request};
 
 /// Dispatches per submit while the app's renderer shares the queue: on a software adapter a
@@ -22,7 +23,13 @@ pub struct Job {
     pub id: u64,
     /// A Hugging Face repo id or a local folder.
     pub model: String,
-    pub request: Request,
+    pub task: Task,
+}
+
+/// What a job makes: a clip from text, or an edit of a clip.
+pub enum Task {
+    Generate(Request),
+    Edit(Box<EditRequest>),
 }
 
 /// What the worker tells the UI about job `id`.
@@ -234,10 +241,14 @@ impl WorkerState {
             id,
             sample_rate: pipeline.sample_rate(),
         });
-        pipeline.generate(&job.request, cancel, |event| {
+        let on_event = |event| {
             if let Event::Step { i, n, preview } = event {
                 report(Report::Step { id, i, n, preview });
             }
-        })
+        };
+        match &job.task {
+            Task::Generate(request) => pipeline.generate(request, cancel, on_event),
+            Task::Edit(edit) => pipeline.edit(edit, cancel, on_event),
+        }
     }
 }

@@ -10,7 +10,7 @@ use realfft::{RealFftPlanner, RealToComplex};
 
 use super::resample::resample;
 use super::{Audio, Mel};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub const SAMPLE_RATE: u32 = 16_000;
 pub const N_FFT: usize = 1024;
@@ -28,7 +28,8 @@ pub const FRAMES_PER_SECOND: f64 = SAMPLE_RATE as f64 / HOP as f64;
 pub struct MelFrontEnd {
     fft: Arc<dyn RealToComplex<f32>>,
     window: Vec<f32>,
-    /// `[N_MELS, N_FFT / 2 + 1]`, row-major.
+    n_mels: usize,
+    /// `[n_mels, N_FFT / 2 + 1]`, row-major.
     filters: Vec<f32>,
 }
 
@@ -39,15 +40,27 @@ impl Default for MelFrontEnd {
 }
 
 impl MelFrontEnd {
+    /// AudioLDM's front end: 64 bands.
     pub fn new() -> Self {
+        Self::with_bands(N_MELS)
+    }
+
+    /// The same front end with `n_mels` bands over 0-8 kHz, for a model whose vocoder takes
+    /// another width (`model_in_dim`; every released checkpoint has 64).
+    pub fn with_bands(n_mels: usize) -> Self {
         Self {
             fft: RealFftPlanner::<f32>::new().plan_fft_forward(N_FFT),
             window: periodic_hann(N_FFT),
-            filters: slaney_mel_filters(SAMPLE_RATE as f64, N_FFT, N_MELS, F_MIN, F_MAX)
+            n_mels,
+            filters: slaney_mel_filters(SAMPLE_RATE as f64, N_FFT, n_mels, F_MIN, F_MAX)
                 .into_iter()
                 .map(|w| w as f32)
                 .collect(),
         }
+    }
+
+    pub fn bands(&self) -> usize {
+        self.n_mels
     }
 
     /// Magnitudes `[frames, N_FFT / 2 + 1]` of the centred STFT; `frames = 1 + len / HOP`.
@@ -83,11 +96,11 @@ impl MelFrontEnd {
         Ok(self.log_mel(&at_16k))
     }
 
-    /// The log-mel spectrogram of 16 kHz `samples`, `[frames, N_MELS]`.
+    /// The log-mel spectrogram of 16 kHz `samples`, `[frames, bands]`.
     pub fn log_mel(&self, samples: &[f32]) -> Mel {
         let bins = N_FFT / 2 + 1;
         let (frames, magnitudes) = self.magnitudes(samples);
-        let mut data = Vec::with_capacity(frames * N_MELS);
+        let mut data = Vec::with_capacity(frames * self.n_mels);
         for spectrum in magnitudes.chunks_exact(bins) {
             for filter in self.filters.chunks_exact(bins) {
                 let energy: f32 = filter.iter().zip(spectrum).map(|(w, m)| w * m).sum();
@@ -96,9 +109,39 @@ impl MelFrontEnd {
         }
         Mel {
             frames,
-            bins: N_MELS,
+            bins: self.n_mels,
             data,
         }
+    }
+
+    /// The original AudioLDM's `wav_to_fbank` on a 16 kHz clip (REFERENCE.md section 6.1), the
+    /// input of every audio-to-audio mode: remove the mean and scale to peak 0.5
+    /// (`normalize_wav`), zero-pad at the end to `frames * HOP` samples, scale to peak exactly 0.5
+    /// and clip to [-1, 1], take the log-mel and cut or zero-pad it to `frames`. A longer clip is
+    /// not cut before the mel (the original's pad does nothing there), so its normalisation sees
+    /// the whole clip. A silent clip is an error: its peak cannot be scaled to 0.5.
+    pub fn wav_to_fbank(&self, samples: &[f32], frames: usize) -> Result<Mel> {
+        let mean = samples.iter().map(|&v| v as f64).sum::<f64>() / samples.len().max(1) as f64;
+        let mut wav: Vec<f32> = samples.iter().map(|&v| v - mean as f32).collect();
+        let peak = wav.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        if !(peak > 0.0) || !peak.is_finite() {
+            return Err(Error::Input(
+                "the clip is silent (or holds no finite samples): there is nothing to transform"
+                    .into(),
+            ));
+        }
+        let denominator = peak + 1e-8;
+        wav.iter_mut().for_each(|v| *v = *v / denominator * 0.5);
+        if wav.len() < frames * HOP {
+            wav.resize(frames * HOP, 0.0);
+        }
+        let peak = wav.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        wav.iter_mut()
+            .for_each(|v| *v = (0.5 * *v / peak).clamp(-1.0, 1.0));
+        let mut mel = self.log_mel(&wav);
+        mel.data.resize(frames * mel.bins, 0.0);
+        mel.frames = frames;
+        Ok(mel)
     }
 }
 
@@ -160,6 +203,13 @@ pub fn mel_to_hz(mel: f64) -> f64 {
 pub fn mel_band_centres(n_mels: usize, f_min: f64, f_max: f64) -> Vec<f64> {
     let edges = mel_edges(n_mels, f_min, f_max);
     edges[1..=n_mels].to_vec()
+}
+
+/// The upper edge in Hz of each of `n_mels` bands between `f_min` and `f_max`: above it a band's
+/// triangle is zero.
+pub fn mel_band_upper_edges(n_mels: usize, f_min: f64, f_max: f64) -> Vec<f64> {
+    let edges = mel_edges(n_mels, f_min, f_max);
+    edges[2..].to_vec()
 }
 
 fn mel_edges(n_mels: usize, f_min: f64, f_max: f64) -> Vec<f64> {

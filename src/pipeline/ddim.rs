@@ -170,6 +170,13 @@ impl DdimScheduler {
         Ok(t)
     }
 
+    /// `(sqrt(ᾱ_t), sqrt(1 - ᾱ_t))`, with which diffusers' `add_noise` takes clean latents to
+    /// the noise level of `timestep`; `None` past the end of the training schedule.
+    pub fn noise_scales(&self, timestep: usize) -> Option<(f32, f32)> {
+        let alpha = *self.alphas_cumprod.get(timestep)?;
+        Some((alpha.sqrt(), (1.0 - alpha).sqrt()))
+    }
+
     /// The scalars of the step at `timestep` when running `steps` steps with `eta`.
     pub fn step(&self, timestep: usize, steps: usize, eta: f32) -> DdimStep {
         let n = self.config.num_train_timesteps;

@@ -3,6 +3,7 @@
 //! app both call [`Pipeline::generate`] (or [`run`], which loads first).
 
 pub mod ddim;
+pub mod edit;
 pub mod noise;
 
 use std::path::{Path, PathBuf};
@@ -88,6 +89,51 @@ pub struct Output {
     /// Text embeddings `[rows, dim]` in diffusers' order: negative first when guidance is on.
     pub text_embeds: Vec<f32>,
     pub text_embeds_shape: [usize; 2],
+    /// Edits: the source clip's latents (posterior sample times the scaling factor)
+    /// `[1, C, clip frames, width]`; empty for text-to-audio.
+    pub source_latents: Vec<f32>,
+    pub source_latent_shape: [usize; 4],
+    /// Masked edits: `[frames, width]` over the result's latents, 1 on kept cells.
+    pub mask: Option<Vec<f32>>,
+}
+
+/// What the shared denoising loop runs: its start, the timesteps it visits (a tail of the
+/// schedule for style transfer), and the region it holds to known latents.
+struct Plan<'a> {
+    shape: [usize; 4],
+    initial: Vec<f32>,
+    timesteps: &'a [usize],
+    known: Option<Known>,
+}
+
+/// Latents held by a mask: before every step the kept cells are set to the known latents noised
+/// to that step's level, and after the last step to the known latents themselves.
+struct Known {
+    /// `[1, C, frames, width]`.
+    latents: Vec<f32>,
+    /// `[frames, width]`, 1 on kept cells, broadcast over channels.
+    mask: Vec<f32>,
+    /// The seed of the per-step forward noise.
+    seed: u32,
+}
+
+impl Known {
+    /// Sets every kept cell `k` of `x` to `value(k, known[k])`.
+    fn impose(&self, x: &mut [f32], value: impl Fn(usize, f32) -> f32) {
+        let cells = self.mask.len();
+        for (k, v) in x.iter_mut().enumerate() {
+            if self.mask[k % cells] != 0.0 {
+                *v = value(k, self.latents[k]);
+            }
+        }
+    }
+
+    /// `mask * known + (1 - mask) * x`.
+    fn hold(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = x.to_vec();
+        self.impose(&mut out, |_, z0| z0);
+        out
+    }
 }
 
 /// Progress of [`run`] and [`Pipeline::generate`].
@@ -325,25 +371,9 @@ impl Pipeline {
             .duration_s
             .unwrap_or_else(|| self.default_duration_s());
         let lengths = self.lengths(duration)?;
-        if !request.guidance_scale.is_finite() {
-            return Err(Error::Input(
-                "the guidance scale must be a finite number".into(),
-            ));
-        }
-        if !(0.0..=1.0).contains(&request.eta) {
-            return Err(Error::Input(format!(
-                "eta must be between 0 and 1, got {}",
-                request.eta
-            )));
-        }
+        self.check_request(request)?;
         let timesteps = self.scheduler.timesteps(request.steps)?;
-        let guided = request.guidance_scale > 1.0;
-        let shape = [
-            1,
-            self.unet.config.in_channels,
-            lengths.latent_frames,
-            lengths.latent_width,
-        ];
+        let shape = self.latent_shape(&lengths);
         let count: usize = shape.iter().product();
         let initial = match &request.init_latents {
             Some(latents) if latents.len() == count => latents.clone(),
@@ -356,7 +386,61 @@ impl Pipeline {
             // DDIM's init_noise_sigma is 1.
             None => noise::standard_normal(request.seed, count),
         };
+        let plan = Plan {
+            shape,
+            initial,
+            timesteps: &timesteps,
+            known: None,
+        };
+        let (latents, embeds, dim) = self.denoise(request, plan, cancel, &mut on_event)?;
+        self.finish(latents, shape, lengths, embeds, dim)
+    }
 
+    /// The checks of a request's numbers that do not depend on its length.
+    fn check_request(&self, request: &Request) -> Result<()> {
+        if !request.guidance_scale.is_finite() {
+            return Err(Error::Input(
+                "the guidance scale must be a finite number".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&request.eta) {
+            return Err(Error::Input(format!(
+                "eta must be between 0 and 1, got {}",
+                request.eta
+            )));
+        }
+        Ok(())
+    }
+
+    /// `[1, C, frames, width]` of the UNet's latents for `lengths`.
+    fn latent_shape(&self, lengths: &Lengths) -> [usize; 4] {
+        [
+            1,
+            self.unet.config.in_channels,
+            lengths.latent_frames,
+            lengths.latent_width,
+        ]
+    }
+
+    /// The denoising loop every mode shares: guided DDIM from `plan.initial` over
+    /// `plan.timesteps`, holding `plan.known` where it has one. Returns the final latents and
+    /// the text embeddings `[rows, dim]`.
+    fn denoise(
+        &self,
+        request: &Request,
+        plan: Plan<'_>,
+        cancel: &AtomicBool,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<(Vec<f32>, Vec<f32>, usize)> {
+        let Plan {
+            shape,
+            initial,
+            timesteps,
+            known,
+        } = plan;
+        let count: usize = shape.iter().product();
+        let guided = request.guidance_scale > 1.0;
+        let scale = self.vae_scale_factor();
         let (embeds, dim) =
             self.encode_text(&request.prompt, request.negative_prompt.as_deref(), guided)?;
         if cancel.load(Ordering::Relaxed) {
@@ -383,12 +467,32 @@ impl Pipeline {
         step.exe
             .set_max_dispatches_per_submit(self.dispatches_per_submit());
         let mut rng = noise::LegacyNormal::new(request.seed.wrapping_add(1));
+        let mut known_rng = known.as_ref().map(|k| noise::LegacyNormal::new(k.seed));
         let n = timesteps.len();
+        if let Some(known) = &known {
+            on_event(Event::Step {
+                i: 0,
+                n,
+                preview: preview_mel(&known.hold(&initial), shape, scale),
+            });
+        }
+        let mut x = initial;
         for (i, &t) in timesteps.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
             let s = self.scheduler.step(t, request.steps, request.eta);
+            if let (Some(known), Some(known_rng)) = (&known, &mut known_rng) {
+                // The known region at this step's noise level, over the current latents.
+                if i > 0 {
+                    x = step.latents.to_vec_f32(&self.ctx)?;
+                }
+                let e = known_rng.sample(count);
+                known.impose(&mut x, |k, z0| {
+                    s.sqrt_alpha * z0 + s.sqrt_one_minus_alpha * e[k]
+                });
+                step.latents.write_f32(&self.ctx, &x)?;
+            }
             step.exe.set_scalar(step.timestep, t as f32);
             step.exe.set_scalar(step.x0_scale, 1.0 / s.sqrt_alpha);
             step.exe
@@ -402,16 +506,35 @@ impl Pipeline {
             step.exe.run()?;
             let clean = step.exe.read(step.clean)?;
             check_finite(&format!("denoising step {} of {n}", i + 1), &clean)?;
+            let clean = match &known {
+                Some(known) => known.hold(&clean),
+                None => clean,
+            };
             on_event(Event::Step {
                 i: i + 1,
                 n,
-                preview: preview_mel(&clean, shape, self.vae_scale_factor()),
+                preview: preview_mel(&clean, shape, scale),
             });
         }
-        let latents = step.latents.to_vec_f32(&self.ctx)?;
+        let mut latents = step.latents.to_vec_f32(&self.ctx)?;
         drop(cache);
+        if let Some(known) = &known {
+            // diffusers' inpainting convention: the kept cells end as the clip's own latents.
+            latents = known.hold(&latents);
+        }
         check_finite("the denoising loop", &latents)?;
+        Ok((latents, embeds, dim))
+    }
 
+    /// Decodes final latents and trims the waveform to `lengths.samples`.
+    fn finish(
+        &self,
+        latents: Vec<f32>,
+        shape: [usize; 4],
+        lengths: Lengths,
+        embeds: Vec<f32>,
+        dim: usize,
+    ) -> Result<Output> {
         let (mel, waveform) = self.decode(&latents, shape)?;
         let samples = waveform[..lengths.samples.min(waveform.len())].to_vec();
         Ok(Output {
@@ -424,6 +547,7 @@ impl Pipeline {
             latent_shape: shape,
             text_embeds_shape: [embeds.len() / dim, dim],
             text_embeds: embeds,
+            ..Output::default()
         })
     }
 
