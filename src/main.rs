@@ -221,9 +221,7 @@ fn run(cli: Cli) -> audioldm::Result<()> {
             request.init_latents = init.as_ref().map(|(_, latents)| latents.clone());
             produce(&options, |pipeline, cancel, on_event| {
                 request.duration_s = match (&init, duration) {
-                    (Some((frames, _)), None) => {
-                        Some(pipeline.duration_for_latent_frames(*frames))
-                    }
+                    (Some((frames, _)), None) => Some(pipeline.duration_for_latent_frames(*frames)),
                     (_, d) => d,
                 };
                 let output = pipeline.generate(&request, cancel, on_event)?;

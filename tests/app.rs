@@ -465,7 +465,9 @@ fn style_transfer_and_inpainting_through_the_widgets() {
     set_up_tiny_run(&mut harness, 2.0);
     harness.get_by_label("Prompt").focus();
     harness.run();
-    harness.get_by_label("Prompt").type_text("rain on a tin roof");
+    harness
+        .get_by_label("Prompt")
+        .type_text("rain on a tin roof");
     harness.get_by_label("Random seed").click();
     harness.run();
     harness.input_mut().dropped_files.push(dropped(&chirp()));
@@ -481,11 +483,14 @@ fn style_transfer_and_inpainting_through_the_widgets() {
     slider(&harness, "Strength").set_value_accesskit(1.0);
     harness.run();
     harness.get_by_label("Generate edit").click();
-    harness.run();
+    harness.step();
     assert!(harness.state().is_running());
-    step_until(&mut harness, Duration::from_secs(120), "the style transfer", |app| {
-        !app.is_running()
-    });
+    step_until(
+        &mut harness,
+        Duration::from_secs(120),
+        "the style transfer",
+        |app| !app.is_running(),
+    );
     let app = harness.state();
     assert!(app.messages().is_empty(), "{:?}", app.messages());
     assert_eq!(app.history().len(), 1);
@@ -495,7 +500,11 @@ fn style_transfer_and_inpainting_through_the_widgets() {
     assert_eq!(record.source_name, "chirp-16k.wav");
     assert_eq!(entry.settings.prompt, "rain on a tin roof");
     let (samples, rate) = audioldm::audio::wav::read_wav(&entry.wav).expect("the clip's WAV");
-    assert_eq!((samples.len(), rate), (8000, 16_000), "the clip's own length");
+    assert_eq!(
+        (samples.len(), rate),
+        (8000, 16_000),
+        "the clip's own length"
+    );
     assert!(record.source_wav.is_file());
 
     // Inpainting: pick the mode, drag a range on the clip's spectrogram, generate.
@@ -506,13 +515,19 @@ fn style_transfer_and_inpainting_through_the_widgets() {
     assert_eq!(ranges.len(), 1, "{ranges:?}");
     let (start, end) = ranges[0];
     // The view spans the clip's 51 mel frames (0.51 s).
-    assert!((start - 0.102).abs() < 0.02 && (end - 0.204).abs() < 0.02, "{ranges:?}");
+    assert!(
+        (start - 0.102).abs() < 0.02 && (end - 0.204).abs() < 0.02,
+        "{ranges:?}"
+    );
     let _ = harness.get_by_label(&format!("Regenerate {start:.2}-{end:.2} s"));
     harness.get_by_label("Generate edit").click();
-    harness.run();
-    step_until(&mut harness, Duration::from_secs(120), "the inpainting", |app| {
-        !app.is_running()
-    });
+    harness.step();
+    step_until(
+        &mut harness,
+        Duration::from_secs(120),
+        "the inpainting",
+        |app| !app.is_running(),
+    );
     let app = harness.state();
     assert!(app.messages().is_empty(), "{:?}", app.messages());
     assert_eq!(app.history().len(), 2);
@@ -524,15 +539,25 @@ fn style_transfer_and_inpainting_through_the_widgets() {
     let _ = harness.get_by_label(&inpainted.edit.as_ref().unwrap().summary());
 
     // Regenerate repeats the edit exactly.
-    harness.get_all_by_label("Regenerate").next().unwrap().click();
-    harness.run();
-    step_until(&mut harness, Duration::from_secs(120), "the repeated edit", |app| {
-        !app.is_running()
-    });
+    harness
+        .get_all_by_label("Regenerate")
+        .next()
+        .unwrap()
+        .click();
+    harness.step();
+    step_until(
+        &mut harness,
+        Duration::from_secs(120),
+        "the repeated edit",
+        |app| !app.is_running(),
+    );
     let app = harness.state();
     assert_eq!(app.history().len(), 3);
     let again = &app.history()[0];
-    assert_eq!(again.edit.as_ref().map(|e| &e.mode), inpainted.edit.as_ref().map(|e| &e.mode));
+    assert_eq!(
+        again.edit.as_ref().map(|e| &e.mode),
+        inpainted.edit.as_ref().map(|e| &e.mode)
+    );
     assert_eq!(
         audioldm::audio::wav::read_wav(&again.wav).unwrap(),
         audioldm::audio::wav::read_wav(&inpainted.wav).unwrap()
@@ -544,10 +569,13 @@ fn style_transfer_and_inpainting_through_the_widgets() {
         .set_text_value_accesskit(&dir.join("no-such-model").display().to_string());
     harness.run();
     harness.get_by_label("Generate edit").click();
-    harness.run();
-    step_until(&mut harness, Duration::from_secs(60), "the failed edit", |app| {
-        !app.is_running()
-    });
+    harness.step();
+    step_until(
+        &mut harness,
+        Duration::from_secs(60),
+        "the failed edit",
+        |app| !app.is_running(),
+    );
     let app = harness.state();
     assert!(
         app.messages()
@@ -562,9 +590,16 @@ fn style_transfer_and_inpainting_through_the_widgets() {
     assert_eq!(input.ranges.len(), 1);
 
     // "Use as input" makes a result the next edit's clip.
-    harness.get_all_by_label("Use as input").next().unwrap().click();
+    harness
+        .get_all_by_label("Use as input")
+        .next()
+        .unwrap()
+        .click();
     harness.run();
-    let input = harness.state().input_clip().expect("the clip from the history");
+    let input = harness
+        .state()
+        .input_clip()
+        .expect("the clip from the history");
     assert!(input.name.starts_with("clip "), "{}", input.name);
     assert!(input.ranges.is_empty());
     assert_eq!(input.audio.samples.len(), 8000);

@@ -12,7 +12,9 @@ fn fixtures() -> PathBuf {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli").join(name);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("cli")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
@@ -46,7 +48,13 @@ fn every_edit_command_writes_its_clip_with_its_settings() {
     let chirp16 = fixtures().join("clips/chirp-16k.wav");
     let chirp8 = fixtures().join("clips/chirp-8k.wav");
     let cases: [(&str, &Path, &[&str], &str, usize); 4] = [
-        ("transfer", &chirp16, &["--strength", "0.5"], "style transfer", 8000),
+        (
+            "transfer",
+            &chirp16,
+            &["--strength", "0.5"],
+            "style transfer",
+            8000,
+        ),
         (
             "inpaint",
             &chirp16,
@@ -55,7 +63,13 @@ fn every_edit_command_writes_its_clip_with_its_settings() {
             8000,
         ),
         ("superres", &chirp8, &[], "super-resolution", 8000),
-        ("extend", &chirp16, &["--seconds", "0.3"], "continuation", 12_800),
+        (
+            "extend",
+            &chirp16,
+            &["--seconds", "0.3"],
+            "continuation",
+            12_800,
+        ),
     ];
     for (command, input, extra, mode, samples) in cases {
         let out = dir.join(format!("{command}.wav"));
@@ -89,8 +103,16 @@ fn every_edit_command_writes_its_clip_with_its_settings() {
         );
         assert_eq!(settings["seed"], 3);
         let dumped = Checkpoint::open(&dump.join("outputs.safetensors")).expect("the dump");
-        for name in ["text_embeds", "source_latents", "latents", "mel", "waveform"] {
-            dumped.f32_any(name).unwrap_or_else(|e| panic!("{command}: {e}"));
+        for name in [
+            "text_embeds",
+            "source_latents",
+            "latents",
+            "mel",
+            "waveform",
+        ] {
+            dumped
+                .f32_any(name)
+                .unwrap_or_else(|e| panic!("{command}: {e}"));
         }
         let mask = dumped.f32_any("mask");
         if command == "transfer" {
@@ -130,11 +152,27 @@ fn bad_input_fails_before_the_model_is_loaded() {
         "-o",
         path(&out),
     ]);
-    assert!(stderr(&output).contains("missing.wav"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("missing.wav"),
+        "{}",
+        stderr(&output)
+    );
     let unwritable = dir.join("no-such-folder").join("out.wav");
-    let output = run(&["extend", path(&chirp16), "x", "--seconds", "1", "-o", path(&unwritable)]);
+    let output = run(&[
+        "extend",
+        path(&chirp16),
+        "x",
+        "--seconds",
+        "1",
+        "-o",
+        path(&unwritable),
+    ]);
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("no-such-folder"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no-such-folder"),
+        "{}",
+        stderr(&output)
+    );
     let output = run(&["inpaint", path(&chirp16), "x", "--range", "0.2-0.3"]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("START:END"), "{}", stderr(&output));

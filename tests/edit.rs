@@ -132,18 +132,45 @@ fn our_resampler_agrees_with_the_reference_resampler() {
     // Two different band-limited interpolators (rubato's FFT resampler and scipy's polyphase
     // filter) on a chirp reaching 3.5 kHz of a 4 kHz band: close, not equal. Parity runs on the
     // reference's samples; this bounds what the resampler changes.
-    let err = max_rel_err(&ours, &f64s(&theirs));
-    println!("8 -> 16 kHz, rubato vs scipy resample_poly: max rel err {err:.3e}");
-    assert!(err < 0.05, "{err}");
+    let interior = 64..ours.len() - 64;
+    let err = max_rel_err(&ours[interior.clone()], &f64s(&theirs[interior.clone()]));
+    // What the model sees: the log-mel of each.
+    let front_end = MelFrontEnd::with_bands(BANDS);
+    let mel_ours = front_end.wav_to_fbank(&ours, 52).unwrap();
+    let mel_theirs = golden("superres_eta0_fbank");
+    // Per band: the mean |difference| of the log-mels, and each one's mean level.
+    let upper = audioldm::audio::mel::mel_band_upper_edges(BANDS, 0.0, 8000.0);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (mut worst_below, mut leak) = (0.0f64, f64::NEG_INFINITY);
+    for (band, &top) in upper.iter().enumerate() {
+        let column = |m: &[f32]| -> Vec<f64> {
+            m.iter()
+                .skip(band)
+                .step_by(BANDS)
+                .map(|&v| v as f64)
+                .collect()
+        };
+        let (a, b) = (column(&mel_ours.data), column(&mel_theirs));
+        let diff: Vec<f64> = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).collect();
+        if top <= 3500.0 {
+            worst_below = worst_below.max(mean(&diff));
+        } else if top >= 5000.0 {
+            // Above the 8 kHz file's band there is only what a resampler leaks (images).
+            leak = leak.max(mean(&a) - mean(&b));
+        }
+    }
+    println!(
+        "8 -> 16 kHz, rubato vs scipy resample_poly: max rel err {err:.3e} (64 samples from the \
+         ends); log-mel below 3.5 kHz: mean abs diff per band <= {worst_below:.3e}; above 5 kHz \
+         ours minus theirs <= {leak:.2} (negative: rubato leaks less)"
+    );
+    assert!(worst_below < 0.02, "{worst_below}");
+    assert!(leak < 0.0, "{leak}");
+    assert!(err < 0.06, "{err}");
 }
 
 /// Runs one reference case and compares every output with `goldens` (`{name}_eta{eta}_*`).
-fn check_case(
-    p: &Pipeline,
-    goldens: &Checkpoint,
-    request: EditRequest,
-    name: &str,
-) -> Output {
+fn check_case(p: &Pipeline, goldens: &Checkpoint, request: EditRequest, name: &str) -> Output {
     let eta = request.request.eta;
     let label = format!("{name} eta {eta}");
     let prefix = format!("{name}_eta{eta}_");
@@ -340,7 +367,10 @@ fn bad_clips_and_parameters_are_clear_errors() {
         samples: vec![0.1; 8000 * 61],
     };
     let err = edit_error(&p, &edit(long, transfer.clone(), 0.0));
-    assert!(err.contains("61.00 s") && err.contains("at most 60"), "{err}");
+    assert!(
+        err.contains("61.00 s") && err.contains("at most 60"),
+        "{err}"
+    );
     let short = Audio {
         sample_rate: 16_000,
         samples: vec![0.1; 300],
@@ -355,10 +385,7 @@ fn bad_clips_and_parameters_are_clear_errors() {
         (f32::NAN, "above 0"),
         (0.1, "no denoising step"),
     ] {
-        let err = edit_error(
-            &p,
-            &edit(clip16(), Mode::StyleTransfer { strength }, 0.0),
-        );
+        let err = edit_error(&p, &edit(clip16(), Mode::StyleTransfer { strength }, 0.0));
         assert!(err.contains(words), "strength {strength}: {err}");
     }
 
@@ -394,11 +421,7 @@ fn bad_clips_and_parameters_are_clear_errors() {
     ] {
         let err = edit_error(
             &p,
-            &edit(
-                clip16(),
-                Mode::SuperResolution { cutoff_hz: cutoff },
-                0.0,
-            ),
+            &edit(clip16(), Mode::SuperResolution { cutoff_hz: cutoff }, 0.0),
         );
         assert!(err.contains(words), "{cutoff:?}: {err}");
     }

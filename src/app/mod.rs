@@ -32,8 +32,8 @@ use crate::pipeline::edit::{EditRequest, Mode};
 
 use spectrogram::{Overlay, SpectrogramView};
 use state::{
-    CUTOFF_RANGE, DURATION_RANGE, EXTEND_RANGE, EditKind, EditRecord, GUIDANCE_RANGE,
-    HistoryEntry, Persisted, STEPS_RANGE, STRENGTH_RANGE, Settings,
+    CUTOFF_RANGE, DURATION_RANGE, EXTEND_RANGE, EditKind, EditRecord, GUIDANCE_RANGE, HistoryEntry,
+    Persisted, STEPS_RANGE, STRENGTH_RANGE, Settings,
 };
 use worker::{Job, Report, Task, Worker};
 
@@ -636,7 +636,9 @@ impl AudioLdmApp {
                 };
                 self.submit_edit(settings, edit);
             }
-            Err(e) => self.error(format!("cannot repeat the edit: its source clip is gone: {e}")),
+            Err(e) => self.error(format!(
+                "cannot repeat the edit: its source clip is gone: {e}"
+            )),
         }
     }
 
@@ -960,9 +962,9 @@ impl AudioLdmApp {
             label: Some("Input spectrogram"),
         };
         let key = format!("input {}", input.name);
-        let interaction =
-            self.input_spectrogram
-                .show_with(ui, &key, &input.mel, 160.0, cursor, &overlay);
+        let interaction = self
+            .input_spectrogram
+            .show_with(ui, &key, &input.mel, 160.0, cursor, &overlay);
 
         ui.add_space(6.0);
         ui.horizontal_wrapped(|ui| {

@@ -138,9 +138,7 @@ impl SpectrogramView {
         let (rect, response) =
             ui.allocate_exact_size(Vec2::new(ui.available_width(), height), sense);
         if let Some(label) = overlay.label {
-            response.widget_info(|| {
-                egui::WidgetInfo::labeled(egui::Role::Image, true, label)
-            });
+            response.widget_info(|| egui::WidgetInfo::labeled(egui::Role::Image, true, label));
         }
         let plot = Rect::from_min_max(
             rect.min + Vec2::new(52.0, 4.0),
@@ -221,7 +219,8 @@ impl SpectrogramView {
             t += step;
         }
 
-        let time_at = |p: Pos2| ((p.x - plot.left()) / plot.width()).clamp(0.0, 1.0) as f64 * seconds;
+        let time_at =
+            |p: Pos2| ((p.x - plot.left()) / plot.width()).clamp(0.0, 1.0) as f64 * seconds;
         let mut interaction = Interaction {
             clicked: response
                 .clicked()
@@ -233,7 +232,9 @@ impl SpectrogramView {
         let mut pending = None;
         if overlay.select_ranges {
             if response.drag_started() {
-                self.drag_from = response.interact_pointer_pos().map(time_at);
+                // Where the button went down: the drag is only recognised some points later.
+                let origin = ui.input(|i| i.pointer.press_origin());
+                self.drag_from = origin.or(response.interact_pointer_pos()).map(time_at);
             }
             let now = response.interact_pointer_pos().map(time_at);
             if let (Some(from), Some(to)) = (self.drag_from, now) {

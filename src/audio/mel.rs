@@ -124,7 +124,7 @@ impl MelFrontEnd {
         let mean = samples.iter().map(|&v| v as f64).sum::<f64>() / samples.len().max(1) as f64;
         let mut wav: Vec<f32> = samples.iter().map(|&v| v - mean as f32).collect();
         let peak = wav.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        if !(peak > 0.0) || !peak.is_finite() {
+        if peak == 0.0 || !peak.is_finite() {
             return Err(Error::Input(
                 "the clip is silent (or holds no finite samples): there is nothing to transform"
                     .into(),

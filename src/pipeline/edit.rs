@@ -290,12 +290,7 @@ impl Pipeline {
 
     /// The VAE posterior sample of the clip's log-mel, times the scaling factor (REFERENCE.md
     /// section 6.2 step 3, its clip of outliers included), with the noise of `seed + 2`.
-    fn encode_source(
-        &self,
-        mel: &super::Mel,
-        shape: [usize; 4],
-        seed: u32,
-    ) -> Result<Vec<f32>> {
+    fn encode_source(&self, mel: &super::Mel, shape: [usize; 4], seed: u32) -> Result<Vec<f32>> {
         let ctx = &self.ctx;
         let input = Tensor::from_f32(ctx, [1, 1, mel.frames, mel.bins], DType::F32, &mel.data)?;
         let mut g = Graph::new(ctx);
