@@ -47,6 +47,9 @@ enum Command {
         /// Store weights as f16 on the GPU.
         #[arg(long)]
         f16: bool,
+        /// Open with this audio file as the input clip, ready to edit.
+        #[arg(long)]
+        input: Option<PathBuf>,
     },
     /// Generate a clip from a text prompt.
     Generate {
@@ -200,11 +203,13 @@ fn run(cli: Cli) -> audioldm::Result<()> {
     let command = cli.command.unwrap_or(Command::App {
         model: None,
         f16: false,
+        input: None,
     });
     match command {
-        Command::App { model, f16 } => {
+        Command::App { model, f16, input } => {
             let options = audioldm::app::AppOptions {
                 model,
+                input,
                 precision: Precision::weights_f16(f16),
                 ..Default::default()
             };

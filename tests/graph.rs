@@ -125,6 +125,17 @@ fn planned_graph_equals_op_by_op_run() {
     let got_sliced = run_planned(&mut sliced, out_sliced);
     assert_eq!(got_sliced, got);
     assert_eq!(sliced.stats().submits, ops.div_ceil(3));
+
+    // A stop flag is checked before every submit.
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    assert!(
+        !sliced.run_unless(&stop).unwrap(),
+        "stopped before the first slice"
+    );
+    assert_eq!(sliced.stats().submits, ops.div_ceil(3));
+    stop.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(sliced.run_unless(&stop).unwrap());
+    assert_eq!(sliced.stats().submits, 2 * ops.div_ceil(3));
 }
 
 #[test]

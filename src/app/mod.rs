@@ -47,6 +47,8 @@ pub struct AppOptions {
     pub data_dir: Option<PathBuf>,
     /// Start with this model instead of the one used last.
     pub model: Option<String>,
+    /// Start with this audio file as the input clip.
+    pub input: Option<PathBuf>,
     pub precision: Precision,
 }
 
@@ -207,7 +209,7 @@ impl AudioLdmApp {
             .data_dir
             .or_else(|| eframe::storage_dir(APP_ID).map(|d| d.join("clips")))
             .unwrap_or_else(|| std::env::temp_dir().join("audioldm-clips"));
-        Self {
+        let mut app = Self {
             persisted,
             data_dir,
             adapter,
@@ -222,7 +224,11 @@ impl AudioLdmApp {
             messages: Vec::new(),
             mel_front_end: MelFrontEnd::new(),
             model_status: (String::new(), String::new()),
+        };
+        if let Some(path) = &options.input {
+            app.load_input(path);
         }
+        app
     }
 
     pub fn settings(&self) -> &Settings {
@@ -421,14 +427,18 @@ impl AudioLdmApp {
         let Some(audio) = self.clip(id).map(|c| c.audio.clone()) else {
             return;
         };
-        let prompt = self
-            .persisted
+        let prompt = self.prompt_of(id);
+        self.set_input(format!("clip {id}: {prompt}"), audio);
+    }
+
+    /// The prompt of history entry `id` (empty when it has none or is gone).
+    fn prompt_of(&self, id: u64) -> String {
+        self.persisted
             .history
             .iter()
             .find(|e| e.id == id)
             .map(|e| e.settings.prompt.clone())
-            .unwrap_or_default();
-        self.set_input(format!("clip {id}: {prompt}"), audio);
+            .unwrap_or_default()
     }
 
     fn handle_reports(&mut self) {
@@ -872,13 +882,7 @@ impl AudioLdmApp {
                 }
             }
         } else if let Some(id) = self.selected {
-            let prompt = self
-                .persisted
-                .history
-                .iter()
-                .find(|e| e.id == id)
-                .map(|e| e.settings.prompt.clone())
-                .unwrap_or_default();
+            let prompt = self.prompt_of(id);
             ui.heading(if prompt.is_empty() {
                 "(no prompt)".into()
             } else {

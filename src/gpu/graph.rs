@@ -7,6 +7,7 @@
 //! compute pass and submits it once; only scalars set with [`Executable::set_scalar`] change.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::context::Context;
 use super::error::{GpuError, Result, shape_error};
@@ -758,6 +759,13 @@ impl Executable {
 
     /// Replays the whole graph: one compute pass, one submit. Does not wait for the GPU.
     pub fn run(&mut self) -> Result<()> {
+        self.run_unless(&AtomicBool::new(false)).map(|_| ())
+    }
+
+    /// [`Self::run`], checking `stop` before every submit: with sliced submits a long graph can
+    /// be abandoned part way. Returns whether it ran to the end; when it did not, its outputs
+    /// (and any feedback) are not to be used.
+    pub fn run_unless(&mut self, stop: &AtomicBool) -> Result<bool> {
         self.upload_params()?;
         let slice = self
             .max_dispatches_per_submit
@@ -765,6 +773,9 @@ impl Executable {
             .max(1);
         let slices = self.ops.len().div_ceil(slice).max(1);
         for i in 0..slices {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
             let ops =
                 &self.ops[(i * slice).min(self.ops.len())..((i + 1) * slice).min(self.ops.len())];
             let last = i + 1 == slices;
@@ -779,7 +790,7 @@ impl Executable {
             }
         }
         self.stats.runs += 1;
-        Ok(())
+        Ok(true)
     }
 
     /// Splits every [`Executable::run`] into submits of at most `n` dispatches, each waited for

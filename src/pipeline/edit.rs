@@ -133,10 +133,7 @@ impl Pipeline {
         }
 
         let source_shape = self.latent_shape(&prepared.clip_lengths);
-        let source_latents = self.encode_source(&mel, source_shape, request.seed)?;
-        if cancel.load(Ordering::Relaxed) {
-            return Err(Error::Cancelled);
-        }
+        let source_latents = self.encode_source(&mel, source_shape, request.seed, cancel)?;
 
         let shape = self.latent_shape(&prepared.lengths);
         let count: usize = shape.iter().product();
@@ -289,8 +286,15 @@ impl Pipeline {
     }
 
     /// The VAE posterior sample of the clip's log-mel, times the scaling factor (REFERENCE.md
-    /// section 6.2 step 3, its clip of outliers included), with the noise of `seed + 2`.
-    fn encode_source(&self, mel: &super::Mel, shape: [usize; 4], seed: u32) -> Result<Vec<f32>> {
+    /// section 6.2 step 3, its clip of outliers included), with the noise of `seed + 2`. Stops
+    /// with [`Error::Cancelled`] between submits once `cancel` is set.
+    fn encode_source(
+        &self,
+        mel: &super::Mel,
+        shape: [usize; 4],
+        seed: u32,
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>> {
         let ctx = &self.ctx;
         let input = Tensor::from_f32(ctx, [1, 1, mel.frames, mel.bins], DType::F32, &mel.data)?;
         let mut g = Graph::new(ctx);
@@ -307,7 +311,9 @@ impl Pipeline {
         g.output(dist.logvar)?;
         let mut exe = g.build()?;
         exe.set_max_dispatches_per_submit(self.dispatches_per_submit());
-        exe.run()?;
+        if !exe.run_unless(cancel)? {
+            return Err(Error::Cancelled);
+        }
         let mean = exe.read(dist.mean)?;
         let std = latent_std(&exe.read(dist.logvar)?);
         check_finite("the VAE encoder", &mean)?;

@@ -503,7 +503,9 @@ impl Pipeline {
             if s.sigma > 0.0 {
                 step.noise.write_f32(&self.ctx, &rng.sample(count))?;
             }
-            step.exe.run()?;
+            if !step.exe.run_unless(cancel)? {
+                return Err(Error::Cancelled);
+            }
             let clean = step.exe.read(step.clean)?;
             check_finite(&format!("denoising step {} of {n}", i + 1), &clean)?;
             let clean = match &known {
