@@ -368,7 +368,7 @@ fn bad_clips_and_parameters_are_clear_errors() {
     };
     let err = edit_error(&p, &edit(long, transfer.clone(), 0.0));
     assert!(
-        err.contains("61.00 s") && err.contains("at most 60"),
+        err.contains("61.00 s") && err.contains("at most 60 s"),
         "{err}"
     );
     let short = Audio {

@@ -18,7 +18,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{Event, Lengths, Output, Pipeline, Plan, Request, check_finite, noise};
+use super::{Event, Lengths, MAX_DURATION_S, Output, Pipeline, Plan, Request, check_finite, noise};
 use crate::audio::Audio;
 use crate::audio::mel::{F_MAX, F_MIN, MelFrontEnd, SAMPLE_RATE, mel_band_upper_edges};
 use crate::audio::resample::resample;
@@ -184,13 +184,21 @@ impl Pipeline {
         if source.samples.is_empty() || source.sample_rate == 0 {
             return Err(Error::Input("the source clip holds no audio".into()));
         }
-        let clip = resample(&source.samples, source.sample_rate, SAMPLE_RATE)?;
-        let duration = clip.len() as f64 / SAMPLE_RATE as f64;
-        let clip_lengths = self.lengths(duration).map_err(|e| {
+        let unusable = |duration: f64, e: &dyn std::fmt::Display| {
             Error::Input(format!(
                 "the source clip cannot be edited as it is ({duration:.2} s): {e}"
             ))
-        })?;
+        };
+        // Refused before resampling: a long recording would be converted only to be dropped.
+        if source.duration_s() > MAX_DURATION_S {
+            return Err(unusable(
+                source.duration_s(),
+                &format!("an edit takes clips of at most {MAX_DURATION_S} s: trim it first"),
+            ));
+        }
+        let clip = resample(&source.samples, source.sample_rate, SAMPLE_RATE)?;
+        let duration = clip.len() as f64 / SAMPLE_RATE as f64;
+        let clip_lengths = self.lengths(duration).map_err(|e| unusable(duration, &e))?;
         let width = clip_lengths.latent_width;
         let scale = self.vae_scale_factor();
         let seconds_per_frame = self.seconds_per_frame();
