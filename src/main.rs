@@ -263,7 +263,7 @@ fn run(cli: Cli) -> audioldm::Result<()> {
 
 /// Runs an edit of the audio file `input`, which is decoded before any model work starts.
 fn edit(input: PathBuf, prompt: String, mode: Mode, options: &Options) -> audioldm::Result<()> {
-    let source = decode_file(&input)?;
+    let source = decode_file(&input, audioldm::pipeline::MAX_DURATION_S)?;
     let edit = EditRequest {
         request: options.request(prompt),
         source,

@@ -8,6 +8,7 @@ use audioldm::audio::decode::decode_file;
 use audioldm::audio::mel::{HOP, MelFrontEnd, N_FFT, N_MELS, slaney_mel_filters};
 use audioldm::audio::playback::Player;
 use audioldm::audio::resample::resample;
+use audioldm::audio::wav::{read_comment, read_wav};
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("audioldm-audio-{name}-{}", std::process::id()));
@@ -191,7 +192,7 @@ fn decoding_takes_channel_zero_and_bad_files_are_clear_errors() {
     let Audio {
         sample_rate,
         samples,
-    } = decode_file(&path).expect("decode");
+    } = decode_file(&path, 60.0).expect("decode");
     assert_eq!(sample_rate, 22_050);
     assert_eq!(samples.len(), 1000);
     for (i, s) in samples.iter().enumerate() {
@@ -209,7 +210,7 @@ fn decoding_takes_channel_zero_and_bad_files_are_clear_errors() {
     let bytes = std::fs::read(&path).expect("read");
     std::fs::write(&truncated, &bytes[..30]).expect("write");
     for bad in [&junk, &empty, &truncated, &dir.join("missing.mp3")] {
-        let err = decode_file(bad).expect_err("a bad file must be an error");
+        let err = decode_file(bad, 60.0).expect_err("a bad file must be an error");
         let name = bad.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         assert!(err.to_string().contains(name), "{err}");
     }
@@ -239,4 +240,97 @@ fn playback_plays_or_says_why_it_cannot() {
             assert!(player.playing().is_none());
         }
     }
+}
+
+/// A WAV header (RIFF, `fmt ` PCM, `data` of `data_bytes` declared) followed by `payload`.
+fn wav_header(rate: u32, bits: u16, data_bytes: u32, payload: &[u8]) -> Vec<u8> {
+    let block = (bits / 8).max(1);
+    let mut out = Vec::new();
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_bytes).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    out.extend_from_slice(&1u16.to_le_bytes()); // mono
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate.wrapping_mul(block as u32)).to_le_bytes());
+    out.extend_from_slice(&block.to_le_bytes());
+    out.extend_from_slice(&bits.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_bytes.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+fn hostile_audio_files_are_refused_before_they_cost_anything() {
+    let dir = std::env::temp_dir().join(format!("audioldm-hostile-audio-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+
+    // A FIFO would block a reader forever: refused by every reader without opening it.
+    let fifo = dir.join("pipe.wav");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    for err in [
+        decode_file(&fifo, 60.0).map(|_| ()).unwrap_err(),
+        read_comment(&fifo).map(|_| ()).unwrap_err(),
+        read_wav(&fifo).map(|_| ()).unwrap_err(),
+    ] {
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    // A small file that declares 4 GB of 16-bit audio at 96 kHz (over 6 hours): refused from
+    // its header.
+    let long = dir.join("declares-hours.wav");
+    std::fs::write(&long, wav_header(96_000, 16, u32::MAX - 64, &[0u8; 4096])).unwrap();
+    let err = decode_file(&long, 60.0).unwrap_err().to_string();
+    assert!(err.contains("at most 60 s"), "{err}");
+
+    // A sample rate far above any real one.
+    let fast = dir.join("fast.wav");
+    std::fs::write(&fast, wav_header(3_000_000_000, 16, 4096, &[0u8; 4096])).unwrap();
+    let err = decode_file(&fast, 60.0).unwrap_err().to_string();
+    assert!(
+        err.contains("sample rate") || err.contains("fast.wav"),
+        "{err}"
+    );
+
+    // Zero bits per sample: an error, not an overflow.
+    let zero = dir.join("zero-bits.wav");
+    std::fs::write(&zero, wav_header(16_000, 0, 64, &[0u8; 64])).unwrap();
+    assert!(read_wav(&zero).is_err());
+    assert!(decode_file(&zero, 60.0).is_err());
+
+    // The comment of a file with a gigabyte of (sparse) audio before it is found without
+    // reading the audio.
+    let big = dir.join("big.wav");
+    let data_bytes: u32 = 1 << 30;
+    let mut file = std::fs::File::create(&big).unwrap();
+    use std::io::{Seek, SeekFrom, Write};
+    file.write_all(&wav_header(16_000, 16, data_bytes, &[]))
+        .unwrap();
+    file.seek(SeekFrom::Current(data_bytes as i64)).unwrap();
+    let text = b"big file\0";
+    file.write_all(b"LIST").unwrap();
+    file.write_all(&(4 + 8 + text.len() as u32 + 1).to_le_bytes())
+        .unwrap();
+    file.write_all(b"INFOICMT").unwrap();
+    file.write_all(&(text.len() as u32).to_le_bytes()).unwrap();
+    file.write_all(text).unwrap();
+    file.write_all(&[0]).unwrap();
+    drop(file);
+    let started = std::time::Instant::now();
+    assert_eq!(read_comment(&big).unwrap().as_deref(), Some("big file"));
+    println!(
+        "comment after 1 GiB of audio found in {:?}",
+        started.elapsed()
+    );
+    // And a file that is not a WAV at all.
+    std::fs::write(dir.join("text.wav"), b"hello").unwrap();
+    assert!(read_comment(&dir.join("text.wav")).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
 }

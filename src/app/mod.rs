@@ -395,7 +395,7 @@ impl AudioLdmApp {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| path.display().to_string());
-        match decode_file(path) {
+        match decode_file(path, crate::pipeline::MAX_DURATION_S) {
             Ok(audio) => {
                 // Super-resolution keeps what the recording holds: up to half its rate.
                 let nyquist = audio.sample_rate as f64 / 2.0;

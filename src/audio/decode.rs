@@ -1,6 +1,5 @@
 //! Reading audio files of any common format (WAV, FLAC, MP3, Ogg Vorbis) through symphonia.
 
-use std::fs::File;
 use std::path::Path;
 
 use symphonia::core::codecs::audio::AudioDecoderOptions;
@@ -10,20 +9,21 @@ use symphonia::core::formats::{FormatOptions, TrackType};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
-use super::Audio;
+use super::{Audio, open_regular};
 use crate::error::{Error, Result};
 
-/// The longest file [`decode_file`] reads, so a dropped hour-long recording cannot exhaust memory.
-pub const MAX_DECODED_SECONDS: f64 = 600.0;
+/// The highest sample rate [`decode_file`] accepts (studio equipment goes to 768 kHz): with the
+/// duration limit it bounds the decoded samples a file can ask for.
+pub const MAX_SAMPLE_RATE: u32 = 768_000;
 
 /// Decodes the first channel of the default audio track (AudioLDM's front end takes channel 0;
-/// it does not down-mix).
-pub fn decode_file(path: &Path) -> Result<Audio> {
+/// it does not down-mix), refusing a file longer than `max_seconds`: before decoding when the
+/// container declares its length, else as soon as the decoded audio passes the limit. So a small
+/// file cannot ask for unbounded memory, and nothing but a regular file is opened (a FIFO would
+/// block the caller forever).
+pub fn decode_file(path: &Path, max_seconds: f64) -> Result<Audio> {
     let unreadable = |message: String| Error::Input(format!("{}: {message}", path.display()));
-    let file = File::open(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let file = open_regular(path)?;
     let stream = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();
     if let Some(extension) = path.extension().and_then(|e| e.to_str()) {
@@ -41,11 +41,30 @@ pub fn decode_file(path: &Path) -> Result<Audio> {
         .default_track(TrackType::Audio)
         .ok_or_else(|| unreadable("the file has no audio track".into()))?;
     let track_id = track.id;
+    let declared_frames = track.num_frames;
     let params = track
         .codec_params
         .as_ref()
         .and_then(|p| p.audio())
         .ok_or_else(|| unreadable("the audio track has no codec parameters".into()))?;
+    let too_long = |seconds: f64| {
+        unreadable(format!(
+            "{seconds:.1} s long; at most {max_seconds} s can be used: trim it first"
+        ))
+    };
+    if let Some(rate) = params.sample_rate {
+        if rate > MAX_SAMPLE_RATE {
+            return Err(unreadable(format!(
+                "a sample rate of {rate} Hz is above the {MAX_SAMPLE_RATE} Hz this reads"
+            )));
+        }
+        if let Some(frames) = declared_frames
+            && rate > 0
+            && frames as f64 > max_seconds * rate as f64
+        {
+            return Err(too_long(frames as f64 / rate as f64));
+        }
+    }
     let mut decoder = symphonia::default::get_codecs()
         .make_audio_decoder(params, &AudioDecoderOptions::default())
         .map_err(|e| unreadable(format!("unsupported codec ({e})")))?;
@@ -77,13 +96,16 @@ pub fn decode_file(path: &Path) -> Result<Audio> {
         };
         let channels = buffer.spec().channels().count().max(1);
         sample_rate = buffer.spec().rate();
+        if sample_rate > MAX_SAMPLE_RATE {
+            return Err(unreadable(format!(
+                "a sample rate of {sample_rate} Hz is above the {MAX_SAMPLE_RATE} Hz this reads"
+            )));
+        }
         interleaved.resize(buffer.samples_interleaved(), 0.0);
         buffer.copy_to_slice_interleaved(&mut interleaved);
         samples.extend(interleaved.iter().step_by(channels));
-        if sample_rate > 0 && samples.len() as f64 > MAX_DECODED_SECONDS * sample_rate as f64 {
-            return Err(unreadable(format!(
-                "longer than {MAX_DECODED_SECONDS} s; trim it first"
-            )));
+        if sample_rate > 0 && samples.len() as f64 > max_seconds * sample_rate as f64 {
+            return Err(too_long(samples.len() as f64 / sample_rate as f64));
         }
     }
     if samples.is_empty() || sample_rate == 0 {

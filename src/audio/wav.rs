@@ -113,35 +113,81 @@ fn append_info(path: &Path, comment: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reads the `ICMT` comment of a WAV file written by [`write_wav`], if any.
+/// The largest `LIST` chunk [`read_comment`] reads; a longer one is skipped.
+const MAX_INFO_BYTES: u64 = 1 << 20;
+
+/// Reads the `ICMT` comment of a WAV file's `LIST/INFO` chunk (as [`write_wav`] writes it), if
+/// any. Walks the RIFF chunk headers and reads only a `LIST` chunk of at most 1 MiB, so the
+/// audio data is never read.
 pub fn read_comment(path: &Path) -> Result<Option<String>> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io_error(path))?;
-    let Some(at) = bytes.windows(4).rposition(|w| w == b"ICMT") else {
-        return Ok(None);
-    };
-    let size_at = at + 4;
-    let Some(size) = bytes.get(size_at..size_at + 4) else {
-        return Ok(None);
-    };
-    let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
-    let text = bytes
-        .get(size_at + 4..size_at + 4 + size)
-        .unwrap_or_default();
-    Ok(Some(
-        String::from_utf8_lossy(text)
-            .trim_end_matches('\0')
-            .to_string(),
-    ))
+    let err = io_error(path);
+    let not_wav = || Error::Input(format!("{}: not a WAV file", path.display()));
+    let mut file = std::io::BufReader::new(super::open_regular(path)?);
+    let mut header = [0u8; 12];
+    file.read_exact(&mut header).map_err(|_| not_wav())?;
+    if &header[0..4] != b"RIFF" || &header[8..12] != b"WAVE" {
+        return Err(not_wav());
+    }
+    loop {
+        let mut chunk = [0u8; 8];
+        match file.read_exact(&mut chunk) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(err(e)),
+        }
+        let size = u64::from(u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]));
+        // Chunks are padded to an even length.
+        let padded = size + (size & 1);
+        if &chunk[0..4] == b"LIST" && size <= MAX_INFO_BYTES {
+            let mut list = vec![0u8; size as usize];
+            match file.read_exact(&mut list) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                Err(e) => return Err(err(e)),
+            }
+            if let Some(comment) = info_comment(&list) {
+                return Ok(Some(comment));
+            }
+            file.seek_relative((padded - size) as i64).map_err(&err)?;
+        } else {
+            file.seek_relative(padded as i64).map_err(&err)?;
+        }
+    }
+}
+
+/// The `ICMT` entry of a `LIST` chunk's body, if it is an `INFO` list that has one.
+fn info_comment(list: &[u8]) -> Option<String> {
+    let mut rest = list.strip_prefix(b"INFO")?;
+    while rest.len() >= 8 {
+        let (id, tail) = rest.split_at(4);
+        let size = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
+        let body = tail.get(4..4 + size.min(tail.len() - 4))?;
+        if id == b"ICMT" {
+            return Some(
+                String::from_utf8_lossy(body)
+                    .trim_end_matches('\0')
+                    .to_string(),
+            );
+        }
+        let next = (4 + size + (size & 1)).min(tail.len());
+        rest = &tail[next..];
+    }
+    None
 }
 
 /// Reads a WAV file as mono f32 (channel 0) and its sample rate.
 pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32)> {
-    let mut reader = hound::WavReader::open(path).map_err(|e| hound_error(path, e))?;
+    let file = std::io::BufReader::new(super::open_regular(path)?);
+    let mut reader = hound::WavReader::new(file).map_err(|e| hound_error(path, e))?;
     let spec = reader.spec();
     let channels = spec.channels.max(1) as usize;
+    if !(1..=32).contains(&spec.bits_per_sample) {
+        return Err(Error::Input(format!(
+            "{}: {} bits per sample is not a WAV sample size",
+            path.display(),
+            spec.bits_per_sample
+        )));
+    }
     let samples: Vec<f32> = match spec.sample_format {
         hound::SampleFormat::Float => reader
             .samples::<f32>()
