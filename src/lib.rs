@@ -13,5 +13,6 @@ pub mod gpu;
 pub mod hub;
 pub mod model;
 pub mod pipeline;
+pub mod untrusted;
 
 pub use error::{Error, Result};

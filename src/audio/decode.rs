@@ -9,8 +9,9 @@ use symphonia::core::formats::{FormatOptions, TrackType};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
-use super::{Audio, open_regular};
+use super::Audio;
 use crate::error::{Error, Result};
+use crate::untrusted::open_regular;
 
 /// The highest sample rate [`decode_file`] accepts (studio equipment goes to 768 kHz): with the
 /// duration limit it bounds the decoded samples a file can ask for.

@@ -120,8 +120,32 @@ impl ClapTextConfig {
                 self.hidden_size
             )));
         }
-        if self.type_vocab_size == 0 {
-            return Err(bad("type_vocab_size is 0".into()));
+        let check = super::ConfigCheck { path };
+        use super::limits;
+        check.range("hidden_size", self.hidden_size, 1..=limits::CHANNELS)?;
+        check.range(
+            "num_hidden_layers",
+            self.num_hidden_layers,
+            1..=limits::LAYERS,
+        )?;
+        check.range(
+            "intermediate_size",
+            self.intermediate_size,
+            1..=limits::TOKENS,
+        )?;
+        check.range("vocab_size", self.vocab_size, 1..=limits::TOKENS)?;
+        check.range(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            1..=limits::TOKENS,
+        )?;
+        check.range("type_vocab_size", self.type_vocab_size, 1..=limits::LAYERS)?;
+        check.range("projection_dim", self.projection_dim, 1..=limits::CHANNELS)?;
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
+            return Err(bad(format!(
+                "layer_norm_eps {} must be a non-negative number",
+                self.layer_norm_eps
+            )));
         }
         if self.pad_token_id.is_none() {
             return Err(bad(

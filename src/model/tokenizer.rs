@@ -69,10 +69,7 @@ impl TokenizerConfig {
         if !path.is_file() {
             return Ok(Self(None));
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text = crate::untrusted::read_text(&path, MAX_TOKENIZER_BYTES)?;
         let value = serde_json::from_str(&text).map_err(|e| Error::Config {
             path,
             message: e.to_string(),
@@ -123,6 +120,20 @@ fn tok_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(format!("{}: {e}", path.display()))
 }
 
+/// The largest tokenizer file read (the real `tokenizer.json` is 2.1 MB).
+pub const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+
+/// Runs a call into the tokenizers crate, which panics on some malformed input, with the panic
+/// turned into an error naming `path`.
+fn isolated<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    crate::untrusted::catch_panic(f).map_err(|panic| {
+        tok_err(
+            path,
+            format!("the tokenizers library failed on this input ({panic})"),
+        )
+    })
+}
+
 impl TextTokenizer {
     /// Loads the tokenizer of a pipeline's `tokenizer/` folder: `tokenizer.json`, or else
     /// `vocab.json` + `merges.txt`.
@@ -138,9 +149,23 @@ impl TextTokenizer {
         let json = dir.join("tokenizer.json");
         let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         let inner = if json.is_file() {
-            Tokenizer::from_file(&json).map_err(|e| tok_err(&json, e))?
+            let bytes = crate::untrusted::read_bounded(&json, MAX_TOKENIZER_BYTES)?;
+            // The tokenizers crate panics on some malformed files: held here as an error.
+            isolated(&json, || Tokenizer::from_bytes(&bytes))?.map_err(|e| {
+                let e = e.to_string();
+                let hint = if e.contains("EOF") {
+                    "; the file ends early: if it was downloaded, the download may have been \
+                     cut short (delete it and fetch it again)"
+                } else {
+                    ""
+                };
+                tok_err(&json, format!("cannot be read ({e}){hint}"))
+            })?
         } else if vocab.is_file() && merges.is_file() {
-            Self::build_roberta(&config, &vocab, &merges)?
+            for file in [&vocab, &merges] {
+                crate::untrusted::read_bounded(file, MAX_TOKENIZER_BYTES)?;
+            }
+            isolated(&vocab, || Self::build_roberta(&config, &vocab, &merges))??
         } else {
             return Err(Error::Tokenizer(format!(
                 "{}: found neither tokenizer.json nor vocab.json and merges.txt",
@@ -230,7 +255,7 @@ impl TextTokenizer {
         let added = inner
             .get_post_processor()
             .map_or(0, |p| p.added_tokens(false));
-        Ok(Self {
+        let tokenizer = Self {
             inner,
             dir: dir.to_path_buf(),
             bos_id,
@@ -238,7 +263,20 @@ impl TextTokenizer {
             pad_id,
             added,
             model_max_length: config.model_max_length(),
-        })
+        };
+        // The text encoder pools the `<s>` it relies on finding first, so a file whose
+        // post-processor does not frame the tokens is refused now, not after a silent mismatch.
+        let probe = tokenizer.encode("a", 16)?;
+        if probe.first() != Some(&bos_id) || probe.last() != Some(&eos_id) || probe.len() < 3 {
+            return Err(tok_err(
+                dir,
+                format!(
+                    "its post-processor does not frame a text as <s> tokens </s> (ids {bos_id} \
+                     ... {eos_id}): \"a\" encodes as {probe:?}"
+                ),
+            ));
+        }
+        Ok(tokenizer)
     }
 
     /// `<s> tokens </s>` with the tokens cut so that the whole is at most `max_len` long, as
@@ -255,17 +293,16 @@ impl TextTokenizer {
                 self.added
             )));
         }
-        let mut encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|e| tok_err(&self.dir, e))?;
         let keep = max_len - self.added;
-        let dropped = encoding.len().saturating_sub(keep);
-        encoding.truncate(keep, 0, TruncationDirection::Right);
-        let encoding = self
-            .inner
-            .post_process(encoding, None, true)
-            .map_err(|e| tok_err(&self.dir, e))?;
+        let (encoding, dropped) = isolated(&self.dir, || {
+            let mut encoding = self.inner.encode(text, false)?;
+            let dropped = encoding.len().saturating_sub(keep);
+            encoding.truncate(keep, 0, TruncationDirection::Right);
+            self.inner
+                .post_process(encoding, None, true)
+                .map(|encoding| (encoding, dropped))
+        })?
+        .map_err(|e| tok_err(&self.dir, e))?;
         Ok(Encoded {
             ids: encoding.get_ids().to_vec(),
             dropped,

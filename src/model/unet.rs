@@ -12,8 +12,8 @@ use crate::checkpoint::{Checkpoint, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{Activation, Coef, Graph, Var};
 
-use super::load_config;
 use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear, Loader};
+use super::{ConfigCheck, limits, load_config};
 
 /// An int or a per-block list in diffusers' configs (`attention_head_dim: 8` or `[8, 8, ...]`).
 #[derive(Clone, Debug, Deserialize)]
@@ -173,19 +173,87 @@ impl UNet2DConditionConfig {
                 self.conv_in_kernel % 2 == 1 && self.conv_out_kernel % 2 == 1,
                 "even conv_in/conv_out kernels".into(),
             ),
-            (
-                self.block_out_channels
-                    .iter()
-                    .all(|c| c % self.norm_num_groups == 0),
-                format!(
-                    "block widths {:?} not divisible by {} groups",
-                    self.block_out_channels, self.norm_num_groups
-                ),
-            ),
         ];
         for (ok, what) in checks {
             if !ok {
                 return Err(bad(format!("unsupported UNet setting: {what}")));
+            }
+        }
+        self.check_sizes(&path.join("config.json"))
+    }
+
+    /// Every number the graph is built from, in range before any of it is used.
+    fn check_sizes(&self, path: &Path) -> Result<()> {
+        let check = ConfigCheck { path };
+        let widths = &self.block_out_channels;
+        check.range(
+            "the number of block_out_channels",
+            widths.len(),
+            1..=limits::LEVELS,
+        )?;
+        check.all("block_out_channels", widths, 1..=limits::CHANNELS)?;
+        check.range("in_channels", self.in_channels, 1..=limits::LATENT_CHANNELS)?;
+        check.range(
+            "out_channels",
+            self.out_channels,
+            1..=limits::LATENT_CHANNELS,
+        )?;
+        check.range(
+            "layers_per_block",
+            self.layers_per_block,
+            1..=limits::LAYERS,
+        )?;
+        check.range(
+            "transformer_layers_per_block",
+            self.transformer_layers_per_block,
+            1..=limits::LAYERS,
+        )?;
+        check.range("conv_in_kernel", self.conv_in_kernel, 1..=limits::KERNEL)?;
+        check.range("conv_out_kernel", self.conv_out_kernel, 1..=limits::KERNEL)?;
+        check.range(
+            "downsample_padding",
+            self.downsample_padding,
+            0..=limits::KERNEL,
+        )?;
+        check.range(
+            "norm_num_groups",
+            self.norm_num_groups,
+            1..=limits::CHANNELS,
+        )?;
+        let heads = self.heads();
+        if heads.len() != widths.len() {
+            return Err(check.fail(format!(
+                "{} attention head counts for {} blocks",
+                heads.len(),
+                widths.len()
+            )));
+        }
+        for (&width, &h) in widths.iter().zip(&heads) {
+            check.divides(
+                "block width",
+                width,
+                "norm_num_groups",
+                self.norm_num_groups,
+            )?;
+            check.divides("block width", width, "attention heads", h)?;
+        }
+        if let Some(dims) = &self.cross_attention_dim {
+            check.all(
+                "cross_attention_dim",
+                &dims.expand(widths.len()),
+                1..=limits::CHANNELS,
+            )?;
+        }
+        for (key, value) in [
+            (
+                "projection_class_embeddings_input_dim",
+                self.projection_class_embeddings_input_dim,
+            ),
+            ("time_embedding_dim", self.time_embedding_dim),
+            ("sample_size", self.sample_size),
+        ] {
+            if let Some(value) = value {
+                check.range(key, value, 1..=limits::CHANNELS)?;
             }
         }
         Ok(())

@@ -23,8 +23,8 @@ use crate::gpu::ops::conv::{Conv2dOptions, conv_weight_layout};
 use crate::gpu::ops::matmul::{Gemm, MatView, MatmulKernel};
 use crate::gpu::{Activation, DType, Graph, Tensor, Var};
 
-use super::load_config;
 use super::nn::{Conv2d, GroupNorm, Linear, Loader};
+use super::{ConfigCheck, limits, load_config};
 
 /// diffusers' VAE norms all use this eps (`resnet_eps=1e-6`, `conv_norm_out` eps 1e-6).
 const NORM_EPS: f32 = 1e-6;
@@ -132,21 +132,47 @@ impl AutoencoderKLConfig {
                 self.act_fn
             ));
         }
-        let groups = self.norm_num_groups;
-        if groups == 0 || self.block_out_channels.iter().any(|c| c % groups != 0) {
-            return fail(format!(
-                "block_out_channels {:?} do not split into norm_num_groups {groups}",
-                self.block_out_channels
-            ));
+        let check = ConfigCheck { path };
+        check.range(
+            "the number of block_out_channels",
+            levels,
+            1..=limits::LEVELS,
+        )?;
+        check.all(
+            "block_out_channels",
+            &self.block_out_channels,
+            1..=limits::CHANNELS,
+        )?;
+        check.range(
+            "norm_num_groups",
+            self.norm_num_groups,
+            1..=limits::CHANNELS,
+        )?;
+        for &width in &self.block_out_channels {
+            check.divides(
+                "block width",
+                width,
+                "norm_num_groups",
+                self.norm_num_groups,
+            )?;
         }
-        if self.layers_per_block == 0
-            || self.in_channels == 0
-            || self.out_channels == 0
-            || self.latent_channels == 0
-        {
-            return fail(
-                "layers_per_block, in/out_channels and latent_channels must be positive".into(),
-            );
+        check.range(
+            "layers_per_block",
+            self.layers_per_block,
+            1..=limits::LAYERS,
+        )?;
+        for (key, value) in [
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("latent_channels", self.latent_channels),
+        ] {
+            check.range(key, value, 1..=limits::LATENT_CHANNELS)?;
+        }
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
+            return fail(format!(
+                "scaling_factor {} must be a positive number",
+                self.scaling_factor
+            ));
         }
         Ok(())
     }

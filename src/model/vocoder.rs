@@ -20,8 +20,8 @@ use crate::checkpoint::{Checkpoint, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{Activation, DType, Graph, Tensor, Var};
 
-use super::load_config;
 use super::nn::{Conv1d, ConvTranspose1d, Loader};
+use super::{ConfigCheck, limits, load_config};
 
 /// `nn.functional.leaky_relu`'s default slope, used before `conv_post`.
 const FINAL_LEAKY_RELU_SLOPE: f32 = 0.01;
@@ -103,6 +103,52 @@ impl SpeechT5HifiGanConfig {
             return fail(format!(
                 "upsample_initial_channel {} cannot be halved {stages} times",
                 self.upsample_initial_channel
+            ));
+        }
+        let check = ConfigCheck { path };
+        check.range("the number of upsample_rates", stages, 1..=limits::LEVELS)?;
+        check.all("upsample_rates", &self.upsample_rates, 1..=64)?;
+        check.all(
+            "upsample_kernel_sizes",
+            &self.upsample_kernel_sizes,
+            1..=limits::KERNEL,
+        )?;
+        check.all(
+            "resblock_kernel_sizes",
+            &self.resblock_kernel_sizes,
+            1..=limits::KERNEL,
+        )?;
+        check.range(
+            "the number of resblock_kernel_sizes",
+            self.resblock_kernel_sizes.len(),
+            1..=limits::LEVELS,
+        )?;
+        for dilations in &self.resblock_dilation_sizes {
+            check.all("resblock_dilation_sizes", dilations, 1..=limits::KERNEL)?;
+            check.range(
+                "the number of resblock dilations",
+                dilations.len(),
+                1..=limits::LEVELS,
+            )?;
+        }
+        check.range("model_in_dim", self.model_in_dim, 1..=1024)?;
+        check.range(
+            "upsample_initial_channel",
+            self.upsample_initial_channel,
+            1..=limits::CHANNELS,
+        )?;
+        // Samples per mel frame: 160 in every real checkpoint.
+        let hop: usize = self.upsample_rates.iter().product();
+        check.range("the product of upsample_rates", hop, 1..=4096)?;
+        check.range(
+            "sampling_rate",
+            self.sampling_rate as usize,
+            1_000..=192_000,
+        )?;
+        if !self.leaky_relu_slope.is_finite() {
+            return fail(format!(
+                "leaky_relu_slope {} is not a number",
+                self.leaky_relu_slope
             ));
         }
         Ok(())

@@ -90,8 +90,21 @@ impl DdimScheduler {
             message,
         };
         let n = config.num_train_timesteps;
-        if n == 0 {
-            return Err(bad("num_train_timesteps must be positive".into()));
+        let check = crate::model::ConfigCheck {
+            path: &source.join("scheduler_config.json"),
+        };
+        check.range(
+            "num_train_timesteps",
+            n,
+            1..=crate::model::limits::TIMESTEPS,
+        )?;
+        check.range("steps_offset", config.steps_offset, 0..=n - 1)?;
+        let in_unit = |b: f64| b.is_finite() && (0.0..1.0).contains(&b);
+        if !(in_unit(config.beta_start) && in_unit(config.beta_end)) {
+            return Err(bad(format!(
+                "beta_start {} and beta_end {} must lie in [0, 1)",
+                config.beta_start, config.beta_end
+            )));
         }
         // diffusers would clamp x0 here; AudioLDM's configs turn both off.
         if config.clip_sample || config.thresholding {
@@ -121,6 +134,12 @@ impl DdimScheduler {
                 "{} trained betas for {n} timesteps",
                 betas.len()
             )));
+        }
+        if let Some(b) = betas
+            .iter()
+            .find(|&&b| !(b.is_finite() && (0.0..1.0).contains(&b)))
+        {
+            return Err(bad(format!("trained beta {b} does not lie in [0, 1)")));
         }
         let mut alphas_cumprod = Vec::with_capacity(n);
         let mut product = 1.0f32;

@@ -1,0 +1,101 @@
+//! Reading what a stranger may have written: every model file and every audio file comes from a
+//! download or a drop. Only regular files are opened (a FIFO or a device would block or never
+//! end), only up to a stated size, and a dependency that panics on malformed input is held at
+//! the boundary so that the panic becomes an error.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::io::Read;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Once;
+
+use crate::error::{Error, Result};
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Opens `path` for reading if it is a regular file.
+pub fn open_regular(path: &Path) -> Result<File> {
+    if !std::fs::metadata(path).map_err(io_error(path))?.is_file() {
+        return Err(Error::Input(format!(
+            "{}: not a regular file",
+            path.display()
+        )));
+    }
+    File::open(path).map_err(io_error(path))
+}
+
+/// The whole of a regular file of at most `max_bytes`.
+pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+    let file = open_regular(path)?;
+    let len = file.metadata().map_err(io_error(path))?.len();
+    if len > max_bytes {
+        return Err(Error::Input(format!(
+            "{}: {len} bytes, more than the {max_bytes} a file of this kind may have",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    // `take` as well: the file may grow while it is read.
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error(path))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(Error::Input(format!(
+            "{}: grew past {max_bytes} bytes while it was read",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// [`read_bounded`] as UTF-8 text.
+pub fn read_text(path: &Path, max_bytes: u64) -> Result<String> {
+    String::from_utf8(read_bounded(path, max_bytes)?)
+        .map_err(|_| Error::Input(format!("{}: not UTF-8 text", path.display())))
+}
+
+thread_local! {
+    static QUIET: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it into `Err` with the panic's message. The panic hook stays
+/// silent for panics caught here (on this thread only) and reports every other panic as before.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caught_panic_becomes_its_message() {
+        assert_eq!(catch_panic(|| 3), Ok(3));
+        let err = catch_panic(|| -> u32 { panic!("bad {}", 7) }).unwrap_err();
+        assert_eq!(err, "bad 7");
+    }
+}

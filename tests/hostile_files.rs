@@ -1,0 +1,315 @@
+//! Files a stranger wrote: configs that parse but cannot be built, absurd sizes, cut-off and
+//! malformed tokenizer files, special files. Each is an error that names the file (and the key),
+//! never a panic, an abort or a hang.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use audioldm::model::clap_text::ClapTextModelWithProjection;
+use audioldm::model::nn::{Loader, Precision};
+use audioldm::model::tokenizer::TextTokenizer;
+use audioldm::model::unet::UNet2DConditionModel;
+use audioldm::model::vae::AutoencoderKL;
+use audioldm::model::vocoder::SpeechT5HifiGan;
+use audioldm::pipeline::ddim::DdimScheduler;
+use common::*;
+use serde_json::{Value, json};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tiny")
+        .join(name)
+}
+
+fn loader() -> Loader<'static> {
+    Loader {
+        ctx: ctx(),
+        precision: Precision::default(),
+    }
+}
+
+/// Loads `part` from a copy of the tiny fixture with `key` set to `value` in its config; the
+/// error must name the config file and `words`.
+fn config_error(part: &str, key: &str, value: Value, words: &str) {
+    let case = format!(
+        "{key}-{}",
+        value.to_string().replace(['[', ']', ',', '"'], "_")
+    );
+    let dir = modified_copy(
+        &fixture(part),
+        &case,
+        |_| {},
+        |config| {
+            config.insert(key.to_string(), value.clone());
+        },
+    );
+    let l = loader();
+    let err = match part {
+        "unet" => UNet2DConditionModel::load(&l, &dir).err(),
+        "vae" => AutoencoderKL::load(&l, &dir).err(),
+        "vocoder" => SpeechT5HifiGan::load(&l, &dir).err(),
+        "text_encoder" => ClapTextModelWithProjection::load(&l, &dir).err(),
+        other => panic!("no part {other}"),
+    }
+    .unwrap_or_else(|| panic!("{part}: {key} = {value} must be refused"))
+    .to_string();
+    println!("{part} {key} = {value}: {err}");
+    assert!(err.contains("config.json"), "{err}");
+    assert!(err.contains(words), "{part} {key} = {value}: {err}");
+}
+
+#[test]
+fn unet_configs_that_cannot_be_built_are_errors() {
+    config_error("unet", "norm_num_groups", json!(0), "norm_num_groups");
+    config_error("unet", "norm_num_groups", json!(5), "norm_num_groups");
+    config_error("unet", "attention_head_dim", json!(0), "attention heads");
+    config_error("unet", "attention_head_dim", json!(3), "attention heads");
+    config_error(
+        "unet",
+        "attention_head_dim",
+        json!([8, 8]),
+        "attention head counts",
+    );
+    config_error(
+        "unet",
+        "block_out_channels",
+        json!([8, 16, 24, 1u64 << 40]),
+        "block_out_channels",
+    );
+    config_error(
+        "unet",
+        "layers_per_block",
+        json!(1_000_000_000),
+        "layers_per_block",
+    );
+    config_error("unet", "in_channels", json!(0), "in_channels");
+    config_error("unet", "conv_in_kernel", json!(1_000_001), "conv_in_kernel");
+    config_error(
+        "unet",
+        "projection_class_embeddings_input_dim",
+        json!(usize::MAX),
+        "projection_class_embeddings_input_dim",
+    );
+}
+
+#[test]
+fn vae_vocoder_and_text_configs_that_cannot_be_built_are_errors() {
+    config_error("vae", "norm_num_groups", json!(0), "norm_num_groups");
+    config_error(
+        "vae",
+        "block_out_channels",
+        json!([16, 32, 1u64 << 30]),
+        "block_out_channels",
+    );
+    config_error("vae", "latent_channels", json!(100_000), "latent_channels");
+    config_error("vae", "scaling_factor", json!(0.0), "scaling_factor");
+    config_error(
+        "vocoder",
+        "upsample_rates",
+        json!([5, 4, 2, 2, 1u64 << 20]),
+        "upsample_rates",
+    );
+    config_error(
+        "vocoder",
+        "upsample_kernel_sizes",
+        json!([16, 16, 8, 4, 1u64 << 40]),
+        "upsample_kernel_sizes",
+    );
+    config_error(
+        "vocoder",
+        "upsample_initial_channel",
+        json!(1u64 << 40),
+        "upsample_initial_channel",
+    );
+    config_error("vocoder", "model_in_dim", json!(0), "model_in_dim");
+    config_error("vocoder", "sampling_rate", json!(0), "sampling_rate");
+    config_error(
+        "vocoder",
+        "resblock_dilation_sizes",
+        json!([[1, 3, 5], [1, 3, 5], [1, 3, 1u64 << 40]]),
+        "resblock_dilation_sizes",
+    );
+    config_error(
+        "text_encoder",
+        "num_attention_heads",
+        json!(0),
+        "attention heads",
+    );
+    config_error(
+        "text_encoder",
+        "hidden_size",
+        json!(1u64 << 40),
+        "hidden_size",
+    );
+    config_error(
+        "text_encoder",
+        "num_hidden_layers",
+        json!(1_000_000),
+        "num_hidden_layers",
+    );
+    config_error(
+        "text_encoder",
+        "max_position_embeddings",
+        json!(1u64 << 40),
+        "max_position_embeddings",
+    );
+}
+
+fn scheduler_with(
+    edit: impl FnOnce(&mut serde_json::Map<String, Value>),
+) -> audioldm::Result<DdimScheduler> {
+    let text = std::fs::read_to_string(fixture("scheduler/scheduler_config.json")).unwrap();
+    let mut config: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+    edit(&mut config);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("hostile-scheduler")
+        .join(
+            format!("{}", config.len())
+                + &serde_json::to_string(&config).unwrap().len().to_string(),
+        );
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("scheduler_config.json"),
+        serde_json::to_string(&config).unwrap(),
+    )
+    .unwrap();
+    DdimScheduler::load(&dir)
+}
+
+#[test]
+fn scheduler_configs_that_cannot_be_built_are_errors() {
+    for (key, value, words) in [
+        (
+            "num_train_timesteps",
+            json!(1_000_000_000),
+            "num_train_timesteps",
+        ),
+        ("num_train_timesteps", json!(0), "num_train_timesteps"),
+        ("steps_offset", json!(5000), "steps_offset"),
+        ("beta_end", json!(2.5), "beta_end"),
+        ("trained_betas", json!([0.5, 1.5]), "trained betas"),
+    ] {
+        let err = scheduler_with(|c| {
+            c.insert(key.into(), value.clone());
+        })
+        .err()
+        .unwrap_or_else(|| panic!("{key} = {value} must be refused"))
+        .to_string();
+        println!("scheduler {key} = {value}: {err}");
+        assert!(
+            err.contains("scheduler_config.json") && err.contains(words),
+            "{err}"
+        );
+    }
+    scheduler_with(|_| {}).expect("the fixture's own config loads");
+}
+
+/// A tokenizer folder holding `tokenizer.json` = `text`.
+fn tokenizer_dir(case: &str, text: &[u8]) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("hostile-tokenizer")
+        .join(case);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), text).unwrap();
+    dir
+}
+
+#[test]
+fn malformed_tokenizer_files_are_errors() {
+    let real = std::fs::read(fixture("tokenizer/tokenizer.json")).unwrap();
+    // Cut off in the middle, as an interrupted download leaves it.
+    let err = TextTokenizer::from_dir(&tokenizer_dir("cut", &real[..real.len() / 2]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("cut short"),
+        "{err}"
+    );
+
+    let value: Value = serde_json::from_slice(&real).unwrap();
+    let mut cases: Vec<(&str, Value)> = Vec::new();
+    let mut no_model = value.clone();
+    no_model["model"] = json!(null);
+    cases.push(("no-model", no_model));
+    let mut bad_merges = value.clone();
+    bad_merges["model"]["merges"] = json!(["zzzz qqqq", "a"]);
+    cases.push(("bad-merges", bad_merges));
+    let mut bad_added = value.clone();
+    bad_added["added_tokens"] = json!([{"id": u32::MAX, "content": "<s>", "special": true}]);
+    cases.push(("added-token-id", bad_added));
+    let mut no_specials = value.clone();
+    no_specials["post_processor"] = json!(null);
+    no_specials["added_tokens"] = json!([]);
+    no_specials["model"]["vocab"] = json!({"a": 0, "b": 1});
+    no_specials["model"]["merges"] = json!([]);
+    cases.push(("no-special-tokens", no_specials));
+    let mut huge_id = value.clone();
+    huge_id["model"]["vocab"] = json!({"<s>": 0, "</s>": u32::MAX, "<pad>": 1});
+    cases.push(("huge-vocab-id", huge_id));
+    let mut split = value.clone();
+    split["pre_tokenizer"] = json!({"type": "Split", "pattern": {"Regex": "(((("}, "behavior": "Isolated", "invert": false});
+    cases.push(("bad-regex", split));
+    let mut charsmap = value.clone();
+    charsmap["normalizer"] =
+        json!({"type": "Precompiled", "precompiled_charsmap": "AAAAAAAAAAAAAAAAAAA="});
+    cases.push(("bad-charsmap", charsmap));
+    let mut template = value.clone();
+    template["post_processor"] = json!({"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}], "pair": [], "special_tokens": {"<s>": {"id": "<s>", "ids": [], "tokens": ["<s>"]}}});
+    cases.push(("template-without-ids", template));
+    for (case, value) in cases {
+        let dir = tokenizer_dir(case, &serde_json::to_vec(&value).unwrap());
+        std::fs::copy(
+            fixture("tokenizer/tokenizer_config.json"),
+            dir.join("tokenizer_config.json"),
+        )
+        .unwrap();
+        // Every case is refused at load (the tokenizers crate panics on the charsmap one),
+        // and nothing panics.
+        let err = TextTokenizer::from_dir(&dir)
+            .and_then(|t| t.encode("a dog barking <s> </s> <mask>", 16))
+            .unwrap_err()
+            .to_string();
+        println!("{case}: {err}");
+        assert!(err.contains(dir.to_str().unwrap()), "{case}: {err}");
+        match case {
+            "bad-charsmap" => assert!(err.contains("tokenizers library failed"), "{err}"),
+            "template-without-ids" => assert!(err.contains("post-processor"), "{err}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn special_and_oversized_files_are_refused() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-special");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A config that is a FIFO: refused at once instead of blocking the load.
+    let fifo_dir = dir.join("fifo-vae");
+    std::fs::create_dir_all(&fifo_dir).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(fifo_dir.join("config.json"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let err = AutoencoderKL::load(&loader(), &fifo_dir)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    // A config of 2 MiB (the real ones are under 2 KB).
+    let big_dir = dir.join("big-vae");
+    std::fs::create_dir_all(&big_dir).unwrap();
+    let padding = " ".repeat(2 << 20);
+    std::fs::write(big_dir.join("config.json"), format!("{{{padding}}}")).unwrap();
+    let err = AutoencoderKL::load(&loader(), &big_dir)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("bytes"),
+        "{err}"
+    );
+}
