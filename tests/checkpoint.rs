@@ -1049,3 +1049,118 @@ fn damaging_the_zip_structure_never_panics() {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// Budgets: what a small file may make the reader allocate or do
+
+#[test]
+fn a_deflated_pickle_that_only_pushes_is_refused_within_its_budget() {
+    let dir = scratch("pushing_pickle");
+    // 20 MB of NONE opcodes deflate to a few KB; unbounded, they would make 20 M values.
+    let mut pickle = vec![0x80, 2];
+    pickle.extend(std::iter::repeat_n(b'N', 20_000_000));
+    pickle.push(b'.');
+    let entries = vec![
+        ("archive/data.pkl".to_string(), pickle),
+        ("archive/version".to_string(), b"3\n".to_vec()),
+    ];
+    let bytes = zip_with(&entries, zip::CompressionMethod::Deflated);
+    assert!(bytes.len() < 100_000, "{} bytes", bytes.len());
+    let err = open_err(&dir, "pushes.bin", &bytes);
+    assert_contains(&err, &["pushes.bin", "values"]);
+    // The same through MARKs and memo entries.
+    let mut marks = vec![0x80, 2];
+    marks.extend(std::iter::repeat_n(b'(', 20_000_000));
+    marks.push(b'.');
+    let err = open_err(&dir, "marks.bin", &torch_zip(&marks, &[]));
+    assert_contains(&err, &["values"]);
+    let mut memo = vec![0x80, 2, b'N'];
+    for i in 0..5_000_000u32 {
+        memo.push(b'r');
+        memo.extend_from_slice(&i.to_le_bytes());
+    }
+    memo.push(b'.');
+    let err = open_err(&dir, "memo.bin", &torch_zip(&memo, &[]));
+    assert_contains(&err, &["values"]);
+}
+
+#[test]
+fn a_storage_viewed_by_many_tensors_is_not_copied_for_each() {
+    let dir = scratch("shared_storage");
+    // One 4 MB storage, viewed whole by 2000 dict entries as a transposed (non-contiguous)
+    // tensor: gathering each would copy 8 GB.
+    let (rows, cols) = (1024i64, 1024i64);
+    let mut p = Pickle::new().op(b"}").mark();
+    for i in 0..2000 {
+        p = p.str(&format!("w{i}")).tensor(
+            "FloatStorage",
+            "0",
+            rows * cols,
+            0,
+            &[cols, rows],
+            &[1, cols],
+        );
+    }
+    let pickle = p.op(b"u").stop();
+    let storage = vec![0u8; (rows * cols * 4) as usize];
+    let entries = vec![
+        ("archive/data.pkl".to_string(), pickle),
+        ("archive/data/0".to_string(), storage),
+        ("archive/version".to_string(), b"3\n".to_vec()),
+    ];
+    let bytes = zip_with(&entries, zip::CompressionMethod::Deflated);
+    let started = std::time::Instant::now();
+    let err = open_err(&dir, "views.bin", &bytes);
+    assert_contains(&err, &["non-contiguous", "storages hold"]);
+    println!("refused in {:?}", started.elapsed());
+
+    // Contiguous views of a compressed storage share its buffer: 2000 of them are fine.
+    let mut p = Pickle::new().op(b"}").mark();
+    for i in 0..2000 {
+        p = p.str(&format!("w{i}")).tensor(
+            "FloatStorage",
+            "0",
+            rows * cols,
+            0,
+            &[rows, cols],
+            &[cols, 1],
+        );
+    }
+    let entries = vec![
+        ("archive/data.pkl".to_string(), p.op(b"u").stop()),
+        (
+            "archive/data/0".to_string(),
+            vec![0u8; (rows * cols * 4) as usize],
+        ),
+        ("archive/version".to_string(), b"3\n".to_vec()),
+    ];
+    let path = write(
+        &dir,
+        "contiguous.bin",
+        &zip_with(&entries, zip::CompressionMethod::Deflated),
+    );
+    let ckpt = Checkpoint::open(&path).expect("contiguous views load");
+    assert_eq!(ckpt.len(), 2000);
+}
+
+#[test]
+fn a_deflate_bomb_storage_is_refused() {
+    let dir = scratch("deflate_bomb");
+    // 600 MB of zeros deflate to about 600 KB: far past what a file that size may inflate to.
+    let numel = 150_000_000i64;
+    let entries = vec![
+        (
+            "archive/data.pkl".to_string(),
+            one_tensor(numel, 0, &[numel], &[1]),
+        ),
+        (
+            "archive/data/0".to_string(),
+            vec![0u8; (numel * 4) as usize],
+        ),
+        ("archive/version".to_string(), b"3\n".to_vec()),
+    ];
+    let bytes = zip_with(&entries, zip::CompressionMethod::Deflated);
+    println!("bomb: {} bytes", bytes.len());
+    let err = open_err(&dir, "bomb.bin", &bytes);
+    assert_contains(&err, &["inflate"]);
+}

@@ -78,14 +78,29 @@ pub(crate) enum Bytes {
         start: usize,
         end: usize,
     },
-    Owned(Arc<Vec<u8>>),
+    /// Bytes of a buffer of their own (decompressed or gathered); tensors that view one storage
+    /// share its buffer.
+    Owned {
+        buf: Arc<Vec<u8>>,
+        start: usize,
+        end: usize,
+    },
 }
 
 impl Bytes {
     fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Mapped { map, start, end } => &map[*start..*end],
-            Bytes::Owned(v) => v,
+            Bytes::Owned { buf, start, end } => &buf[*start..*end],
+        }
+    }
+
+    pub(crate) fn owned(buf: Vec<u8>) -> Self {
+        let end = buf.len();
+        Bytes::Owned {
+            buf: Arc::new(buf),
+            start: 0,
+            end,
         }
     }
 }

@@ -21,7 +21,13 @@ use std::sync::Arc;
 use super::{Bytes, Checkpoint, CheckpointError, Entry, Result, StoredDtype};
 
 /// The largest `data.pkl` accepted (real ones are a few hundred KB even for large models).
-const MAX_PICKLE_BYTES: u64 = 256 << 20;
+const MAX_PICKLE_BYTES: u64 = 32 << 20;
+/// The most values the pickle machine makes (a state dict makes about 15 per tensor): with the
+/// stack, the memo and every container holding only values it made, this bounds its memory.
+const MAX_VALUES: usize = 4 << 20;
+/// Bytes inflated from compressed storage entries, over the file's own size: real checkpoints
+/// store their entries uncompressed, and float weights deflate by a few percent at most.
+const MAX_INFLATION: u64 = 4;
 /// The most dimensions a tensor may have.
 const MAX_RANK: usize = 64;
 /// A non-contiguous tensor is gathered into a new buffer of at most this many bytes, or of at most
@@ -127,6 +133,11 @@ fn read_archive(map: &Arc<memmap2::Mmap>) -> Result<BTreeMap<String, Entry>, Str
         prefix: &prefix,
         big_endian,
         loaded: HashMap::new(),
+        inflate_budget: (map.len() as u64)
+            .saturating_mul(MAX_INFLATION)
+            .saturating_add(MAX_PICKLE_BYTES),
+        stored_bytes: 0,
+        gathered_bytes: 0,
     };
     let mut tensors = BTreeMap::new();
     let mut skipped = 0usize;
@@ -246,6 +257,13 @@ struct StorageLoader<'a, 'z> {
     prefix: &'a str,
     big_endian: bool,
     loaded: HashMap<String, StorageBytes>,
+    /// Bytes compressed entries may still inflate to.
+    inflate_budget: u64,
+    /// Bytes of the distinct storages loaded so far.
+    stored_bytes: usize,
+    /// Bytes gathered into new buffers for non-contiguous tensors so far: at most what the
+    /// archive stores, so a small file cannot ask for the same storage over and over.
+    gathered_bytes: usize,
 }
 
 impl StorageLoader<'_, '_> {
@@ -298,6 +316,14 @@ impl StorageLoader<'_, '_> {
                 StorageBytes::Mapped { start, len: nbytes }
             }
             _ => {
+                if nbytes as u64 > self.inflate_budget {
+                    return Err(format!(
+                        "{name} would inflate to {nbytes} bytes, past the limit of {} times the \
+                         file's size for all compressed storages together",
+                        MAX_INFLATION
+                    ));
+                }
+                self.inflate_budget -= nbytes as u64;
                 let mut buf = Vec::new();
                 buf.try_reserve_exact(nbytes)
                     .map_err(|_| format!("cannot allocate {nbytes} bytes for {name}"))?;
@@ -319,6 +345,7 @@ impl StorageLoader<'_, '_> {
                 StorageBytes::Owned(Arc::new(buf))
             }
         };
+        self.stored_bytes = self.stored_bytes.saturating_add(nbytes);
         self.loaded.insert(storage.key.clone(), bytes.clone());
         Ok(bytes)
     }
@@ -338,7 +365,7 @@ impl StorageLoader<'_, '_> {
             return Ok(Entry {
                 dtype: t.dtype,
                 shape: t.size.clone(),
-                bytes: Bytes::Owned(Arc::new(Vec::new())),
+                bytes: Bytes::owned(Vec::new()),
             });
         }
         // The furthest element the view reaches, and whether it lies inside the storage.
@@ -373,15 +400,22 @@ impl StorageLoader<'_, '_> {
                     start: base + start,
                     end: base + start + nbytes,
                 },
-                StorageBytes::Owned(buf) if start == 0 && nbytes == buf.len() => Bytes::Owned(buf),
-                StorageBytes::Owned(buf) => {
-                    let slice = buf
-                        .get(start..start + nbytes)
-                        .ok_or_else(|| "its data lies outside its storage".to_string())?;
-                    Bytes::Owned(Arc::new(copy(slice)?))
-                }
+                StorageBytes::Owned(buf) => Bytes::Owned {
+                    buf,
+                    start,
+                    end: start + nbytes,
+                },
             }
         } else {
+            let gathered = self.gathered_bytes.saturating_add(nbytes);
+            if gathered > self.stored_bytes.max(MAX_GATHER_BYTES) {
+                return Err(format!(
+                    "it is non-contiguous and would bring the bytes copied out of storages to \
+                     {gathered}, more than the {} the archive's storages hold",
+                    self.stored_bytes
+                ));
+            }
+            self.gathered_bytes = gathered;
             if nbytes > MAX_GATHER_BYTES.max(storage.len()) {
                 return Err(format!(
                     "it is non-contiguous (size {:?}, stride {:?}) and would need {nbytes} bytes \
@@ -398,9 +432,7 @@ impl StorageLoader<'_, '_> {
                     .ok_or_else(|| "its storage lies outside the file".to_string())?,
                 StorageBytes::Owned(buf) => buf,
             };
-            Bytes::Owned(Arc::new(gather(
-                src, elem, t.offset, &t.size, &t.stride, nbytes,
-            )?))
+            Bytes::owned(gather(src, elem, t.offset, &t.size, &t.stride, nbytes)?)
         };
         Ok(Entry {
             dtype: t.dtype,
@@ -408,14 +440,6 @@ impl StorageLoader<'_, '_> {
             bytes,
         })
     }
-}
-
-fn copy(slice: &[u8]) -> Result<Vec<u8>, String> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(slice.len())
-        .map_err(|_| format!("cannot allocate {} bytes", slice.len()))?;
-    v.extend_from_slice(slice);
-    Ok(v)
 }
 
 /// Row-major contiguity, ignoring the strides of dimensions of size 1 (as torch does).
@@ -714,6 +738,8 @@ struct Vm<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    /// Values pushed so far (see [`MAX_VALUES`]).
+    made: usize,
 }
 
 impl Drop for Vm<'_> {
@@ -735,6 +761,7 @@ impl<'a> Vm<'a> {
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
+            made: 0,
         }
     }
 
@@ -772,13 +799,16 @@ impl<'a> Vm<'a> {
                 // FRAME: a length prefix for buffering; the data is read whole anyway.
                 self.take(8)?;
             }
-            b'(' => self.marks.push(self.stack.len()),
-            b'}' => self.push(Value::Dict(Rc::default())),
-            b']' => self.push(Value::List(Rc::default())),
-            b')' => self.push(Value::tuple(Vec::new())),
+            b'(' => {
+                self.count()?;
+                self.marks.push(self.stack.len());
+            }
+            b'}' => self.push(Value::Dict(Rc::default()))?,
+            b']' => self.push(Value::List(Rc::default()))?,
+            b')' => self.push(Value::tuple(Vec::new()))?,
             b't' => {
                 let items = self.pop_mark()?;
-                self.push(Value::tuple(items));
+                self.push(Value::tuple(items))?;
             }
             0x85..=0x87 => {
                 let n = usize::from(op - 0x84);
@@ -789,7 +819,7 @@ impl<'a> Vm<'a> {
                     .filter(|&at| at >= self.floor())
                     .ok_or("stack underflow")?;
                 let items = self.stack.split_off(at);
-                self.push(Value::tuple(items));
+                self.push(Value::tuple(items))?;
             }
             b'X' => {
                 let n = self.len_u32()?;
@@ -828,15 +858,15 @@ impl<'a> Vm<'a> {
             b'J' => {
                 let b = self.take(4)?;
                 let v = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                self.push(Value::Int(i64::from(v)));
+                self.push(Value::Int(i64::from(v)))?;
             }
             b'K' => {
                 let v = self.take(1)?[0];
-                self.push(Value::Int(i64::from(v)));
+                self.push(Value::Int(i64::from(v)))?;
             }
             b'M' => {
                 let b = self.take(2)?;
-                self.push(Value::Int(i64::from(u16::from_le_bytes([b[0], b[1]]))));
+                self.push(Value::Int(i64::from(u16::from_le_bytes([b[0], b[1]]))))?;
             }
             0x8a => {
                 let n = usize::from(self.take(1)?[0]);
@@ -852,14 +882,14 @@ impl<'a> Vm<'a> {
                 };
                 let mut word = [fill; 8];
                 word[..n].copy_from_slice(b);
-                self.push(Value::Int(i64::from_le_bytes(word)));
+                self.push(Value::Int(i64::from_le_bytes(word)))?;
             }
             b'G' => {
                 self.take(8)?;
-                self.push(Value::Float);
+                self.push(Value::Float)?;
             }
-            b'N' => self.push(Value::None),
-            0x88 | 0x89 => self.push(Value::Bool),
+            b'N' => self.push(Value::None)?,
+            0x88 | 0x89 => self.push(Value::Bool)?,
             b'q' => {
                 let i = u32::from(self.take(1)?[0]);
                 self.put(i)?;
@@ -884,7 +914,7 @@ impl<'a> Vm<'a> {
                 let module = self.line()?;
                 let name = self.line()?;
                 let global = global(&module, &name)?;
-                self.push(Value::Global(global));
+                self.push(Value::Global(global))?;
             }
             0x93 => {
                 let name = self.pop()?;
@@ -897,7 +927,7 @@ impl<'a> Vm<'a> {
                     ));
                 };
                 let global = global(module, name)?;
-                self.push(Value::Global(global));
+                self.push(Value::Global(global))?;
             }
             b'R' => {
                 let args = self.pop()?;
@@ -909,7 +939,7 @@ impl<'a> Vm<'a> {
                     return Err(format!("the arguments are a {}, not a tuple", args.kind()));
                 };
                 let value = reduce(callable, &args.0)?;
-                self.push(value);
+                self.push(value)?;
             }
             b'b' => {
                 let _state = self.pop()?;
@@ -948,7 +978,7 @@ impl<'a> Vm<'a> {
             b'Q' => {
                 let pid = self.pop()?;
                 let storage = persistent_load(&pid)?;
-                self.push(Value::Storage(Rc::new(storage)));
+                self.push(Value::Storage(Rc::new(storage)))?;
             }
             _ => {
                 return Err(match opcode_name(op) {
@@ -1013,18 +1043,32 @@ impl<'a> Vm<'a> {
     fn push_str(&mut self, n: usize) -> Step<()> {
         let b = self.take(n)?;
         let s = std::str::from_utf8(b).map_err(|_| "a string that is not UTF-8")?;
-        self.push(Value::Str(Rc::from(s)));
+        self.push(Value::Str(Rc::from(s)))?;
         Ok(())
     }
 
     fn push_bytes(&mut self, n: usize) -> Step<()> {
         self.take(n)?;
-        self.push(Value::Bytes);
+        self.push(Value::Bytes)?;
         Ok(())
     }
 
-    fn push(&mut self, v: Value) {
+    fn push(&mut self, v: Value) -> Step<()> {
+        self.count()?;
         self.stack.push(v);
+        Ok(())
+    }
+
+    /// Counts one more value (or MARK) against [`MAX_VALUES`].
+    fn count(&mut self) -> Step<()> {
+        self.made += 1;
+        if self.made > MAX_VALUES {
+            return Err(format!(
+                "the pickle makes more than {MAX_VALUES} values (a state dict makes about 15 a \
+                 tensor)"
+            ));
+        }
+        Ok(())
     }
 
     /// The lowest stack index the current MARK frame may touch.
@@ -1055,6 +1099,8 @@ impl<'a> Vm<'a> {
     }
 
     fn put(&mut self, i: u32) -> Step<()> {
+        // A memo entry costs memory like a value.
+        self.count()?;
         let v = self.top()?.clone();
         if let Some(old) = self.memo.insert(i, v) {
             dispose(vec![old]);
@@ -1068,7 +1114,7 @@ impl<'a> Vm<'a> {
             .get(&i)
             .ok_or_else(|| format!("memo entry {i} was never stored"))?
             .clone();
-        self.push(v);
+        self.push(v)?;
         Ok(())
     }
 
