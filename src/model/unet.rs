@@ -125,10 +125,11 @@ pub struct UNet2DConditionConfig {
 }
 
 impl UNet2DConditionConfig {
-    /// Rejects what this implementation does not build (and diffusers would build differently).
-    fn validate(&self, path: &Path) -> Result<()> {
+    /// Rejects what this implementation does not build (and diffusers would build differently)
+    /// and numbers out of range; `path` names the config file in errors.
+    pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |message: String| Error::Config {
-            path: path.join("config.json"),
+            path: path.to_path_buf(),
             message,
         };
         let levels = self.block_out_channels.len();
@@ -179,7 +180,7 @@ impl UNet2DConditionConfig {
                 return Err(bad(format!("unsupported UNet setting: {what}")));
             }
         }
-        self.check_sizes(&path.join("config.json"))
+        self.check_sizes(path)
     }
 
     /// Every number the graph is built from, in range before any of it is used.
@@ -561,7 +562,7 @@ impl UNet2DConditionModel {
         ckpt: &Checkpoint,
         dir: &Path,
     ) -> Result<Self> {
-        config.validate(dir)?;
+        config.validate(&dir.join("config.json"))?;
         let vb = ckpt.root();
         let widths = &config.block_out_channels;
         let levels = widths.len();

@@ -89,8 +89,9 @@ fn yes() -> bool {
 }
 
 impl AutoencoderKLConfig {
-    /// Checks what this implementation supports; `path` names the config in errors.
-    fn validate(&self, path: &Path) -> Result<()> {
+    /// Rejects what this implementation does not build and numbers out of range; `path` names
+    /// the config file in errors.
+    pub fn validate(&self, path: &Path) -> Result<()> {
         let fail = |message: String| {
             Err(Error::Config {
                 path: path.to_path_buf(),

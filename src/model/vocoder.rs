@@ -57,7 +57,9 @@ fn yes() -> bool {
 }
 
 impl SpeechT5HifiGanConfig {
-    fn validate(&self, path: &Path) -> Result<()> {
+    /// Rejects what this implementation does not build and numbers out of range; `path` names
+    /// the config file in errors.
+    pub fn validate(&self, path: &Path) -> Result<()> {
         let fail = |message: String| {
             Err(Error::Config {
                 path: path.to_path_buf(),
