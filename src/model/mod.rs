@@ -94,6 +94,22 @@ impl ConfigCheck<'_> {
         }
     }
 
+    /// A UNet's or VAE's `block_out_channels` and `norm_num_groups`: 1 to [`limits::LEVELS`]
+    /// widths, each in range and split evenly into the groups.
+    pub fn block_widths(&self, widths: &[usize], groups: usize) -> Result<()> {
+        self.range(
+            "the number of block_out_channels",
+            widths.len(),
+            1..=limits::LEVELS,
+        )?;
+        self.all("block_out_channels", widths, 1..=limits::CHANNELS)?;
+        self.range("norm_num_groups", groups, 1..=limits::CHANNELS)?;
+        for &width in widths {
+            self.divides("block width", width, "norm_num_groups", groups)?;
+        }
+        Ok(())
+    }
+
     /// `value` must split evenly into `parts` (groups, heads): `parts` at least 1.
     pub fn divides(&self, what: &str, value: usize, parts_key: &str, parts: usize) -> Result<()> {
         if parts == 0 || !value.is_multiple_of(parts) {

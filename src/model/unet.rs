@@ -187,12 +187,7 @@ impl UNet2DConditionConfig {
     fn check_sizes(&self, path: &Path) -> Result<()> {
         let check = ConfigCheck { path };
         let widths = &self.block_out_channels;
-        check.range(
-            "the number of block_out_channels",
-            widths.len(),
-            1..=limits::LEVELS,
-        )?;
-        check.all("block_out_channels", widths, 1..=limits::CHANNELS)?;
+        check.block_widths(widths, self.norm_num_groups)?;
         check.range("in_channels", self.in_channels, 1..=limits::LATENT_CHANNELS)?;
         check.range(
             "out_channels",
@@ -216,11 +211,6 @@ impl UNet2DConditionConfig {
             self.downsample_padding,
             0..=limits::KERNEL,
         )?;
-        check.range(
-            "norm_num_groups",
-            self.norm_num_groups,
-            1..=limits::CHANNELS,
-        )?;
         let heads = self.heads();
         if heads.len() != widths.len() {
             return Err(check.fail(format!(
@@ -230,12 +220,6 @@ impl UNet2DConditionConfig {
             )));
         }
         for (&width, &h) in widths.iter().zip(&heads) {
-            check.divides(
-                "block width",
-                width,
-                "norm_num_groups",
-                self.norm_num_groups,
-            )?;
             check.divides("block width", width, "attention heads", h)?;
         }
         if let Some(dims) = &self.cross_attention_dim {

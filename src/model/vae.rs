@@ -134,29 +134,7 @@ impl AutoencoderKLConfig {
             ));
         }
         let check = ConfigCheck { path };
-        check.range(
-            "the number of block_out_channels",
-            levels,
-            1..=limits::LEVELS,
-        )?;
-        check.all(
-            "block_out_channels",
-            &self.block_out_channels,
-            1..=limits::CHANNELS,
-        )?;
-        check.range(
-            "norm_num_groups",
-            self.norm_num_groups,
-            1..=limits::CHANNELS,
-        )?;
-        for &width in &self.block_out_channels {
-            check.divides(
-                "block width",
-                width,
-                "norm_num_groups",
-                self.norm_num_groups,
-            )?;
-        }
+        check.block_widths(&self.block_out_channels, self.norm_num_groups)?;
         check.range(
             "layers_per_block",
             self.layers_per_block,
