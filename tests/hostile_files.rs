@@ -203,6 +203,18 @@ fn scheduler_configs_that_cannot_be_built_are_errors() {
         );
     }
     scheduler_with(|_| {}).expect("the fixture's own config loads");
+
+    // Found by the `scheduler` fuzz target: steps_offset 2 with 1000 steps reaches timestep
+    // 1001, and stepping there read past the schedule.
+    let scheduler = scheduler_with(|c| {
+        c.insert("steps_offset".into(), json!(2));
+    })
+    .expect("diffusers accepts the config itself");
+    let err = scheduler.timesteps(1000).unwrap_err().to_string();
+    assert!(err.contains("timestep 1001"), "{err}");
+    assert!(scheduler.timesteps(10).is_ok());
+    let step = scheduler.step(1001, 1000, 1.0);
+    assert!(step.sqrt_alpha_prev.is_finite());
 }
 
 /// A tokenizer folder holding `tokenizer.json` = `text`.

@@ -185,6 +185,15 @@ impl DdimScheduler {
                 )));
             }
         };
+        if let Some(&last) = t.last()
+            && last >= n
+        {
+            return Err(Error::Input(format!(
+                "{steps} steps with steps_offset {offset} and timestep_spacing {:?} reach \
+                 timestep {last}, past the {n} the schedule was trained on",
+                self.config.timestep_spacing
+            )));
+        }
         t.reverse();
         Ok(t)
     }
@@ -202,7 +211,8 @@ impl DdimScheduler {
         let prev = timestep as isize - (n / steps) as isize;
         let alpha = self.alphas_cumprod[timestep.min(n - 1)];
         let alpha_prev = if prev >= 0 {
-            self.alphas_cumprod[prev as usize]
+            // `timesteps` never yields a step past the schedule; clamped all the same.
+            self.alphas_cumprod[(prev as usize).min(n - 1)]
         } else {
             self.final_alpha_cumprod
         };
