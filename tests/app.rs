@@ -304,6 +304,9 @@ fn a_model_path_that_does_not_exist_shows_an_error() {
         .set_text_value_accesskit(&missing.display().to_string());
     harness.run();
     harness.get_by_label("Generate").click();
+    // One frame takes the click and starts the run; only then can its end be waited for.
+    harness.step();
+    assert!(harness.state().is_running(), "Generate started nothing");
     step_until(
         &mut harness,
         Duration::from_secs(60),
