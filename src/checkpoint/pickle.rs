@@ -112,11 +112,12 @@ fn read_archive(map: &Arc<memmap2::Mmap>) -> Result<BTreeMap<String, Entry>, Str
         buf
     };
 
-    let root = Disposed(
-        Vm::new(&pickle)
-            .run()
-            .map_err(|e| format!("{pkl_name}: {e}"))?,
-    );
+    let (value, containers) = Vm::new(&pickle)
+        .run()
+        .map_err(|e| format!("{pkl_name}: {e}"))?;
+    // Declared first, dropped last: empties what the root's own disposal leaves (cycles).
+    let _containers = containers;
+    let root = Disposed(value);
     let Value::Dict(dict) = &root.0 else {
         return Err(format!(
             "{pkl_name} holds a {}, expected a dict of tensors (a state dict)",
@@ -584,25 +585,74 @@ impl Drop for Map {
 fn dispose(mut work: Vec<Value>) {
     while let Some(value) = work.pop() {
         match value {
-            Value::Tuple(mut rc) => {
-                if let Some(seq) = Rc::get_mut(&mut rc) {
+            // `try_unwrap`, not `get_mut`: the weak references of `Containers` must not keep
+            // a last owner from taking the items.
+            Value::Tuple(rc) => {
+                if let Ok(mut seq) = Rc::try_unwrap(rc) {
                     work.append(&mut seq.0);
                 }
             }
-            Value::List(mut rc) => {
-                if let Some(cell) = Rc::get_mut(&mut rc) {
-                    work.append(&mut cell.get_mut().0);
+            Value::List(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    work.append(&mut cell.into_inner().0);
                 }
             }
-            Value::Dict(mut rc) => {
-                if let Some(cell) = Rc::get_mut(&mut rc) {
-                    for (k, v) in cell.get_mut().0.drain(..) {
+            Value::Dict(rc) => {
+                if let Ok(cell) = Rc::try_unwrap(rc) {
+                    for (k, v) in cell.into_inner().0.drain(..) {
                         work.push(k);
                         work.push(v);
                     }
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Every list and dict a pickle made, so that they can all be emptied at the end: a list or dict
+/// can be made to hold itself (APPEND after DUP), and reference counting alone would leak such a
+/// cycle. Emptying them (what this does on drop) breaks every cycle; the values that are not in
+/// one are dropped as usual.
+#[derive(Default)]
+struct Containers(Vec<Container>);
+
+enum Container {
+    List(std::rc::Weak<RefCell<Seq>>),
+    Dict(std::rc::Weak<RefCell<Map>>),
+}
+
+impl Containers {
+    fn register(&mut self, value: &Value) {
+        match value {
+            Value::List(rc) => self.0.push(Container::List(Rc::downgrade(rc))),
+            Value::Dict(rc) => self.0.push(Container::Dict(Rc::downgrade(rc))),
+            _ => {}
+        }
+    }
+}
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for container in self.0.drain(..) {
+            let items = match container {
+                Container::List(weak) => weak.upgrade().and_then(|rc| {
+                    rc.try_borrow_mut()
+                        .ok()
+                        .map(|mut seq| std::mem::take(&mut seq.0))
+                }),
+                Container::Dict(weak) => weak.upgrade().and_then(|rc| {
+                    rc.try_borrow_mut().ok().map(|mut map| {
+                        std::mem::take(&mut map.0)
+                            .into_iter()
+                            .flat_map(|(k, v)| [k, v])
+                            .collect()
+                    })
+                }),
+            };
+            if let Some(items) = items {
+                dispose(items);
+            }
         }
     }
 }
@@ -740,6 +790,9 @@ struct Vm<'a> {
     memo: HashMap<u32, Value>,
     /// Values pushed so far (see [`MAX_VALUES`]).
     made: usize,
+    /// Every list and dict made; emptied when the VM is dropped, unless [`Vm::run`] hands them
+    /// to its caller with the result.
+    containers: Containers,
 }
 
 impl Drop for Vm<'_> {
@@ -762,10 +815,13 @@ impl<'a> Vm<'a> {
             marks: Vec::new(),
             memo: HashMap::new(),
             made: 0,
+            containers: Containers::default(),
         }
     }
 
-    fn run(mut self) -> Step<Value> {
+    /// Runs to STOP: the value it returns, and every list and dict made (to be dropped after the
+    /// value).
+    fn run(mut self) -> Step<(Value, Containers)> {
         loop {
             self.op_at = self.pos;
             let Some(&op) = self.data.get(self.pos) else {
@@ -776,9 +832,10 @@ impl<'a> Vm<'a> {
             };
             self.pos += 1;
             if op == b'.' {
-                return self
+                let value = self
                     .pop()
-                    .map_err(|e| format!("byte {} (STOP): {e}", self.op_at));
+                    .map_err(|e| format!("byte {} (STOP): {e}", self.op_at))?;
+                return Ok((value, std::mem::take(&mut self.containers)));
             }
             self.step(op).map_err(|e| {
                 let name = opcode_name(op).unwrap_or("unknown opcode");
@@ -1055,6 +1112,7 @@ impl<'a> Vm<'a> {
 
     fn push(&mut self, v: Value) -> Step<()> {
         self.count()?;
+        self.containers.register(&v);
         self.stack.push(v);
         Ok(())
     }
@@ -1322,4 +1380,42 @@ fn rebuild_tensor(callable: Global, args: &[Value]) -> Step<Value> {
         size,
         stride,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A list that holds itself and a dict that holds itself are freed once the value and the
+    /// containers are dropped (found leaking by the `pickle_data_pkl` fuzz target).
+    #[test]
+    fn self_referencing_containers_are_freed() {
+        // EMPTY_LIST, BINPUT 0, BINGET 0, APPEND: l.append(l).
+        let list = [0x80, 2, b']', b'q', 0, b'h', 0, b'a', b'.'];
+        // EMPTY_DICT, BINPUT 0, 'k', BINGET 0, SETITEM: d['k'] = d.
+        let dict = [
+            0x80, 2, b'}', b'q', 0, b'X', 1, 0, 0, 0, b'k', b'h', 0, b's', b'.',
+        ];
+        let (value, containers) = Vm::new(&list).run().expect("runs");
+        let Value::List(rc) = &value else {
+            panic!("a list, got {}", value.kind())
+        };
+        let weak = Rc::downgrade(rc);
+        drop(Disposed(value));
+        assert!(
+            weak.upgrade().is_some(),
+            "held by its own cycle until emptied"
+        );
+        drop(containers);
+        assert!(weak.upgrade().is_none(), "the list leaked");
+
+        let (value, containers) = Vm::new(&dict).run().expect("runs");
+        let Value::Dict(rc) = &value else {
+            panic!("a dict, got {}", value.kind())
+        };
+        let weak = Rc::downgrade(rc);
+        drop(containers);
+        drop(Disposed(value));
+        assert!(weak.upgrade().is_none(), "the dict leaked");
+    }
 }
