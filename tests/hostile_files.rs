@@ -325,3 +325,21 @@ fn special_and_oversized_files_are_refused() {
         "{err}"
     );
 }
+
+/// Seventy up-sampling stages with matching kernels passed the list checks and then shifted
+/// `upsample_initial_channel` by 70 bits (an overflow panic with debug assertions): the stage
+/// count is now checked first.
+#[test]
+fn a_vocoder_with_too_many_stages_is_refused_before_any_arithmetic() {
+    let text = std::fs::read_to_string(fixture("vocoder/config.json")).unwrap();
+    let mut config: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+    config.insert("upsample_rates".into(), json!(vec![1; 70]));
+    config.insert("upsample_kernel_sizes".into(), json!(vec![1; 70]));
+    let config: audioldm::model::vocoder::SpeechT5HifiGanConfig =
+        serde_json::from_value(Value::Object(config)).unwrap();
+    let err = config
+        .validate(Path::new("vocoder/config.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the number of upsample_rates is 70"), "{err}");
+}

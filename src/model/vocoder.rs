@@ -66,8 +66,11 @@ impl SpeechT5HifiGanConfig {
                 message,
             })
         };
+        let check = ConfigCheck { path };
         let stages = self.upsample_rates.len();
-        if stages == 0 || self.upsample_kernel_sizes.len() != stages {
+        // First: `upsample_initial_channel >> stages` below must not shift by 64 or more.
+        check.range("the number of upsample_rates", stages, 1..=limits::LEVELS)?;
+        if self.upsample_kernel_sizes.len() != stages {
             return fail(format!(
                 "{stages} upsample_rates and {} upsample_kernel_sizes (need the same, at least one)",
                 self.upsample_kernel_sizes.len()
@@ -107,8 +110,6 @@ impl SpeechT5HifiGanConfig {
                 self.upsample_initial_channel
             ));
         }
-        let check = ConfigCheck { path };
-        check.range("the number of upsample_rates", stages, 1..=limits::LEVELS)?;
         check.all("upsample_rates", &self.upsample_rates, 1..=64)?;
         check.all(
             "upsample_kernel_sizes",
