@@ -48,6 +48,11 @@ pub fn decode_file(path: &Path, max_seconds: f64) -> Result<Audio> {
         .as_ref()
         .and_then(|p| p.audio())
         .ok_or_else(|| unreadable("the audio track has no codec parameters".into()))?;
+    let too_fast = |rate: u32| {
+        unreadable(format!(
+            "a sample rate of {rate} Hz is above the {MAX_SAMPLE_RATE} Hz this reads"
+        ))
+    };
     let too_long = |seconds: f64| {
         unreadable(format!(
             "{seconds:.1} s long; at most {max_seconds} s can be used: trim it first"
@@ -55,9 +60,7 @@ pub fn decode_file(path: &Path, max_seconds: f64) -> Result<Audio> {
     };
     if let Some(rate) = params.sample_rate {
         if rate > MAX_SAMPLE_RATE {
-            return Err(unreadable(format!(
-                "a sample rate of {rate} Hz is above the {MAX_SAMPLE_RATE} Hz this reads"
-            )));
+            return Err(too_fast(rate));
         }
         if let Some(frames) = declared_frames
             && rate > 0
@@ -98,9 +101,7 @@ pub fn decode_file(path: &Path, max_seconds: f64) -> Result<Audio> {
         let channels = buffer.spec().channels().count().max(1);
         sample_rate = buffer.spec().rate();
         if sample_rate > MAX_SAMPLE_RATE {
-            return Err(unreadable(format!(
-                "a sample rate of {sample_rate} Hz is above the {MAX_SAMPLE_RATE} Hz this reads"
-            )));
+            return Err(too_fast(sample_rate));
         }
         interleaved.resize(buffer.samples_interleaved(), 0.0);
         buffer.copy_to_slice_interleaved(&mut interleaved);

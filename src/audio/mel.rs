@@ -59,10 +59,6 @@ impl MelFrontEnd {
         }
     }
 
-    pub fn bands(&self) -> usize {
-        self.n_mels
-    }
-
     /// Magnitudes `[frames, N_FFT / 2 + 1]` of the centred STFT; `frames = 1 + len / HOP`.
     pub fn magnitudes(&self, samples: &[f32]) -> (usize, Vec<f32>) {
         let bins = N_FFT / 2 + 1;

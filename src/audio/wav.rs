@@ -128,22 +128,25 @@ pub fn read_comment(path: &Path) -> Result<Option<String>> {
     if &header[0..4] != b"RIFF" || &header[8..12] != b"WAVE" {
         return Err(not_wav());
     }
+    // Fills `buf`, or says the file ended first.
+    let fill =
+        |file: &mut std::io::BufReader<std::fs::File>, buf: &mut [u8]| match file.read_exact(buf) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(err(e)),
+        };
     loop {
         let mut chunk = [0u8; 8];
-        match file.read_exact(&mut chunk) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(err(e)),
+        if !fill(&mut file, &mut chunk)? {
+            return Ok(None);
         }
         let size = u64::from(u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]));
         // Chunks are padded to an even length.
         let padded = size + (size & 1);
         if &chunk[0..4] == b"LIST" && size <= MAX_INFO_BYTES {
             let mut list = vec![0u8; size as usize];
-            match file.read_exact(&mut list) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-                Err(e) => return Err(err(e)),
+            if !fill(&mut file, &mut list)? {
+                return Ok(None);
             }
             if let Some(comment) = info_comment(&list) {
                 return Ok(Some(comment));

@@ -27,9 +27,9 @@ use serde::Deserialize;
 use crate::checkpoint::{Checkpoint, Weights};
 use crate::error::{Error, Result};
 use crate::gpu::{Activation, Context, Graph, Tensor, Var};
-use crate::model::load_config;
 use crate::model::nn::{Embedding, LayerNorm, Linear, Loader};
 use crate::model::tokenizer::TextTokenizer;
+use crate::model::{ConfigCheck, limits, load_config};
 
 /// A token id, or several (`eos_token_id` may be a list in transformers' configs).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -113,15 +113,13 @@ impl ClapTextConfig {
                 self.position_embedding_type
             )));
         }
-        let h = self.num_attention_heads;
-        if h == 0 || !self.hidden_size.is_multiple_of(h) {
-            return Err(bad(format!(
-                "hidden_size {} does not split into {h} attention heads",
-                self.hidden_size
-            )));
-        }
-        let check = super::ConfigCheck { path };
-        use super::limits;
+        let check = ConfigCheck { path };
+        check.divides(
+            "hidden_size",
+            self.hidden_size,
+            "attention heads",
+            self.num_attention_heads,
+        )?;
         check.range("hidden_size", self.hidden_size, 1..=limits::CHANNELS)?;
         check.range(
             "num_hidden_layers",

@@ -99,7 +99,6 @@ impl DdimScheduler {
             1..=crate::model::limits::TIMESTEPS,
         )?;
         check.range("steps_offset", config.steps_offset, 0..=n - 1)?;
-        let in_unit = |b: f64| b.is_finite() && (0.0..1.0).contains(&b);
         if !(in_unit(config.beta_start) && in_unit(config.beta_end)) {
             return Err(bad(format!(
                 "beta_start {} and beta_end {} must lie in [0, 1)",
@@ -135,10 +134,7 @@ impl DdimScheduler {
                 betas.len()
             )));
         }
-        if let Some(b) = betas
-            .iter()
-            .find(|&&b| !(b.is_finite() && (0.0..1.0).contains(&b)))
-        {
+        if let Some(b) = betas.iter().find(|&&b| !in_unit(f64::from(b))) {
             return Err(bad(format!("trained beta {b} does not lie in [0, 1)")));
         }
         let mut alphas_cumprod = Vec::with_capacity(n);
@@ -229,6 +225,11 @@ impl DdimScheduler {
             sigma,
         }
     }
+}
+
+/// Whether `beta` is a usable noise variance: finite, in [0, 1).
+fn in_unit(beta: f64) -> bool {
+    beta.is_finite() && (0.0..1.0).contains(&beta)
 }
 
 /// `torch.linspace(start, end, n, dtype=float32)`: computed in f64, rounded once.

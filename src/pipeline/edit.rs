@@ -166,7 +166,7 @@ impl Pipeline {
                 known: Some(super::Known {
                     latents: place(&source_latents, source_shape, shape),
                     mask: mask.clone(),
-                    seed: request.seed.wrapping_add(3),
+                    noise: noise::LegacyNormal::new(request.seed.wrapping_add(3)),
                 }),
             },
         };

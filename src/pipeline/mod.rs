@@ -113,8 +113,8 @@ struct Known {
     latents: Vec<f32>,
     /// `[frames, width]`, 1 on kept cells, broadcast over channels.
     mask: Vec<f32>,
-    /// The seed of the per-step forward noise.
-    seed: u32,
+    /// The per-step forward noise of the kept cells.
+    noise: noise::LegacyNormal,
 }
 
 impl Known {
@@ -436,7 +436,7 @@ impl Pipeline {
             shape,
             initial,
             timesteps,
-            known,
+            mut known,
         } = plan;
         let count: usize = shape.iter().product();
         let guided = request.guidance_scale > 1.0;
@@ -467,7 +467,6 @@ impl Pipeline {
         step.exe
             .set_max_dispatches_per_submit(self.dispatches_per_submit());
         let mut rng = noise::LegacyNormal::new(request.seed.wrapping_add(1));
-        let mut known_rng = known.as_ref().map(|k| noise::LegacyNormal::new(k.seed));
         let n = timesteps.len();
         if let Some(known) = &known {
             on_event(Event::Step {
@@ -482,12 +481,12 @@ impl Pipeline {
                 return Err(Error::Cancelled);
             }
             let s = self.scheduler.step(t, request.steps, request.eta);
-            if let (Some(known), Some(known_rng)) = (&known, &mut known_rng) {
+            if let Some(known) = &mut known {
                 // The known region at this step's noise level, over the current latents.
                 if i > 0 {
                     x = step.latents.to_vec_f32(&self.ctx)?;
                 }
-                let e = known_rng.sample(count);
+                let e = known.noise.sample(count);
                 known.impose(&mut x, |k, z0| {
                     s.sqrt_alpha * z0 + s.sqrt_one_minus_alpha * e[k]
                 });
