@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the fuzz targets and runs each on its committed corpus for SECONDS (default 20) or RUNS
-# executions, whichever ends first, under the limits the loaders promise: 4 GiB of memory and
-# 5 s per input. New corpus entries go to a scratch folder, not into fuzz/corpus.
+# Builds the fuzz targets (optimised, with debug assertions: an overflow is a crash) and runs each
+# on its committed corpus for SECONDS (default 20) or RUNS executions, whichever ends first,
+# under the limits the loaders promise: 4 GiB of memory and 5 s per input. New corpus entries go
+# to a scratch folder, not into fuzz/corpus.
 #   bash fuzz/run.sh [SECONDS] [RUNS] [TARGET...]
 # Needs a nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz --locked`).
 set -euo pipefail
@@ -17,13 +18,13 @@ declare -A dict=(
     [safetensors]=safetensors [pickle_archive]=pickle [pickle_data_pkl]=pickle [config]=json
     [scheduler]=json [tokenizer]=json [audio]=audio
 )
-cargo +nightly fuzz build -O
+cargo +nightly fuzz build -O -a
 scratch="$(mktemp -d)"
 status=0
 for target in "${targets[@]}"; do
     mkdir -p "$scratch/$target"
     log="$scratch/$target.log"
-    if cargo +nightly fuzz run -O "$target" "$scratch/$target" "corpus/$target" -- \
+    if cargo +nightly fuzz run -O -a "$target" "$scratch/$target" "corpus/$target" -- \
         -dict="dicts/${dict[$target]}.dict" -max_total_time="$seconds" -runs="$runs" \
         -rss_limit_mb=4096 -timeout=5 -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
         result=ok

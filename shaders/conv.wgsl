@@ -15,12 +15,21 @@
 // RESIDUAL, TM (pixels) x TN (output channels) per thread, PHASES: a transposed convolution
 // computed phase by phase (weight row r * phase_cout + co is phase r of output channel co; see
 // `Graph::conv_transpose1d`), whose results are stored interleaved into [B, phase_cout, out_len].
+//
+// Tensors larger than one binding: `Graph::conv_ops` then copies windows of padded rows (one batch
+// item, the output rows' inputs with their halo) and convolves each into the output part that
+// holds its channels. Both passes take the window's place in the whole tensor from the uniform
+// block; every output is the same sum in the same order as unsplit.
 
 #if INPUT
+// A window of the padded tensor: rows row0.. (padded coordinates) of batch items b0.., holding
+// p.hp rows each. x is bound from its (item, channel) plane unit0 on; this dispatch writes
+// channels c_lo..c_hi, and with MERGE keeps what earlier dispatches wrote for the others.
 struct Params {
     n: u32, cin: u32, h: u32, w: u32,
     c4: u32, hp: u32, wp: u32, pad_top: u32,
-    pad_left: u32, in_slope: f32,
+    pad_left: u32, in_slope: f32, row0: u32, b0: u32,
+    unit0: u32, c_lo: u32, c_hi: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -40,22 +49,28 @@ fn conv_input(
     }
     let c0 = (i % p.c4) * 4u;
     let at = i / p.c4;
-    let iy = i32((at / p.wp) % p.hp) - i32(p.pad_top);
+    let iy = i32(p.row0 + (at / p.wp) % p.hp) - i32(p.pad_top);
     let ix = i32(at % p.wp) - i32(p.pad_left);
-    let b = at / (p.wp * p.hp);
+    let b = p.b0 + at / (p.wp * p.hp);
+    let inside = iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w);
+    let plane = p.h * p.w;
     var v = vec4<f32>(0.0);
-    if (iy >= 0 && iy < i32(p.h) && ix >= 0 && ix < i32(p.w)) {
-        let plane = p.h * p.w;
-        let pixel = b * p.cin * plane + u32(iy) * p.w + u32(ix);
-        for (var t = 0u; t < 4u; t++) {
-            if (c0 + t < p.cin) {
-                v[t] = x[pixel + (c0 + t) * plane];
+#if MERGE
+    v = xp[i];
+#endif
+    for (var t = 0u; t < 4u; t++) {
+        let c = c0 + t;
+        if (c >= p.c_lo && c < p.c_hi) {
+            var e = 0.0;
+            if (inside) {
+                e = x[(b * p.cin + c - p.unit0) * plane + u32(iy) * p.w + u32(ix)];
             }
+#if IN_LEAKY_RELU
+            e = select(e * p.in_slope, e, e >= 0.0);
+#endif
+            v[t] = e;
         }
     }
-#if IN_LEAKY_RELU
-    v = select(v * p.in_slope, v, v >= vec4<f32>(0.0));
-#endif
     xp[i] = v;
 }
 #else
@@ -65,6 +80,11 @@ struct Params {
     kw: u32, stride_h: u32, stride_w: u32, dil_h: u32,
     dil_w: u32, slope: f32, phases: u32, phase_cout: u32,
     out_len: u32, phase_pad: u32,
+    // The window (see `Graph::conv_spec`): oh above counts its rows, from output row row0 of
+    // out_h; cout counts its channels, from weight row co_lo; items from b0; the output is bound
+    // from (item, channel) plane unit0 of out_c channels per item.
+    row0: u32, out_h: u32, out_c: u32, b0: u32,
+    unit0: u32, co_lo: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -88,8 +108,9 @@ fn store(pixel: u32, row: u32, acc: f32) {
     }
     let at = (b * p.phase_cout + co) * p.out_len + u32(t);
 #else
-    let co = row;
-    let at = (b * p.cout + co) * plane + pixel % plane;
+    let co = p.co_lo + row;
+    let at = ((p.b0 + b) * p.out_c + co - p.unit0) * (p.out_h * p.ow) + p.row0 * p.ow
+        + pixel % plane;
 #endif
     var v = acc;
 #if BIAS
@@ -131,7 +152,7 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
     let row = p.kh * p.kw * p.c4;
     var w_at: array<u32, ${TN}>;
     for (var j = 0u; j < ${TN}u; j++) {
-        w_at[j] = min(co0 + 8u * j, p.cout - 1u) * row;
+        w_at[j] = (p.co_lo + min(co0 + 8u * j, p.cout - 1u)) * row;
     }
     var acc: array<array<f32, ${TN}>, ${TM}>;
     var w_tap = 0u;
@@ -172,7 +193,7 @@ fn conv2d_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let x_at = first_tap(pixel);
-    var w_at = co * p.kh * p.kw * p.c4;
+    var w_at = (p.co_lo + co) * p.kh * p.kw * p.c4;
     var acc = 0.0;
     for (var ky = 0u; ky < p.kh; ky++) {
         for (var kx = 0u; kx < p.kw; kx++) {

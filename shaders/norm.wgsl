@@ -23,6 +23,8 @@ struct Params {
     cpg: u32,
     eps: f32,
     scale: f32,
+    // group_norm: the first set of this dispatch (x and y are bound from its first element).
+    set0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -66,7 +68,7 @@ fn group_norm(
     let mean = stats.mean;
     let rstd = inverseSqrt(stats.m2 / stats.n + p.eps);
     // Channel of element i of this set: (set % G) * (C/G) + i / S.
-    let c0 = (gset % p.groups) * p.cpg;
+    let c0 = ((p.set0 + gset) % p.groups) * p.cpg;
     for (var i = lid; i < p.n; i += ${WG}u) {
         var v = ((x[base + i] - shift) - mean) * rstd;
         let c = c0 + i / p.spatial;

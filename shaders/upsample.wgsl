@@ -2,7 +2,7 @@
 // F.interpolate(mode="nearest", size=...): src = min(floor(dst * scale), in - 1) with
 // scale = in / out rounded to f32 on the CPU (passed in the uniform block, so the GPU's division
 // cannot differ) and dst * scale one f32 multiply. Moves 32-bit words unchanged; one thread per
-// output element.
+// output element. A tensor stored in parts is resized a run of whole planes at a time.
 
 struct Params {
     n: u32,
@@ -12,6 +12,9 @@ struct Params {
     out_w: u32,
     scale_h: f32,
     scale_w: f32,
+    // The first (item, channel) plane of this dispatch, in x's binding and in y's.
+    in_plane0: u32,
+    out_plane0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -34,5 +37,5 @@ fn upsample_nearest(
     let plane = rows / p.out_h;
     let sy = min(u32(floor(f32(oy) * p.scale_h)), p.in_h - 1u);
     let sx = min(u32(floor(f32(ox) * p.scale_w)), p.in_w - 1u);
-    y[i] = x[(plane * p.in_h + sy) * p.in_w + sx];
+    y[p.out_plane0 * p.out_h * p.out_w + i] = x[((p.in_plane0 + plane) * p.in_h + sy) * p.in_w + sx];
 }

@@ -5,6 +5,7 @@
 //! audio, shared by the front ends) and [`app`] (the desktop front end); [`audio`] and [`hub`] sit
 //! beside them.
 
+#[cfg(feature = "app")]
 pub mod app;
 pub mod audio;
 pub mod checkpoint;

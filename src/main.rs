@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use audioldm::audio::decode::decode_file;
 use audioldm::audio::wav::{WavFormat, write_wav};
-use audioldm::gpu::Context;
+use audioldm::gpu::{Context, LimitsProfile};
 use audioldm::hub::{self, DEFAULT_MODEL};
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::edit::{EditRequest, Mode};
@@ -37,9 +37,28 @@ enum Format {
     F32,
 }
 
+/// The limits the GPU device is created with.
+#[derive(Clone, Copy, ValueEnum)]
+enum Limits {
+    /// Everything the adapter offers.
+    Adapter,
+    /// The WebGPU specification's defaults (128 MiB per binding, 256 MiB per buffer).
+    WebgpuDefault,
+}
+
+impl From<Limits> for LimitsProfile {
+    fn from(limits: Limits) -> Self {
+        match limits {
+            Limits::Adapter => LimitsProfile::Adapter,
+            Limits::WebgpuDefault => LimitsProfile::WebGpuDefault,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Open the desktop app (what running without a command does).
+    #[cfg(feature = "app")]
     App {
         /// Start with this model (a Hugging Face repo id or a local folder) instead of the last one.
         #[arg(long)]
@@ -50,6 +69,9 @@ enum Command {
         /// Open with this audio file as the input clip, ready to edit.
         #[arg(long)]
         input: Option<PathBuf>,
+        /// GPU limits to create the device with.
+        #[arg(long, value_enum, env = "AUDIOLDM_LIMITS", default_value_t = Limits::Adapter)]
+        limits: Limits,
     },
     /// Generate a clip from a text prompt.
     Generate {
@@ -151,6 +173,9 @@ struct Options {
     /// Never touch the network: use the Hugging Face cache only.
     #[arg(long)]
     offline: bool,
+    /// GPU limits to create the device with.
+    #[arg(long, value_enum, env = "AUDIOLDM_LIMITS", default_value_t = Limits::Adapter)]
+    limits: Limits,
 }
 
 impl Options {
@@ -199,18 +224,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> audioldm::Result<()> {
-    let command = cli.command.unwrap_or(Command::App {
+#[cfg(feature = "app")]
+fn default_command() -> Option<Command> {
+    Some(Command::App {
         model: None,
         f16: false,
         input: None,
-    });
+        limits: Limits::Adapter,
+    })
+}
+
+#[cfg(not(feature = "app"))]
+fn default_command() -> Option<Command> {
+    None
+}
+
+fn run(cli: Cli) -> audioldm::Result<()> {
+    let Some(command) = cli.command.or_else(default_command) else {
+        return Err(audioldm::Error::Input(
+            "this build has no desktop app (it was built without the `app` feature); \
+             `audioldm --help` lists the commands"
+                .into(),
+        ));
+    };
     match command {
-        Command::App { model, f16, input } => {
+        #[cfg(feature = "app")]
+        Command::App {
+            model,
+            f16,
+            input,
+            limits,
+        } => {
             let options = audioldm::app::AppOptions {
                 model,
                 input,
                 precision: Precision::weights_f16(f16),
+                limits: limits.into(),
                 ..Default::default()
             };
             audioldm::app::run_native(options).map_err(audioldm::Error::Input)
@@ -292,11 +341,14 @@ fn produce(
     let started = Instant::now();
     check_writable(&options.out)?;
     let dir = resolve_model(&options.model, options.offline)?;
-    let ctx = Context::new_blocking()?;
+    let ctx = Context::with_limits_blocking(options.limits.into())?;
     let info = ctx.adapter_info();
     eprintln!(
-        "GPU: {} ({:?}, {:?})",
-        info.name, info.backend, info.device_type
+        "GPU: {} ({:?}, {:?}), {} limits",
+        info.name,
+        info.backend,
+        info.device_type,
+        ctx.limits_profile()
     );
     let pipeline = Pipeline::load(&ctx, &dir, Precision::weights_f16(options.f16))?;
     let bar = ProgressBar::new(options.steps as u64).with_style(

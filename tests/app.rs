@@ -1,11 +1,13 @@
 //! The desktop app, driven through its widgets with egui_kittest on the tiny fixture model. The
 //! harness renders with wgpu on the same setup the real window uses, so the engine runs on the
 //! renderer's device here too.
+#![cfg(feature = "app")]
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use audioldm::app::{AppOptions, AudioLdmApp, Phase, Severity, wgpu_setup};
+use audioldm::gpu::LimitsProfile;
 use eframe::egui;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::{Harness, SnapshotOptions};
@@ -55,7 +57,7 @@ fn restarted(options: AppOptions, storage: MemoryStorage) -> Harness<'static, Au
     let storage: &'static MemoryStorage = Box::leak(Box::new(storage));
     Harness::builder()
         .with_size(egui::Vec2::new(1200.0, 760.0))
-        .wgpu_setup(wgpu_setup())
+        .wgpu_setup(wgpu_setup(&LimitsProfile::default()))
         .build_eframe(move |cc| {
             cc.storage = Some(storage);
             AudioLdmApp::new(cc, options)
@@ -65,7 +67,7 @@ fn restarted(options: AppOptions, storage: MemoryStorage) -> Harness<'static, Au
 fn harness_with(options: AppOptions) -> Harness<'static, AudioLdmApp> {
     Harness::builder()
         .with_size(egui::Vec2::new(1200.0, 760.0))
-        .wgpu_setup(wgpu_setup())
+        .wgpu_setup(wgpu_setup(&LimitsProfile::default()))
         .build_eframe(move |cc| AudioLdmApp::new(cc, options))
 }
 
@@ -433,7 +435,7 @@ fn tall_harness(data_dir: &Path) -> Harness<'static, AudioLdmApp> {
     };
     Harness::builder()
         .with_size(egui::Vec2::new(1200.0, 1400.0))
-        .wgpu_setup(wgpu_setup())
+        .wgpu_setup(wgpu_setup(&LimitsProfile::default()))
         .build_eframe(move |cc| AudioLdmApp::new(cc, options))
 }
 

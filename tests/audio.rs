@@ -6,6 +6,7 @@ use std::f64::consts::PI;
 use audioldm::audio::Audio;
 use audioldm::audio::decode::decode_file;
 use audioldm::audio::mel::{HOP, MelFrontEnd, N_FFT, N_MELS, slaney_mel_filters};
+#[cfg(feature = "app")]
 use audioldm::audio::playback::Player;
 use audioldm::audio::resample::resample;
 use audioldm::audio::wav::{read_comment, read_wav};
@@ -217,6 +218,7 @@ fn decoding_takes_channel_zero_and_bad_files_are_clear_errors() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[cfg(feature = "app")]
 #[test]
 fn playback_plays_or_says_why_it_cannot() {
     let mut player = Player::default();

@@ -94,3 +94,56 @@ fn full_size_pipeline_matches_diffusers() {
     assert_eq!(out.audio.samples.len(), want.len());
     assert_close("full-size waveform", &out.audio.samples, &f64s(&want), 1e-3);
 }
+
+/// The process's peak resident memory (`VmHWM`), in MiB; on a software adapter GPU buffers are
+/// host memory, so this includes them.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+#[test]
+#[ignore = "needs the full-size reference from make_reference.py --full; tens of minutes on lavapipe"]
+fn full_size_long_clips_under_webgpu_default_limits() {
+    use audioldm::gpu::{Context, LimitsProfile};
+    // AUDIOLDM_LONG_CLIPS="30,60" by default: the durations to make, in seconds.
+    let durations: Vec<f64> = std::env::var("AUDIOLDM_LONG_CLIPS")
+        .unwrap_or_else(|_| "30,60".into())
+        .split(',')
+        .map(|d| {
+            d.trim()
+                .parse()
+                .expect("AUDIOLDM_LONG_CLIPS: seconds, comma-separated")
+        })
+        .collect();
+    let ctx = Context::with_limits_blocking(LimitsProfile::WebGpuDefault).expect("device");
+    let pipeline = Pipeline::load(&ctx, &model_dir(), Precision::default()).expect("load");
+    for duration in durations {
+        let started = std::time::Instant::now();
+        let request = Request {
+            prompt: "rain on a tin roof, distant thunder".into(),
+            steps: 2,
+            duration_s: Some(duration),
+            ..Request::default()
+        };
+        let out = pipeline
+            .generate(&request, &AtomicBool::new(false), |_| {})
+            .expect("generate");
+        let samples = (duration * 16_000.0) as usize;
+        assert_eq!(out.audio.samples.len(), samples);
+        assert!(out.audio.samples.iter().all(|s| s.is_finite()));
+        let step = pipeline.step_stats().expect("a step ran");
+        println!(
+            "{duration} s under webgpu-default: {:.0} s, step graph {:.0} MiB planned + {:.0} MiB \
+             weights, peak RSS {:.0} MiB",
+            started.elapsed().as_secs_f64(),
+            step.planned_bytes as f64 / (1 << 20) as f64,
+            step.weight_bytes as f64 / (1 << 20) as f64,
+            peak_rss_mib()
+        );
+    }
+}

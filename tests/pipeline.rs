@@ -3,29 +3,12 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use audioldm::Error;
-use audioldm::checkpoint::Checkpoint;
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::{Event, Pipeline, Request, noise};
 use common::*;
-
-const PROMPT: &str = "a dog barking in the rain, then thunder!";
-const NEGATIVE: &str = "low quality, noisy, distorted, muffled, clipping, hum, static, silence, wind, crowd talking, music";
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn golden(name: &str) -> Vec<f32> {
-    Checkpoint::open(&fixtures().join("tiny-goldens.safetensors"))
-        .expect("goldens")
-        .f32_any(name)
-        .expect(name)
-        .1
-}
 
 fn pipeline() -> Pipeline {
     Pipeline::load(ctx(), &fixtures().join("tiny"), Precision::default())
@@ -33,21 +16,12 @@ fn pipeline() -> Pipeline {
 }
 
 fn request() -> Request {
-    Request {
-        prompt: PROMPT.into(),
-        negative_prompt: Some(NEGATIVE.into()),
-        steps: 3,
-        guidance_scale: 2.5,
-        duration_s: Some(1.0),
-        seed: 0,
-        eta: 0.0,
-        init_latents: Some(golden("init_latents")),
-    }
+    tiny_request()
 }
 
 #[test]
 fn seeded_noise_is_numpys_random_state() {
-    let want = golden("init_latents");
+    let want = tiny_golden("init_latents");
     assert_eq!(noise::standard_normal(0, want.len()), want);
 }
 
@@ -68,19 +42,19 @@ fn end_to_end_matches_diffusers() {
     assert_close(
         "pipeline text_embeds",
         &out.text_embeds,
-        &f64s(&golden("text_embeds")),
+        &f64s(&tiny_golden("text_embeds")),
         1e-4,
     );
     assert_close(
         "pipeline final latents",
         &out.latents,
-        &f64s(&golden("run_final_latents")),
+        &f64s(&tiny_golden("run_final_latents")),
         1e-4,
     );
     assert_close(
         "pipeline mel",
         &out.mel.data,
-        &f64s(&golden("run_mel")),
+        &f64s(&tiny_golden("run_mel")),
         1e-4,
     );
     assert_eq!(out.audio.sample_rate, 16000);
@@ -92,7 +66,7 @@ fn end_to_end_matches_diffusers() {
     assert_close(
         "pipeline waveform",
         &out.audio.samples,
-        &f64s(&golden("run_waveform")),
+        &f64s(&tiny_golden("run_waveform")),
         1e-3,
     );
 }
@@ -153,7 +127,7 @@ fn bad_requests_are_errors_and_empty_prompts_are_unconditional() {
     };
     assert!(p.generate(&req, &cancel, |_| {}).is_err());
 
-    let mut nan = golden("init_latents");
+    let mut nan = tiny_golden("init_latents");
     nan[17] = f32::NAN;
     let req = Request {
         init_latents: Some(nan),
@@ -192,7 +166,7 @@ fn guidance_off_runs_a_batch_of_one() {
     let out = p.generate(&req, &AtomicBool::new(false), |_| {}).unwrap();
     assert_eq!(out.text_embeds_shape, [1, 24]);
     // Without a negative row the prompt's embedding is the second golden row.
-    let want = golden("text_embeds");
+    let want = tiny_golden("text_embeds");
     assert_close(
         "unguided prompt embedding",
         &out.text_embeds,

@@ -2,6 +2,7 @@
 //! draws with wgpu on the software adapter, and a screenshot of the X screen must not be blank.
 //! Needs `xvfb-run` and ImageMagick's `import`/`identify` (scripts/setup.sh installs them); their
 //! absence fails the test.
+#![cfg(feature = "app")]
 
 use std::path::Path;
 use std::process::Command;

@@ -3,8 +3,8 @@
 //! to a worker thread and draws what comes back.
 //!
 //! One GPU device serves the whole process: eframe creates it with the engine's
-//! [`device_descriptor`] (the adapter's limits and the features the engine uses) and the engine
-//! wraps it with [`Context::from_device`].
+//! [`device_descriptor`] (the limits of the chosen [`LimitsProfile`] and the features the engine
+//! uses) and the engine wraps it with [`Context::from_device`].
 
 pub mod spectrogram;
 pub mod state;
@@ -25,7 +25,7 @@ use crate::audio::playback::Player;
 use crate::audio::wav::{WavFormat, read_wav, write_wav};
 use crate::audio::{Audio, Mel};
 use crate::gpu::Context;
-use crate::gpu::context::device_descriptor;
+use crate::gpu::context::{LimitsProfile, device_descriptor};
 use crate::hub::{self, ResolveOptions};
 use crate::model::nn::Precision;
 use crate::pipeline::edit::{EditRequest, Mode};
@@ -50,14 +50,28 @@ pub struct AppOptions {
     /// Start with this audio file as the input clip.
     pub input: Option<PathBuf>,
     pub precision: Precision,
+    /// The limits the shared device is created with.
+    pub limits: LimitsProfile,
 }
 
-/// The wgpu setup eframe should use so that the engine can share its device.
-pub fn wgpu_setup() -> WgpuSetup {
+/// The wgpu setup eframe should use so that the engine can share its device, created with the
+/// limits of `profile`.
+pub fn wgpu_setup(profile: &LimitsProfile) -> WgpuSetup {
     let mut setup = WgpuSetupCreateNew::without_display_handle();
     setup.instance_descriptor =
         eframe::wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    setup.device_descriptor = Arc::new(device_descriptor);
+    let profile = profile.clone();
+    setup.device_descriptor = Arc::new(move |adapter| {
+        device_descriptor(adapter, &profile).unwrap_or_else(|e| {
+            // eframe takes a descriptor, not an error: ask for the profile's limits anyway, and
+            // the device request fails with wgpu's error naming the limit.
+            tracing::error!("{e}");
+            eframe::wgpu::DeviceDescriptor {
+                required_limits: profile.wanted(&adapter.limits()),
+                ..Default::default()
+            }
+        })
+    });
     WgpuSetup::CreateNew(setup)
 }
 
@@ -71,7 +85,7 @@ pub fn run_native(options: AppOptions) -> Result<(), String> {
             .with_drag_and_drop(true),
         renderer: eframe::Renderer::Wgpu,
         wgpu_options: WgpuConfiguration {
-            wgpu_setup: wgpu_setup(),
+            wgpu_setup: wgpu_setup(&options.limits),
             ..Default::default()
         },
         ..Default::default()
@@ -194,7 +208,12 @@ impl AudioLdmApp {
             persisted.settings.model = model;
         }
         let ctx = cc.wgpu_render_state.as_ref().map(|rs| {
-            Context::from_device(rs.device.clone(), rs.queue.clone(), rs.adapter.get_info())
+            Context::from_device(
+                rs.device.clone(),
+                rs.queue.clone(),
+                rs.adapter.get_info(),
+                options.limits.clone(),
+            )
         });
         let adapter = match &ctx {
             Some(ctx) => {
@@ -204,7 +223,9 @@ impl AudioLdmApp {
             None => "no wgpu renderer: the engine makes its own device".to_string(),
         };
         let egui_ctx = cc.egui_ctx.clone();
-        let worker = Worker::spawn(ctx, options.precision, move || egui_ctx.request_repaint());
+        let worker = Worker::spawn(ctx, options.limits.clone(), options.precision, move || {
+            egui_ctx.request_repaint()
+        });
         let data_dir = options
             .data_dir
             .or_else(|| eframe::storage_dir(APP_ID).map(|d| d.join("clips")))

@@ -86,7 +86,8 @@ impl Default for Settings {
 pub const DEFAULT_DURATION_S: f64 = 5.12;
 pub const STEPS_RANGE: std::ops::RangeInclusive<usize> = 1..=200;
 pub const GUIDANCE_RANGE: std::ops::RangeInclusive<f32> = 0.0..=10.0;
-pub const DURATION_RANGE: std::ops::RangeInclusive<f64> = 0.5..=30.0;
+/// As long as the pipeline makes (large activations are split to fit the device's bindings).
+pub const DURATION_RANGE: std::ops::RangeInclusive<f64> = 0.5..=crate::pipeline::MAX_DURATION_S;
 
 impl Settings {
     /// The pipeline request these settings make.

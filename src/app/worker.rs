@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::JoinHandle;
 
-use crate::gpu::Context;
+use crate::gpu::{Context, LimitsProfile};
 use crate::hub::{self, ResolveOptions};
 use crate::model::nn::Precision;
 use crate::pipeline::edit::EditRequest;
@@ -95,9 +95,11 @@ pub struct Worker {
 
 impl Worker {
     /// Starts the worker. `ctx` is the engine's GPU context (eframe's device in the app); `None`
-    /// makes one on first use. `wake` is called after every report (the UI asks for a repaint).
+    /// makes one with the limits of `limits` on first use. `wake` is called after every report
+    /// (the UI asks for a repaint).
     pub fn spawn(
         ctx: Option<Context>,
+        limits: LimitsProfile,
         precision: Precision,
         wake: impl Fn() + Send + 'static,
     ) -> Self {
@@ -108,6 +110,7 @@ impl Worker {
             .spawn(move || {
                 let mut state = WorkerState {
                     ctx,
+                    limits,
                     precision,
                     loaded: None,
                 };
@@ -170,6 +173,7 @@ impl Drop for Worker {
 
 struct WorkerState {
     ctx: Option<Context>,
+    limits: LimitsProfile,
     precision: Precision,
     /// The last model loaded, by the folder it came from.
     loaded: Option<Pipeline>,
@@ -215,7 +219,7 @@ impl WorkerState {
         let ctx = match &self.ctx {
             Some(ctx) => ctx.clone(),
             None => {
-                let ctx = Context::new_blocking()?;
+                let ctx = Context::with_limits_blocking(self.limits.clone())?;
                 self.ctx = Some(ctx.clone());
                 ctx
             }

@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod mel;
+#[cfg(feature = "app")]
 pub mod playback;
 pub mod resample;
 pub mod wav;

@@ -26,17 +26,100 @@ impl Capabilities {
     }
 }
 
-/// What the engine asks of a device: the adapter's own limits (the defaults bind only 128 MiB and
-/// cap buffers low) and whichever optional features it uses the adapter has. A front end that
-/// creates the device itself (eframe) passes this on, so one device serves drawing and compute.
-pub fn device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'static> {
-    wgpu::DeviceDescriptor {
+/// Which limits the engine asks a device for. Op builders read the device's limits and split their
+/// work to fit them, so every profile runs the same models; only speed and memory differ.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum LimitsProfile {
+    /// Everything the adapter offers (desktop drivers bind up to 2 GiB at once).
+    #[default]
+    Adapter,
+    /// The WebGPU specification's defaults (`wgpu::Limits::default()`: 128 MiB per binding,
+    /// 256 MiB per buffer, 16 KiB of workgroup memory, 256 invocations per workgroup): what a
+    /// browser gives a page that asks for nothing, and close to where integrated GPUs stop.
+    WebGpuDefault,
+    /// Limits given by the caller; tests lower the binding size to make ops split.
+    Custom(Box<wgpu::Limits>),
+}
+
+impl LimitsProfile {
+    /// The environment variable that picks a profile by name (`adapter`, `webgpu-default`).
+    pub const ENV: &'static str = "AUDIOLDM_LIMITS";
+
+    /// The profile named `name`: `adapter` or `webgpu-default`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name.trim() {
+            "adapter" => Ok(Self::Adapter),
+            "webgpu-default" => Ok(Self::WebGpuDefault),
+            other => Err(GpuError::Invalid(format!(
+                "unknown limits profile {other:?}: use adapter or webgpu-default"
+            ))),
+        }
+    }
+
+    /// The profile [`LimitsProfile::ENV`] names; [`LimitsProfile::Adapter`] when it is unset or empty.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(Self::ENV) {
+            Ok(name) if !name.trim().is_empty() => {
+                Self::parse(&name).map_err(|e| GpuError::Invalid(format!("{}: {e}", Self::ENV)))
+            }
+            _ => Ok(Self::Adapter),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Adapter => "adapter",
+            Self::WebGpuDefault => "webgpu-default",
+            Self::Custom(_) => "custom",
+        }
+    }
+
+    /// The limits this profile asks of an adapter that offers `offered`.
+    pub fn wanted(&self, offered: &wgpu::Limits) -> wgpu::Limits {
+        match self {
+            Self::Adapter => offered.clone(),
+            Self::WebGpuDefault => wgpu::Limits::default(),
+            Self::Custom(limits) => (**limits).clone(),
+        }
+    }
+
+    /// [`LimitsProfile::wanted`], or an error naming the first limit the adapter cannot give.
+    pub fn request(&self, offered: &wgpu::Limits) -> Result<wgpu::Limits> {
+        let wanted = self.wanted(offered);
+        let mut short = None;
+        wanted.check_limits_with_fail_fn(offered, true, |name, want, have| {
+            short = Some(format!("{name}: {want} wanted, the adapter offers {have}"));
+        });
+        match short {
+            None => Ok(wanted),
+            Some(detail) => Err(GpuError::RequestDevice(format!(
+                "the adapter is below the {} limits ({detail})",
+                self.name()
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for LimitsProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the engine asks of a device: the limits of `profile` and whichever optional features it
+/// uses the adapter has. A front end that creates the device itself (eframe) passes this on, so
+/// one device serves drawing and compute.
+pub fn device_descriptor(
+    adapter: &wgpu::Adapter,
+    profile: &LimitsProfile,
+) -> Result<wgpu::DeviceDescriptor<'static>> {
+    Ok(wgpu::DeviceDescriptor {
         label: Some("audioldm"),
         required_features: adapter.features() & Capabilities::wanted_features(),
-        required_limits: adapter.limits(),
+        required_limits: profile.request(&adapter.limits())?,
         memory_hints: wgpu::MemoryHints::Performance,
         ..Default::default()
-    }
+    })
 }
 
 /// The device, its queue and what the engine learnt about it. Cheap to clone; one per process.
@@ -50,6 +133,7 @@ struct Inner {
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
+    profile: LimitsProfile,
     caps: Capabilities,
     /// Set by the device-lost callback; every later operation reports it.
     lost: Arc<Mutex<Option<String>>>,
@@ -61,20 +145,26 @@ struct Inner {
 }
 
 impl Context {
-    /// Creates a device on the adapter the environment asks for.
+    /// Creates a device on the adapter the environment asks for, with the limits profile
+    /// [`LimitsProfile::ENV`] names.
     ///
     /// Honours `WGPU_BACKEND` (e.g. `vulkan`), `WGPU_ADAPTER_NAME` (a substring of the adapter's
     /// name), `WGPU_POWER_PREF` (`low`/`high`) and the other `WGPU_*` instance variables.
     pub async fn new() -> Result<Self> {
+        Self::with_limits(LimitsProfile::from_env()?).await
+    }
+
+    /// Creates a device on the adapter the environment asks for, with the limits of `profile`.
+    pub async fn with_limits(profile: LimitsProfile) -> Result<Self> {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = choose_adapter(&instance).await?;
         let info = adapter.get_info();
         let (device, queue) = adapter
-            .request_device(&device_descriptor(&adapter))
+            .request_device(&device_descriptor(&adapter, &profile)?)
             .await
             .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
-        Ok(Self::from_device(device, queue, info))
+        Ok(Self::from_device(device, queue, info, profile))
     }
 
     /// Blocking form of [`Context::new`] for native front ends and tests.
@@ -82,9 +172,19 @@ impl Context {
         pollster::block_on(Self::new())
     }
 
-    /// Wraps a device someone else made (the desktop app hands over eframe's), so that one device
-    /// serves the whole process. Features and limits are whatever that device was created with.
-    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+    /// Blocking form of [`Context::with_limits`].
+    pub fn with_limits_blocking(profile: LimitsProfile) -> Result<Self> {
+        pollster::block_on(Self::with_limits(profile))
+    }
+
+    /// Wraps a device someone else made (the desktop app hands over eframe's, requested with
+    /// [`device_descriptor`] for `profile`), so that one device serves the whole process.
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        profile: LimitsProfile,
+    ) -> Self {
         let lost = Arc::new(Mutex::new(None));
         let lost_flag = Arc::clone(&lost);
         device.set_device_lost_callback(move |reason, message| {
@@ -109,6 +209,7 @@ impl Context {
             driver = %info.driver,
             driver_info = %info.driver_info,
             ?caps,
+            limits = %profile,
             max_binding = limits.max_storage_buffer_binding_size,
             max_buffer = limits.max_buffer_size,
             "GPU context ready"
@@ -125,6 +226,7 @@ impl Context {
                 queue,
                 info,
                 limits,
+                profile,
                 caps,
                 lost,
                 uncaptured,
@@ -148,6 +250,11 @@ impl Context {
 
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
+    }
+
+    /// The limits profile the device was created with.
+    pub fn limits_profile(&self) -> &LimitsProfile {
+        &self.inner.profile
     }
 
     pub fn capabilities(&self) -> Capabilities {

@@ -6,13 +6,14 @@
 //! that ops index by dynamic offset, and makes all bind groups. [`Executable::run`] then records one
 //! compute pass and submits it once; only scalars set with [`Executable::set_scalar`] change.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::context::Context;
 use super::error::{GpuError, Result, shape_error};
 use super::kernel::{Kernel, KernelKey, PARAM_BLOCK_BYTES};
-use super::tensor::{DType, Shape, Tensor, create_buffer};
+use super::tensor::{DType, Shape, Tensor, create_buffer, read_buffer};
 
 /// A tensor of a graph: an input bound to an existing [`Tensor`], or the result of an op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,6 +40,9 @@ struct Value {
     shape: Shape,
     dtype: DType,
     storage: Storage,
+    /// Byte ranges stored in buffers of their own, for an intermediate larger than one binding
+    /// (see [`Graph::alloc`]); empty when the value is stored whole.
+    parts: Vec<Range<u64>>,
 }
 
 /// A coefficient of an op: fixed when recorded, or a [`Scalar`] that may change between replays.
@@ -107,6 +111,17 @@ impl From<Var> for Binding {
     }
 }
 
+impl Binding {
+    /// Elements `range` of a 4-byte-element var (a part of it, see [`Graph::parts`]).
+    pub fn elements(var: Var, range: Range<usize>) -> Self {
+        Binding {
+            var,
+            offset: 4 * range.start as u64,
+            size: Some(4 * range.len() as u64),
+        }
+    }
+}
+
 /// An optional input; absent ones bind the context's placeholder buffer.
 pub(crate) type Input = Option<Binding>;
 
@@ -114,7 +129,7 @@ struct Op {
     label: String,
     key: KernelKey,
     inputs: Vec<Input>,
-    output: Var,
+    output: Binding,
     params: Vec<Word>,
     workgroups: [u32; 3],
 }
@@ -156,8 +171,100 @@ impl Graph {
             shape,
             dtype,
             storage,
+            parts: Vec::new(),
         });
         Var(self.values.len() - 1)
+    }
+
+    /// An intermediate that ops then write window by window ([`Graph::push_window`]). One larger
+    /// than the device's largest binding is stored in parts, each in a buffer of its own and
+    /// each at most one binding: runs of whole slices along the leading dimensions (of
+    /// `dims[2..]` for rank 3 and up, rows for rank 2), a power of two of them per part so that
+    /// power-of-two groups of channels never straddle two parts. Ops bind one part at a time.
+    pub(crate) fn alloc(&mut self, op: &str, shape: Shape, dtype: DType) -> Result<Var> {
+        let max_binding = self.ctx.max_binding_bytes();
+        let bytes = dtype.storage_bytes(shape.numel());
+        let mut parts = Vec::new();
+        if bytes > max_binding {
+            if dtype == DType::F16 {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "an f16 tensor of shape {shape} is over one binding and cannot be split"
+                    ),
+                ));
+            }
+            let slice: usize = match shape.dims() {
+                [_, _, rest @ ..] if !rest.is_empty() => rest.iter().product(),
+                [_, row] => *row,
+                _ => 1,
+            };
+            let slice_bytes = dtype.storage_bytes(slice);
+            if slice_bytes > max_binding {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "output {shape} cannot be split to fit this device's largest binding \
+                         ({max_binding} bytes): one slice of it takes {slice_bytes} bytes"
+                    ),
+                ));
+            }
+            let per_part = 1u64 << (max_binding / slice_bytes).ilog2();
+            let part_bytes = per_part * slice_bytes;
+            let mut start = 0;
+            while start < bytes {
+                parts.push(start..(start + part_bytes).min(bytes));
+                start += part_bytes;
+            }
+        }
+        let var = self.add_value(shape, dtype, Storage::Intermediate);
+        self.values[var.0].parts = parts;
+        Ok(var)
+    }
+
+    /// The element ranges `var` is stored in, in order (one range when it is stored whole). An op
+    /// that splits its work binds one of them at a time ([`Binding::elements`]).
+    pub(crate) fn parts(&self, var: Var) -> Vec<Range<usize>> {
+        let root = &self.values[self.root(var).0];
+        if root.parts.is_empty() {
+            return std::iter::once(0..root.shape.numel()).collect();
+        }
+        root.parts
+            .iter()
+            .map(|r| (r.start / 4) as usize..(r.end / 4) as usize)
+            .collect()
+    }
+
+    /// [`Graph::parts`] in units of `unit` elements (channel planes, normalised groups), or an
+    /// error naming `op` when a part boundary falls inside a unit.
+    pub(crate) fn parts_in_units(
+        &self,
+        op: &str,
+        var: Var,
+        unit: usize,
+    ) -> Result<Vec<Range<usize>>> {
+        self.parts(var)
+            .into_iter()
+            .map(|part| {
+                if part.start.is_multiple_of(unit) && part.end.is_multiple_of(unit) {
+                    Ok(part.start / unit..part.end / unit)
+                } else {
+                    Err(shape_error(
+                        op,
+                        format!(
+                            "{} is split over bindings inside a run of {unit} elements that one \
+                             dispatch must see whole; cannot split it",
+                            self.shape(var)
+                        ),
+                    ))
+                }
+            })
+            .collect()
+    }
+
+    /// Whether `var` is stored in more than one part.
+    pub(crate) fn is_split(&self, var: Var) -> bool {
+        !self.values[self.root(var).0].parts.is_empty()
     }
 
     /// Binds an activation input (the latents, token ids): its contents may change between runs.
@@ -299,8 +406,101 @@ impl Graph {
         Ok(())
     }
 
+    /// Fails unless `binding` is a valid window of its var that one binding can cover: inside the
+    /// tensor, aligned, within one of its parts, at most the device's largest binding.
+    fn check_binding(&self, label: &str, binding: &Binding, what: &str) -> Result<()> {
+        let root = self.root(binding.var);
+        let value = &self.values[root.0];
+        let total = value.dtype.storage_bytes(value.shape.numel());
+        let size = binding.size.unwrap_or(total - binding.offset.min(total));
+        let align = u64::from(self.ctx.limits().min_storage_buffer_offset_alignment);
+        let end = binding.offset.checked_add(size);
+        if end.is_none_or(|end| end > total) {
+            return Err(GpuError::Invalid(format!(
+                "{label}: binding window {}+{size} of a {total}-byte tensor is out of range",
+                binding.offset
+            )));
+        }
+        let offset = match value.parts.iter().find(|p| p.contains(&binding.offset)) {
+            Some(part) if binding.offset + size <= part.end => binding.offset - part.start,
+            Some(_) => {
+                return Err(GpuError::Invalid(format!(
+                    "{label}: {what} of shape {} is stored in parts of at most {} bytes (this \
+                     device's largest binding), and this op cannot split it",
+                    self.values[binding.var.0].shape,
+                    self.ctx.max_binding_bytes()
+                )));
+            }
+            None => binding.offset,
+        };
+        // A window that starts a part is at offset 0 of that part's buffer.
+        if offset % align != 0 {
+            return Err(GpuError::Invalid(format!(
+                "{label}: binding window {}+{size} of a {total}-byte tensor is misaligned",
+                binding.offset
+            )));
+        }
+        let max_binding = self.ctx.max_binding_bytes();
+        if size > max_binding {
+            return Err(GpuError::Invalid(format!(
+                "{label}: {what} of shape {} needs a {size}-byte binding, over this device's \
+                 largest ({max_binding} bytes), and this op cannot split it",
+                self.values[binding.var.0].shape
+            )));
+        }
+        Ok(())
+    }
+
     /// Records an op and returns its output.
     pub(crate) fn push(&mut self, spec: OpSpec) -> Result<Var> {
+        let out_bytes = spec.out_dtype.storage_bytes(spec.out_shape.numel());
+        let max_binding = self.ctx.max_binding_bytes();
+        if out_bytes > max_binding {
+            return Err(GpuError::Invalid(format!(
+                "{}: output of shape {} ({out_bytes} bytes) is over this device's largest binding \
+                 ({max_binding} bytes), and this op cannot split it",
+                spec.label, spec.out_shape
+            )));
+        }
+        let output = self.add_value(
+            spec.out_shape.clone(),
+            spec.out_dtype,
+            Storage::Intermediate,
+        );
+        if let Err(e) = self.record(Binding::from(output), spec) {
+            self.values.pop();
+            return Err(e);
+        }
+        Ok(output)
+    }
+
+    /// Records an op that writes (part of) an existing intermediate instead of a new one; used to
+    /// split work whose inputs are too large for one binding.
+    pub(crate) fn push_into(&mut self, target: Var, spec: OpSpec) -> Result<()> {
+        let value = &self.values[target.0];
+        if value.shape != spec.out_shape || value.dtype != spec.out_dtype {
+            return Err(GpuError::Invalid(format!(
+                "{}: cannot write into a tensor of shape {}",
+                spec.label, value.shape
+            )));
+        }
+        self.record(Binding::from(target), spec)
+    }
+
+    /// Records an op that writes the window `target` of an intermediate made by [`Graph::alloc`]
+    /// (`spec.out_shape` is ignored); how split ops write their parts.
+    pub(crate) fn push_window(&mut self, target: Binding, spec: OpSpec) -> Result<()> {
+        let value = &self.values[target.var.0];
+        if value.dtype != spec.out_dtype {
+            return Err(GpuError::Invalid(format!(
+                "{}: cannot write {:?} into a {:?} tensor",
+                spec.label, spec.out_dtype, value.dtype
+            )));
+        }
+        self.record(target, spec)
+    }
+
+    fn record(&mut self, output: Binding, spec: OpSpec) -> Result<()> {
         if spec.params.0.len() as u64 * 4 > PARAM_BLOCK_BYTES {
             return Err(GpuError::Invalid(format!(
                 "{}: too many parameters",
@@ -314,35 +514,19 @@ impl Graph {
                 spec.label, spec.workgroups
             )));
         }
-        let max_binding = self.ctx.max_binding_bytes();
-        let align = u64::from(self.ctx.limits().min_storage_buffer_offset_alignment);
-        for binding in spec.inputs.iter().flatten() {
-            let value = &self.values[binding.var.0];
-            let total = value.dtype.storage_bytes(value.shape.numel());
-            let size = binding.size.unwrap_or(total - binding.offset.min(total));
-            if binding.offset % align != 0 || binding.offset + size > total {
-                return Err(GpuError::Invalid(format!(
-                    "{}: binding window {}+{size} of a {total}-byte tensor is misaligned or out of range",
-                    spec.label, binding.offset
-                )));
-            }
-            if size > max_binding {
-                return Err(GpuError::Invalid(format!(
-                    "{}: input of shape {} needs a {size}-byte binding, over this device's largest \
-                     ({max_binding} bytes), and this op cannot split it",
-                    spec.label, value.shape
-                )));
-            }
-        }
-        let out_bytes = spec.out_dtype.storage_bytes(spec.out_shape.numel());
-        if out_bytes > max_binding {
+        if !matches!(
+            self.values[output.var.0].storage,
+            Storage::Intermediate | Storage::Output
+        ) {
             return Err(GpuError::Invalid(format!(
-                "{}: output of shape {} ({out_bytes} bytes) is over this device's largest binding \
-                 ({max_binding} bytes)",
-                spec.label, spec.out_shape
+                "{}: can only write intermediates",
+                spec.label
             )));
         }
-        let output = self.add_value(spec.out_shape, spec.out_dtype, Storage::Intermediate);
+        for binding in spec.inputs.iter().flatten() {
+            self.check_binding(&spec.label, binding, "input")?;
+        }
+        self.check_binding(&spec.label, &output, "output")?;
         let inputs = spec
             .inputs
             .into_iter()
@@ -361,28 +545,6 @@ impl Graph {
             params: spec.params.0,
             workgroups: spec.workgroups,
         });
-        Ok(output)
-    }
-
-    /// Records an op that writes (part of) an existing intermediate instead of a new one; used to
-    /// split work whose inputs are too large for one binding.
-    pub(crate) fn push_into(&mut self, target: Var, spec: OpSpec) -> Result<()> {
-        let value = &self.values[target.0];
-        if !matches!(value.storage, Storage::Intermediate | Storage::Output)
-            || value.shape != spec.out_shape
-            || value.dtype != spec.out_dtype
-        {
-            return Err(GpuError::Invalid(format!(
-                "{}: cannot write into a tensor of shape {}",
-                spec.label, value.shape
-            )));
-        }
-        let var = self.push(spec)?;
-        self.values.pop();
-        if let Some(op) = self.ops.last_mut() {
-            debug_assert_eq!(op.output, var);
-            op.output = target;
-        }
         Ok(())
     }
 
@@ -448,6 +610,8 @@ pub struct Executable {
     ctx: Context,
     values: Vec<Value>,
     tensors: Vec<Option<Tensor>>,
+    /// Where each var's bytes live (one entry, or one per part).
+    buffers: Vec<Vec<(Range<u64>, Arc<wgpu::Buffer>)>>,
     ops: Vec<CompiledOp>,
     uniform: wgpu::Buffer,
     words: Vec<u32>,
@@ -506,11 +670,13 @@ impl Executable {
             for binding in op.inputs.iter().flatten() {
                 last[binding.var.0] = i;
             }
-            first[op.output.0] = first[op.output.0].min(i);
-            last[op.output.0] = last[op.output.0].max(i);
+            let out = op.output.var.0;
+            first[out] = first[out].min(i);
+            last[out] = last[out].max(i);
         }
         let mut tensors: Vec<Option<Tensor>> = vec![None; values.len()];
         let mut intermediates = Vec::new();
+        let mut output_parts = Vec::new();
         for (i, value) in values.iter().enumerate() {
             match &value.storage {
                 Storage::External { tensor, weight } => {
@@ -521,21 +687,35 @@ impl Executable {
                     }
                     tensors[i] = Some(tensor.clone());
                 }
-                Storage::Output => {
+                Storage::Output if value.parts.is_empty() => {
                     let tensor = Tensor::empty(&ctx, value.shape.clone(), value.dtype)?;
                     stats.output_bytes += tensor.bytes();
                     tensors[i] = Some(tensor);
                 }
+                Storage::Output => {
+                    for part in &value.parts {
+                        let bytes = part.end - part.start;
+                        let buffer = create_buffer(&ctx, "output part", bytes)?;
+                        stats.output_bytes += bytes;
+                        output_parts.push((i, part.clone(), Arc::new(buffer)));
+                    }
+                }
                 Storage::Intermediate => {
                     stats.unplanned_bytes += bytes_of(value);
-                    intermediates.push((i, (first[i], last[i].max(first[i]), bytes_of(value))));
+                    let interval = (first[i], last[i].max(first[i]));
+                    if value.parts.is_empty() {
+                        intermediates.push((i, 0..bytes_of(value), interval));
+                    }
+                    for part in &value.parts {
+                        intermediates.push((i, part.clone(), interval));
+                    }
                 }
                 Storage::View { .. } => {}
             }
         }
         let intervals: Vec<_> = intermediates
             .iter()
-            .map(|&(_, interval)| interval)
+            .map(|(_, range, (first, last))| (*first, *last, range.end - range.start))
             .collect();
         let (slot_of, slot_bytes) = if planned {
             plan_slots(&intervals)
@@ -555,21 +735,36 @@ impl Executable {
             stats.planned_bytes += bytes.max(4);
         }
         stats.buffers = slot_buffers.len();
-        // Views share their base's buffer (bases always come before their views).
-        for (&(var, _), &slot) in intermediates.iter().zip(&slot_of) {
-            let value = &values[var];
-            tensors[var] = Some(Tensor::from_buffer(
-                Arc::clone(&slot_buffers[slot]),
-                value.shape.clone(),
-                value.dtype,
-            ));
+        // Where each var's bytes live: one buffer, or one per part.
+        let mut buffers: Vec<Vec<(Range<u64>, Arc<wgpu::Buffer>)>> = values
+            .iter()
+            .zip(&tensors)
+            .map(|(value, tensor)| match tensor {
+                Some(t) => vec![(0..bytes_of(value), t.shared_buffer())],
+                None => Vec::new(),
+            })
+            .collect();
+        for ((var, range, _), &slot) in intermediates.iter().zip(&slot_of) {
+            let value = &values[*var];
+            if value.parts.is_empty() {
+                tensors[*var] = Some(Tensor::from_buffer(
+                    Arc::clone(&slot_buffers[slot]),
+                    value.shape.clone(),
+                    value.dtype,
+                ));
+            }
+            buffers[*var].push((range.clone(), Arc::clone(&slot_buffers[slot])));
         }
-
+        for (var, range, buffer) in output_parts {
+            buffers[var].push((range, buffer));
+        }
+        // Views share their base's buffers (bases always come before their views).
         for (i, value) in values.iter().enumerate() {
             if let Storage::View { base } = value.storage {
                 tensors[i] = tensors[base.0].as_ref().map(|t| {
                     Tensor::from_buffer(t.shared_buffer(), value.shape.clone(), value.dtype)
                 });
+                buffers[i] = buffers[base.0].clone();
             }
         }
 
@@ -601,10 +796,25 @@ impl Executable {
         let mut compiled = Vec::with_capacity(ops.len());
         for (i, op) in ops.into_iter().enumerate() {
             let kernel = ctx.kernel(&op.key)?;
-            let tensor_of = |var: Var| {
-                tensors[var.0].as_ref().ok_or_else(|| {
-                    GpuError::Invalid(format!("{}: reads a tensor no op writes", op.label))
-                })
+            // The buffer behind a window and the window's offset in it (checked when recorded).
+            let resolve = |binding: &Binding| {
+                let parts = &buffers[binding.var.0];
+                let value = &values[binding.var.0];
+                let size = binding
+                    .size
+                    .unwrap_or(bytes_of(value) - binding.offset)
+                    .max(4);
+                parts
+                    .iter()
+                    .find(|(range, _)| range.contains(&binding.offset) || range.is_empty())
+                    .map(|(range, buffer)| wgpu::BufferBinding {
+                        buffer: buffer.as_ref(),
+                        offset: binding.offset - range.start,
+                        size: wgpu::BufferSize::new(size),
+                    })
+                    .ok_or_else(|| {
+                        GpuError::Invalid(format!("{}: reads a tensor no op writes", op.label))
+                    })
             };
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
@@ -625,17 +835,7 @@ impl Executable {
                                 op.label
                             )));
                         }
-                        let tensor = tensor_of(binding.var)?;
-                        wgpu::BufferBinding {
-                            buffer: tensor.buffer(),
-                            offset: binding.offset,
-                            size: wgpu::BufferSize::new(
-                                binding
-                                    .size
-                                    .unwrap_or(tensor.bytes() - binding.offset)
-                                    .max(4),
-                            ),
-                        }
+                        resolve(binding)?
                     }
                     None => wgpu::BufferBinding {
                         buffer: ctx.placeholder(),
@@ -648,14 +848,9 @@ impl Executable {
                     resource: wgpu::BindingResource::Buffer(resource),
                 });
             }
-            let out = tensor_of(op.output)?;
             entries.push(wgpu::BindGroupEntry {
                 binding: 1 + op.inputs.len() as u32,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: out.buffer(),
-                    offset: 0,
-                    size: wgpu::BufferSize::new(out.bytes().max(4)),
-                }),
+                resource: wgpu::BindingResource::Buffer(resolve(&op.output)?),
             });
             let bind_group = ctx.scoped(&format!("binding {}", op.label), || {
                 ctx.device().create_bind_group(&wgpu::BindGroupDescriptor {
@@ -677,6 +872,7 @@ impl Executable {
             ctx,
             values,
             tensors,
+            buffers,
             ops: compiled,
             uniform,
             words,
@@ -835,9 +1031,32 @@ impl Executable {
         }
     }
 
-    /// Reads an output back (waits for the GPU).
+    /// Reads an output back (waits for the GPU); one stored in parts is read part by part.
     pub fn read(&self, var: Var) -> Result<Vec<f32>> {
-        self.tensor(var)?.to_vec_f32(&self.ctx)
+        let split = self
+            .values
+            .get(var.0)
+            .is_some_and(|v| matches!(v.storage, Storage::Output) && !v.parts.is_empty());
+        if !split {
+            return self.tensor(var)?.to_vec_f32(&self.ctx);
+        }
+        let value = &self.values[var.0];
+        if value.dtype != DType::F32 {
+            return Err(GpuError::Invalid(format!(
+                "cannot read a {:?} output as f32",
+                value.dtype
+            )));
+        }
+        let mut out = Vec::with_capacity(value.shape.numel());
+        for (range, buffer) in &self.buffers[var.0] {
+            let bytes = read_buffer(&self.ctx, buffer, range.end - range.start)?;
+            out.extend(
+                bytes
+                    .chunks_exact(4)
+                    .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+            );
+        }
+        Ok(out)
     }
 }
 

@@ -133,9 +133,10 @@ impl Pipeline {
         }
 
         let source_shape = self.latent_shape(&prepared.clip_lengths);
+        let shape = self.latent_shape(&prepared.lengths);
+        self.check_fits(shape)?;
         let source_latents = self.encode_source(&mel, source_shape, request.seed, cancel)?;
 
-        let shape = self.latent_shape(&prepared.lengths);
         let count: usize = shape.iter().product();
         let start = noise::standard_normal(request.seed, count);
         let plan = match &prepared.mask {

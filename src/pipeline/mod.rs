@@ -22,8 +22,9 @@ use crate::model::vocoder::SpeechT5HifiGan;
 
 use ddim::DdimScheduler;
 
-/// The longest clip a request may ask for: beyond it the vocoder's activations outgrow one
-/// storage binding on common adapters (128 MiB).
+/// The longest clip a request may ask for: the VAE's activations are split to fit any binding,
+/// but beyond it the vocoder's widest (32 channels at 16 kHz, 123 MB at 60 s) would outgrow one
+/// binding under WebGPU's default limits (128 MiB).
 pub const MAX_DURATION_S: f64 = 60.0;
 
 /// What to generate. `Default` gives diffusers' defaults (10 steps, guidance 2.5, eta 0).
@@ -386,6 +387,7 @@ impl Pipeline {
             // DDIM's init_noise_sigma is 1.
             None => noise::standard_normal(request.seed, count),
         };
+        self.check_fits(shape)?;
         let plan = Plan {
             shape,
             initial,
@@ -621,18 +623,10 @@ impl Pipeline {
 
     /// The VAE decoder on latents `[1, C, frames, width]` (before VAE scaling): the log-mel.
     pub fn decode_mel(&self, latents: &[f32], shape: [usize; 4]) -> Result<Mel> {
-        let ctx = &self.ctx;
-        let z = Tensor::from_f32(ctx, shape, DType::F32, latents)?;
-        let mut g = Graph::new(ctx);
-        let z = g.input(&z);
-        let scaled = g.scale(z, (1.0 / self.vae.config.scaling_factor) as f32, 0.0)?;
-        let mel = self.vae.decode(&mut g, scaled)?;
+        let (g, z, mel) = self.record_decode(shape)?;
+        z.write_f32(&self.ctx, latents)?;
         let dims = g.dims(mel).to_vec();
-        g.output(mel)?;
-        let mut exe = g.build()?;
-        exe.set_max_dispatches_per_submit(self.dispatches_per_submit());
-        exe.run()?;
-        let data = exe.read(mel)?;
+        let data = self.run_once(g, mel)?;
         check_finite("the VAE decoder", &data)?;
         Ok(Mel {
             frames: dims[2],
@@ -643,18 +637,49 @@ impl Pipeline {
 
     /// The vocoder on a log-mel: the untrimmed waveform (`hop * frames + 32` samples).
     pub fn vocode(&self, mel: &Mel) -> Result<Vec<f32>> {
-        let ctx = &self.ctx;
-        let input = Tensor::from_f32(ctx, [1, mel.frames, mel.bins], DType::F32, &mel.data)?;
-        let mut g = Graph::new(ctx);
+        let (g, input, wave) = self.record_vocode(mel.frames, mel.bins)?;
+        input.write_f32(&self.ctx, &mel.data)?;
+        let waveform = self.run_once(g, wave)?;
+        check_finite("the vocoder", &waveform)?;
+        Ok(waveform)
+    }
+
+    /// Records (without running) the decoder and the vocoder for latents of `shape`, so that a
+    /// clip the device cannot hold, even split, is an error before any denoising starts.
+    fn check_fits(&self, shape: [usize; 4]) -> Result<()> {
+        let (g, _, mel) = self.record_decode(shape)?;
+        let (frames, bins) = (g.dims(mel)[2], g.dims(mel)[3]);
+        drop(g);
+        self.record_vocode(frames, bins)?;
+        Ok(())
+    }
+
+    /// The VAE decoder's graph: latents `[1, C, frames, width]` in, mel `[1, 1, T, bins]` out.
+    fn record_decode(&self, shape: [usize; 4]) -> Result<(Graph, Tensor, Var)> {
+        let z = Tensor::empty(&self.ctx, shape, DType::F32)?;
+        let mut g = Graph::new(&self.ctx);
+        let input = g.input(&z);
+        let scaled = g.scale(input, (1.0 / self.vae.config.scaling_factor) as f32, 0.0)?;
+        let mel = self.vae.decode(&mut g, scaled)?;
+        Ok((g, z, mel))
+    }
+
+    /// The vocoder's graph: mel `[1, frames, bins]` in, waveform out.
+    fn record_vocode(&self, frames: usize, bins: usize) -> Result<(Graph, Tensor, Var)> {
+        let input = Tensor::empty(&self.ctx, [1, frames, bins], DType::F32)?;
+        let mut g = Graph::new(&self.ctx);
         let x = g.input(&input);
         let wave = self.vocoder.forward(&mut g, x)?;
-        g.output(wave)?;
+        Ok((g, input, wave))
+    }
+
+    /// Builds `g` with `out` as its output, runs it once and reads `out`.
+    fn run_once(&self, mut g: Graph, out: Var) -> Result<Vec<f32>> {
+        g.output(out)?;
         let mut exe = g.build()?;
         exe.set_max_dispatches_per_submit(self.dispatches_per_submit());
         exe.run()?;
-        let waveform = exe.read(wave)?;
-        check_finite("the vocoder", &waveform)?;
-        Ok(waveform)
+        Ok(exe.read(out)?)
     }
 
     /// Statistics of the recorded denoising step (after a generation): dispatches and submits

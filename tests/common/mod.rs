@@ -26,6 +26,39 @@ pub fn ctx() -> &'static Context {
     })
 }
 
+/// The committed test fixtures.
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A tensor of diffusers' run of the tiny model (`tests/fixtures/tiny-goldens.safetensors`).
+pub fn tiny_golden(name: &str) -> Vec<f32> {
+    audioldm::checkpoint::Checkpoint::open(&fixtures().join("tiny-goldens.safetensors"))
+        .expect("goldens")
+        .f32_any(name)
+        .expect(name)
+        .1
+}
+
+/// The request the tiny goldens were made with: a 3-step DDIM run with guidance 2.5 and a
+/// negative prompt from injected initial latents.
+pub fn tiny_request() -> audioldm::pipeline::Request {
+    audioldm::pipeline::Request {
+        prompt: "a dog barking in the rain, then thunder!".into(),
+        negative_prompt: Some(
+            "low quality, noisy, distorted, muffled, clipping, hum, static, silence, wind, crowd \
+             talking, music"
+                .into(),
+        ),
+        steps: 3,
+        guidance_scale: 2.5,
+        duration_s: Some(1.0),
+        seed: 0,
+        eta: 0.0,
+        init_latents: Some(tiny_golden("init_latents")),
+    }
+}
+
 /// Uniform values in [-1, 1) from a fixed seed.
 pub fn random(seed: u64, len: usize) -> Vec<f32> {
     let mut rng = StdRng::seed_from_u64(seed);

@@ -1,5 +1,5 @@
 use crate::gpu::error::{Result, shape_error};
-use crate::gpu::graph::{Binding, Graph, OpSpec, Params, Var, grid};
+use crate::gpu::graph::{Binding, Graph, Input, OpSpec, Params, Var, grid};
 use crate::gpu::kernel::KernelKey;
 use crate::gpu::tensor::{DType, Shape};
 
@@ -216,6 +216,21 @@ fn conv_out(size: usize, pad: usize, dilation: usize, k: usize, stride: usize) -
     (size + pad).checked_sub(span).map(|room| room / stride + 1)
 }
 
+/// One convolution dispatch's share of the work (see [`Graph::conv_spec`]).
+struct ConvWindow {
+    batches: usize,
+    /// Rows of the padded input window bound for it.
+    prows: usize,
+    /// Output rows it computes, from `row0`.
+    rows: usize,
+    row0: usize,
+    b0: usize,
+    /// The first (item, channel) plane of the output part it writes.
+    unit0: usize,
+    co_lo: usize,
+    co_hi: usize,
+}
+
 impl Graph {
     /// `x [B, Cin, H, W]` convolved with `weight [Cout, kh, kw, Cin4]` (see
     /// [`conv_weight_layout`]), plus `bias [Cout]`, then `opts.act`, then `+ residual`. Records two
@@ -295,6 +310,11 @@ impl Graph {
 
     /// Records a checked convolution: the input copied into a zero-padded channels-last tensor,
     /// then the implicit GEMM over it.
+    ///
+    /// When a tensor is larger than one binding (the input or output stored in parts, or the
+    /// padded copy too large), the work is split without changing any output's arithmetic: per
+    /// batch item, windows of output rows whose padded input rows (with the kernel's halo) fit
+    /// one binding are copied and convolved, each output part written by its own dispatches.
     #[allow(clippy::too_many_arguments)]
     fn conv_ops(
         &mut self,
@@ -310,35 +330,202 @@ impl Graph {
         self.expect_loop_budget(op, c.kh * c.kw * vec4s)?;
         let [top, bottom, left, right] = opts.padding;
         let (hp, wp) = (c.h + top + bottom, c.w + left + right);
-        let padded_len = c.batch * hp * wp * vec4s;
-        let key = KernelKey::new("conv.wgsl", "conv_input", 1, 1)
-            .flag("INPUT", true)
-            .flag("IN_LEAKY_RELU", opts.input_leaky_relu.is_some());
-        let params = Params::default()
-            .u(padded_len)
-            .u(c.cin)
-            .u(c.h)
-            .u(c.w)
-            .u(vec4s)
-            .u(hp)
-            .u(wp)
-            .u(top)
-            .u(left)
-            .f(opts.input_leaky_relu.unwrap_or(0.0));
-        let padded = self.push(OpSpec {
-            label: format!("{op} input"),
-            key,
-            inputs: vec![Some(Binding::from(x))],
-            out_shape: Shape(vec![c.batch, hp, wp, 4 * vec4s]),
-            out_dtype: DType::F32,
-            params,
-            workgroups: grid(padded_len.div_ceil(256)),
-        })?;
+        let max_binding = self.context().max_binding_bytes();
+        let padded_row_bytes = DType::F32.storage_bytes(wp * 4 * vec4s);
+        let out_shape = c.out_shape();
+        let out_bytes = DType::F32.storage_bytes(out_shape.numel());
+        let split = self.is_split(x)
+            || residual.is_some_and(|r| self.is_split(r))
+            || out_bytes > max_binding
+            || c.batch as u64 * hp as u64 * padded_row_bytes > max_binding;
+        // Windows: (first batch item, items, first output row, output rows).
+        let mut windows = Vec::new();
+        if !split {
+            windows.push((0, c.batch, 0, c.oh));
+        } else {
+            if c.phases.is_some() {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "output {out_shape} is over this device's largest binding ({max_binding} \
+                         bytes), and a transposed convolution cannot split it"
+                    ),
+                ));
+            }
+            let span = opts.dilation[0] * (c.kh - 1) + 1;
+            let rows_fit = (max_binding / padded_row_bytes) as usize;
+            if rows_fit < span {
+                return Err(shape_error(
+                    op,
+                    format!(
+                        "input {} cannot be split to fit this device's largest binding \
+                         ({max_binding} bytes): {span} padded rows of {padded_row_bytes} bytes \
+                         are needed at once",
+                        self.shape(x)
+                    ),
+                ));
+            }
+            let rows_per_window = (rows_fit - span) / opts.stride[0] + 1;
+            for b in 0..c.batch {
+                let mut oy = 0;
+                while oy < c.oh {
+                    let rows = rows_per_window.min(c.oh - oy);
+                    windows.push((b, 1, oy, rows));
+                    oy += rows;
+                }
+            }
+        }
+        let out_elements = out_shape.numel();
+        let out = self.alloc(op, out_shape, DType::F32)?;
+        let plane_in = c.h * c.w;
+        let plane_out = c.oh * c.ow;
+        let x_parts = self.parts_in_units(op, x, plane_in)?;
+        let out_parts = if split {
+            self.parts_in_units(op, out, plane_out)?
+        } else {
+            std::iter::once(0..c.batch * c.cout).collect()
+        };
+        if let Some(r) = residual
+            && self.parts(r) != self.parts(out)
+        {
+            return Err(shape_error(
+                op,
+                format!(
+                    "residual {} is not stored like the output {}",
+                    self.shape(r),
+                    self.shape(out)
+                ),
+            ));
+        }
+        for (b0, batches, oy0, rows) in windows {
+            // Padded rows this window reads: output rows oy0.. with their halo.
+            let py0 = oy0 * opts.stride[0];
+            let prows = if split {
+                (rows - 1) * opts.stride[0] + opts.dilation[0] * (c.kh - 1) + 1
+            } else {
+                hp
+            };
+            let padded = self.alloc(op, Shape(vec![batches, prows, wp, 4 * vec4s]), DType::F32)?;
+            let padded_len = batches * prows * wp * vec4s;
+            // One copy per part of the input that holds channels of these batch items; the first
+            // writes every element (zeros outside its channels), the rest merge theirs in.
+            let mut first_copy = true;
+            for part in &x_parts {
+                let u0 = part.start;
+                let lo = u0.max(b0 * c.cin);
+                let hi = part.end.min((b0 + batches) * c.cin);
+                if lo >= hi {
+                    continue;
+                }
+                // Channels of the window's items this part holds (all of them when unsplit).
+                let (c_lo, c_hi) = if batches == 1 {
+                    (lo - b0 * c.cin, hi - b0 * c.cin)
+                } else {
+                    (0, c.cin)
+                };
+                let key = KernelKey::new("conv.wgsl", "conv_input", 1, 1)
+                    .flag("INPUT", true)
+                    .flag("MERGE", !first_copy)
+                    .flag("IN_LEAKY_RELU", opts.input_leaky_relu.is_some());
+                let params = Params::default()
+                    .u(padded_len)
+                    .u(c.cin)
+                    .u(c.h)
+                    .u(c.w)
+                    .u(vec4s)
+                    .u(prows)
+                    .u(wp)
+                    .u(top)
+                    .u(left)
+                    .f(opts.input_leaky_relu.unwrap_or(0.0))
+                    .u(py0)
+                    .u(b0)
+                    .u(u0)
+                    .u(c_lo)
+                    .u(c_hi);
+                self.push_window(
+                    Binding::from(padded),
+                    OpSpec {
+                        label: format!("{op} input"),
+                        key,
+                        inputs: vec![Some(Binding::elements(
+                            x,
+                            part.start * plane_in..part.end * plane_in,
+                        ))],
+                        out_shape: Shape(vec![batches, prows, wp, 4 * vec4s]),
+                        out_dtype: DType::F32,
+                        params,
+                        workgroups: grid(padded_len.div_ceil(256)),
+                    },
+                )?;
+                first_copy = false;
+            }
+            // One convolution per part of the output that holds channels of these items (one in
+            // all unsplit, where a phased convolution's rows are not the output's channels).
+            for part in &out_parts {
+                let (u0, co_lo, co_hi) = if split {
+                    let lo = part.start.max(b0 * c.cout);
+                    let hi = part.end.min(b0 * c.cout + c.cout);
+                    if lo >= hi {
+                        continue;
+                    }
+                    (part.start, lo - b0 * c.cout, hi - b0 * c.cout)
+                } else {
+                    (0, 0, c.cout)
+                };
+                let elements = if split {
+                    part.start * plane_out..part.end * plane_out
+                } else {
+                    0..out_elements
+                };
+                let spec = self.conv_spec(
+                    op,
+                    c,
+                    &opts,
+                    ConvWindow {
+                        batches,
+                        prows,
+                        rows,
+                        row0: oy0,
+                        b0,
+                        unit0: u0,
+                        co_lo,
+                        co_hi,
+                    },
+                    [
+                        Some(Binding::from(padded)),
+                        Some(Binding::from(weight)),
+                        bias.map(Binding::from),
+                        residual.map(|r| Binding::elements(r, elements.clone())),
+                    ],
+                    wp,
+                    vec4s,
+                );
+                self.push_window(Binding::elements(out, elements), spec)?;
+            }
+        }
+        Ok(out)
+    }
 
-        let pixels = c.batch * c.oh * c.ow;
+    /// The convolution dispatch over one window: output rows `row0..row0 + rows` of batch items
+    /// `b0..b0 + batches`, output channels `co_lo..co_hi`, written into the output part whose
+    /// first (item, channel) plane is `unit0`.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_spec(
+        &self,
+        op: &str,
+        c: &ConvGeometry,
+        opts: &Conv2dOptions,
+        window: ConvWindow,
+        inputs: [Input; 4],
+        wp: usize,
+        vec4s: usize,
+    ) -> OpSpec {
+        let cout = window.co_hi - window.co_lo;
+        let pixels = window.batches * window.rows * c.ow;
         let (entry, tm, tn) = match opts.kernel {
             ConvKernel::Tiled => {
-                let (tm, tn) = tile_for(c.cout);
+                let (tm, tn) = tile_for(cout);
                 ("conv2d", tm, tn)
             }
             ConvKernel::TiledWith { tm, tn } => ("conv2d", tm, tn),
@@ -346,17 +533,19 @@ impl Graph {
         };
         let groups_y = pixels.div_ceil(8 * tm);
         let workgroups = [
-            c.cout.div_ceil(8 * tn) as u32,
+            cout.div_ceil(8 * tn) as u32,
             groups_y.min(65535) as u32,
             groups_y.div_ceil(65535) as u32,
         ];
-        let mut key = KernelKey::new("conv.wgsl", entry, 4, 1)
+        let key = KernelKey::new("conv.wgsl", entry, 4, 1)
             .define("TM", tm)
-            .define("TN", tn);
-        key = key
-            .flag("W_F16", self.dtype(weight) == DType::F16)
-            .flag("BIAS", bias.is_some())
-            .flag("RESIDUAL", residual.is_some())
+            .define("TN", tn)
+            .flag(
+                "W_F16",
+                inputs[1].is_some_and(|w| self.dtype(w.var) == DType::F16),
+            )
+            .flag("BIAS", inputs[2].is_some())
+            .flag("RESIDUAL", inputs[3].is_some())
             .flag("PHASES", c.phases.is_some());
         let key = opts.act.specialise(key);
         let phases = c.phases.unwrap_or(Phases {
@@ -366,12 +555,12 @@ impl Graph {
             padding: 0,
         });
         let params = Params::default()
-            .u(c.batch)
+            .u(window.batches)
             .u(vec4s)
-            .u(hp)
+            .u(window.prows)
             .u(wp)
-            .u(c.cout)
-            .u(c.oh)
+            .u(cout)
+            .u(window.rows)
             .u(c.ow)
             .u(c.kh)
             .u(c.kw)
@@ -383,21 +572,22 @@ impl Graph {
             .u(phases.stride)
             .u(phases.cout)
             .u(phases.len)
-            .u(phases.padding);
-        self.push(OpSpec {
+            .u(phases.padding)
+            .u(window.row0)
+            .u(c.oh)
+            .u(c.cout)
+            .u(window.b0)
+            .u(window.unit0)
+            .u(window.co_lo);
+        OpSpec {
             label: op.to_string(),
             key,
-            inputs: vec![
-                Some(Binding::from(padded)),
-                Some(Binding::from(weight)),
-                bias.map(Binding::from),
-                residual.map(Binding::from),
-            ],
+            inputs: inputs.to_vec(),
             out_shape: c.out_shape(),
             out_dtype: DType::F32,
             params,
             workgroups,
-        })
+        }
     }
 
     /// `x [B, Cin, L]` convolved with `weight [Cout, 1, k, Cin4]` (see [`conv_weight_layout`]):

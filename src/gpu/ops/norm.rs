@@ -24,6 +24,7 @@ struct NormParams {
     cpg: usize,
     eps: f32,
     scale: f32,
+    set0: usize,
 }
 
 impl NormParams {
@@ -36,6 +37,7 @@ impl NormParams {
             cpg: 1,
             eps,
             scale,
+            set0: 0,
         }
     }
 
@@ -48,6 +50,7 @@ impl NormParams {
             .u(self.cpg)
             .f(self.eps)
             .f(self.scale)
+            .u(self.set0)
     }
 }
 
@@ -67,8 +70,8 @@ impl Graph {
         let op = "group_norm";
         self.expect_dtype(op, x, &[DType::F32])?;
         let xs = self.shape(x).clone();
-        let (batch, channels, spatial) = match xs.dims() {
-            [b, c, rest @ ..] => (*b, *c, rest.iter().product::<usize>()),
+        let (channels, spatial) = match xs.dims() {
+            [_, c, rest @ ..] => (*c, rest.iter().product::<usize>()),
             _ => {
                 return Err(shape_error(
                     op,
@@ -97,8 +100,8 @@ impl Graph {
                 }
             }
         }
-        let sets = batch * groups;
         let cpg = channels / groups;
+        let n = cpg * spatial;
         let mut key = KernelKey::new("norm.wgsl", "group_norm", 3, 1)
             .define("GROUP_NORM", 1)
             .define("WG", GROUP_WG);
@@ -111,29 +114,40 @@ impl Graph {
         if silu {
             key = key.define("ACT_SILU", 1);
         }
-        let params = NormParams {
-            n: cpg * spatial,
-            sets,
-            spatial,
-            groups,
-            cpg,
-            eps,
-            scale: 1.0,
+        // One dispatch per part of the output (one in all unless it is over one binding); a
+        // group never straddles two parts, so each keeps its one-workgroup statistics.
+        let y = self.alloc(op, xs.clone(), DType::F32)?;
+        for sets in self.parts_in_units(op, y, n)? {
+            let part = sets.start * n..sets.end * n;
+            let params = NormParams {
+                n,
+                sets: sets.len(),
+                spatial,
+                groups,
+                cpg,
+                eps,
+                scale: 1.0,
+                set0: sets.start,
+            }
+            .params();
+            self.push_window(
+                Binding::elements(y, part.clone()),
+                OpSpec {
+                    label: op.to_string(),
+                    key: key.clone(),
+                    inputs: vec![
+                        Some(Binding::elements(x, part)),
+                        gamma.map(Binding::from),
+                        beta.map(Binding::from),
+                    ],
+                    out_shape: xs.clone(),
+                    out_dtype: DType::F32,
+                    params,
+                    workgroups: grid(sets.len()),
+                },
+            )?;
         }
-        .params();
-        self.push(OpSpec {
-            label: op.to_string(),
-            key,
-            inputs: vec![
-                Some(Binding::from(x)),
-                gamma.map(Binding::from),
-                beta.map(Binding::from),
-            ],
-            out_shape: xs,
-            out_dtype: DType::F32,
-            params,
-            workgroups: grid(sets),
-        })
+        Ok(y)
     }
 
     /// PyTorch `LayerNorm(D, eps)` over the last dim of `x [..., D]`, with `gamma [D]`, `beta [D]`.

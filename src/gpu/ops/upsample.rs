@@ -33,23 +33,43 @@ impl Graph {
             ));
         }
         let out_shape = Shape(vec![b, c, out_h, out_w]);
-        let n = out_shape.numel();
         let dtype = self.dtype(x);
-        self.push(OpSpec {
-            label: op.to_string(),
-            key: KernelKey::new("upsample.wgsl", "upsample_nearest", 1, 1),
-            inputs: vec![Some(Binding::from(x))],
-            out_shape,
-            out_dtype: dtype,
-            params: Params::default()
-                .u(n)
-                .u(in_h)
-                .u(in_w)
-                .u(out_h)
-                .u(out_w)
-                .f(in_h as f32 / out_h as f32)
-                .f(in_w as f32 / out_w as f32),
-            workgroups: grid(n.div_ceil(GROUP)),
-        })
+        let (in_plane, out_plane) = (in_h * in_w, out_h * out_w);
+        let y = self.alloc(op, out_shape.clone(), dtype)?;
+        let x_parts = self.parts_in_units(op, x, in_plane)?;
+        let y_parts = self.parts_in_units(op, y, out_plane)?;
+        // One dispatch per run of planes that lies in one part of the input and one of the output.
+        for ys in &y_parts {
+            for xs in &x_parts {
+                let (x0, x1, y0, y1) = (xs.start, xs.end, ys.start, ys.end);
+                let (lo, hi) = (y0.max(x0), y1.min(x1));
+                if lo >= hi {
+                    continue;
+                }
+                let n = (hi - lo) * out_plane;
+                self.push_window(
+                    Binding::elements(y, y0 * out_plane..y1 * out_plane),
+                    OpSpec {
+                        label: op.to_string(),
+                        key: KernelKey::new("upsample.wgsl", "upsample_nearest", 1, 1),
+                        inputs: vec![Some(Binding::elements(x, x0 * in_plane..x1 * in_plane))],
+                        out_shape: out_shape.clone(),
+                        out_dtype: dtype,
+                        params: Params::default()
+                            .u(n)
+                            .u(in_h)
+                            .u(in_w)
+                            .u(out_h)
+                            .u(out_w)
+                            .f(in_h as f32 / out_h as f32)
+                            .f(in_w as f32 / out_w as f32)
+                            .u(lo - x0)
+                            .u(lo - y0),
+                        workgroups: grid(n.div_ceil(GROUP)),
+                    },
+                )?;
+            }
+        }
+        Ok(y)
     }
 }

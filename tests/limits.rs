@@ -1,0 +1,205 @@
+//! Device limits: the named profiles, the tiny pipeline under WebGPU's default limits at parity
+//! with diffusers, and ops that split their work when a tensor is larger than one binding, checked
+//! bit for bit against the unsplit run on a device whose bindings are made tiny on purpose.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+
+use audioldm::gpu::{Context, DType, Graph, LimitsProfile, Tensor, Var};
+use audioldm::model::nn::Precision;
+use audioldm::pipeline::Pipeline;
+use common::*;
+
+/// A device on the same adapter whose bindings (and buffers) hold at most `bytes`.
+fn small_binding_ctx(bytes: u64) -> Context {
+    let limits = wgpu::Limits {
+        max_storage_buffer_binding_size: bytes,
+        ..wgpu::Limits::default()
+    };
+    Context::with_limits_blocking(LimitsProfile::Custom(Box::new(limits)))
+        .expect("a device with small bindings")
+}
+
+fn upload(ctx: &Context, g: &mut Graph, shape: &[usize], seed: u64) -> Var {
+    let data = random(seed, shape.iter().product());
+    let t = Tensor::from_f32(ctx, shape, DType::F32, &data).expect("upload");
+    g.input(&t)
+}
+
+fn weight(ctx: &Context, g: &mut Graph, shape: &[usize], seed: u64) -> Var {
+    let data = random(seed, shape.iter().product());
+    let t = Tensor::from_f32(ctx, shape, DType::F32, &data).expect("upload");
+    g.weight(&t)
+}
+
+#[test]
+fn profiles_are_parsed_and_reported() {
+    assert_eq!(
+        LimitsProfile::parse("webgpu-default").unwrap(),
+        LimitsProfile::WebGpuDefault
+    );
+    assert_eq!(
+        LimitsProfile::parse("adapter").unwrap(),
+        LimitsProfile::Adapter
+    );
+    let err = LimitsProfile::parse("huge").unwrap_err().to_string();
+    assert!(
+        err.contains("huge") && err.contains("webgpu-default"),
+        "{err}"
+    );
+
+    let ctx = Context::with_limits_blocking(LimitsProfile::WebGpuDefault).expect("device");
+    assert_eq!(ctx.limits_profile().name(), "webgpu-default");
+    assert_eq!(ctx.max_binding_bytes(), 128 << 20);
+    assert_eq!(ctx.limits().max_buffer_size, 256 << 20);
+
+    // Limits past what the adapter offers: an error that names the limit.
+    let offered = ctx_limits_of_adapter();
+    let greedy = wgpu::Limits {
+        max_compute_workgroup_storage_size: offered.max_compute_workgroup_storage_size + 1,
+        ..offered
+    };
+    let err = LimitsProfile::Custom(Box::new(greedy))
+        .request(&ctx_limits_of_adapter())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_compute_workgroup_storage_size"), "{err}");
+}
+
+fn ctx_limits_of_adapter() -> wgpu::Limits {
+    Context::with_limits_blocking(LimitsProfile::Adapter)
+        .expect("device")
+        .limits()
+        .clone()
+}
+
+#[test]
+fn tiny_pipeline_under_webgpu_default_limits_matches_diffusers() {
+    let ctx = Context::with_limits_blocking(LimitsProfile::WebGpuDefault).expect("device");
+    let pipeline =
+        Pipeline::load(&ctx, &fixtures().join("tiny"), Precision::default()).expect("load");
+    let request = tiny_request();
+    let out = pipeline
+        .generate(&request, &AtomicBool::new(false), |_| {})
+        .expect("generate");
+    assert_close(
+        "webgpu-default latents",
+        &out.latents,
+        &f64s(&tiny_golden("run_final_latents")),
+        1e-4,
+    );
+    assert_close(
+        "webgpu-default mel",
+        &out.mel.data,
+        &f64s(&tiny_golden("run_mel")),
+        1e-4,
+    );
+    assert_close(
+        "webgpu-default waveform",
+        &out.audio.samples,
+        &f64s(&tiny_golden("run_waveform")),
+        1e-3,
+    );
+}
+
+/// A VAE-like chain on `ctx`: nearest x3 up-sampling of a small input, GroupNorm + SiLU, a 3x3
+/// convolution with a 1x1 shortcut as its residual, a stride-2 convolution with diffusers'
+/// asymmetric padding, and GroupNorm again. Returns every stage.
+fn chain(ctx: &Context, shape: [usize; 4], cout: usize) -> Vec<Vec<f32>> {
+    use audioldm::gpu::ops::conv::{Conv2dOptions, conv_weight_layout};
+    let [_, c, h, w] = shape;
+    let mut g = Graph::new(ctx);
+    let x = upload(ctx, &mut g, &shape, 1);
+    let conv_weight = |g: &mut Graph, cout: usize, cin: usize, k: usize, seed: u64| {
+        let raw = random(seed, cout * cin * k * k);
+        let (wshape, data) = conv_weight_layout(&raw, cout, cin, k, k);
+        let t = Tensor::from_f32(ctx, wshape, DType::F32, &data).expect("upload");
+        g.weight(&t)
+    };
+    let up = g.upsample_nearest(x, 3 * h, 3 * w).expect("upsample");
+    let gamma = weight(ctx, &mut g, &[c], 2);
+    let beta = weight(ctx, &mut g, &[c], 3);
+    let normed = g
+        .group_norm(up, c, Some(gamma), Some(beta), 1e-6, true)
+        .expect("group_norm");
+    let w1 = conv_weight(&mut g, cout, c, 3, 4);
+    let b1 = weight(ctx, &mut g, &[cout], 5);
+    let ws = conv_weight(&mut g, cout, c, 1, 6);
+    let shortcut = g
+        .conv2d(up, ws, None, None, Conv2dOptions::default())
+        .expect("shortcut");
+    let conv = g
+        .conv2d(
+            normed,
+            w1,
+            Some(b1),
+            Some(shortcut),
+            Conv2dOptions::same_padding(1, 1),
+        )
+        .expect("conv");
+    let w2 = conv_weight(&mut g, cout, cout, 3, 7);
+    let down_opts = Conv2dOptions {
+        padding: [0, 1, 0, 1],
+        ..Conv2dOptions::same_padding(2, 0)
+    };
+    let down = g.conv2d(conv, w2, None, None, down_opts).expect("down");
+    let groups = if cout.is_multiple_of(2) {
+        cout / 2
+    } else {
+        cout
+    };
+    let last = g
+        .group_norm(down, groups, None, None, 1e-5, false)
+        .expect("group_norm");
+    let stages = [up, normed, shortcut, conv, down, last];
+    for v in stages {
+        g.output(v).expect("output");
+    }
+    let mut exe = g.build().expect("build");
+    exe.run().expect("run");
+    stages.iter().map(|&v| exe.read(v).expect("read")).collect()
+}
+
+#[test]
+fn split_ops_equal_the_unsplit_run_bit_for_bit() {
+    // Odd sizes; 8 KiB bindings split the large stages into parts of one or two channel planes and
+    // the convolutions into windows of a few rows.
+    let small = small_binding_ctx(8 << 10);
+    for (shape, cout) in [([1, 5, 11, 9], 7), ([2, 6, 7, 13], 4), ([1, 3, 10, 10], 10)] {
+        let whole = chain(ctx(), shape, cout);
+        let split = chain(&small, shape, cout);
+        for (stage, (a, b)) in whole.iter().zip(&split).enumerate() {
+            assert_eq!(a.len(), b.len());
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "{shape:?} -> {cout}: stage {stage} differs from the unsplit run"
+            );
+        }
+    }
+}
+
+#[test]
+fn what_cannot_be_split_is_a_clear_error() {
+    let small = small_binding_ctx(1 << 10);
+    // One channel plane of 20 x 20 f32 (1600 bytes) is over a 1 KiB binding.
+    let mut g = Graph::new(&small);
+    let x = upload(&small, &mut g, &[1, 2, 10, 10], 1);
+    let err = g.upsample_nearest(x, 20, 20).unwrap_err().to_string();
+    assert!(
+        err.contains("upsample_nearest") && err.contains("1024") && err.contains("1600"),
+        "{err}"
+    );
+
+    // Groups of three channels over parts of two: the statistics would straddle two bindings.
+    let mut g = Graph::new(&small);
+    let x = upload(&small, &mut g, &[1, 6, 4, 4], 2);
+    let up = g.upsample_nearest(x, 8, 8).expect("upsample");
+    let err = g
+        .group_norm(up, 2, None, None, 1e-5, false)
+        .unwrap_err()
+        .to_string();
+    // A group is 3 channels of 8 x 8.
+    assert!(err.contains("group_norm") && err.contains("192"), "{err}");
+}
