@@ -386,6 +386,7 @@ fn produce(
         output.audio.sample_rate,
         started.elapsed().as_secs_f64()
     );
+    eprintln!("{}", pipeline.memory_report());
     Ok(())
 }
 

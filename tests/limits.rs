@@ -203,3 +203,69 @@ fn what_cannot_be_split_is_a_clear_error() {
     // A group is 3 channels of 8 x 8.
     assert!(err.contains("group_norm") && err.contains("192"), "{err}");
 }
+
+#[test]
+fn gpu_memory_is_reported_per_network_and_stage() {
+    // A context of its own, so that no other test's buffers are counted.
+    let ctx = Context::with_limits_blocking(LimitsProfile::Adapter).expect("device");
+    assert_eq!(ctx.gpu_memory().live, 0);
+    let pipeline =
+        Pipeline::load(&ctx, &fixtures().join("tiny"), Precision::default()).expect("load");
+    let loaded = ctx.gpu_memory().live;
+    let report = pipeline.memory_report();
+    let names: Vec<&str> = report.weights.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, ["text encoder", "UNet", "VAE", "vocoder"]);
+    assert!(report.weights.iter().all(|&(_, bytes)| bytes > 0));
+    assert_eq!(report.weight_bytes(), loaded);
+
+    pipeline
+        .generate(&tiny_request(), &AtomicBool::new(false), |_| {})
+        .expect("generate");
+    let report = pipeline.memory_report();
+    println!("{report}");
+    let stages: Vec<&str> = report.stages.iter().map(|s| s.stage).collect();
+    assert_eq!(stages, ["text encoder", "UNet", "VAE decoder", "vocoder"]);
+    for stage in &report.stages {
+        assert!(stage.activation_bytes > 0, "{stage:?}");
+        assert!(
+            stage.peak_bytes >= loaded + stage.activation_bytes,
+            "{stage:?}"
+        );
+    }
+    assert_eq!(
+        report.peak_bytes(),
+        report.stages.iter().map(|s| s.peak_bytes).max().unwrap()
+    );
+    // Graphs free their activations when dropped; the cached step graph stays.
+    let step = pipeline.step_stats().expect("step graph");
+    let live = ctx.gpu_memory().live;
+    assert!(live >= loaded + step.planned_bytes, "{live} {loaded}");
+    drop(pipeline);
+    assert_eq!(
+        ctx.gpu_memory().live,
+        0,
+        "every buffer is released with the model"
+    );
+}
+
+#[test]
+fn the_tiny_vae_decodes_at_parity_with_its_activations_split() {
+    // The decoder's widest activations are 32 channels of 100 x 32 (400 KiB), in groups of 4
+    // channels; its mid-block attention projects 200 tokens to q, k and v (75 KiB). 256 KiB
+    // bindings split the former into parts of 16 channels; 64 KiB ones into parts of 4 (one
+    // group) and the projection into three.
+    let shape = [1, 8, 25, 8];
+    let latents = tiny_golden("run_final_latents");
+    for kib in [256u64, 64] {
+        let small = small_binding_ctx(kib << 10);
+        let pipeline =
+            Pipeline::load(&small, &fixtures().join("tiny"), Precision::default()).expect("load");
+        let mel = pipeline.decode_mel(&latents, shape).expect("decode");
+        assert_close(
+            &format!("tiny VAE decode with {kib} KiB bindings"),
+            &mel.data,
+            &f64s(&tiny_golden("run_mel")),
+            1e-4,
+        );
+    }
+}

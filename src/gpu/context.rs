@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::error::{GpuError, Result};
@@ -122,6 +123,34 @@ pub fn device_descriptor(
     })
 }
 
+/// Bytes of the engine's storage buffers alive now and at most since the last reset: weights,
+/// activations, inputs and outputs (uniform blocks and read-back staging are not counted).
+#[derive(Default)]
+pub(crate) struct MemoryCounter {
+    live: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl MemoryCounter {
+    pub(crate) fn take(&self, bytes: u64) {
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+    }
+
+    pub(crate) fn release(&self, bytes: u64) {
+        self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// What [`Context::gpu_memory`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuMemory {
+    /// Bytes of storage buffers alive now.
+    pub live: u64,
+    /// The most alive at once since the context was made or [`Context::reset_peak_memory`].
+    pub peak: u64,
+}
+
 /// The device, its queue and what the engine learnt about it. Cheap to clone; one per process.
 #[derive(Clone)]
 pub struct Context {
@@ -140,6 +169,7 @@ struct Inner {
     /// Errors no error scope caught (wgpu would otherwise panic on them).
     uncaptured: Arc<Mutex<Vec<String>>>,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
+    memory: Arc<MemoryCounter>,
     /// Bound where an optional input (bias, residual) is absent, so a kernel has one layout.
     placeholder: wgpu::Buffer,
 }
@@ -231,6 +261,7 @@ impl Context {
                 lost,
                 uncaptured,
                 kernels: Mutex::new(HashMap::new()),
+                memory: Arc::default(),
                 placeholder,
             }),
         }
@@ -264,6 +295,27 @@ impl Context {
     /// The largest byte range one storage binding may cover on this device.
     pub fn max_binding_bytes(&self) -> u64 {
         self.inner.limits.max_storage_buffer_binding_size
+    }
+
+    /// GPU memory held by the engine's storage buffers, counted as they are created and dropped
+    /// (what the driver adds for alignment or bookkeeping is not seen).
+    pub fn gpu_memory(&self) -> GpuMemory {
+        GpuMemory {
+            live: self.inner.memory.live.load(Ordering::Relaxed),
+            peak: self.inner.memory.peak.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Starts a new peak at what is alive now, to measure one stage.
+    pub fn reset_peak_memory(&self) {
+        let memory = &self.inner.memory;
+        memory
+            .peak
+            .store(memory.live.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    pub(crate) fn memory_counter(&self) -> Arc<MemoryCounter> {
+        Arc::clone(&self.inner.memory)
     }
 
     pub(crate) fn placeholder(&self) -> &wgpu::Buffer {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::context::Context;
 use super::error::{GpuError, Result, shape_error};
 use super::kernel::{Kernel, KernelKey, PARAM_BLOCK_BYTES};
-use super::tensor::{DType, Shape, Tensor, create_buffer, read_buffer};
+use super::tensor::{DType, GpuBuffer, Shape, Tensor, create_buffer, read_buffer};
 
 /// A tensor of a graph: an input bound to an existing [`Tensor`], or the result of an op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -611,7 +611,7 @@ pub struct Executable {
     values: Vec<Value>,
     tensors: Vec<Option<Tensor>>,
     /// Where each var's bytes live (one entry, or one per part).
-    buffers: Vec<Vec<(Range<u64>, Arc<wgpu::Buffer>)>>,
+    buffers: Vec<Vec<(Range<u64>, Arc<GpuBuffer>)>>,
     ops: Vec<CompiledOp>,
     uniform: wgpu::Buffer,
     words: Vec<u32>,
@@ -736,7 +736,7 @@ impl Executable {
         }
         stats.buffers = slot_buffers.len();
         // Where each var's bytes live: one buffer, or one per part.
-        let mut buffers: Vec<Vec<(Range<u64>, Arc<wgpu::Buffer>)>> = values
+        let mut buffers: Vec<Vec<(Range<u64>, Arc<GpuBuffer>)>> = values
             .iter()
             .zip(&tensors)
             .map(|(value, tensor)| match tensor {
@@ -808,7 +808,7 @@ impl Executable {
                     .iter()
                     .find(|(range, _)| range.contains(&binding.offset) || range.is_empty())
                     .map(|(range, buffer)| wgpu::BufferBinding {
-                        buffer: buffer.as_ref(),
+                        buffer,
                         offset: binding.offset - range.start,
                         size: wgpu::BufferSize::new(size),
                     })

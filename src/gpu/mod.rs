@@ -8,7 +8,7 @@ pub mod kernel;
 pub mod ops;
 pub mod tensor;
 
-pub use context::{Capabilities, Context, LimitsProfile};
+pub use context::{Capabilities, Context, GpuMemory, LimitsProfile};
 pub use error::{GpuError, Result};
 pub use graph::{Coef, Executable, Graph, GraphStats, Scalar, Var};
 pub use ops::Activation;

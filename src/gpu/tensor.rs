@@ -1,7 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::context::Context;
+use super::context::{Context, MemoryCounter};
 use super::error::{GpuError, Result};
 
 /// Element type of a tensor's storage. Arithmetic is always f32: `F16` is storage only, two
@@ -69,10 +69,31 @@ impl From<Vec<usize>> for Shape {
     }
 }
 
+/// A storage buffer counted in its context's memory figures ([`Context::gpu_memory`]) from its
+/// creation until it is dropped.
+pub struct GpuBuffer {
+    buffer: wgpu::Buffer,
+    bytes: u64,
+    counter: Arc<MemoryCounter>,
+}
+
+impl std::ops::Deref for GpuBuffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl Drop for GpuBuffer {
+    fn drop(&mut self) {
+        self.counter.release(self.bytes);
+    }
+}
+
 /// A GPU buffer with a shape and a dtype. Clones share the buffer.
 #[derive(Clone)]
 pub struct Tensor {
-    buffer: Arc<wgpu::Buffer>,
+    buffer: Arc<GpuBuffer>,
     shape: Shape,
     dtype: DType,
 }
@@ -88,20 +109,27 @@ pub(crate) const STORAGE_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_DST);
 
 /// Allocates a storage buffer, reporting an oversized request or an allocation failure as an error.
-pub(crate) fn create_buffer(ctx: &Context, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+pub(crate) fn create_buffer(ctx: &Context, label: &str, bytes: u64) -> Result<GpuBuffer> {
     let max = ctx.limits().max_buffer_size;
     if bytes > max {
         return Err(GpuError::OutOfMemory(format!(
             "allocating {label}: {bytes} bytes is over the device's largest buffer ({max} bytes)"
         )));
     }
-    ctx.scoped(&format!("allocating {label} ({bytes} bytes)"), || {
+    let buffer = ctx.scoped(&format!("allocating {label} ({bytes} bytes)"), || {
         ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(4),
             usage: STORAGE_USAGE,
             mapped_at_creation: false,
         })
+    })?;
+    let counter = ctx.memory_counter();
+    counter.take(bytes.max(4));
+    Ok(GpuBuffer {
+        buffer,
+        bytes: bytes.max(4),
+        counter,
     })
 }
 
@@ -136,7 +164,7 @@ impl Tensor {
         Ok(tensor)
     }
 
-    pub(crate) fn from_buffer(buffer: Arc<wgpu::Buffer>, shape: Shape, dtype: DType) -> Self {
+    pub(crate) fn from_buffer(buffer: Arc<GpuBuffer>, shape: Shape, dtype: DType) -> Self {
         Self {
             buffer,
             shape,
@@ -162,7 +190,7 @@ impl Tensor {
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }
-    pub(crate) fn shared_buffer(&self) -> Arc<wgpu::Buffer> {
+    pub(crate) fn shared_buffer(&self) -> Arc<GpuBuffer> {
         Arc::clone(&self.buffer)
     }
 

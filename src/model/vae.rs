@@ -235,6 +235,9 @@ pub struct Attention {
     pub group_norm: GroupNorm,
     /// `to_q`, `to_k`, `to_v` stacked: weight `[3C, C]`, bias `[3C]`.
     pub qkv: Linear,
+    /// The three biases of [`Self::qkv`] apart, for when its `[B, T, 3C]` output is over one
+    /// binding and the projections run one by one.
+    pub qkv_biases: [Tensor; 3],
     pub to_out: Linear,
     pub channels: usize,
 }
@@ -253,9 +256,11 @@ impl Attention {
             weight: l.weight(&[3 * c, c], &weight)?,
             bias: Some(Tensor::from_f32(l.ctx, [3 * c], DType::F32, &bias)?),
         };
+        let part = |i: usize| Tensor::from_f32(l.ctx, [c], DType::F32, &bias[i * c..(i + 1) * c]);
         Ok(Self {
             group_norm: norm(l, &vb.pp("group_norm"), groups, c)?,
             qkv,
+            qkv_biases: [part(0)?, part(1)?, part(2)?],
             to_out: Linear::load(l, &vb.pp("to_out").pp(0), c, c, true)?,
             channels: c,
         })
@@ -265,45 +270,59 @@ impl Attention {
         let [b, c, h, w] = nchw(g, x, "VAE attention")?;
         let t = h * w;
         let normed = self.group_norm.forward(g, x, false)?;
-        // [B, T, 3C] = x^T W^T + b, reading the normalised [B, C, T] through strides.
+        // [B, T, n] = x^T W[rows]^T + b, reading the normalised [B, C, T] through strides.
         let weight = g.weight(&self.qkv.weight);
-        let bias = self.qkv.bias.as_ref().map(|bias| g.weight(bias));
-        let qkv = g.gemm(Gemm {
-            a: MatView {
-                var: normed,
-                offset: 0,
-                sb: c * t,
-                sr: 1,
-                sc: t,
-            },
-            b: MatView {
-                var: weight,
-                offset: 0,
-                sb: 0,
-                sr: 1,
-                sc: c,
-            },
-            batch: b,
-            m: t,
-            k: c,
-            n: 3 * c,
-            alpha: 1.0,
-            bias,
-            residual: None,
-            act: Activation::None,
-            kernel: MatmulKernel::Auto,
-        })?;
-        let view = |offset| HeadView {
-            var: qkv,
-            offset,
-            sb: t * 3 * c,
-            st: 3 * c,
-            sh: c,
+        let project = |g: &mut Graph, row0: usize, n: usize, bias: Option<&Tensor>| {
+            let bias = bias.map(|bias| g.weight(bias));
+            g.gemm(Gemm {
+                a: MatView {
+                    var: normed,
+                    offset: 0,
+                    sb: c * t,
+                    sr: 1,
+                    sc: t,
+                },
+                b: MatView {
+                    var: weight,
+                    offset: row0 * c,
+                    sb: 0,
+                    sr: 1,
+                    sc: c,
+                },
+                batch: b,
+                m: t,
+                k: c,
+                n,
+                alpha: 1.0,
+                bias,
+                residual: None,
+                act: Activation::None,
+                kernel: MatmulKernel::Auto,
+            })
+        };
+        // One projection into [B, T, 3C] where that fits one binding, else three (long clips).
+        let fused = 4 * (b * t * 3 * c) as u64 <= g.context().max_binding_bytes();
+        let views = if fused {
+            let qkv = project(g, 0, 3 * c, self.qkv.bias.as_ref())?;
+            [0, c, 2 * c].map(|offset| HeadView {
+                var: qkv,
+                offset,
+                sb: t * 3 * c,
+                st: 3 * c,
+                sh: c,
+            })
+        } else {
+            let mut views = Vec::with_capacity(3);
+            for (i, bias) in self.qkv_biases.iter().enumerate() {
+                let var = project(g, i * c, c, Some(bias))?;
+                views.push(HeadView::interleaved(var, t, 1, c));
+            }
+            [views[0], views[1], views[2]]
         };
         let attn = g.attention_strided(AttentionOp {
-            q: view(0),
-            k: view(c),
-            v: view(2 * c),
+            q: views[0],
+            k: views[1],
+            v: views[2],
             batch: b,
             heads: 1,
             tq: t,

@@ -135,7 +135,10 @@ impl Pipeline {
         let source_shape = self.latent_shape(&prepared.clip_lengths);
         let shape = self.latent_shape(&prepared.lengths);
         self.check_fits(shape)?;
+        self.begin_run();
+        let meter = self.begin_stage("VAE encoder");
         let source_latents = self.encode_source(&mel, source_shape, request.seed, cancel)?;
+        self.end_stage(meter);
 
         let count: usize = shape.iter().product();
         let start = noise::standard_normal(request.seed, count);

@@ -180,6 +180,71 @@ struct StepGraph {
     sigma: Scalar,
 }
 
+/// GPU memory of a loaded model and of its last run, from the engine's buffer accounting
+/// ([`Context::gpu_memory`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Bytes of each network's weights on the GPU, in load order.
+    pub weights: Vec<(&'static str, u64)>,
+    /// The stages of the last run, in order.
+    pub stages: Vec<StageMemory>,
+}
+
+/// One stage of a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageMemory {
+    pub stage: &'static str,
+    /// Storage bytes alive at the stage's peak: resident weights, its activations and whatever
+    /// else was alive (the cached step graph).
+    pub peak_bytes: u64,
+    /// What the stage added at its peak over what was alive when it started.
+    pub activation_bytes: u64,
+}
+
+impl MemoryReport {
+    pub fn weight_bytes(&self) -> u64 {
+        self.weights.iter().map(|(_, bytes)| bytes).sum()
+    }
+
+    /// The most GPU memory the last run held at once.
+    pub fn peak_bytes(&self) -> u64 {
+        self.stages.iter().map(|s| s.peak_bytes).max().unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for MemoryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+        write!(
+            f,
+            "GPU memory: peak {:.0} MiB; weights {:.0} MiB (",
+            mib(self.peak_bytes()),
+            mib(self.weight_bytes())
+        )?;
+        for (i, (name, bytes)) in self.weights.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}{name} {:.0}", mib(*bytes))?;
+        }
+        write!(f, ")")?;
+        for stage in &self.stages {
+            write!(
+                f,
+                "; {} +{:.0} MiB (peak {:.0})",
+                stage.stage,
+                mib(stage.activation_bytes),
+                mib(stage.peak_bytes)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A stage being measured (see [`Pipeline::begin_stage`]).
+struct StageMeter {
+    stage: &'static str,
+    base: u64,
+}
+
 /// A loaded model: the four networks, the tokenizer and the scheduler on one GPU context.
 pub struct Pipeline {
     ctx: Context,
@@ -193,6 +258,7 @@ pub struct Pipeline {
     step_graph: Mutex<Option<StepGraph>>,
     /// 0: one submit per graph run; else at most this many dispatches per submit.
     dispatches_per_submit: AtomicUsize,
+    memory: Mutex<MemoryReport>,
 }
 
 /// Loads the model in `dir` and generates `request`, reporting every stage through `on_event`
@@ -244,17 +310,36 @@ impl Pipeline {
             )));
         }
         let loader = Loader { ctx, precision };
+        let mut weights = Vec::new();
+        let mut measured = |name: &'static str, live_before: u64| {
+            weights.push((name, ctx.gpu_memory().live.saturating_sub(live_before)));
+            ctx.gpu_memory().live
+        };
+        let live = ctx.gpu_memory().live;
+        let tokenizer = TextTokenizer::from_dir(&dir.join("tokenizer"))?;
+        let text_encoder = ClapTextModelWithProjection::load(&loader, &dir.join("text_encoder"))?;
+        let live = measured("text encoder", live);
+        let unet = UNet2DConditionModel::load(&loader, &dir.join("unet"))?;
+        let live = measured("UNet", live);
+        let vae = AutoencoderKL::load(&loader, &dir.join("vae"))?;
+        let live = measured("VAE", live);
+        let vocoder = SpeechT5HifiGan::load(&loader, &dir.join("vocoder"))?;
+        measured("vocoder", live);
         let pipeline = Self {
             ctx: ctx.clone(),
             dir: dir.to_path_buf(),
-            tokenizer: TextTokenizer::from_dir(&dir.join("tokenizer"))?,
-            text_encoder: ClapTextModelWithProjection::load(&loader, &dir.join("text_encoder"))?,
-            unet: UNet2DConditionModel::load(&loader, &dir.join("unet"))?,
-            vae: AutoencoderKL::load(&loader, &dir.join("vae"))?,
-            vocoder: SpeechT5HifiGan::load(&loader, &dir.join("vocoder"))?,
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            vocoder,
             scheduler: DdimScheduler::load(&dir.join("scheduler"))?,
             step_graph: Mutex::new(None),
             dispatches_per_submit: AtomicUsize::new(0),
+            memory: Mutex::new(MemoryReport {
+                weights,
+                stages: Vec::new(),
+            }),
         };
         tracing::info!(model = %dir.display(), "AudioLDM loaded");
         Ok(pipeline)
@@ -273,6 +358,45 @@ impl Pipeline {
             0 => None,
             n => Some(n),
         }
+    }
+
+    /// GPU memory of the model's weights and, per stage, of its last run.
+    pub fn memory_report(&self) -> MemoryReport {
+        self.memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Forgets the last run's stages: a run starts.
+    fn begin_run(&self) {
+        self.memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stages
+            .clear();
+    }
+
+    /// Starts measuring a stage's GPU memory.
+    fn begin_stage(&self, stage: &'static str) -> StageMeter {
+        self.ctx.reset_peak_memory();
+        StageMeter {
+            stage,
+            base: self.ctx.gpu_memory().live,
+        }
+    }
+
+    fn end_stage(&self, meter: StageMeter) {
+        let peak = self.ctx.gpu_memory().peak;
+        self.memory
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stages
+            .push(StageMemory {
+                stage: meter.stage,
+                peak_bytes: peak,
+                activation_bytes: peak.saturating_sub(meter.base),
+            });
     }
 
     pub fn model_dir(&self) -> &Path {
@@ -388,6 +512,7 @@ impl Pipeline {
             None => noise::standard_normal(request.seed, count),
         };
         self.check_fits(shape)?;
+        self.begin_run();
         let plan = Plan {
             shape,
             initial,
@@ -443,11 +568,14 @@ impl Pipeline {
         let count: usize = shape.iter().product();
         let guided = request.guidance_scale > 1.0;
         let scale = self.vae_scale_factor();
+        let meter = self.begin_stage("text encoder");
         let (embeds, dim) =
             self.encode_text(&request.prompt, request.negative_prompt.as_deref(), guided)?;
+        self.end_stage(meter);
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
+        let meter = self.begin_stage("UNet");
 
         let mut cache = self
             .step_graph
@@ -521,6 +649,7 @@ impl Pipeline {
         }
         let mut latents = step.latents.to_vec_f32(&self.ctx)?;
         drop(cache);
+        self.end_stage(meter);
         if let Some(known) = &known {
             // diffusers' inpainting convention: the kept cells end as the clip's own latents.
             latents = known.hold(&latents);
@@ -616,8 +745,12 @@ impl Pipeline {
     /// VAE decode (after undoing the latent scaling) and vocoder: returns the mel and the
     /// untrimmed waveform.
     pub fn decode(&self, latents: &[f32], shape: [usize; 4]) -> Result<(Mel, Vec<f32>)> {
+        let meter = self.begin_stage("VAE decoder");
         let mel = self.decode_mel(latents, shape)?;
+        self.end_stage(meter);
+        let meter = self.begin_stage("vocoder");
         let waveform = self.vocode(&mel)?;
+        self.end_stage(meter);
         Ok((mel, waveform))
     }
 
