@@ -269,3 +269,45 @@ fn the_tiny_vae_decodes_at_parity_with_its_activations_split() {
         );
     }
 }
+
+#[test]
+fn long_attention_merges_its_key_splits_per_window_of_queries_bit_for_bit() {
+    use audioldm::gpu::ops::attention::{Attention, HeadView};
+    // 300 queries over 70 keys in chunks of 16 (5 splits), one head of 24: the partial results
+    // take 300 x 5 x 26 x 4 = 156 KB, over 128 KiB bindings: windows of 128 query rows.
+    let run = |ctx: &Context| {
+        let mut g = Graph::new(ctx);
+        let q = upload(ctx, &mut g, &[1, 300, 24], 1);
+        let k = upload(ctx, &mut g, &[1, 70, 24], 2);
+        let v = upload(ctx, &mut g, &[1, 70, 24], 3);
+        let out = g
+            .attention_split(
+                Attention {
+                    q: HeadView::interleaved(q, 300, 1, 24),
+                    k: HeadView::interleaved(k, 70, 1, 24),
+                    v: HeadView::interleaved(v, 70, 1, 24),
+                    batch: 1,
+                    heads: 1,
+                    tq: 300,
+                    tk: 70,
+                    d: 24,
+                    dv: 24,
+                    scale: 0.2,
+                },
+                16,
+            )
+            .expect("attention");
+        g.output(out).expect("output");
+        let mut exe = g.build().expect("build");
+        exe.run().expect("run");
+        exe.read(out).expect("read")
+    };
+    let whole = run(ctx());
+    let split = run(&small_binding_ctx(128 << 10));
+    assert!(
+        whole
+            .iter()
+            .zip(&split)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
+}

@@ -200,13 +200,14 @@ impl Graph {
         let splits = a.tk.div_ceil(chunk);
         let width = a.heads * a.dv;
         let out_shape = Shape(vec![a.batch, a.tq, width]);
-        let params = || {
+        // Params of the window of query rows `row0..row0 + tq` (all of them unless split).
+        let params = |row0: usize, tq: usize| {
             Params::default()
-                .u(a.tq)
+                .u(tq)
                 .u(a.tk)
                 .u(a.d)
                 .u(a.dv)
-                .u(a.q.offset)
+                .u(a.q.offset + row0 * a.q.st)
                 .u(a.q.sb)
                 .u(a.q.st)
                 .u(a.q.sh)
@@ -218,7 +219,7 @@ impl Graph {
                 .u(a.v.sb)
                 .u(a.v.st)
                 .u(a.v.sh)
-                .u(a.tq * width)
+                .u(tq * width)
                 .u(width)
                 .u(a.dv)
                 .f(a.scale)
@@ -242,11 +243,6 @@ impl Graph {
             Some(Binding::from(a.k.var)),
             Some(Binding::from(a.v.var)),
         ];
-        let workgroups = [
-            a.tq.div_ceil(WG * qb) as u32,
-            a.heads as u32,
-            (a.batch * splits) as u32,
-        ];
         if splits == 1 {
             return self.push(OpSpec {
                 label: op.to_string(),
@@ -254,29 +250,71 @@ impl Graph {
                 inputs,
                 out_shape,
                 out_dtype: DType::F32,
-                params: params(),
-                workgroups,
+                params: params(0, a.tq),
+                workgroups: [
+                    a.tq.div_ceil(WG * qb) as u32,
+                    a.heads as u32,
+                    (a.batch * splits) as u32,
+                ],
             });
         }
-        let partial = self.push(OpSpec {
-            label: format!("{op} ({splits} key splits)"),
-            key,
-            inputs,
-            out_shape: Shape(vec![splits, a.batch, a.heads, a.tq, a.dv + 2]),
-            out_dtype: DType::F32,
-            params: params(),
-            workgroups,
-        })?;
-        self.push(OpSpec {
-            label: format!("{op} (merge of {splits} key splits)"),
-            key: KernelKey::new("attention.wgsl", "combine", 1, 1)
-                .define("COMBINE", 1)
-                .define("WG", WG),
-            inputs: vec![Some(Binding::from(partial))],
-            out_shape,
-            out_dtype: DType::F32,
-            params: params(),
-            workgroups: grid((a.batch * a.tq * width).div_ceil(WG)),
-        })
+        // The key splits' partial results, merged by a second dispatch. When they are over one
+        // binding (long sequences), both run per window of query rows, each row computed as it
+        // would be unsplit; windows are whole workgroups of rows.
+        let partial_row_bytes = 4 * (splits * a.batch * a.heads * (a.dv + 2)) as u64;
+        let max_binding = self.context().max_binding_bytes();
+        let step = WG * qb;
+        let rows_fit = (max_binding / partial_row_bytes) as usize / step * step;
+        let window = if partial_row_bytes * a.tq as u64 <= max_binding {
+            a.tq
+        } else if a.batch == 1 && rows_fit > 0 {
+            rows_fit
+        } else {
+            return Err(shape_error(
+                op,
+                format!(
+                    "the partial results of {splits} key splits over {} query rows are over this \
+                     device's largest binding ({max_binding} bytes), and cannot be split for a \
+                     batch of {}",
+                    a.tq, a.batch
+                ),
+            ));
+        };
+        let out = self.alloc(op, out_shape.clone(), DType::F32)?;
+        let mut row0 = 0;
+        while row0 < a.tq {
+            let rows = window.min(a.tq - row0);
+            let partial = self.push(OpSpec {
+                label: format!("{op} ({splits} key splits)"),
+                key: key.clone(),
+                inputs: inputs.clone(),
+                out_shape: Shape(vec![splits, a.batch, a.heads, rows, a.dv + 2]),
+                out_dtype: DType::F32,
+                params: params(row0, rows),
+                workgroups: [
+                    rows.div_ceil(step) as u32,
+                    a.heads as u32,
+                    (a.batch * splits) as u32,
+                ],
+            })?;
+            // Rows of one batch item are contiguous; a batch of several is never windowed.
+            let rows_out = row0 * width * a.batch..(row0 + rows) * width * a.batch;
+            self.push_window(
+                Binding::elements(out, rows_out),
+                OpSpec {
+                    label: format!("{op} (merge of {splits} key splits)"),
+                    key: KernelKey::new("attention.wgsl", "combine", 1, 1)
+                        .define("COMBINE", 1)
+                        .define("WG", WG),
+                    inputs: vec![Some(Binding::from(partial))],
+                    out_shape: out_shape.clone(),
+                    out_dtype: DType::F32,
+                    params: params(row0, rows),
+                    workgroups: grid((a.batch * rows * width).div_ceil(WG)),
+                },
+            )?;
+            row0 += rows;
+        }
+        Ok(out)
     }
 }
