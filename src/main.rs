@@ -15,7 +15,7 @@ use audioldm::gpu::{Context, LimitsProfile};
 use audioldm::hub::{self, DEFAULT_MODEL};
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::edit::{EditRequest, Mode};
-use audioldm::pipeline::{Event, Pipeline, Request};
+use audioldm::pipeline::{Event, Pipeline, Request, Residency};
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +72,9 @@ enum Command {
         /// GPU limits to create the device with.
         #[arg(long, value_enum, env = "AUDIOLDM_LIMITS", default_value_t = Limits::Adapter)]
         limits: Limits,
+        /// Keep only the network the current stage needs on the GPU (less memory, slower runs).
+        #[arg(long)]
+        low_memory: bool,
     },
     /// Generate a clip from a text prompt.
     Generate {
@@ -176,6 +179,10 @@ struct Options {
     /// GPU limits to create the device with.
     #[arg(long, value_enum, env = "AUDIOLDM_LIMITS", default_value_t = Limits::Adapter)]
     limits: Limits,
+    /// Keep only the network the current stage needs on the GPU: each is uploaded from its
+    /// checkpoint when its stage starts (less memory, a little slower).
+    #[arg(long)]
+    low_memory: bool,
 }
 
 impl Options {
@@ -224,6 +231,14 @@ fn main() -> ExitCode {
     }
 }
 
+fn residency(low_memory: bool) -> Residency {
+    if low_memory {
+        Residency::LowMemory
+    } else {
+        Residency::AllResident
+    }
+}
+
 #[cfg(feature = "app")]
 fn default_command() -> Option<Command> {
     Some(Command::App {
@@ -231,6 +246,7 @@ fn default_command() -> Option<Command> {
         f16: false,
         input: None,
         limits: Limits::Adapter,
+        low_memory: false,
     })
 }
 
@@ -254,12 +270,14 @@ fn run(cli: Cli) -> audioldm::Result<()> {
             f16,
             input,
             limits,
+            low_memory,
         } => {
             let options = audioldm::app::AppOptions {
                 model,
                 input,
                 precision: Precision::weights_f16(f16),
                 limits: limits.into(),
+                residency: residency(low_memory),
                 ..Default::default()
             };
             audioldm::app::run_native(options).map_err(audioldm::Error::Input)
@@ -350,7 +368,12 @@ fn produce(
         info.device_type,
         ctx.limits_profile()
     );
-    let pipeline = Pipeline::load(&ctx, &dir, Precision::weights_f16(options.f16))?;
+    let pipeline = Pipeline::load_with(
+        &ctx,
+        &dir,
+        Precision::weights_f16(options.f16),
+        residency(options.low_memory),
+    )?;
     let bar = ProgressBar::new(options.steps as u64).with_style(
         ProgressStyle::with_template(
             "{spinner} denoising {bar:30} {pos}/{len} steps, {elapsed} elapsed, ETA {eta}",

@@ -311,3 +311,55 @@ fn long_attention_merges_its_key_splits_per_window_of_queries_bit_for_bit() {
             .all(|(a, b)| a.to_bits() == b.to_bits())
     );
 }
+
+#[test]
+fn low_memory_makes_the_same_clip_and_holds_one_network_at_a_time() {
+    use audioldm::pipeline::Residency;
+    let run = |residency: Residency| {
+        let ctx = Context::with_limits_blocking(LimitsProfile::Adapter).expect("device");
+        let pipeline = Pipeline::load_with(
+            &ctx,
+            &fixtures().join("tiny"),
+            Precision::default(),
+            residency,
+        )
+        .expect("load");
+        assert_eq!(pipeline.residency(), residency);
+        let after_load = ctx.gpu_memory().live;
+        let out = pipeline
+            .generate(&tiny_request(), &AtomicBool::new(false), |_| {})
+            .expect("generate");
+        let report = pipeline.memory_report();
+        println!("{residency:?}: {report}");
+        (out, report, after_load, ctx.gpu_memory().live)
+    };
+    let (resident, all, all_loaded, _) = run(Residency::AllResident);
+    let (low, low_report, low_loaded, low_after) = run(Residency::LowMemory);
+    let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(same(&resident.latents, &low.latents));
+    assert!(same(&resident.audio.samples, &low.audio.samples));
+
+    // Nothing stays on the GPU between runs, and no stage holds more than its own network.
+    assert_eq!(low_loaded, 0);
+    assert_eq!(low_after, 0);
+    assert_eq!(all_loaded, all.weight_bytes());
+    assert_eq!(low_report.weights, all.weights);
+    for (stage, network) in [
+        ("text encoder", "text encoder"),
+        ("UNet", "UNet"),
+        ("VAE decoder", "VAE"),
+        ("vocoder", "vocoder"),
+    ] {
+        let peak = |r: &audioldm::pipeline::MemoryReport| {
+            r.stages
+                .iter()
+                .find(|s| s.stage == stage)
+                .unwrap()
+                .peak_bytes
+        };
+        let weights = all.weights.iter().find(|(n, _)| *n == network).unwrap().1;
+        assert!(peak(&low_report) < peak(&all), "{stage}");
+        assert!(peak(&low_report) >= weights, "{stage}");
+    }
+    assert!(low_report.peak_bytes() < all.peak_bytes());
+}

@@ -28,6 +28,7 @@ use crate::gpu::Context;
 use crate::gpu::context::{LimitsProfile, device_descriptor};
 use crate::hub::{self, ResolveOptions};
 use crate::model::nn::Precision;
+use crate::pipeline::Residency;
 use crate::pipeline::edit::{EditRequest, Mode};
 
 use spectrogram::{Overlay, SpectrogramView};
@@ -52,6 +53,8 @@ pub struct AppOptions {
     pub precision: Precision,
     /// The limits the shared device is created with.
     pub limits: LimitsProfile,
+    /// Whether all networks stay on the GPU between stages (the default) or only the current one.
+    pub residency: Residency,
 }
 
 /// The wgpu setup eframe should use so that the engine can share its device, created with the
@@ -223,9 +226,13 @@ impl AudioLdmApp {
             None => "no wgpu renderer: the engine makes its own device".to_string(),
         };
         let egui_ctx = cc.egui_ctx.clone();
-        let worker = Worker::spawn(ctx, options.limits.clone(), options.precision, move || {
-            egui_ctx.request_repaint()
-        });
+        let worker = Worker::spawn(
+            ctx,
+            options.limits.clone(),
+            options.precision,
+            options.residency,
+            move || egui_ctx.request_repaint(),
+        );
         let data_dir = options
             .data_dir
             .or_else(|| eframe::storage_dir(APP_ID).map(|d| d.join("clips")))

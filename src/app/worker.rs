@@ -11,7 +11,7 @@ use crate::gpu::{Context, LimitsProfile};
 use crate::hub::{self, ResolveOptions};
 use crate::model::nn::Precision;
 use crate::pipeline::edit::EditRequest;
-use crate::pipeline::{Event, Mel, Output, Pipeline, Request};
+use crate::pipeline::{Event, Mel, Output, Pipeline, Request, Residency};
 
 /// Dispatches per submit while the app's renderer shares the queue: on a software adapter a
 /// full-size step is a minute of work, which would otherwise hold every frame back until it ends;
@@ -101,6 +101,7 @@ impl Worker {
         ctx: Option<Context>,
         limits: LimitsProfile,
         precision: Precision,
+        residency: Residency,
         wake: impl Fn() + Send + 'static,
     ) -> Self {
         let (job_tx, job_rx) = channel::<(Job, Arc<AtomicBool>)>();
@@ -112,6 +113,7 @@ impl Worker {
                     ctx,
                     limits,
                     precision,
+                    residency,
                     loaded: None,
                 };
                 while let Ok((job, cancel)) = job_rx.recv() {
@@ -175,6 +177,7 @@ struct WorkerState {
     ctx: Option<Context>,
     limits: LimitsProfile,
     precision: Precision,
+    residency: Residency,
     /// The last model loaded, by the folder it came from.
     loaded: Option<Pipeline>,
 }
@@ -232,7 +235,7 @@ impl WorkerState {
                 id,
                 model: dir.clone(),
             });
-            let pipeline = Pipeline::load(&ctx, &dir, self.precision)?;
+            let pipeline = Pipeline::load_with(&ctx, &dir, self.precision, self.residency)?;
             // The renderer draws on the same queue: leave it room between slices of a step.
             pipeline.set_max_dispatches_per_submit(Some(DISPATCHES_PER_SUBMIT));
             self.loaded = Some(pipeline);

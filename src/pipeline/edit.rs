@@ -126,7 +126,7 @@ impl Pipeline {
         self.check_request(request)?;
         let timesteps = self.scheduler.timesteps(request.steps)?;
         let prepared = self.prepare(edit)?;
-        let front_end = MelFrontEnd::with_bands(self.vocoder.config.model_in_dim);
+        let front_end = MelFrontEnd::with_bands(self.vocoder_config.model_in_dim);
         let mel = front_end.wav_to_fbank(&prepared.clip, prepared.clip_lengths.mel_frames)?;
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
@@ -247,7 +247,7 @@ impl Pipeline {
             }
             &Mode::SuperResolution { cutoff_hz } => {
                 let cutoff = cutoff_hz.unwrap_or(source.sample_rate as f64 / 2.0);
-                let bands = self.vocoder.config.model_in_dim;
+                let bands = self.vocoder_config.model_in_dim;
                 let upper = mel_band_upper_edges(bands, F_MIN, F_MAX);
                 if !(cutoff > 0.0 && cutoff < F_MAX) {
                     let why = match cutoff_hz {
@@ -311,7 +311,7 @@ impl Pipeline {
         let input = Tensor::from_f32(ctx, [1, 1, mel.frames, mel.bins], DType::F32, &mel.data)?;
         let mut g = Graph::new(ctx);
         let x = g.input(&input);
-        let dist = self.vae.encode(&mut g, x)?;
+        let dist = self.vae.get(&self.loader())?.encode(&mut g, x)?;
         let dims = g.dims(dist.mean).to_vec();
         if dims != shape {
             return Err(Error::Input(format!(
@@ -331,7 +331,7 @@ impl Pipeline {
         check_finite("the VAE encoder", &mean)?;
         check_finite("the VAE encoder", &std)?;
         let eps = noise::standard_normal(seed.wrapping_add(2), mean.len());
-        let scaling = self.vae.config.scaling_factor as f32;
+        let scaling = self.vae_config.scaling_factor as f32;
         let mut z: Vec<f32> = mean
             .iter()
             .zip(&std)

@@ -8,7 +8,7 @@ pub mod noise;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 pub use crate::audio::{Audio, Mel};
 use crate::error::{Error, Result};
@@ -16,9 +16,9 @@ use crate::gpu::{Context, DType, Executable, Graph, GraphStats, Scalar, Tensor, 
 use crate::model::clap_text::ClapTextModelWithProjection;
 use crate::model::nn::{Loader, Precision};
 use crate::model::tokenizer::TextTokenizer;
-use crate::model::unet::UNet2DConditionModel;
-use crate::model::vae::AutoencoderKL;
-use crate::model::vocoder::SpeechT5HifiGan;
+use crate::model::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use crate::model::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::model::vocoder::{SpeechT5HifiGan, SpeechT5HifiGanConfig};
 
 use ddim::DdimScheduler;
 
@@ -239,6 +239,55 @@ impl std::fmt::Display for MemoryReport {
     }
 }
 
+/// Where the networks' weights live between the stages that use them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Residency {
+    /// All four on the GPU from load on: fastest between runs (the desktop default).
+    #[default]
+    AllResident,
+    /// Only the network the current stage needs: each is uploaded from its memory-mapped
+    /// checkpoint when its stage starts and freed when it ends (peak: the UNet and its step).
+    LowMemory,
+}
+
+/// One network of the pipeline: its weights kept on the GPU, or loaded for each stage.
+struct Network<T> {
+    resident: Option<Arc<T>>,
+    dir: PathBuf,
+    load: fn(&Loader, &Path) -> Result<T>,
+}
+
+impl<T> Network<T> {
+    /// Loads the network once (which checks its files and config) and keeps it when `residency`
+    /// says so; returns it with its config.
+    fn load(
+        loader: &Loader,
+        dir: PathBuf,
+        residency: Residency,
+        load: fn(&Loader, &Path) -> Result<T>,
+    ) -> Result<(Self, Arc<T>)> {
+        let model = Arc::new(load(loader, &dir)?);
+        let resident = (residency == Residency::AllResident).then(|| Arc::clone(&model));
+        Ok((
+            Self {
+                resident,
+                dir,
+                load,
+            },
+            model,
+        ))
+    }
+
+    /// The network's weights on the GPU for one stage: the resident copy, or a fresh upload
+    /// that is freed when the returned handle is dropped.
+    fn get(&self, loader: &Loader) -> Result<Arc<T>> {
+        match &self.resident {
+            Some(model) => Ok(Arc::clone(model)),
+            None => Ok(Arc::new((self.load)(loader, &self.dir)?)),
+        }
+    }
+}
+
 /// A stage being measured (see [`Pipeline::begin_stage`]).
 struct StageMeter {
     stage: &'static str,
@@ -249,11 +298,16 @@ struct StageMeter {
 pub struct Pipeline {
     ctx: Context,
     dir: PathBuf,
+    precision: Precision,
+    residency: Residency,
     tokenizer: TextTokenizer,
-    text_encoder: ClapTextModelWithProjection,
-    unet: UNet2DConditionModel,
-    vae: AutoencoderKL,
-    vocoder: SpeechT5HifiGan,
+    text_encoder: Network<ClapTextModelWithProjection>,
+    unet: Network<UNet2DConditionModel>,
+    vae: Network<AutoencoderKL>,
+    vocoder: Network<SpeechT5HifiGan>,
+    unet_config: UNet2DConditionConfig,
+    vae_config: AutoencoderKLConfig,
+    vocoder_config: SpeechT5HifiGanConfig,
     scheduler: DdimScheduler,
     step_graph: Mutex<Option<StepGraph>>,
     /// 0: one submit per graph run; else at most this many dispatches per submit.
@@ -301,8 +355,19 @@ fn check_finite(stage: &str, values: &[f32]) -> Result<()> {
 
 impl Pipeline {
     /// Loads a diffusers-layout AudioLDM folder (`unet/`, `vae/`, `text_encoder/`, `vocoder/`,
-    /// `tokenizer/`, `scheduler/`).
+    /// `tokenizer/`, `scheduler/`) with every network resident on the GPU.
     pub fn load(ctx: &Context, dir: &Path, precision: Precision) -> Result<Self> {
+        Self::load_with(ctx, dir, precision, Residency::AllResident)
+    }
+
+    /// [`Pipeline::load`] with a choice of where the weights live between stages. Every network
+    /// is loaded once either way, so a broken file is an error now, not in the middle of a run.
+    pub fn load_with(
+        ctx: &Context,
+        dir: &Path,
+        precision: Precision,
+        residency: Residency,
+    ) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::Input(format!(
                 "model folder {} does not exist",
@@ -311,28 +376,59 @@ impl Pipeline {
         }
         let loader = Loader { ctx, precision };
         let mut weights = Vec::new();
-        let mut measured = |name: &'static str, live_before: u64| {
+        // Weight bytes of a network: what its load left alive, measured before a low-memory
+        // pipeline lets it go.
+        let mut measure = |name: &'static str, live_before: u64| {
             weights.push((name, ctx.gpu_memory().live.saturating_sub(live_before)));
-            ctx.gpu_memory().live
         };
-        let live = ctx.gpu_memory().live;
         let tokenizer = TextTokenizer::from_dir(&dir.join("tokenizer"))?;
-        let text_encoder = ClapTextModelWithProjection::load(&loader, &dir.join("text_encoder"))?;
-        let live = measured("text encoder", live);
-        let unet = UNet2DConditionModel::load(&loader, &dir.join("unet"))?;
-        let live = measured("UNet", live);
-        let vae = AutoencoderKL::load(&loader, &dir.join("vae"))?;
-        let live = measured("VAE", live);
-        let vocoder = SpeechT5HifiGan::load(&loader, &dir.join("vocoder"))?;
-        measured("vocoder", live);
+        let live = ctx.gpu_memory().live;
+        let (text_encoder, model) = Network::load(
+            &loader,
+            dir.join("text_encoder"),
+            residency,
+            ClapTextModelWithProjection::load,
+        )?;
+        measure("text encoder", live);
+        drop(model);
+        let live = ctx.gpu_memory().live;
+        let (unet, model) = Network::load(
+            &loader,
+            dir.join("unet"),
+            residency,
+            UNet2DConditionModel::load,
+        )?;
+        measure("UNet", live);
+        let unet_config = model.config.clone();
+        drop(model);
+        let live = ctx.gpu_memory().live;
+        let (vae, model) = Network::load(&loader, dir.join("vae"), residency, AutoencoderKL::load)?;
+        measure("VAE", live);
+        let vae_config = model.config.clone();
+        drop(model);
+        let live = ctx.gpu_memory().live;
+        let (vocoder, model) = Network::load(
+            &loader,
+            dir.join("vocoder"),
+            residency,
+            SpeechT5HifiGan::load,
+        )?;
+        measure("vocoder", live);
+        let vocoder_config = model.config.clone();
+        drop(model);
         let pipeline = Self {
             ctx: ctx.clone(),
             dir: dir.to_path_buf(),
+            precision,
+            residency,
             tokenizer,
             text_encoder,
             unet,
             vae,
             vocoder,
+            unet_config,
+            vae_config,
+            vocoder_config,
             scheduler: DdimScheduler::load(&dir.join("scheduler"))?,
             step_graph: Mutex::new(None),
             dispatches_per_submit: AtomicUsize::new(0),
@@ -358,6 +454,17 @@ impl Pipeline {
             0 => None,
             n => Some(n),
         }
+    }
+
+    fn loader(&self) -> Loader<'_> {
+        Loader {
+            ctx: &self.ctx,
+            precision: self.precision,
+        }
+    }
+
+    pub fn residency(&self) -> Residency {
+        self.residency
     }
 
     /// GPU memory of the model's weights and, per stage, of its last run.
@@ -408,12 +515,12 @@ impl Pipeline {
     }
 
     pub fn sample_rate(&self) -> u32 {
-        self.vocoder.config.sampling_rate
+        self.vocoder_config.sampling_rate
     }
 
     /// The model's default clip length (diffusers: `sample_size * vae_scale * hop`).
     pub fn default_duration_s(&self) -> f64 {
-        let size = self.unet.config.sample_size.unwrap_or(128);
+        let size = self.unet_config.sample_size.unwrap_or(128);
         size as f64 * self.vae_scale_factor() as f64 * self.seconds_per_frame()
     }
 
@@ -423,12 +530,12 @@ impl Pipeline {
     }
 
     fn vae_scale_factor(&self) -> usize {
-        1 << (self.vae.config.block_out_channels.len().saturating_sub(1))
+        1 << (self.vae_config.block_out_channels.len().saturating_sub(1))
     }
 
     fn seconds_per_frame(&self) -> f64 {
-        let hop: usize = self.vocoder.config.upsample_rates.iter().product();
-        hop as f64 / self.vocoder.config.sampling_rate as f64
+        let hop: usize = self.vocoder_config.upsample_rates.iter().product();
+        hop as f64 / self.vocoder_config.sampling_rate as f64
     }
 
     /// Latent and audio sizes for a duration, exactly as diffusers computes them.
@@ -453,8 +560,8 @@ impl Pipeline {
         Ok(Lengths {
             mel_frames: height,
             latent_frames: height / scale,
-            latent_width: self.vocoder.config.model_in_dim / scale,
-            samples: (duration_s * self.vocoder.config.sampling_rate as f64) as usize,
+            latent_width: self.vocoder_config.model_in_dim / scale,
+            samples: (duration_s * self.vocoder_config.sampling_rate as f64) as usize,
         })
     }
 
@@ -465,7 +572,7 @@ impl Pipeline {
         negative: Option<&str>,
         guided: bool,
     ) -> Result<(Vec<f32>, usize)> {
-        let encoder = &self.text_encoder;
+        let encoder = self.text_encoder.get(&self.loader())?;
         let dim = encoder.config.projection_dim;
         let mut rows = Vec::with_capacity(2 * dim);
         if guided {
@@ -543,7 +650,7 @@ impl Pipeline {
     fn latent_shape(&self, lengths: &Lengths) -> [usize; 4] {
         [
             1,
-            self.unet.config.in_channels,
+            self.unet_config.in_channels,
             lengths.latent_frames,
             lengths.latent_width,
         ]
@@ -648,6 +755,10 @@ impl Pipeline {
             });
         }
         let mut latents = step.latents.to_vec_f32(&self.ctx)?;
+        if self.residency == Residency::LowMemory {
+            // The step graph holds the UNet's weights: free both before the decoder loads.
+            *cache = None;
+        }
         drop(cache);
         self.end_stage(meter);
         if let Some(known) = &known {
@@ -688,6 +799,7 @@ impl Pipeline {
     /// `x' = sqrt(ᾱ_prev) x0 + sqrt(1−ᾱ_prev−σ²) ε + σ z`, then `x'` is copied back into `x`.
     fn record_step(&self, shape: [usize; 4], guided: bool, dim: usize) -> Result<StepGraph> {
         let ctx = &self.ctx;
+        let unet = self.unet.get(&self.loader())?;
         let latents = Tensor::empty(ctx, shape, DType::F32)?;
         let rows = if guided { 2 } else { 1 };
         let embeds = Tensor::empty(ctx, [rows, dim], DType::F32)?;
@@ -702,13 +814,13 @@ impl Pipeline {
         let (prev_x0, prev_eps, sigma) = (g.scalar(1.0), g.scalar(0.0), g.scalar(0.0));
         let eps = if guided {
             let doubled = g.concat(x, x, 0)?;
-            let both = self.unet.forward(&mut g, doubled, timestep, Some(e))?;
+            let both = unet.forward(&mut g, doubled, timestep, Some(e))?;
             let uncond = g.slice(both, 0, 0, 1)?;
             let cond = g.slice(both, 0, 1, 2)?;
             let diff = g.sub(cond, uncond)?;
             g.axpby(uncond, diff, 1.0, guidance)?
         } else {
-            self.unet.forward(&mut g, x, timestep, Some(e))?
+            unet.forward(&mut g, x, timestep, Some(e))?
         };
         let clean = g.axpby(x, eps, x0_scale, x0_eps)?;
         let next = g.axpby(clean, eps, prev_x0, prev_eps)?;
@@ -792,8 +904,8 @@ impl Pipeline {
         let z = Tensor::empty(&self.ctx, shape, DType::F32)?;
         let mut g = Graph::new(&self.ctx);
         let input = g.input(&z);
-        let scaled = g.scale(input, (1.0 / self.vae.config.scaling_factor) as f32, 0.0)?;
-        let mel = self.vae.decode(&mut g, scaled)?;
+        let scaled = g.scale(input, (1.0 / self.vae_config.scaling_factor) as f32, 0.0)?;
+        let mel = self.vae.get(&self.loader())?.decode(&mut g, scaled)?;
         Ok((g, z, mel))
     }
 
@@ -802,7 +914,7 @@ impl Pipeline {
         let input = Tensor::empty(&self.ctx, [1, frames, bins], DType::F32)?;
         let mut g = Graph::new(&self.ctx);
         let x = g.input(&input);
-        let wave = self.vocoder.forward(&mut g, x)?;
+        let wave = self.vocoder.get(&self.loader())?.forward(&mut g, x)?;
         Ok((g, input, wave))
     }
 
