@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::context::Context;
 use super::error::{GpuError, Result, shape_error};
 use super::kernel::{Kernel, KernelKey, PARAM_BLOCK_BYTES};
-use super::tensor::{DType, GpuBuffer, Shape, Tensor, create_buffer, read_buffer};
+use super::tensor::{DType, GpuBuffer, Shape, Tensor, create_buffer};
 
 /// A tensor of a graph: an input bound to an existing [`Tensor`], or the result of an op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -1049,12 +1049,9 @@ impl Executable {
         }
         let mut out = Vec::with_capacity(value.shape.numel());
         for (range, buffer) in &self.buffers[var.0] {
-            let bytes = read_buffer(&self.ctx, buffer, range.end - range.start)?;
-            out.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|w| f32::from_le_bytes([w[0], w[1], w[2], w[3]])),
-            );
+            let len = ((range.end - range.start) / 4) as usize;
+            let part = Tensor::from_buffer(Arc::clone(buffer), Shape(vec![len]), DType::F32);
+            out.extend(part.to_vec_f32(&self.ctx)?);
         }
         Ok(out)
     }

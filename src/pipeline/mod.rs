@@ -258,23 +258,31 @@ struct Network<T> {
 }
 
 impl<T> Network<T> {
-    /// Loads the network once (which checks its files and config) and keeps it when `residency`
-    /// says so; returns it with its config.
-    fn load(
+    /// Loads the network in `dir` once (which checks its files and config), records its weight
+    /// bytes under `name` in `weights` (what the load left alive on the GPU), and keeps it when
+    /// `residency` says so. Returns it with what `config` takes from the loaded model; a
+    /// low-memory pipeline frees the weights before the next network loads.
+    fn load<C>(
         loader: &Loader,
-        dir: PathBuf,
         residency: Residency,
+        weights: &mut Vec<(&'static str, u64)>,
+        name: &'static str,
+        dir: PathBuf,
         load: fn(&Loader, &Path) -> Result<T>,
-    ) -> Result<(Self, Arc<T>)> {
-        let model = Arc::new(load(loader, &dir)?);
-        let resident = (residency == Residency::AllResident).then(|| Arc::clone(&model));
+        config: impl FnOnce(&T) -> C,
+    ) -> Result<(Self, C)> {
+        let live = loader.ctx.gpu_memory().live;
+        let model = load(loader, &dir)?;
+        weights.push((name, loader.ctx.gpu_memory().live.saturating_sub(live)));
+        let config = config(&model);
+        let resident = (residency == Residency::AllResident).then(|| Arc::new(model));
         Ok((
             Self {
                 resident,
                 dir,
                 load,
             },
-            model,
+            config,
         ))
     }
 
@@ -375,47 +383,44 @@ impl Pipeline {
             )));
         }
         let loader = Loader { ctx, precision };
-        let mut weights = Vec::new();
-        // Weight bytes of a network: what its load left alive, measured before a low-memory
-        // pipeline lets it go.
-        let mut measure = |name: &'static str, live_before: u64| {
-            weights.push((name, ctx.gpu_memory().live.saturating_sub(live_before)));
-        };
         let tokenizer = TextTokenizer::from_dir(&dir.join("tokenizer"))?;
-        let live = ctx.gpu_memory().live;
-        let (text_encoder, model) = Network::load(
+        let mut weights = Vec::new();
+        let (text_encoder, ()) = Network::load(
             &loader,
+            residency,
+            &mut weights,
+            "text encoder",
             dir.join("text_encoder"),
-            residency,
             ClapTextModelWithProjection::load,
+            |_| (),
         )?;
-        measure("text encoder", live);
-        drop(model);
-        let live = ctx.gpu_memory().live;
-        let (unet, model) = Network::load(
+        let (unet, unet_config) = Network::load(
             &loader,
+            residency,
+            &mut weights,
+            "UNet",
             dir.join("unet"),
-            residency,
             UNet2DConditionModel::load,
+            |m| m.config.clone(),
         )?;
-        measure("UNet", live);
-        let unet_config = model.config.clone();
-        drop(model);
-        let live = ctx.gpu_memory().live;
-        let (vae, model) = Network::load(&loader, dir.join("vae"), residency, AutoencoderKL::load)?;
-        measure("VAE", live);
-        let vae_config = model.config.clone();
-        drop(model);
-        let live = ctx.gpu_memory().live;
-        let (vocoder, model) = Network::load(
+        let (vae, vae_config) = Network::load(
             &loader,
-            dir.join("vocoder"),
             residency,
-            SpeechT5HifiGan::load,
+            &mut weights,
+            "VAE",
+            dir.join("vae"),
+            AutoencoderKL::load,
+            |m| m.config.clone(),
         )?;
-        measure("vocoder", live);
-        let vocoder_config = model.config.clone();
-        drop(model);
+        let (vocoder, vocoder_config) = Network::load(
+            &loader,
+            residency,
+            &mut weights,
+            "vocoder",
+            dir.join("vocoder"),
+            SpeechT5HifiGan::load,
+            |m| m.config.clone(),
+        )?;
         let pipeline = Self {
             ctx: ctx.clone(),
             dir: dir.to_path_buf(),

@@ -338,6 +338,8 @@ impl Graph {
             || residual.is_some_and(|r| self.is_split(r))
             || out_bytes > max_binding
             || c.batch as u64 * hp as u64 * padded_row_bytes > max_binding;
+        // Padded rows one output row reads (the kernel's halo).
+        let span = opts.dilation[0] * (c.kh - 1) + 1;
         // Windows: (first batch item, items, first output row, output rows).
         let mut windows = Vec::new();
         if !split {
@@ -352,7 +354,6 @@ impl Graph {
                     ),
                 ));
             }
-            let span = opts.dilation[0] * (c.kh - 1) + 1;
             let rows_fit = (max_binding / padded_row_bytes) as usize;
             if rows_fit < span {
                 return Err(shape_error(
@@ -401,7 +402,7 @@ impl Graph {
             // Padded rows this window reads: output rows oy0.. with their halo.
             let py0 = oy0 * opts.stride[0];
             let prows = if split {
-                (rows - 1) * opts.stride[0] + opts.dilation[0] * (c.kh - 1) + 1
+                (rows - 1) * opts.stride[0] + span
             } else {
                 hp
             };
