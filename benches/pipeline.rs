@@ -9,18 +9,25 @@
 //!     --reference target/bench/reference.json
 //! ```
 //!
-//! Options: `--duration S` (10), `--steps N` (10), `--repeat N` (3, medians), `--f16`.
+//! Options: `--duration S` (10), `--steps N` (10), `--repeat N` (3, medians), `--f16`,
+//! `--low-memory` (one network on the GPU at a time), `--limits adapter|webgpu-default`.
 //! Prints seconds per stage, our time over theirs, peak resident memory (on a software adapter
 //! GPU memory is host memory), and the denoising step's graph: dispatches, submits per step,
 //! planned intermediate bytes against the unplanned sum, weight bytes.
+//!
+//! `--memory` measures memory instead of time: one run of `--steps` (2 unless given), then the
+//! peak GPU bytes of each stage (resident weights plus planned activations), the resident memory
+//! after loading and at the peak, beside diffusers' peak from a reference made with
+//! `bench_reference.py --memory` at the same duration and precision. Peak resident memory is
+//! per process, so measure each duration and precision in a run of its own.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use audioldm::gpu::Context;
+use audioldm::gpu::{Context, LimitsProfile};
 use audioldm::model::nn::Precision;
-use audioldm::pipeline::{Event, Pipeline, Request, noise};
+use audioldm::pipeline::{Event, Pipeline, Request, Residency, noise};
 
 struct Args {
     model: PathBuf,
@@ -29,6 +36,10 @@ struct Args {
     steps: usize,
     repeat: usize,
     f16: bool,
+    low_memory: bool,
+    limits: Option<LimitsProfile>,
+    memory: bool,
+    steps_given: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -39,6 +50,10 @@ fn args() -> Result<Args, String> {
         steps: 10,
         repeat: 3,
         f16: false,
+        low_memory: false,
+        limits: None,
+        memory: false,
+        steps_given: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -49,9 +64,18 @@ fn args() -> Result<Args, String> {
             "--duration" => {
                 args.duration = value("--duration")?.parse().map_err(|e| format!("{e}"))?
             }
-            "--steps" => args.steps = value("--steps")?.parse().map_err(|e| format!("{e}"))?,
+            "--steps" => {
+                args.steps = value("--steps")?.parse().map_err(|e| format!("{e}"))?;
+                args.steps_given = true;
+            }
             "--repeat" => args.repeat = value("--repeat")?.parse().map_err(|e| format!("{e}"))?,
             "--f16" => args.f16 = true,
+            "--low-memory" => args.low_memory = true,
+            "--memory" => args.memory = true,
+            "--limits" => {
+                args.limits =
+                    Some(LimitsProfile::parse(&value("--limits")?).map_err(|e| e.to_string())?)
+            }
             // cargo bench passes --bench; other harness flags are not ours.
             _ => {}
         }
@@ -64,31 +88,136 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// Peak resident set size of this process (`VmHWM`), in bytes.
-fn peak_rss() -> Option<u64> {
+/// A field of `/proc/self/status` given in kB (`VmHWM`: peak resident set, `VmRSS`: now), in bytes.
+fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
 
+fn peak_rss() -> Option<u64> {
+    proc_status_bytes("VmHWM:")
+}
+
+fn gib_or_unknown(bytes: Option<u64>) -> String {
+    bytes.map_or("?".into(), |b| {
+        format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
+    })
+}
+
+fn read_reference(
+    path: &Option<PathBuf>,
+) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error>> {
+    Ok(match path {
+        Some(path) => Some(serde_json::from_str(&std::fs::read_to_string(path)?)?),
+        None => None,
+    })
+}
+
+/// One run of `--steps`; then GPU memory per stage and resident memory, ours beside diffusers'.
+fn measure_memory(
+    args: &Args,
+    pipeline: &Pipeline,
+    rss_after_load: Option<u64>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let request = Request {
+        prompt: "a dog barking in the rain".into(),
+        negative_prompt: Some("low quality".into()),
+        steps: if args.steps_given { args.steps } else { 2 },
+        duration_s: Some(args.duration),
+        ..Request::default()
+    };
+    let start = Instant::now();
+    pipeline.generate(&request, &AtomicBool::new(false), |_| {})?;
+    println!(
+        "one run of {} steps: {:.1} s",
+        request.steps,
+        start.elapsed().as_secs_f64()
+    );
+    let report = pipeline.memory_report();
+    let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+    println!("{:<24} {:>12}", "weights", "MiB");
+    for (network, bytes) in &report.weights {
+        println!("{network:<24} {:>12.0}", mib(*bytes));
+    }
+    println!(
+        "{:<24} {:>12} {:>14}",
+        "stage", "peak GPU MiB", "activations MiB"
+    );
+    for stage in &report.stages {
+        println!(
+            "{:<24} {:>12.0} {:>14.0}",
+            stage.stage,
+            mib(stage.peak_bytes),
+            mib(stage.activation_bytes)
+        );
+    }
+    println!(
+        "peak GPU memory: {:.0} MiB = {:.2} GB",
+        mib(report.peak_bytes()),
+        report.peak_bytes() as f64 / 1e9
+    );
+    let reference = read_reference(&args.reference)?;
+    let theirs = reference
+        .as_ref()
+        .and_then(|r| r["peak_rss_bytes"].as_u64());
+    if let Some(r) = &reference {
+        println!(
+            "reference: torch {} on {}, {} s, {} steps, {}",
+            r["torch"], r["device"], r["duration_s"], r["steps"], r["dtype"]
+        );
+    }
+    println!(
+        "resident memory: after load {}, peak {}; diffusers peak {}",
+        gib_or_unknown(rss_after_load),
+        gib_or_unknown(peak_rss()),
+        theirs.map_or("-".into(), |b| gib_or_unknown(Some(b)))
+    );
+    if let Some(cuda) = reference
+        .as_ref()
+        .and_then(|r| r["peak_cuda_bytes"].as_u64())
+    {
+        println!("diffusers peak CUDA memory: {:.0} MiB", mib(cuda));
+    }
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
-    let ctx = Context::new_blocking()?;
+    let ctx = match &args.limits {
+        Some(profile) => Context::with_limits_blocking(profile.clone())?,
+        None => Context::new_blocking()?,
+    };
     let info = ctx.adapter_info();
+    let residency = if args.low_memory {
+        Residency::LowMemory
+    } else {
+        Residency::AllResident
+    };
     println!(
-        "adapter: {} ({:?}, {:?}); model {}; {} s, {} steps, weights {}",
+        "adapter: {} ({:?}, {:?}), limits {}; model {}; {} s, weights {}, {:?}",
         info.name,
         info.backend,
         info.device_type,
+        ctx.limits_profile(),
         args.model.display(),
         args.duration,
-        args.steps,
-        if args.f16 { "f16" } else { "f32" }
+        if args.f16 { "f16" } else { "f32" },
+        residency
     );
     let start = Instant::now();
-    let pipeline = Pipeline::load(&ctx, &args.model, Precision::weights_f16(args.f16))?;
+    let pipeline = Pipeline::load_with(
+        &ctx,
+        &args.model,
+        Precision::weights_f16(args.f16),
+        residency,
+    )?;
     println!("load: {:.2} s", start.elapsed().as_secs_f64());
+    if args.memory {
+        return measure_memory(&args, &pipeline, proc_status_bytes("VmRSS:"));
+    }
+    println!("{} steps", args.steps);
     let repeat = args.repeat.max(1);
     let (prompt, negative) = ("a dog barking in the rain", "low quality");
 
@@ -173,10 +302,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect::<Result<_, _>>()?,
     );
 
-    let reference: Option<serde_json::Value> = match &args.reference {
-        Some(path) => Some(serde_json::from_str(&std::fs::read_to_string(path)?)?),
-        None => None,
-    };
+    let reference = read_reference(&args.reference)?;
     let theirs = |key: &str| reference.as_ref().and_then(|r| r["seconds"][key].as_f64());
     if let Some(r) = &reference {
         println!(
@@ -218,12 +344,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             stats.weight_bytes as f64 / (1 << 20) as f64,
         );
     }
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    let ours_rss = peak_rss().map_or("?".into(), |b| format!("{:.2} GiB", gib(b)));
     let their_rss = reference
         .as_ref()
         .and_then(|r| r["peak_rss_bytes"].as_u64())
-        .map_or("-".into(), |b| format!("{:.2} GiB", gib(b)));
-    println!("peak resident memory: ours {ours_rss}, diffusers {their_rss}");
+        .map_or("-".into(), |b| gib_or_unknown(Some(b)));
+    println!(
+        "peak resident memory: ours {}, diffusers {their_rss}; {}",
+        gib_or_unknown(peak_rss()),
+        pipeline.memory_report()
+    );
     Ok(())
 }

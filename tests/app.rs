@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use audioldm::app::{AppOptions, AudioLdmApp, Phase, Severity, wgpu_setup};
 use audioldm::gpu::LimitsProfile;
+use audioldm::pipeline::Residency;
 use eframe::egui;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::{Harness, SnapshotOptions};
@@ -176,7 +177,15 @@ fn typing_a_prompt_and_generating_adds_a_clip_to_the_history_and_shows_its_spect
     assert_eq!(harness.get_all_by_label("Play").count(), 2);
     let _ = harness.get_by_label("Regenerate");
 
-    // The same settings again give the same clip (seed 0 was not random).
+    assert_eq!(
+        harness.state().loaded_residency(),
+        Some(Residency::AllResident)
+    );
+
+    // The same settings again give the same clip (seed 0 was not random), also with only one
+    // network at a time on the GPU: the model is loaded again for that.
+    harness.get_by_label("Low GPU memory").click();
+    harness.run();
     harness.get_by_label("Regenerate").click();
     harness.run_steps(2);
     assert!(
@@ -189,6 +198,10 @@ fn typing_a_prompt_and_generating_adds_a_clip_to_the_history_and_shows_its_spect
         Duration::from_secs(300),
         "the second clip",
         |app| !app.is_running(),
+    );
+    assert_eq!(
+        harness.state().loaded_residency(),
+        Some(Residency::LowMemory)
     );
     let history = harness.state().history();
     assert_eq!(history.len(), 2);
@@ -210,6 +223,10 @@ fn typing_a_prompt_and_generating_adds_a_clip_to_the_history_and_shows_its_spect
     );
     assert_eq!(harness.state().settings(), &settings);
     assert_eq!(harness.state().history(), &history[..]);
+    assert!(
+        harness.state().low_memory(),
+        "the low-memory choice was forgotten"
+    );
     let oldest = history[1].id;
     assert!(harness.state().clip_mel(oldest).is_none());
     harness

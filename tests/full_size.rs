@@ -145,5 +145,6 @@ fn full_size_long_clips_under_webgpu_default_limits() {
             step.weight_bytes as f64 / (1 << 20) as f64,
             peak_rss_mib()
         );
+        println!("{duration} s {}", pipeline.memory_report());
     }
 }

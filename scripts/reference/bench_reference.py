@@ -6,6 +6,11 @@ pipeline` to put side by side with our engine (same machine, same model, same si
 Stages (fp32): text encoder (prompt and negative, each padded to 512 tokens as the pipeline
 does), one UNet guidance step (batch 2) at --duration seconds, VAE decode, vocoder, and a
 whole --steps run. Median of --repeat runs each; peak RSS of the process.
+
+--memory times nothing: it loads the pipeline in --dtype (fp32, or fp16 where the device runs it),
+makes one clip of --steps (2 unless given) at --duration seconds, and records the process's peak
+resident memory (and peak CUDA memory on a GPU), for `cargo bench --bench pipeline -- --memory`.
+Peak resident memory is per process: one duration and dtype per run.
 """
 
 import argparse
@@ -36,19 +41,27 @@ def main():
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=None, help="10, or 2 with --memory")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory", action="store_true", help="measure peak memory of one run, no timings")
+    parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
     args = parser.parse_args()
+    if args.steps is None:
+        args.steps = 2 if args.memory else 10
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
 
-    pipe = AudioLDMPipeline.from_pretrained(args.model, torch_dtype=torch.float32).to(device)
+    dtype = torch.float16 if args.dtype == "fp16" else torch.float32
+    pipe = AudioLDMPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     prompt, negative = "a dog barking in the rain", "low quality"
+    if args.memory:
+        measure_memory(pipe, args, device, prompt, negative)
+        return
 
     def text():
         out = pipe._encode_prompt(prompt, device, 1, True, negative)
@@ -124,9 +137,42 @@ def main():
         "peak_rss_bytes": peak_rss,
         "peak_cuda_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
     }
+    write_result(args, result)
+
+
+def write_result(args, result):
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+
+
+def measure_memory(pipe, args, device, prompt, negative):
+    start = time.perf_counter()
+    with torch.no_grad():
+        pipe(
+            prompt,
+            negative_prompt=negative,
+            num_inference_steps=args.steps,
+            guidance_scale=2.5,
+            audio_length_in_s=args.duration,
+            generator=torch.Generator(device).manual_seed(0),
+        )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    write_result(
+        args,
+        {
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "duration_s": args.duration,
+            "steps": args.steps,
+            "dtype": args.dtype,
+            "seconds": {"run": time.perf_counter() - start},
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_cuda_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ pub struct AppOptions {
     pub precision: Precision,
     /// The limits the shared device is created with.
     pub limits: LimitsProfile,
-    /// Whether all networks stay on the GPU between stages (the default) or only the current one.
+    /// Start with low memory on ([`Residency::LowMemory`]) whatever was chosen last; the app's
+    /// "Low GPU memory" setting chooses from then on.
     pub residency: Residency,
 }
 
@@ -197,6 +198,8 @@ pub struct AudioLdmApp {
     mel_front_end: MelFrontEnd,
     /// Whether the model field names something already on disk, for the last text checked.
     model_status: (String, String),
+    /// How the worker last loaded a model, once it has.
+    loaded_residency: Option<Residency>,
 }
 
 impl AudioLdmApp {
@@ -209,6 +212,9 @@ impl AudioLdmApp {
             .unwrap_or_default();
         if let Some(model) = options.model {
             persisted.settings.model = model;
+        }
+        if options.residency == Residency::LowMemory {
+            persisted.low_memory = true;
         }
         let ctx = cc.wgpu_render_state.as_ref().map(|rs| {
             Context::from_device(
@@ -226,13 +232,9 @@ impl AudioLdmApp {
             None => "no wgpu renderer: the engine makes its own device".to_string(),
         };
         let egui_ctx = cc.egui_ctx.clone();
-        let worker = Worker::spawn(
-            ctx,
-            options.limits.clone(),
-            options.precision,
-            options.residency,
-            move || egui_ctx.request_repaint(),
-        );
+        let worker = Worker::spawn(ctx, options.limits.clone(), options.precision, move || {
+            egui_ctx.request_repaint()
+        });
         let data_dir = options
             .data_dir
             .or_else(|| eframe::storage_dir(APP_ID).map(|d| d.join("clips")))
@@ -252,11 +254,22 @@ impl AudioLdmApp {
             messages: Vec::new(),
             mel_front_end: MelFrontEnd::new(),
             model_status: (String::new(), String::new()),
+            loaded_residency: None,
         };
         if let Some(path) = &options.input {
             app.load_input(path);
         }
         app
+    }
+
+    /// Whether "Low GPU memory" is ticked.
+    pub fn low_memory(&self) -> bool {
+        self.persisted.low_memory
+    }
+
+    /// Where the loaded model keeps its weights (`None` before the first load).
+    pub fn loaded_residency(&self) -> Option<Residency> {
+        self.loaded_residency
     }
 
     pub fn settings(&self) -> &Settings {
@@ -392,6 +405,11 @@ impl AudioLdmApp {
         let job = Job {
             id,
             model: settings.model.trim().to_string(),
+            residency: if self.persisted.low_memory {
+                Residency::LowMemory
+            } else {
+                Residency::AllResident
+            },
             task,
         };
         match self.worker.submit(job) {
@@ -480,7 +498,12 @@ impl AudioLdmApp {
                 Report::Downloading { file, fraction, .. } if !cancelling => {
                     run.phase = Phase::Downloading { file, fraction };
                 }
-                Report::Loading { .. } if !cancelling => run.phase = Phase::Loading,
+                Report::Loading { residency, .. } => {
+                    self.loaded_residency = Some(residency);
+                    if !cancelling {
+                        run.phase = Phase::Loading;
+                    }
+                }
                 Report::Started { .. } => run.denoising_started = Some(Instant::now()),
                 Report::Step { i, n, preview, .. } => {
                     if !cancelling {
@@ -774,6 +797,11 @@ impl AudioLdmApp {
         });
         let status = self.check_model();
         ui.label(RichText::new(status).small().weak());
+        ui.checkbox(&mut self.persisted.low_memory, "Low GPU memory")
+            .on_hover_text(
+                "Keep only the network each stage needs on the GPU, uploading the next from disk: \
+                 about half the GPU memory, a few seconds more per clip",
+            );
         ui.add_space(8.0);
 
         ui.horizontal(|ui| {

@@ -175,4 +175,7 @@ pub struct Persisted {
     pub settings: Settings,
     pub history: Vec<HistoryEntry>,
     pub next_id: u64,
+    /// Keep only the network the current stage needs on the GPU. A preference of this machine,
+    /// not of a clip, so it lives beside the settings rather than in them.
+    pub low_memory: bool,
 }

@@ -23,6 +23,8 @@ pub struct Job {
     pub id: u64,
     /// A Hugging Face repo id or a local folder.
     pub model: String,
+    /// Where the networks' weights live between stages; a change reloads the model.
+    pub residency: Residency,
     pub task: Task,
 }
 
@@ -45,6 +47,7 @@ pub enum Report {
     Loading {
         id: u64,
         model: PathBuf,
+        residency: Residency,
     },
     /// The model is on the GPU and denoising starts.
     Started {
@@ -101,7 +104,6 @@ impl Worker {
         ctx: Option<Context>,
         limits: LimitsProfile,
         precision: Precision,
-        residency: Residency,
         wake: impl Fn() + Send + 'static,
     ) -> Self {
         let (job_tx, job_rx) = channel::<(Job, Arc<AtomicBool>)>();
@@ -113,7 +115,6 @@ impl Worker {
                     ctx,
                     limits,
                     precision,
-                    residency,
                     loaded: None,
                 };
                 while let Ok((job, cancel)) = job_rx.recv() {
@@ -177,8 +178,7 @@ struct WorkerState {
     ctx: Option<Context>,
     limits: LimitsProfile,
     precision: Precision,
-    residency: Residency,
-    /// The last model loaded, by the folder it came from.
+    /// The last model loaded, by the folder it came from and its residency.
     loaded: Option<Pipeline>,
 }
 
@@ -227,15 +227,19 @@ impl WorkerState {
                 ctx
             }
         };
-        let reuse = self.loaded.as_ref().is_some_and(|p| p.model_dir() == dir);
+        let reuse = self
+            .loaded
+            .as_ref()
+            .is_some_and(|p| p.model_dir() == dir && p.residency() == job.residency);
         if !reuse {
             // Free the old model before loading the new one: both may not fit.
             self.loaded = None;
             report(Report::Loading {
                 id,
                 model: dir.clone(),
+                residency: job.residency,
             });
-            let pipeline = Pipeline::load_with(&ctx, &dir, self.precision, self.residency)?;
+            let pipeline = Pipeline::load_with(&ctx, &dir, self.precision, job.residency)?;
             // The renderer draws on the same queue: leave it room between slices of a step.
             pipeline.set_max_dispatches_per_submit(Some(DISPATCHES_PER_SUBMIT));
             self.loaded = Some(pipeline);

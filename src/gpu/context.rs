@@ -142,6 +142,10 @@ impl MemoryCounter {
     }
 }
 
+/// How many uploaded bytes may wait in wgpu's staging memory before [`Context::uploaded`] flushes
+/// them: large enough that a model loads in few submissions, small next to its weights.
+const UPLOAD_FLUSH_BYTES: u64 = 64 << 20;
+
 /// What [`Context::gpu_memory`] reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GpuMemory {
@@ -170,6 +174,9 @@ struct Inner {
     uncaptured: Arc<Mutex<Vec<String>>>,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
     memory: Arc<MemoryCounter>,
+    /// Bytes queued by `write_buffer` since the queue last ran: wgpu holds them in staging memory
+    /// until a submission finishes.
+    unflushed_uploads: AtomicU64,
     /// Bound where an optional input (bias, residual) is absent, so a kernel has one layout.
     placeholder: wgpu::Buffer,
 }
@@ -262,6 +269,7 @@ impl Context {
                 uncaptured,
                 kernels: Mutex::new(HashMap::new()),
                 memory: Arc::default(),
+                unflushed_uploads: AtomicU64::new(0),
                 placeholder,
             }),
         }
@@ -370,6 +378,23 @@ impl Context {
         }
         self.check()?;
         Ok(value)
+    }
+
+    /// Counts `bytes` queued by `write_buffer` and, past [`UPLOAD_FLUSH_BYTES`], submits and waits
+    /// so that wgpu frees the staging copies. Without this, loading a model keeps a second copy
+    /// of every weight in host memory until the first run.
+    pub(crate) fn uploaded(&self, bytes: u64) -> Result<()> {
+        let unflushed = self
+            .inner
+            .unflushed_uploads
+            .fetch_add(bytes, Ordering::Relaxed)
+            + bytes;
+        if unflushed < UPLOAD_FLUSH_BYTES {
+            return Ok(());
+        }
+        self.inner.unflushed_uploads.store(0, Ordering::Relaxed);
+        self.inner.queue.submit([]);
+        self.wait()
     }
 
     /// Waits until all submitted work has finished.

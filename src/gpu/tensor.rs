@@ -244,7 +244,8 @@ impl Tensor {
         }
         ctx.scoped(&format!("uploading tensor {}", self.shape), || {
             ctx.queue().write_buffer(&self.buffer, 0, bytes)
-        })
+        })?;
+        ctx.uploaded(bytes.len() as u64)
     }
 
     /// Reads the tensor back as f32 (waits for all submitted work).
