@@ -1164,3 +1164,61 @@ fn a_deflate_bomb_storage_is_refused() {
     let err = open_err(&dir, "bomb.bin", &bytes);
     assert_contains(&err, &["inflate"]);
 }
+
+// ------------------------------------------------------------------------------------------------
+// Resident memory
+
+/// Resident kB of this process's mappings of `path` (`/proc/self/smaps`).
+#[cfg(target_os = "linux")]
+fn resident_kib_of_mapping(path: &Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read /proc/self/smaps");
+    let name = path.to_str().expect("utf-8 path");
+    let mut in_mapping = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            in_mapping = line.ends_with(name);
+        } else if in_mapping && let Some(rss) = line.strip_prefix("Rss:") {
+            kib += rss
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0);
+        }
+    }
+    kib
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_tensor_read_from_a_mapped_file_leaves_no_resident_copy_of_its_bytes() {
+    let dir = scratch("resident");
+    let numel = 4 << 20; // 16 MiB of f32
+    let data: Vec<u8> = (0..numel)
+        .flat_map(|i| (i as f32 * 0.25).to_le_bytes())
+        .collect();
+    let header = format!(
+        r#"{{"w":{{"dtype":"F32","shape":[{numel}],"data_offsets":[0,{}]}}}}"#,
+        data.len()
+    );
+    let path = write(
+        &dir,
+        "model.safetensors",
+        &safetensors_with_header(&header, &data),
+    );
+    let checkpoint = Checkpoint::open(&path).expect("open");
+    let values = checkpoint.f32("w", &[numel]).expect("read");
+    assert_eq!(values[12345], 12345.0 * 0.25);
+    assert_eq!(values[numel - 1], (numel - 1) as f32 * 0.25);
+    // Reading faulted all 16 MiB in; what stays resident is at most the partial 64 KiB blocks
+    // at the tensor's two ends.
+    let resident = resident_kib_of_mapping(&path);
+    assert!(
+        resident <= 128,
+        "{resident} kB of the checkpoint still resident after reading it"
+    );
+    // A second read faults the same bytes back in.
+    assert_eq!(checkpoint.f32("w", &[numel]).expect("read again"), values);
+}
