@@ -33,13 +33,13 @@ struct Args {
     model: PathBuf,
     reference: Option<PathBuf>,
     duration: f64,
-    steps: usize,
+    /// `--steps`: 10 when timing, 2 when measuring memory.
+    steps: Option<usize>,
     repeat: usize,
     f16: bool,
     low_memory: bool,
     limits: Option<LimitsProfile>,
     memory: bool,
-    steps_given: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -47,13 +47,12 @@ fn args() -> Result<Args, String> {
         model: PathBuf::from("target/reference/full"),
         reference: None,
         duration: 10.0,
-        steps: 10,
+        steps: None,
         repeat: 3,
         f16: false,
         low_memory: false,
         limits: None,
         memory: false,
-        steps_given: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -65,8 +64,7 @@ fn args() -> Result<Args, String> {
                 args.duration = value("--duration")?.parse().map_err(|e| format!("{e}"))?
             }
             "--steps" => {
-                args.steps = value("--steps")?.parse().map_err(|e| format!("{e}"))?;
-                args.steps_given = true;
+                args.steps = Some(value("--steps")?.parse().map_err(|e| format!("{e}"))?);
             }
             "--repeat" => args.repeat = value("--repeat")?.parse().map_err(|e| format!("{e}"))?,
             "--f16" => args.f16 = true,
@@ -106,6 +104,14 @@ fn gib_or_unknown(bytes: Option<u64>) -> String {
     })
 }
 
+/// Diffusers' peak resident memory as the reference recorded it, `-` without one.
+fn reference_peak_rss(reference: &Option<serde_json::Value>) -> String {
+    reference
+        .as_ref()
+        .and_then(|r| r["peak_rss_bytes"].as_u64())
+        .map_or("-".into(), |b| gib_or_unknown(Some(b)))
+}
+
 fn read_reference(
     path: &Option<PathBuf>,
 ) -> Result<Option<serde_json::Value>, Box<dyn std::error::Error>> {
@@ -124,7 +130,7 @@ fn measure_memory(
     let request = Request {
         prompt: "a dog barking in the rain".into(),
         negative_prompt: Some("low quality".into()),
-        steps: if args.steps_given { args.steps } else { 2 },
+        steps: args.steps.unwrap_or(2),
         duration_s: Some(args.duration),
         ..Request::default()
     };
@@ -159,9 +165,6 @@ fn measure_memory(
         report.peak_bytes() as f64 / 1e9
     );
     let reference = read_reference(&args.reference)?;
-    let theirs = reference
-        .as_ref()
-        .and_then(|r| r["peak_rss_bytes"].as_u64());
     if let Some(r) = &reference {
         println!(
             "reference: torch {} on {}, {} s, {} steps, {}",
@@ -172,7 +175,7 @@ fn measure_memory(
         "resident memory: after load {}, peak {}; diffusers peak {}",
         gib_or_unknown(rss_after_load),
         gib_or_unknown(peak_rss()),
-        theirs.map_or("-".into(), |b| gib_or_unknown(Some(b)))
+        reference_peak_rss(&reference)
     );
     if let Some(cuda) = reference
         .as_ref()
@@ -190,11 +193,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => Context::new_blocking()?,
     };
     let info = ctx.adapter_info();
-    let residency = if args.low_memory {
-        Residency::LowMemory
-    } else {
-        Residency::AllResident
-    };
+    let residency = Residency::from_low_memory(args.low_memory);
     println!(
         "adapter: {} ({:?}, {:?}), limits {}; model {}; {} s, weights {}, {:?}",
         info.name,
@@ -217,7 +216,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.memory {
         return measure_memory(&args, &pipeline, proc_status_bytes("VmRSS:"));
     }
-    println!("{} steps", args.steps);
+    let steps = args.steps.unwrap_or(10);
+    println!("{steps} steps");
     let repeat = args.repeat.max(1);
     let (prompt, negative) = ("a dog barking in the rain", "low quality");
 
@@ -239,7 +239,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let request = Request {
         prompt: prompt.into(),
         negative_prompt: Some(negative.into()),
-        steps: args.steps,
+        steps,
         duration_s: Some(args.duration),
         init_latents: Some(noise::standard_normal(0, shape_count)),
         ..Request::default()
@@ -344,13 +344,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             stats.weight_bytes as f64 / (1 << 20) as f64,
         );
     }
-    let their_rss = reference
-        .as_ref()
-        .and_then(|r| r["peak_rss_bytes"].as_u64())
-        .map_or("-".into(), |b| gib_or_unknown(Some(b)));
     println!(
-        "peak resident memory: ours {}, diffusers {their_rss}; {}",
+        "peak resident memory: ours {}, diffusers {}; {}",
         gib_or_unknown(peak_rss()),
+        reference_peak_rss(&reference),
         pipeline.memory_report()
     );
     Ok(())

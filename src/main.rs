@@ -231,14 +231,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn residency(low_memory: bool) -> Residency {
-    if low_memory {
-        Residency::LowMemory
-    } else {
-        Residency::AllResident
-    }
-}
-
 #[cfg(feature = "app")]
 fn default_command() -> Option<Command> {
     Some(Command::App {
@@ -277,7 +269,7 @@ fn run(cli: Cli) -> audioldm::Result<()> {
                 input,
                 precision: Precision::weights_f16(f16),
                 limits: limits.into(),
-                residency: residency(low_memory),
+                residency: Residency::from_low_memory(low_memory),
                 ..Default::default()
             };
             audioldm::app::run_native(options).map_err(audioldm::Error::Input)
@@ -372,7 +364,7 @@ fn produce(
         &ctx,
         &dir,
         Precision::weights_f16(options.f16),
-        residency(options.low_memory),
+        Residency::from_low_memory(options.low_memory),
     )?;
     let bar = ProgressBar::new(options.steps as u64).with_style(
         ProgressStyle::with_template(

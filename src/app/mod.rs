@@ -405,11 +405,7 @@ impl AudioLdmApp {
         let job = Job {
             id,
             model: settings.model.trim().to_string(),
-            residency: if self.persisted.low_memory {
-                Residency::LowMemory
-            } else {
-                Residency::AllResident
-            },
+            residency: Residency::from_low_memory(self.persisted.low_memory),
             task,
         };
         match self.worker.submit(job) {

@@ -250,6 +250,17 @@ pub enum Residency {
     LowMemory,
 }
 
+impl Residency {
+    /// [`Residency::LowMemory`] when a front end's low-memory switch is on.
+    pub fn from_low_memory(low_memory: bool) -> Self {
+        if low_memory {
+            Self::LowMemory
+        } else {
+            Self::AllResident
+        }
+    }
+}
+
 /// One network of the pipeline: its weights kept on the GPU, or loaded for each stage.
 struct Network<T> {
     resident: Option<Arc<T>>,
