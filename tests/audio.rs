@@ -244,24 +244,59 @@ fn playback_plays_or_says_why_it_cannot() {
     }
 }
 
-/// A WAV header (RIFF, `fmt ` PCM, `data` of `data_bytes` declared) followed by `payload`.
+/// A WAV header (RIFF, `fmt ` PCM mono, `data` of `data_bytes` declared) followed by `payload`.
 fn wav_header(rate: u32, bits: u16, data_bytes: u32, payload: &[u8]) -> Vec<u8> {
     let block = (bits / 8).max(1);
+    let mut fmt = Vec::new();
+    fmt.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    fmt.extend_from_slice(&1u16.to_le_bytes()); // mono
+    fmt.extend_from_slice(&rate.to_le_bytes());
+    fmt.extend_from_slice(&(rate.wrapping_mul(block as u32)).to_le_bytes());
+    fmt.extend_from_slice(&block.to_le_bytes());
+    fmt.extend_from_slice(&bits.to_le_bytes());
+    riff_wave(&fmt, data_bytes, payload)
+}
+
+/// A RIFF/WAVE file of the `fmt ` chunk body `fmt`, then `data` declaring `data_bytes`, then
+/// `payload`.
+fn riff_wave(fmt: &[u8], data_bytes: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data_bytes).to_le_bytes());
+    out.extend_from_slice(
+        &(20 + fmt.len() as u32)
+            .wrapping_add(data_bytes)
+            .to_le_bytes(),
+    );
     out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    out.extend_from_slice(&1u16.to_le_bytes()); // mono
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate.wrapping_mul(block as u32)).to_le_bytes());
-    out.extend_from_slice(&block.to_le_bytes());
-    out.extend_from_slice(&bits.to_le_bytes());
+    out.extend_from_slice(&(fmt.len() as u32).to_le_bytes());
+    out.extend_from_slice(fmt);
     out.extend_from_slice(b"data");
     out.extend_from_slice(&data_bytes.to_le_bytes());
     out.extend_from_slice(payload);
     out
+}
+
+/// The `fmt ` body of 16-bit PCM at 8 kHz declaring `channels`, in the plain (16 bytes) or the
+/// extensible layout (40 bytes, with `channel_mask`).
+fn pcm16_format(channels: u16, extensible: Option<u32>) -> Vec<u8> {
+    let mut fmt = Vec::new();
+    fmt.extend_from_slice(&(if extensible.is_some() { 0xfffeu16 } else { 1 }).to_le_bytes());
+    fmt.extend_from_slice(&channels.to_le_bytes());
+    fmt.extend_from_slice(&8000u32.to_le_bytes());
+    fmt.extend_from_slice(&16000u32.to_le_bytes());
+    fmt.extend_from_slice(&2u16.to_le_bytes()); // block align as for mono
+    fmt.extend_from_slice(&16u16.to_le_bytes());
+    if let Some(mask) = extensible {
+        fmt.extend_from_slice(&22u16.to_le_bytes());
+        fmt.extend_from_slice(&16u16.to_le_bytes());
+        fmt.extend_from_slice(&mask.to_le_bytes());
+        // KSDATAFORMAT_SUBTYPE_PCM
+        fmt.extend_from_slice(&[
+            0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xaa, 0x00, 0x38,
+            0x9b, 0x71,
+        ]);
+    }
+    fmt
 }
 
 #[test]
@@ -300,6 +335,19 @@ fn hostile_audio_files_are_refused_before_they_cost_anything() {
         err.contains("sample rate") || err.contains("fast.wav"),
         "{err}"
     );
+
+    // Headers that overflow symphonia's arithmetic (found by the fuzzer): 65532 channels times
+    // 2 bytes, and an extensible channel mask whose top bit is set with fewer bits than
+    // channels. Each is a clear error, not a panic.
+    for (name, fmt) in [
+        ("channels.wav", pcm16_format(65532, None)),
+        ("mask.wav", pcm16_format(2, Some(0x8000_0000))),
+    ] {
+        let file = dir.join(name);
+        std::fs::write(&file, riff_wave(&fmt, 64, &[0u8; 64])).unwrap();
+        let err = decode_file(&file, 60.0).unwrap_err().to_string();
+        assert!(err.contains(name), "{err}");
+    }
 
     // Zero bits per sample: an error, not an overflow.
     let zero = dir.join("zero-bits.wav");

@@ -1,5 +1,6 @@
 //! Reading audio files of any common format (WAV, FLAC, MP3, Ogg Vorbis) through symphonia.
 
+use std::fs::File;
 use std::path::Path;
 
 use symphonia::core::codecs::audio::AudioDecoderOptions;
@@ -11,7 +12,7 @@ use symphonia::core::meta::MetadataOptions;
 
 use super::Audio;
 use crate::error::{Error, Result};
-use crate::untrusted::open_regular;
+use crate::untrusted::{catch_panic, open_regular};
 
 /// The highest sample rate [`decode_file`] accepts (studio equipment goes to 768 kHz): with the
 /// duration limit it bounds the decoded samples a file can ask for.
@@ -22,9 +23,25 @@ pub const MAX_SAMPLE_RATE: u32 = 768_000;
 /// container declares its length, else as soon as the decoded audio passes the limit. So a small
 /// file cannot ask for unbounded memory, and nothing but a regular file is opened (a FIFO would
 /// block the caller forever).
+///
+/// symphonia panics on some malformed headers (e.g. an overflow on a WAV declaring 65532
+/// channels, in builds with overflow checks); such a panic is held here and becomes an error.
 pub fn decode_file(path: &Path, max_seconds: f64) -> Result<Audio> {
-    let unreadable = |message: String| Error::Input(format!("{}: {message}", path.display()));
     let file = open_regular(path)?;
+    catch_panic(|| decode_opened(file, path, max_seconds)).unwrap_or_else(|panic| {
+        Err(unreadable(
+            path,
+            format!("the audio decoder failed on this file ({panic})"),
+        ))
+    })
+}
+
+fn unreadable(path: &Path, message: String) -> Error {
+    Error::Input(format!("{}: {message}", path.display()))
+}
+
+fn decode_opened(file: File, path: &Path, max_seconds: f64) -> Result<Audio> {
+    let unreadable = |message: String| unreadable(path, message);
     let stream = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();
     if let Some(extension) = path.extension().and_then(|e| e.to_str()) {
