@@ -144,6 +144,7 @@ impl MemoryCounter {
 
 /// How many uploaded bytes may wait in wgpu's staging memory before [`Context::uploaded`] flushes
 /// them: large enough that a model loads in few submissions, small next to its weights.
+#[cfg(not(target_arch = "wasm32"))]
 const UPLOAD_FLUSH_BYTES: u64 = 64 << 20;
 
 /// What [`Context::gpu_memory`] reports.
@@ -176,6 +177,7 @@ struct Inner {
     memory: Arc<MemoryCounter>,
     /// Bytes queued by `write_buffer` since the queue last ran: wgpu holds them in staging memory
     /// until a submission finishes.
+    #[cfg(not(target_arch = "wasm32"))]
     unflushed_uploads: AtomicU64,
     /// Bound where an optional input (bias, residual) is absent, so a kernel has one layout.
     placeholder: wgpu::Buffer,
@@ -205,11 +207,13 @@ impl Context {
     }
 
     /// Blocking form of [`Context::new`] for native front ends and tests.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new_blocking() -> Result<Self> {
         pollster::block_on(Self::new())
     }
 
     /// Blocking form of [`Context::with_limits`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_limits_blocking(profile: LimitsProfile) -> Result<Self> {
         pollster::block_on(Self::with_limits(profile))
     }
@@ -269,6 +273,7 @@ impl Context {
                 uncaptured,
                 kernels: Mutex::new(HashMap::new()),
                 memory: Arc::default(),
+                #[cfg(not(target_arch = "wasm32"))]
                 unflushed_uploads: AtomicU64::new(0),
                 placeholder,
             }),
@@ -359,12 +364,14 @@ impl Context {
 
     /// Runs `f` inside out-of-memory and validation error scopes and turns what they catch into
     /// errors that say what was being done.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
         self.check()?;
         let device = &self.inner.device;
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let value = f();
+        // Native scopes answer at once: nothing is waited for here.
         let oom_error = pollster::block_on(oom.pop());
         let validation_error = pollster::block_on(validation.pop());
         if let Some(e) = oom_error {
@@ -380,9 +387,35 @@ impl Context {
         Ok(value)
     }
 
+    /// In the browser a scope answers only after the page's event loop has run, so what a scope
+    /// catches is recorded when it arrives and reported by the next [`Context::check`] (every
+    /// read-back and wait checks).
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        self.check()?;
+        let device = &self.inner.device;
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let value = f();
+        let (oom, validation) = (oom.pop(), validation.pop());
+        let sink = Arc::clone(&self.inner.uncaptured);
+        let what = what.to_string();
+        wasm_bindgen_futures::spawn_local(async move {
+            let caught = [
+                oom.await.map(|e| format!("out of GPU memory: {what} ({e})")),
+                validation.await.map(|e| format!("{what}: {e}")),
+            ];
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(caught.into_iter().flatten());
+        });
+        Ok(value)
+    }
+
     /// Counts `bytes` queued by `write_buffer` and, past [`UPLOAD_FLUSH_BYTES`], submits and waits
     /// so that wgpu frees the staging copies. Without this, loading a model keeps a second copy
     /// of every weight in host memory until the first run.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn uploaded(&self, bytes: u64) -> Result<()> {
         let unflushed = self
             .inner
@@ -397,7 +430,33 @@ impl Context {
         self.wait()
     }
 
+    /// A browser copies each upload out of the page's memory when it is queued: nothing to flush.
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn uploaded(&self, _bytes: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Waits until all submitted work has finished, without blocking where blocking is not
+    /// allowed (a browser's page): there the future resolves from the page's event loop.
+    pub async fn wait_async(&self) -> Result<()> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.wait()?;
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (done, finished) = futures_channel::oneshot::channel();
+            self.inner.queue.on_submitted_work_done(move || {
+                let _ = done.send(());
+            });
+            finished
+                .await
+                .map_err(|_| GpuError::DeviceLost("the GPU never reported the work done".into()))?;
+            self.check()?;
+        }
+        Ok(())
+    }
+
     /// Waits until all submitted work has finished.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<()> {
         self.inner
             .device

@@ -598,6 +598,8 @@ pub struct GraphStats {
 }
 
 struct CompiledOp {
+    /// Named in errors of [`Executable::run_op_by_op`] (a native debugging aid).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     label: String,
     kernel: Arc<Kernel>,
     bind_group: wgpu::BindGroup,
@@ -954,14 +956,29 @@ impl Executable {
     }
 
     /// Replays the whole graph: one compute pass, one submit. Does not wait for the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn run(&mut self) -> Result<()> {
         self.run_unless(&AtomicBool::new(false)).map(|_| ())
     }
 
+    /// [`Self::run`] without blocking between sliced submits.
+    pub async fn run_async(&mut self) -> Result<()> {
+        self.run_unless_async(&AtomicBool::new(false))
+            .await
+            .map(|_| ())
+    }
+
+    /// Blocking [`Self::run_unless_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn run_unless(&mut self, stop: &AtomicBool) -> Result<bool> {
+        pollster::block_on(self.run_unless_async(stop))
+    }
+
     /// [`Self::run`], checking `stop` before every submit: with sliced submits a long graph can
     /// be abandoned part way. Returns whether it ran to the end; when it did not, its outputs
-    /// (and any feedback) are not to be used.
-    pub fn run_unless(&mut self, stop: &AtomicBool) -> Result<bool> {
+    /// (and any feedback) are not to be used. Between slices it waits for the GPU without
+    /// blocking, so that in a browser the page draws meanwhile.
+    pub async fn run_unless_async(&mut self, stop: &AtomicBool) -> Result<bool> {
         self.upload_params()?;
         let slice = self
             .max_dispatches_per_submit
@@ -982,7 +999,7 @@ impl Executable {
             self.stats.submits += 1;
             if !last {
                 // Let whoever else uses the queue (a renderer) in before the next slice.
-                self.ctx.wait()?;
+                self.ctx.wait_async().await?;
             }
         }
         self.stats.runs += 1;
@@ -998,6 +1015,7 @@ impl Executable {
     }
 
     /// Replays op by op, one submit and one wait each, naming the op that fails.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn run_op_by_op(&mut self) -> Result<()> {
         self.upload_params()?;
         for i in 0..self.ops.len() {
@@ -1031,14 +1049,20 @@ impl Executable {
         }
     }
 
-    /// Reads an output back (waits for the GPU); one stored in parts is read part by part.
+    /// Blocking [`Self::read_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read(&self, var: Var) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_async(var))
+    }
+
+    /// Reads an output back (after the GPU's work); one stored in parts is read part by part.
+    pub async fn read_async(&self, var: Var) -> Result<Vec<f32>> {
         let split = self
             .values
             .get(var.0)
             .is_some_and(|v| matches!(v.storage, Storage::Output) && !v.parts.is_empty());
         if !split {
-            return self.tensor(var)?.to_vec_f32(&self.ctx);
+            return self.tensor(var)?.to_vec_f32_async(&self.ctx).await;
         }
         let value = &self.values[var.0];
         if value.dtype != DType::F32 {
@@ -1051,7 +1075,7 @@ impl Executable {
         for (range, buffer) in &self.buffers[var.0] {
             let len = ((range.end - range.start) / 4) as usize;
             let part = Tensor::from_buffer(Arc::clone(buffer), Shape(vec![len]), DType::F32);
-            out.extend(part.to_vec_f32(&self.ctx)?);
+            out.extend(part.to_vec_f32_async(&self.ctx).await?);
         }
         Ok(out)
     }

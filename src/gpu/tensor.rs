@@ -248,9 +248,9 @@ impl Tensor {
         ctx.uploaded(bytes.len() as u64)
     }
 
-    /// Reads the tensor back as f32 (waits for all submitted work).
-    pub fn to_vec_f32(&self, ctx: &Context) -> Result<Vec<f32>> {
-        let bytes = read_buffer(ctx, &self.buffer, self.bytes())?;
+    /// Reads the tensor back as f32 (after all submitted work).
+    pub async fn to_vec_f32_async(&self, ctx: &Context) -> Result<Vec<f32>> {
+        let bytes = read_buffer(ctx, &self.buffer, self.bytes()).await?;
         Ok(match self.dtype {
             DType::F32 => bytemuck::pod_collect_to_vec(&bytes),
             DType::F16 => {
@@ -263,20 +263,36 @@ impl Tensor {
         })
     }
 
-    pub fn to_vec_u32(&self, ctx: &Context) -> Result<Vec<u32>> {
+    pub async fn to_vec_u32_async(&self, ctx: &Context) -> Result<Vec<u32>> {
         if self.dtype != DType::U32 {
             return Err(GpuError::Invalid(format!(
                 "reading a {:?} tensor as u32",
                 self.dtype
             )));
         }
-        let bytes = read_buffer(ctx, &self.buffer, self.bytes())?;
+        let bytes = read_buffer(ctx, &self.buffer, self.bytes()).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Blocking [`Tensor::to_vec_f32_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn to_vec_f32(&self, ctx: &Context) -> Result<Vec<f32>> {
+        pollster::block_on(self.to_vec_f32_async(ctx))
+    }
+
+    /// Blocking [`Tensor::to_vec_u32_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn to_vec_u32(&self, ctx: &Context) -> Result<Vec<u32>> {
+        pollster::block_on(self.to_vec_u32_async(ctx))
     }
 }
 
 /// Copies the first `bytes` of `buffer` back to the CPU through a staging buffer.
-pub(crate) fn read_buffer(ctx: &Context, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+pub(crate) async fn read_buffer(
+    ctx: &Context,
+    buffer: &wgpu::Buffer,
+    bytes: u64,
+) -> Result<Vec<u8>> {
     if bytes == 0 {
         return Ok(Vec::new());
     }
@@ -297,14 +313,14 @@ pub(crate) fn read_buffer(ctx: &Context, buffer: &wgpu::Buffer, bytes: u64) -> R
         encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
         ctx.queue().submit([encoder.finish()]);
     })?;
-    let (sender, receiver) = std::sync::mpsc::channel();
+    let (sender, receiver) = futures_channel::oneshot::channel();
     staging.map_async(wgpu::MapMode::Read, .., move |result| {
         // The receiver only goes away if this function has already returned an error.
         let _ = sender.send(result);
     });
-    ctx.wait()?;
+    ctx.wait_async().await?;
     receiver
-        .recv()
+        .await
         .map_err(|_| GpuError::DeviceLost("the read-back was never answered".into()))?
         .map_err(|e| GpuError::Wgpu {
             context: "mapping a read-back buffer".into(),

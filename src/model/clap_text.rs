@@ -378,7 +378,13 @@ impl ClapTextModelWithProjection {
 
     /// Runs each sequence as its own batch-1 chain of one graph and returns their L2-normalised
     /// (`x / max(||x||, 1e-12)`) embeddings in order, `[sequences, projection_dim]` on the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn embed_ids(&self, ctx: &Context, sequences: &[Vec<u32>]) -> Result<Tensor> {
+        pollster::block_on(self.embed_ids_async(ctx, sequences))
+    }
+
+    /// [`Self::embed_ids`] without blocking.
+    pub async fn embed_ids_async(&self, ctx: &Context, sequences: &[Vec<u32>]) -> Result<Tensor> {
         if sequences.is_empty() {
             return Err(Error::Input("text encoder: no sequences to encode".into()));
         }
@@ -394,7 +400,7 @@ impl ClapTextModelWithProjection {
         let out = g.l2_normalize(out.expect("at least one sequence"), 1e-12)?;
         g.output(out)?;
         let mut exe = g.build()?;
-        exe.run()?;
+        exe.run_async().await?;
         Ok(exe.tensor(out)?)
     }
 
@@ -415,6 +421,7 @@ impl ClapTextModelWithProjection {
     /// i.e. no guidance). diffusers' `negative_prompt=None` is `""` for every prompt; a list of
     /// negatives must match the prompts one for one. Repeating rows for several waveforms per
     /// prompt is the caller's.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn encode_prompts(
         &self,
         ctx: &Context,
@@ -449,6 +456,7 @@ impl ClapTextModelWithProjection {
     /// One prompt's L2-normalised embedding `[projection_dim]`, read back: the text cut at
     /// `max_len` tokens ([`prompt_max_len`](Self::prompt_max_len) for a prompt,
     /// [`negative_max_len`](Self::negative_max_len) for a negative prompt).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn embed_text(
         &self,
         ctx: &Context,
@@ -456,7 +464,19 @@ impl ClapTextModelWithProjection {
         text: &str,
         max_len: usize,
     ) -> Result<Vec<f32>> {
+        pollster::block_on(self.embed_text_async(ctx, tokenizer, text, max_len))
+    }
+
+    /// [`Self::embed_text`] without blocking.
+    pub async fn embed_text_async(
+        &self,
+        ctx: &Context,
+        tokenizer: &TextTokenizer,
+        text: &str,
+        max_len: usize,
+    ) -> Result<Vec<f32>> {
         let ids = tokenizer.encode(text, max_len)?;
-        Ok(self.embed_ids(ctx, &[ids])?.to_vec_f32(ctx)?)
+        let embeds = self.embed_ids_async(ctx, &[ids]).await?;
+        Ok(embeds.to_vec_f32_async(ctx).await?)
     }
 }

@@ -109,7 +109,18 @@ impl Pipeline {
     /// Calls `on_event` once the clip is encoded (`Step` with `i = 0`, a preview of the known
     /// region) and after every step; stops with [`Error::Cancelled`] between stages and steps.
     /// The noise follows the contract in this module's documentation.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn edit(
+        &self,
+        edit: &EditRequest,
+        cancel: &AtomicBool,
+        on_event: impl FnMut(Event),
+    ) -> Result<Output> {
+        pollster::block_on(self.edit_async(edit, cancel, on_event))
+    }
+
+    /// [`Self::edit`] without blocking: what a browser's page runs.
+    pub async fn edit_async(
         &self,
         edit: &EditRequest,
         cancel: &AtomicBool,
@@ -137,7 +148,9 @@ impl Pipeline {
         self.check_fits(shape)?;
         self.begin_run();
         let meter = self.begin_stage("VAE encoder");
-        let source_latents = self.encode_source(&mel, source_shape, request.seed, cancel)?;
+        let source_latents = self
+            .encode_source(&mel, source_shape, request.seed, cancel)
+            .await?;
         self.end_stage(meter);
 
         let count: usize = shape.iter().product();
@@ -174,8 +187,10 @@ impl Pipeline {
                 }),
             },
         };
-        let (latents, embeds, dim) = self.denoise(request, plan, cancel, &mut on_event)?;
-        let mut output = self.finish(latents, shape, prepared.lengths, embeds, dim)?;
+        let (latents, embeds, dim) = self.denoise(request, plan, cancel, &mut on_event).await?;
+        let mut output = self
+            .finish(latents, shape, prepared.lengths, embeds, dim)
+            .await?;
         output.source_latents = source_latents;
         output.source_latent_shape = source_shape;
         output.mask = prepared.mask;
@@ -300,7 +315,7 @@ impl Pipeline {
     /// The VAE posterior sample of the clip's log-mel, times the scaling factor (REFERENCE.md
     /// section 6.2 step 3, its clip of outliers included), with the noise of `seed + 2`. Stops
     /// with [`Error::Cancelled`] between submits once `cancel` is set.
-    fn encode_source(
+    async fn encode_source(
         &self,
         mel: &super::Mel,
         shape: [usize; 4],
@@ -323,11 +338,11 @@ impl Pipeline {
         g.output(dist.logvar)?;
         let mut exe = g.build()?;
         exe.set_max_dispatches_per_submit(self.dispatches_per_submit());
-        if !exe.run_unless(cancel)? {
+        if !exe.run_unless_async(cancel).await? {
             return Err(Error::Cancelled);
         }
-        let mean = exe.read(dist.mean)?;
-        let std = latent_std(&exe.read(dist.logvar)?);
+        let mean = exe.read_async(dist.mean).await?;
+        let std = latent_std(&exe.read_async(dist.logvar).await?);
         check_finite("the VAE encoder", &mean)?;
         check_finite("the VAE encoder", &std)?;
         let eps = noise::standard_normal(seed.wrapping_add(2), mean.len());

@@ -336,6 +336,7 @@ pub struct Pipeline {
 
 /// Loads the model in `dir` and generates `request`, reporting every stage through `on_event`
 /// (including failure, which is also returned).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run(
     ctx: &Context,
     dir: &Path,
@@ -582,7 +583,18 @@ impl Pipeline {
     }
 
     /// Text embeddings `[rows, dim]`: `[negative, prompt]` when `guided`, else `[prompt]`.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn encode_text(
+        &self,
+        prompt: &str,
+        negative: Option<&str>,
+        guided: bool,
+    ) -> Result<(Vec<f32>, usize)> {
+        pollster::block_on(self.encode_text_async(prompt, negative, guided))
+    }
+
+    /// [`Self::encode_text`] without blocking.
+    pub async fn encode_text_async(
         &self,
         prompt: &str,
         negative: Option<&str>,
@@ -594,22 +606,37 @@ impl Pipeline {
         if guided {
             // diffusers truncates the negative prompt at the embedding width (its quirk).
             let max = encoder.negative_max_len();
-            rows.extend(encoder.embed_text(
-                &self.ctx,
-                &self.tokenizer,
-                negative.unwrap_or(""),
-                max,
-            )?);
+            rows.extend(
+                encoder
+                    .embed_text_async(&self.ctx, &self.tokenizer, negative.unwrap_or(""), max)
+                    .await?,
+            );
         }
         let max = encoder.prompt_max_len(&self.tokenizer);
-        rows.extend(encoder.embed_text(&self.ctx, &self.tokenizer, prompt, max)?);
+        rows.extend(
+            encoder
+                .embed_text_async(&self.ctx, &self.tokenizer, prompt, max)
+                .await?,
+        );
         check_finite("the text encoder", &rows)?;
         Ok((rows, dim))
     }
 
     /// Generates `request`, calling `on_event` after every step; stops with [`Error::Cancelled`]
     /// between steps once `cancel` is set.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn generate(
+        &self,
+        request: &Request,
+        cancel: &AtomicBool,
+        on_event: impl FnMut(Event),
+    ) -> Result<Output> {
+        pollster::block_on(self.generate_async(request, cancel, on_event))
+    }
+
+    /// [`Self::generate`] without blocking: the GPU is awaited between steps, so a browser's
+    /// page draws (and takes a Cancel) while it runs.
+    pub async fn generate_async(
         &self,
         request: &Request,
         cancel: &AtomicBool,
@@ -642,8 +669,8 @@ impl Pipeline {
             timesteps: &timesteps,
             known: None,
         };
-        let (latents, embeds, dim) = self.denoise(request, plan, cancel, &mut on_event)?;
-        self.finish(latents, shape, lengths, embeds, dim)
+        let (latents, embeds, dim) = self.denoise(request, plan, cancel, &mut on_event).await?;
+        self.finish(latents, shape, lengths, embeds, dim).await
     }
 
     /// The checks of a request's numbers that do not depend on its length.
@@ -675,13 +702,66 @@ impl Pipeline {
     /// The denoising loop every mode shares: guided DDIM from `plan.initial` over
     /// `plan.timesteps`, holding `plan.known` where it has one. Returns the final latents and
     /// the text embeddings `[rows, dim]`.
-    fn denoise(
+    async fn denoise(
         &self,
         request: &Request,
         plan: Plan<'_>,
         cancel: &AtomicBool,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<(Vec<f32>, Vec<f32>, usize)> {
+        let shape = plan.shape;
+        let guided = request.guidance_scale > 1.0;
+        let meter = self.begin_stage("text encoder");
+        let (embeds, dim) = self
+            .encode_text_async(&request.prompt, request.negative_prompt.as_deref(), guided)
+            .await?;
+        self.end_stage(meter);
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let meter = self.begin_stage("UNet");
+        // The step graph leaves its cache while it runs (no lock is held across an await) and
+        // returns to it afterwards, whatever the run's outcome.
+        let cached = self
+            .step_graph
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let mut step = match cached {
+            Some(step) if step.shape == shape && step.guided == guided => step,
+            stale => {
+                drop(stale);
+                self.record_step(shape, guided, dim)?
+            }
+        };
+        let result = self
+            .denoise_steps(&mut step, request, plan, &embeds, cancel, on_event)
+            .await;
+        // The step graph holds the UNet's weights: a low-memory pipeline frees both before the
+        // decoder loads.
+        if self.residency == Residency::AllResident {
+            *self
+                .step_graph
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(step);
+        } else {
+            drop(step);
+        }
+        let latents = result?;
+        self.end_stage(meter);
+        Ok((latents, embeds, dim))
+    }
+
+    /// The steps of [`Self::denoise`] on the recorded `step` graph.
+    async fn denoise_steps(
+        &self,
+        step: &mut StepGraph,
+        request: &Request,
+        plan: Plan<'_>,
+        embeds: &[f32],
+        cancel: &AtomicBool,
+        on_event: &mut dyn FnMut(Event),
+    ) -> Result<Vec<f32>> {
         let Plan {
             shape,
             initial,
@@ -689,33 +769,9 @@ impl Pipeline {
             mut known,
         } = plan;
         let count: usize = shape.iter().product();
-        let guided = request.guidance_scale > 1.0;
         let scale = self.vae_scale_factor();
-        let meter = self.begin_stage("text encoder");
-        let (embeds, dim) =
-            self.encode_text(&request.prompt, request.negative_prompt.as_deref(), guided)?;
-        self.end_stage(meter);
-        if cancel.load(Ordering::Relaxed) {
-            return Err(Error::Cancelled);
-        }
-        let meter = self.begin_stage("UNet");
-
-        let mut cache = self
-            .step_graph
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if !cache
-            .as_ref()
-            .is_some_and(|s| s.shape == shape && s.guided == guided)
-        {
-            *cache = None;
-            *cache = Some(self.record_step(shape, guided, dim)?);
-        }
-        let step = cache
-            .as_mut()
-            .ok_or_else(|| Error::Input("the step graph could not be built".into()))?;
         step.latents.write_f32(&self.ctx, &initial)?;
-        step.embeds.write_f32(&self.ctx, &embeds)?;
+        step.embeds.write_f32(&self.ctx, embeds)?;
         step.exe.set_scalar(step.guidance, request.guidance_scale);
         step.exe
             .set_max_dispatches_per_submit(self.dispatches_per_submit());
@@ -737,7 +793,7 @@ impl Pipeline {
             if let Some(known) = &mut known {
                 // The known region at this step's noise level, over the current latents.
                 if i > 0 {
-                    x = step.latents.to_vec_f32(&self.ctx)?;
+                    x = step.latents.to_vec_f32_async(&self.ctx).await?;
                 }
                 let e = known.noise.sample(count);
                 known.impose(&mut x, |k, z0| {
@@ -755,10 +811,10 @@ impl Pipeline {
             if s.sigma > 0.0 {
                 step.noise.write_f32(&self.ctx, &rng.sample(count))?;
             }
-            if !step.exe.run_unless(cancel)? {
+            if !step.exe.run_unless_async(cancel).await? {
                 return Err(Error::Cancelled);
             }
-            let clean = step.exe.read(step.clean)?;
+            let clean = step.exe.read_async(step.clean).await?;
             check_finite(&format!("denoising step {} of {n}", i + 1), &clean)?;
             let clean = match &known {
                 Some(known) => known.hold(&clean),
@@ -770,23 +826,17 @@ impl Pipeline {
                 preview: preview_mel(&clean, shape, scale),
             });
         }
-        let mut latents = step.latents.to_vec_f32(&self.ctx)?;
-        if self.residency == Residency::LowMemory {
-            // The step graph holds the UNet's weights: free both before the decoder loads.
-            *cache = None;
-        }
-        drop(cache);
-        self.end_stage(meter);
+        let mut latents = step.latents.to_vec_f32_async(&self.ctx).await?;
         if let Some(known) = &known {
             // diffusers' inpainting convention: the kept cells end as the clip's own latents.
             latents = known.hold(&latents);
         }
         check_finite("the denoising loop", &latents)?;
-        Ok((latents, embeds, dim))
+        Ok(latents)
     }
 
     /// Decodes final latents and trims the waveform to `lengths.samples`.
-    fn finish(
+    async fn finish(
         &self,
         latents: Vec<f32>,
         shape: [usize; 4],
@@ -794,7 +844,7 @@ impl Pipeline {
         embeds: Vec<f32>,
         dim: usize,
     ) -> Result<Output> {
-        let (mel, waveform) = self.decode(&latents, shape)?;
+        let (mel, waveform) = self.decode_async(&latents, shape).await?;
         let samples = waveform[..lengths.samples.min(waveform.len())].to_vec();
         Ok(Output {
             audio: Audio {
@@ -872,22 +922,34 @@ impl Pipeline {
 
     /// VAE decode (after undoing the latent scaling) and vocoder: returns the mel and the
     /// untrimmed waveform.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn decode(&self, latents: &[f32], shape: [usize; 4]) -> Result<(Mel, Vec<f32>)> {
+        pollster::block_on(self.decode_async(latents, shape))
+    }
+
+    /// [`Self::decode`] without blocking.
+    pub async fn decode_async(&self, latents: &[f32], shape: [usize; 4]) -> Result<(Mel, Vec<f32>)> {
         let meter = self.begin_stage("VAE decoder");
-        let mel = self.decode_mel(latents, shape)?;
+        let mel = self.decode_mel_async(latents, shape).await?;
         self.end_stage(meter);
         let meter = self.begin_stage("vocoder");
-        let waveform = self.vocode(&mel)?;
+        let waveform = self.vocode_async(&mel).await?;
         self.end_stage(meter);
         Ok((mel, waveform))
     }
 
     /// The VAE decoder on latents `[1, C, frames, width]` (before VAE scaling): the log-mel.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn decode_mel(&self, latents: &[f32], shape: [usize; 4]) -> Result<Mel> {
+        pollster::block_on(self.decode_mel_async(latents, shape))
+    }
+
+    /// [`Self::decode_mel`] without blocking.
+    pub async fn decode_mel_async(&self, latents: &[f32], shape: [usize; 4]) -> Result<Mel> {
         let (g, z, mel) = self.record_decode(shape)?;
         z.write_f32(&self.ctx, latents)?;
         let dims = g.dims(mel).to_vec();
-        let data = self.run_once(g, mel)?;
+        let data = self.run_once(g, mel).await?;
         check_finite("the VAE decoder", &data)?;
         Ok(Mel {
             frames: dims[2],
@@ -897,10 +959,16 @@ impl Pipeline {
     }
 
     /// The vocoder on a log-mel: the untrimmed waveform (`hop * frames + 32` samples).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn vocode(&self, mel: &Mel) -> Result<Vec<f32>> {
+        pollster::block_on(self.vocode_async(mel))
+    }
+
+    /// [`Self::vocode`] without blocking.
+    pub async fn vocode_async(&self, mel: &Mel) -> Result<Vec<f32>> {
         let (g, input, wave) = self.record_vocode(mel.frames, mel.bins)?;
         input.write_f32(&self.ctx, &mel.data)?;
-        let waveform = self.run_once(g, wave)?;
+        let waveform = self.run_once(g, wave).await?;
         check_finite("the vocoder", &waveform)?;
         Ok(waveform)
     }
@@ -935,12 +1003,12 @@ impl Pipeline {
     }
 
     /// Builds `g` with `out` as its output, runs it once and reads `out`.
-    fn run_once(&self, mut g: Graph, out: Var) -> Result<Vec<f32>> {
+    async fn run_once(&self, mut g: Graph, out: Var) -> Result<Vec<f32>> {
         g.output(out)?;
         let mut exe = g.build()?;
         exe.set_max_dispatches_per_submit(self.dispatches_per_submit());
-        exe.run()?;
-        Ok(exe.read(out)?)
+        exe.run_async().await?;
+        Ok(exe.read_async(out).await?)
     }
 
     /// Statistics of the recorded denoising step (after a generation): dispatches and submits
