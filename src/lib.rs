@@ -13,6 +13,8 @@ pub mod error;
 pub mod gpu;
 pub mod hub;
 pub mod model;
+#[cfg(target_arch = "wasm32")]
+pub mod mounted;
 pub mod pipeline;
 pub mod untrusted;
 

@@ -19,6 +19,22 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     }
 }
 
+/// Whether `path` is a regular file (on the web: a file the page mounted).
+pub fn is_file(path: &Path) -> bool {
+    #[cfg(target_arch = "wasm32")]
+    return crate::mounted::is_file(path);
+    #[cfg(not(target_arch = "wasm32"))]
+    path.is_file()
+}
+
+/// Whether `path` is a folder (on the web: holds a file the page mounted).
+pub fn is_dir(path: &Path) -> bool {
+    #[cfg(target_arch = "wasm32")]
+    return crate::mounted::is_dir(path);
+    #[cfg(not(target_arch = "wasm32"))]
+    path.is_dir()
+}
+
 /// Opens `path` for reading if it is a regular file.
 pub fn open_regular(path: &Path) -> Result<File> {
     if !std::fs::metadata(path).map_err(io_error(path))?.is_file() {
@@ -32,6 +48,17 @@ pub fn open_regular(path: &Path) -> Result<File> {
 
 /// The whole of a regular file of at most `max_bytes`.
 pub fn read_bounded(path: &Path, max_bytes: u64) -> Result<Vec<u8>> {
+    #[cfg(target_arch = "wasm32")]
+    if let Some(bytes) = crate::mounted::bytes(path) {
+        if bytes.len() as u64 > max_bytes {
+            return Err(Error::Input(format!(
+                "{}: {} bytes, more than the {max_bytes} a file of this kind may have",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        return Ok(bytes.to_vec());
+    }
     let file = open_regular(path)?;
     let len = file.metadata().map_err(io_error(path))?.len();
     if len > max_bytes {

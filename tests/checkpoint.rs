@@ -394,13 +394,8 @@ fn missing_tensors_wrong_shapes_and_wrong_dtypes_are_named() {
         println!("{err}");
         assert!(matches!(err, CheckpointError::Missing { .. }), "{err:?}");
         assert_contains(&err.to_string(), &["`encoder.conv_in.weights`"]);
-        let err = ckpt
-            .root()
-            .pp("decoder")
-            .pp("up_blocks")
-            .pp(9)
-            .f32("bias", &[1])
-            .unwrap_err();
+        let weights = ckpt.root().pp("decoder").pp("up_blocks").pp(9);
+        let err = pollster::block_on(weights.f32("bias", &[1])).unwrap_err();
         assert_contains(&err.to_string(), &["`decoder.up_blocks.9.bias`"]);
         assert!(ckpt.f32_any("nope").is_err() && ckpt.i64_any("nope").is_err());
 

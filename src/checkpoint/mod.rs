@@ -85,14 +85,38 @@ pub(crate) enum Bytes {
         start: usize,
         end: usize,
     },
+    /// A byte range of a file a browser page holds (its cache of a download, or a file the user
+    /// picked): read only when the tensor is, so a checkpoint never sits whole in wasm memory.
+    #[cfg(target_arch = "wasm32")]
+    Blob {
+        blob: web_sys::Blob,
+        start: u64,
+        end: u64,
+    },
 }
 
 impl Bytes {
-    fn as_slice(&self) -> &[u8] {
+    /// The bytes where they can be had without waiting; `None` for a browser's file.
+    fn as_slice(&self) -> Option<&[u8]> {
         match self {
-            Bytes::Mapped { map, start, end } => &map[*start..*end],
-            Bytes::Owned { buf, start, end } => &buf[*start..*end],
+            Bytes::Mapped { map, start, end } => Some(&map[*start..*end]),
+            Bytes::Owned { buf, start, end } => Some(&buf[*start..*end]),
+            #[cfg(target_arch = "wasm32")]
+            Bytes::Blob { .. } => None,
         }
+    }
+
+    /// The bytes, read from the browser's file where they live there.
+    async fn read(&self) -> std::result::Result<std::borrow::Cow<'_, [u8]>, String> {
+        #[cfg(target_arch = "wasm32")]
+        if let Bytes::Blob { blob, start, end } = self {
+            return crate::mounted::read_range(blob, *start, *end)
+                .await
+                .map(std::borrow::Cow::Owned);
+        }
+        self.as_slice()
+            .map(std::borrow::Cow::Borrowed)
+            .ok_or_else(|| "no bytes".to_string())
     }
 
     /// Drops a mapped tensor's pages from this process's resident set once its values have been
@@ -161,7 +185,7 @@ impl Checkpoint {
         ];
         for file in FILES {
             let path = dir.join(file);
-            if path.is_file() {
+            if crate::untrusted::is_file(&path) {
                 return Self::open(&path);
             }
         }
@@ -173,6 +197,10 @@ impl Checkpoint {
 
     /// Opens one weight file, choosing the reader by extension.
     pub fn open(path: &Path) -> Result<Self> {
+        #[cfg(target_arch = "wasm32")]
+        if let Some((blob, header)) = crate::mounted::weights(path) {
+            return read_mounted_safetensors(path, blob, &header);
+        }
         match path.extension().and_then(|e| e.to_str()) {
             Some("bin") | Some("pt") | Some("pth") => super::checkpoint::pickle::read(path),
             _ => read_safetensors(path),
@@ -222,8 +250,41 @@ impl Checkpoint {
         }
     }
 
-    /// The tensor `name` as f32, checked to have `shape`.
+    /// The tensor `name` as f32, checked to have `shape`. A tensor of a browser's file is read
+    /// with [`Checkpoint::f32_async`] only.
     pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let entry = self.entry(name, shape)?;
+        let bytes = entry
+            .bytes
+            .as_slice()
+            .ok_or_else(|| CheckpointError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("tensor `{name}` must be read asynchronously"),
+            })?;
+        let values = self.decode_f32(name, entry, bytes)?;
+        entry.bytes.release();
+        Ok(values)
+    }
+
+    /// [`Checkpoint::f32`] for every kind of file, a browser's included.
+    pub async fn f32_async(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let entry = self.entry(name, shape)?;
+        let bytes = entry
+            .bytes
+            .read()
+            .await
+            .map_err(|detail| CheckpointError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("tensor `{name}`: {detail}"),
+            })?;
+        let values = self.decode_f32(name, entry, &bytes)?;
+        drop(bytes);
+        entry.bytes.release();
+        Ok(values)
+    }
+
+    /// The entry of `name`, checked to have `shape`.
+    fn entry(&self, name: &str, shape: &[usize]) -> Result<&Entry> {
         let entry = self
             .tensors
             .get(name)
@@ -239,8 +300,12 @@ impl Checkpoint {
                 got: entry.shape.clone(),
             });
         }
-        let bytes = entry.bytes.as_slice();
-        let numel: usize = shape.iter().product();
+        Ok(entry)
+    }
+
+    /// The values of `entry`'s `bytes` as f32.
+    fn decode_f32(&self, name: &str, entry: &Entry, bytes: &[u8]) -> Result<Vec<f32>> {
+        let numel: usize = entry.shape.iter().product();
         if bytes.len() != numel * entry.dtype.size() {
             return Err(CheckpointError::Corrupt {
                 path: self.path.clone(),
@@ -252,7 +317,7 @@ impl Checkpoint {
             });
         }
         let words = bytes.chunks_exact(entry.dtype.size());
-        let values = match entry.dtype {
+        Ok(match entry.dtype {
             StoredDtype::F32 => words
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
@@ -273,9 +338,7 @@ impl Checkpoint {
                     expected: "a float tensor",
                 });
             }
-        };
-        entry.bytes.release();
-        Ok(values)
+        })
     }
 
     /// The tensor `name` as f32 with whatever shape it has.
@@ -300,7 +363,13 @@ impl Checkpoint {
                 path: self.path.clone(),
                 name: name.to_string(),
             })?;
-        let bytes = entry.bytes.as_slice();
+        let bytes = entry
+            .bytes
+            .as_slice()
+            .ok_or_else(|| CheckpointError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("tensor `{name}` must be read asynchronously"),
+            })?;
         let values = match entry.dtype {
             StoredDtype::I64 => bytes
                 .chunks_exact(8)
@@ -364,8 +433,9 @@ impl<'a> Weights<'a> {
         self.ckpt.contains(&self.name(leaf))
     }
 
-    pub fn f32(&self, leaf: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        self.ckpt.f32(&self.name(leaf), shape)
+    /// The tensor `leaf` under this path as f32, checked to have `shape`.
+    pub async fn f32(&self, leaf: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.ckpt.f32_async(&self.name(leaf), shape).await
     }
 
     pub fn checkpoint(&self) -> &'a Checkpoint {
@@ -389,7 +459,25 @@ fn read_safetensors(path: &Path) -> Result<Checkpoint> {
     check_data_ends(&map[..]).map_err(corrupt)?;
     let (header_len, meta) =
         safetensors::SafeTensors::read_metadata(&map[..]).map_err(|e| corrupt(e.to_string()))?;
-    let data_start = 8 + header_len;
+    let tensors = entries(&meta, 8 + header_len, map.len() as u64, |start, end| {
+        Bytes::Mapped {
+            map: Arc::clone(&map),
+            start: start as usize,
+            end: end as usize,
+        }
+    })
+    .map_err(corrupt)?;
+    Ok(Checkpoint::from_entries(path.to_path_buf(), tensors))
+}
+
+/// The entries a safetensors header lists, each checked to lie inside a file of `file_len`
+/// bytes whose data starts at `data_start`; `bytes` makes the handle of a byte range.
+fn entries(
+    meta: &safetensors::tensor::Metadata,
+    data_start: usize,
+    file_len: u64,
+    bytes: impl Fn(u64, u64) -> Bytes,
+) -> std::result::Result<BTreeMap<String, Entry>, String> {
     let mut tensors = BTreeMap::new();
     for (name, info) in meta.tensors() {
         let dtype = match info.dtype {
@@ -401,32 +489,48 @@ fn read_safetensors(path: &Path) -> Result<Checkpoint> {
             safetensors::Dtype::I32 => StoredDtype::I32,
             safetensors::Dtype::U8 => StoredDtype::U8,
             safetensors::Dtype::BOOL => StoredDtype::Bool,
-            other => {
-                return Err(corrupt(format!(
-                    "tensor `{name}` has unsupported dtype {other:?}"
-                )));
-            }
+            other => return Err(format!("tensor `{name}` has unsupported dtype {other:?}")),
         };
         let (start, end) = info.data_offsets;
-        let (start, end) = (data_start + start, data_start + end);
-        if end > map.len() || start > end {
-            return Err(corrupt(format!(
-                "tensor `{name}` lies past the end of the file"
-            )));
+        let start = (data_start as u64).checked_add(start as u64);
+        let end = (data_start as u64).checked_add(end as u64);
+        let (Some(start), Some(end)) = (start, end) else {
+            return Err(format!("tensor `{name}` lies past the end of the file"));
+        };
+        if end > file_len || start > end {
+            return Err(format!("tensor `{name}` lies past the end of the file"));
         }
         tensors.insert(
             name.to_string(),
             Entry {
                 dtype,
                 shape: info.shape.clone(),
-                bytes: Bytes::Mapped {
-                    map: Arc::clone(&map),
-                    start,
-                    end,
-                },
+                bytes: bytes(start, end),
             },
         );
     }
+    Ok(tensors)
+}
+
+/// A safetensors file a browser page mounted: its header was read when it was mounted, its
+/// tensors are read from the Blob when they are needed.
+#[cfg(target_arch = "wasm32")]
+fn read_mounted_safetensors(path: &Path, blob: web_sys::Blob, header: &[u8]) -> Result<Checkpoint> {
+    let corrupt = |detail: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let meta: safetensors::tensor::Metadata =
+        serde_json::from_slice(header).map_err(|e| corrupt(format!("bad header: {e}")))?;
+    let file_len = blob.size() as u64;
+    let tensors = entries(&meta, 8 + header.len(), file_len, |start, end| {
+        Bytes::Blob {
+            blob: blob.clone(),
+            start,
+            end,
+        }
+    })
+    .map_err(corrupt)?;
     Ok(Checkpoint::from_entries(path.to_path_buf(), tensors))
 }
 

@@ -402,7 +402,8 @@ impl Context {
         let what = what.to_string();
         wasm_bindgen_futures::spawn_local(async move {
             let caught = [
-                oom.await.map(|e| format!("out of GPU memory: {what} ({e})")),
+                oom.await
+                    .map(|e| format!("out of GPU memory: {what} ({e})")),
                 validation.await.map(|e| format!("{what}: {e}")),
             ];
             sink.lock()

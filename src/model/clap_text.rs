@@ -180,19 +180,19 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(l: &Loader, vb: &Weights, c: &ClapTextConfig, eps: f32) -> Result<Self> {
+    async fn load(l: &Loader<'_>, vb: &Weights<'_>, c: &ClapTextConfig, eps: f32) -> Result<Self> {
         let (h, i) = (c.hidden_size, c.intermediate_size);
         let att = vb.pp("attention");
         let s = att.pp("self");
         Ok(Self {
-            query: Linear::load(l, &s.pp("query"), h, h, true)?,
-            key: Linear::load(l, &s.pp("key"), h, h, true)?,
-            value: Linear::load(l, &s.pp("value"), h, h, true)?,
-            attn_out: Linear::load(l, &att.pp("output").pp("dense"), h, h, true)?,
-            attn_norm: LayerNorm::load(l, &att.pp("output").pp("LayerNorm"), h, eps)?,
-            intermediate: Linear::load(l, &vb.pp("intermediate").pp("dense"), h, i, true)?,
-            output: Linear::load(l, &vb.pp("output").pp("dense"), i, h, true)?,
-            out_norm: LayerNorm::load(l, &vb.pp("output").pp("LayerNorm"), h, eps)?,
+            query: Linear::load(l, &s.pp("query"), h, h, true).await?,
+            key: Linear::load(l, &s.pp("key"), h, h, true).await?,
+            value: Linear::load(l, &s.pp("value"), h, h, true).await?,
+            attn_out: Linear::load(l, &att.pp("output").pp("dense"), h, h, true).await?,
+            attn_norm: LayerNorm::load(l, &att.pp("output").pp("LayerNorm"), h, eps).await?,
+            intermediate: Linear::load(l, &vb.pp("intermediate").pp("dense"), h, i, true).await?,
+            output: Linear::load(l, &vb.pp("output").pp("dense"), i, h, true).await?,
+            out_norm: LayerNorm::load(l, &vb.pp("output").pp("LayerNorm"), h, eps).await?,
         })
     }
 
@@ -230,17 +230,23 @@ pub struct ClapTextModelWithProjection {
 
 impl ClapTextModelWithProjection {
     /// Loads a `text_encoder/` folder: `config.json` and `model.safetensors` (or `.bin`).
-    pub fn load(loader: &Loader, dir: &Path) -> Result<Self> {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(loader: &Loader<'_>, dir: &Path) -> Result<Self> {
+        pollster::block_on(Self::load_async(loader, dir))
+    }
+
+    /// [`Self::load`] without blocking (a browser reads each tensor when it is needed).
+    pub async fn load_async(loader: &Loader<'_>, dir: &Path) -> Result<Self> {
         let config: ClapTextConfig = load_config(dir)?;
         config.check(&dir.join("config.json"))?;
         let ckpt = Checkpoint::open_dir(dir)?;
-        Self::from_checkpoint(loader, config, &ckpt)
+        Self::from_checkpoint(loader, config, &ckpt).await
     }
 
     /// Builds the model from a checked config and a checkpoint with transformers' names
     /// (`text_model.…`, `text_projection.…`).
-    pub fn from_checkpoint(
-        loader: &Loader,
+    pub async fn from_checkpoint(
+        loader: &Loader<'_>,
         config: ClapTextConfig,
         ckpt: &Checkpoint,
     ) -> Result<Self> {
@@ -251,28 +257,33 @@ impl ClapTextModelWithProjection {
         let root = ckpt.root();
         let tm = root.pp("text_model");
         let emb = tm.pp("embeddings");
-        let layers = (0..c.num_hidden_layers)
-            .map(|i| Layer::load(loader, &tm.pp("encoder").pp("layer").pp(i), c, eps))
-            .collect::<Result<Vec<_>>>()?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            layers.push(Layer::load(loader, &tm.pp("encoder").pp("layer").pp(i), c, eps).await?);
+        }
         let proj = root.pp("text_projection");
         Ok(Self {
-            word_embeddings: Embedding::load(loader, &emb.pp("word_embeddings"), c.vocab_size, h)?,
+            word_embeddings: Embedding::load(loader, &emb.pp("word_embeddings"), c.vocab_size, h)
+                .await?,
             position_embeddings: Embedding::load(
                 loader,
                 &emb.pp("position_embeddings"),
                 c.max_position_embeddings,
                 h,
-            )?,
-            token_type_embeddings: loader.vector(
-                &emb.pp("token_type_embeddings"),
-                "weight",
-                &[c.type_vocab_size, h],
-            )?,
-            embeddings_norm: LayerNorm::load(loader, &emb.pp("LayerNorm"), h, eps)?,
+            )
+            .await?,
+            token_type_embeddings: loader
+                .vector(
+                    &emb.pp("token_type_embeddings"),
+                    "weight",
+                    &[c.type_vocab_size, h],
+                )
+                .await?,
+            embeddings_norm: LayerNorm::load(loader, &emb.pp("LayerNorm"), h, eps).await?,
             layers,
-            pooler: Linear::load(loader, &tm.pp("pooler").pp("dense"), h, h, true)?,
-            projection1: Linear::load(loader, &proj.pp("linear1"), h, p, true)?,
-            projection2: Linear::load(loader, &proj.pp("linear2"), p, p, true)?,
+            pooler: Linear::load(loader, &tm.pp("pooler").pp("dense"), h, h, true).await?,
+            projection1: Linear::load(loader, &proj.pp("linear1"), h, p, true).await?,
+            projection2: Linear::load(loader, &proj.pp("linear2"), p, p, true).await?,
             hidden_act: activation(&c.hidden_act).map_err(Error::Input)?,
             projection_act: activation(&c.projection_hidden_act).map_err(Error::Input)?,
             config,

@@ -49,13 +49,22 @@ impl Loader<'_> {
     }
 
     /// Biases, norm affines, embeddings that are added: always f32.
-    pub fn vector(&self, vb: &Weights, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let data = vb.f32(name, shape)?;
+    pub async fn vector(&self, vb: &Weights<'_>, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let data = vb.f32(name, shape).await?;
         Ok(Tensor::from_f32(self.ctx, shape, DType::F32, &data)?)
     }
 
-    fn optional_bias(&self, vb: &Weights, bias: bool, n: usize) -> Result<Option<Tensor>> {
-        bias.then(|| self.vector(vb, "bias", &[n])).transpose()
+    async fn optional_bias(
+        &self,
+        vb: &Weights<'_>,
+        bias: bool,
+        n: usize,
+    ) -> Result<Option<Tensor>> {
+        Ok(if bias {
+            Some(self.vector(vb, "bias", &[n]).await?)
+        } else {
+            None
+        })
     }
 }
 
@@ -66,17 +75,17 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn load(
-        l: &Loader,
-        vb: &Weights,
+    pub async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
         inputs: usize,
         outputs: usize,
         bias: bool,
     ) -> Result<Self> {
-        let w = vb.f32("weight", &[outputs, inputs])?;
+        let w = vb.f32("weight", &[outputs, inputs]).await?;
         Ok(Self {
             weight: l.weight(&[outputs, inputs], &w)?,
-            bias: l.optional_bias(vb, bias, outputs)?,
+            bias: l.optional_bias(vb, bias, outputs).await?,
         })
     }
 
@@ -103,20 +112,20 @@ pub struct Conv2d {
 
 impl Conv2d {
     /// A square-kernel convolution with PyTorch's symmetric `padding`.
-    pub fn load(
-        l: &Loader,
-        vb: &Weights,
+    pub async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
         cin: usize,
         cout: usize,
         kernel: usize,
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
-        let w = vb.f32("weight", &[cout, cin, kernel, kernel])?;
+        let w = vb.f32("weight", &[cout, cin, kernel, kernel]).await?;
         let (shape, laid) = conv_weight_layout(&w, cout, cin, kernel, kernel);
         Ok(Self {
             weight: l.weight(&shape, &laid)?,
-            bias: l.optional_bias(vb, true, cout)?,
+            bias: l.optional_bias(vb, true, cout).await?,
             options: Conv2dOptions::same_padding(stride, padding),
         })
     }
@@ -146,20 +155,20 @@ pub struct Conv1d {
 }
 
 impl Conv1d {
-    pub fn load(
-        l: &Loader,
-        vb: &Weights,
+    pub async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
         cin: usize,
         cout: usize,
         kernel: usize,
         dilation: usize,
         padding: usize,
     ) -> Result<Self> {
-        let w = vb.f32("weight", &[cout, cin, kernel])?;
+        let w = vb.f32("weight", &[cout, cin, kernel]).await?;
         let (shape, laid) = conv_weight_layout(&w, cout, cin, 1, kernel);
         Ok(Self {
             weight: l.weight(&shape, &laid)?,
-            bias: l.optional_bias(vb, true, cout)?,
+            bias: l.optional_bias(vb, true, cout).await?,
             options: Conv1dOptions {
                 padding,
                 dilation,
@@ -197,20 +206,20 @@ pub struct ConvTranspose1d {
 }
 
 impl ConvTranspose1d {
-    pub fn load(
-        l: &Loader,
-        vb: &Weights,
+    pub async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
         cin: usize,
         cout: usize,
         kernel: usize,
         stride: usize,
         padding: usize,
     ) -> Result<Self> {
-        let w = vb.f32("weight", &[cin, cout, kernel])?;
+        let w = vb.f32("weight", &[cin, cout, kernel]).await?;
         let (shape, laid) = conv_transpose1d_weight_layout(&w, cin, cout, kernel, stride);
         Ok(Self {
             weight: l.weight(&shape, &laid)?,
-            bias: l.optional_bias(vb, true, cout)?,
+            bias: l.optional_bias(vb, true, cout).await?,
             options: ConvTranspose1dOptions {
                 kernel_size: kernel,
                 stride,
@@ -242,16 +251,16 @@ pub struct GroupNorm {
 }
 
 impl GroupNorm {
-    pub fn load(
-        l: &Loader,
-        vb: &Weights,
+    pub async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
         groups: usize,
         channels: usize,
         eps: f32,
     ) -> Result<Self> {
         Ok(Self {
-            gamma: l.vector(vb, "weight", &[channels])?,
-            beta: l.vector(vb, "bias", &[channels])?,
+            gamma: l.vector(vb, "weight", &[channels]).await?,
+            beta: l.vector(vb, "bias", &[channels]).await?,
             groups,
             eps,
         })
@@ -271,10 +280,10 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
-    pub fn load(l: &Loader, vb: &Weights, dim: usize, eps: f32) -> Result<Self> {
+    pub async fn load(l: &Loader<'_>, vb: &Weights<'_>, dim: usize, eps: f32) -> Result<Self> {
         Ok(Self {
-            gamma: l.vector(vb, "weight", &[dim])?,
-            beta: l.vector(vb, "bias", &[dim])?,
+            gamma: l.vector(vb, "weight", &[dim]).await?,
+            beta: l.vector(vb, "bias", &[dim]).await?,
             eps,
         })
     }
@@ -291,8 +300,8 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    pub fn load(l: &Loader, vb: &Weights, vocab: usize, dim: usize) -> Result<Self> {
-        let data = vb.f32("weight", &[vocab, dim])?;
+    pub async fn load(l: &Loader<'_>, vb: &Weights<'_>, vocab: usize, dim: usize) -> Result<Self> {
+        let data = vb.f32("weight", &[vocab, dim]).await?;
         Ok(Self {
             table: l.weight(&[vocab, dim], &data)?,
         })

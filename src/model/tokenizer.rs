@@ -66,7 +66,7 @@ struct TokenizerConfig(Option<Value>);
 impl TokenizerConfig {
     fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer_config.json");
-        if !path.is_file() {
+        if !crate::untrusted::is_file(&path) {
             return Ok(Self(None));
         }
         let text = crate::untrusted::read_text(&path, MAX_TOKENIZER_BYTES)?;
@@ -138,7 +138,7 @@ impl TextTokenizer {
     /// Loads the tokenizer of a pipeline's `tokenizer/` folder: `tokenizer.json`, or else
     /// `vocab.json` + `merges.txt`.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        if !dir.is_dir() {
+        if !crate::untrusted::is_dir(dir) {
             return Err(Error::Tokenizer(format!(
                 "{}: no such tokenizer folder (expected tokenizer.json, or vocab.json and \
                  merges.txt)",
@@ -148,7 +148,7 @@ impl TextTokenizer {
         let config = TokenizerConfig::read(dir)?;
         let json = dir.join("tokenizer.json");
         let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
-        let inner = if json.is_file() {
+        let inner = if crate::untrusted::is_file(&json) {
             let bytes = crate::untrusted::read_bounded(&json, MAX_TOKENIZER_BYTES)?;
             // The tokenizers crate panics on some malformed files: held here as an error.
             isolated(&json, || Tokenizer::from_bytes(&bytes))?.map_err(|e| {
@@ -161,7 +161,7 @@ impl TextTokenizer {
                 };
                 tok_err(&json, format!("cannot be read ({e}){hint}"))
             })?
-        } else if vocab.is_file() && merges.is_file() {
+        } else if crate::untrusted::is_file(&vocab) && crate::untrusted::is_file(&merges) {
             for file in [&vocab, &merges] {
                 crate::untrusted::read_bounded(file, MAX_TOKENIZER_BYTES)?;
             }

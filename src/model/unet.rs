@@ -264,9 +264,9 @@ struct ResnetBlock2D {
 }
 
 impl ResnetBlock2D {
-    fn load(
-        l: &Loader,
-        vb: &Weights,
+    async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
         cin: usize,
         cout: usize,
         temb: Option<usize>,
@@ -274,16 +274,19 @@ impl ResnetBlock2D {
         eps: f32,
     ) -> Result<Self> {
         Ok(Self {
-            norm1: GroupNorm::load(l, &vb.pp("norm1"), groups, cin, eps)?,
-            conv1: Conv2d::load(l, &vb.pp("conv1"), cin, cout, 3, 1, 1)?,
-            time_emb_proj: temb
-                .map(|t| Linear::load(l, &vb.pp("time_emb_proj"), t, cout, true))
-                .transpose()?,
-            norm2: GroupNorm::load(l, &vb.pp("norm2"), groups, cout, eps)?,
-            conv2: Conv2d::load(l, &vb.pp("conv2"), cout, cout, 3, 1, 1)?,
-            conv_shortcut: (cin != cout)
-                .then(|| Conv2d::load(l, &vb.pp("conv_shortcut"), cin, cout, 1, 1, 0))
-                .transpose()?,
+            norm1: GroupNorm::load(l, &vb.pp("norm1"), groups, cin, eps).await?,
+            conv1: Conv2d::load(l, &vb.pp("conv1"), cin, cout, 3, 1, 1).await?,
+            time_emb_proj: match temb {
+                Some(t) => Some(Linear::load(l, &vb.pp("time_emb_proj"), t, cout, true).await?),
+                None => None,
+            },
+            norm2: GroupNorm::load(l, &vb.pp("norm2"), groups, cout, eps).await?,
+            conv2: Conv2d::load(l, &vb.pp("conv2"), cout, cout, 3, 1, 1).await?,
+            conv_shortcut: if cin != cout {
+                Some(Conv2d::load(l, &vb.pp("conv_shortcut"), cin, cout, 1, 1, 0).await?)
+            } else {
+                None
+            },
         })
     }
 
@@ -317,12 +320,18 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn load(l: &Loader, vb: &Weights, dim: usize, kv_dim: usize, heads: usize) -> Result<Self> {
+    async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
+        dim: usize,
+        kv_dim: usize,
+        heads: usize,
+    ) -> Result<Self> {
         Ok(Self {
-            to_q: Linear::load(l, &vb.pp("to_q"), dim, dim, false)?,
-            to_k: Linear::load(l, &vb.pp("to_k"), kv_dim, dim, false)?,
-            to_v: Linear::load(l, &vb.pp("to_v"), kv_dim, dim, false)?,
-            to_out: Linear::load(l, &vb.pp("to_out").pp(0), dim, dim, true)?,
+            to_q: Linear::load(l, &vb.pp("to_q"), dim, dim, false).await?,
+            to_k: Linear::load(l, &vb.pp("to_k"), kv_dim, dim, false).await?,
+            to_v: Linear::load(l, &vb.pp("to_v"), kv_dim, dim, false).await?,
+            to_out: Linear::load(l, &vb.pp("to_out").pp(0), dim, dim, true).await?,
             heads,
             scale: 1.0 / ((dim / heads) as f32).sqrt(),
         })
@@ -350,16 +359,22 @@ struct BasicTransformerBlock {
 }
 
 impl BasicTransformerBlock {
-    fn load(l: &Loader, vb: &Weights, dim: usize, heads: usize, cross_dim: usize) -> Result<Self> {
+    async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
+        dim: usize,
+        heads: usize,
+        cross_dim: usize,
+    ) -> Result<Self> {
         let ff = vb.pp("ff").pp("net");
         Ok(Self {
-            norm1: LayerNorm::load(l, &vb.pp("norm1"), dim, 1e-5)?,
-            attn1: SelfAttention::load(l, &vb.pp("attn1"), dim, dim, heads)?,
-            norm2: LayerNorm::load(l, &vb.pp("norm2"), dim, 1e-5)?,
-            attn2: SelfAttention::load(l, &vb.pp("attn2"), dim, cross_dim, heads)?,
-            norm3: LayerNorm::load(l, &vb.pp("norm3"), dim, 1e-5)?,
-            ff_in: Linear::load(l, &ff.pp(0).pp("proj"), dim, 8 * dim, true)?,
-            ff_out: Linear::load(l, &ff.pp(2), 4 * dim, dim, true)?,
+            norm1: LayerNorm::load(l, &vb.pp("norm1"), dim, 1e-5).await?,
+            attn1: SelfAttention::load(l, &vb.pp("attn1"), dim, dim, heads).await?,
+            norm2: LayerNorm::load(l, &vb.pp("norm2"), dim, 1e-5).await?,
+            attn2: SelfAttention::load(l, &vb.pp("attn2"), dim, cross_dim, heads).await?,
+            norm3: LayerNorm::load(l, &vb.pp("norm3"), dim, 1e-5).await?,
+            ff_in: Linear::load(l, &ff.pp(0).pp("proj"), dim, 8 * dim, true).await?,
+            ff_out: Linear::load(l, &ff.pp(2), 4 * dim, dim, true).await?,
         })
     }
 
@@ -385,30 +400,27 @@ struct Transformer2DModel {
 
 impl Transformer2DModel {
     #[allow(clippy::too_many_arguments)]
-    fn load(
-        l: &Loader,
-        vb: &Weights,
+    async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
         dim: usize,
         heads: usize,
         cross_dim: usize,
         layers: usize,
         groups: usize,
     ) -> Result<Self> {
+        let norm = GroupNorm::load(l, &vb.pp("norm"), groups, dim, 1e-6).await?;
+        let proj_in = Conv2d::load(l, &vb.pp("proj_in"), dim, dim, 1, 1, 0).await?;
+        let mut blocks = Vec::with_capacity(layers);
+        for i in 0..layers {
+            let vb = vb.pp("transformer_blocks").pp(i);
+            blocks.push(BasicTransformerBlock::load(l, &vb, dim, heads, cross_dim).await?);
+        }
         Ok(Self {
-            norm: GroupNorm::load(l, &vb.pp("norm"), groups, dim, 1e-6)?,
-            proj_in: Conv2d::load(l, &vb.pp("proj_in"), dim, dim, 1, 1, 0)?,
-            blocks: (0..layers)
-                .map(|i| {
-                    BasicTransformerBlock::load(
-                        l,
-                        &vb.pp("transformer_blocks").pp(i),
-                        dim,
-                        heads,
-                        cross_dim,
-                    )
-                })
-                .collect::<Result<_>>()?,
-            proj_out: Conv2d::load(l, &vb.pp("proj_out"), dim, dim, 1, 1, 0)?,
+            norm,
+            proj_in,
+            blocks,
+            proj_out: Conv2d::load(l, &vb.pp("proj_out"), dim, dim, 1, 1, 0).await?,
         })
     }
 
@@ -471,10 +483,10 @@ struct BlockSpec {
 }
 
 impl BlockSpec {
-    fn layer(
+    async fn layer(
         &self,
-        l: &Loader,
-        vb: &Weights,
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
         j: usize,
         cin: usize,
         cout: usize,
@@ -488,9 +500,10 @@ impl BlockSpec {
             Some(self.temb),
             self.groups,
             self.eps,
-        )?;
-        let attention = attention
-            .then(|| {
+        )
+        .await?;
+        let attention = if attention {
+            Some(
                 Transformer2DModel::load(
                     l,
                     &vb.pp("attentions").pp(j),
@@ -500,8 +513,11 @@ impl BlockSpec {
                     self.transformer_layers,
                     self.groups,
                 )
-            })
-            .transpose()?;
+                .await?,
+            )
+        } else {
+            None
+        };
         Ok(Layer { resnet, attention })
     }
 }
@@ -534,14 +550,20 @@ pub struct UNet2DConditionModel {
 
 impl UNet2DConditionModel {
     /// Loads `config.json` and the weights of a diffusers `unet/` folder.
-    pub fn load(l: &Loader, dir: &Path) -> Result<Self> {
-        let config: UNet2DConditionConfig = load_config(dir)?;
-        let ckpt = Checkpoint::open_dir(dir)?;
-        Self::from_checkpoint(l, config, &ckpt, dir)
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(l: &Loader<'_>, dir: &Path) -> Result<Self> {
+        pollster::block_on(Self::load_async(l, dir))
     }
 
-    pub fn from_checkpoint(
-        l: &Loader,
+    /// [`Self::load`] without blocking (a browser reads each tensor when it is needed).
+    pub async fn load_async(l: &Loader<'_>, dir: &Path) -> Result<Self> {
+        let config: UNet2DConditionConfig = load_config(dir)?;
+        let ckpt = Checkpoint::open_dir(dir)?;
+        Self::from_checkpoint(l, config, &ckpt, dir).await
+    }
+
+    pub async fn from_checkpoint(
+        l: &Loader<'_>,
         config: UNet2DConditionConfig,
         ckpt: &Checkpoint,
         dir: &Path,
@@ -584,13 +606,7 @@ impl UNet2DConditionModel {
                     message: "class_embed_type simple_projection needs projection_class_embeddings_input_dim"
                         .into(),
                 })?;
-                Some(Linear::load(
-                    l,
-                    &vb.pp("class_embedding"),
-                    input,
-                    temb_dim,
-                    true,
-                )?)
+                Some(Linear::load(l, &vb.pp("class_embedding"), input, temb_dim, true).await?)
             }
             _ => None,
         };
@@ -616,20 +632,13 @@ impl UNet2DConditionModel {
             let attention = has_attention(block_type, dir)?;
             let bvb = vb.pp("down_blocks").pp(i);
             let s = spec(heads[i], cross[i]);
-            let layers = (0..config.layers_per_block)
-                .map(|j| {
-                    s.layer(
-                        l,
-                        &bvb,
-                        j,
-                        if j == 0 { in_ch } else { out_ch },
-                        out_ch,
-                        attention,
-                    )
-                })
-                .collect::<Result<_>>()?;
-            let downsampler = (i + 1 < levels)
-                .then(|| {
+            let mut layers = Vec::with_capacity(config.layers_per_block);
+            for j in 0..config.layers_per_block {
+                let cin = if j == 0 { in_ch } else { out_ch };
+                layers.push(s.layer(l, &bvb, j, cin, out_ch, attention).await?);
+            }
+            let downsampler = if i + 1 < levels {
+                Some(
                     Conv2d::load(
                         l,
                         &bvb.pp("downsamplers").pp(0).pp("conv"),
@@ -639,8 +648,11 @@ impl UNet2DConditionModel {
                         2,
                         config.downsample_padding,
                     )
-                })
-                .transpose()?;
+                    .await?,
+                )
+            } else {
+                None
+            };
             down_blocks.push(DownBlock {
                 layers,
                 downsampler,
@@ -650,8 +662,9 @@ impl UNet2DConditionModel {
         let top = widths[levels - 1];
         let mid = vb.pp("mid_block");
         let mid_spec = spec(heads[levels - 1], cross[levels - 1]);
-        let mid_resnets = (0..2)
-            .map(|j| {
+        let mut mid_resnets = Vec::with_capacity(2);
+        for j in 0..2 {
+            mid_resnets.push(
                 ResnetBlock2D::load(
                     l,
                     &mid.pp("resnets").pp(j),
@@ -661,17 +674,21 @@ impl UNet2DConditionModel {
                     mid_spec.groups,
                     mid_spec.eps,
                 )
-            })
-            .collect::<Result<_>>()?;
-        let mid_attentions = vec![Transformer2DModel::load(
-            l,
-            &mid.pp("attentions").pp(0),
-            top,
-            mid_spec.heads,
-            mid_spec.cross_dim,
-            mid_spec.transformer_layers,
-            mid_spec.groups,
-        )?];
+                .await?,
+            );
+        }
+        let mid_attentions = vec![
+            Transformer2DModel::load(
+                l,
+                &mid.pp("attentions").pp(0),
+                top,
+                mid_spec.heads,
+                mid_spec.cross_dim,
+                mid_spec.transformer_layers,
+                mid_spec.groups,
+            )
+            .await?,
+        ];
 
         let reversed: Vec<usize> = widths.iter().rev().copied().collect();
         let mut up_blocks = Vec::with_capacity(levels);
@@ -684,15 +701,17 @@ impl UNet2DConditionModel {
             let bvb = vb.pp("up_blocks").pp(i);
             let s = spec(heads[levels - 1 - i], cross[levels - 1 - i]);
             let n = config.layers_per_block + 1;
-            let layers = (0..n)
-                .map(|j| {
-                    let skip = if j == n - 1 { in_ch } else { out_ch };
-                    let res_in = if j == 0 { prev_out } else { out_ch };
+            let mut layers = Vec::with_capacity(n);
+            for j in 0..n {
+                let skip = if j == n - 1 { in_ch } else { out_ch };
+                let res_in = if j == 0 { prev_out } else { out_ch };
+                layers.push(
                     s.layer(l, &bvb, j, res_in + skip, out_ch, attention)
-                })
-                .collect::<Result<_>>()?;
-            let upsampler = (i + 1 < levels)
-                .then(|| {
+                        .await?,
+                );
+            }
+            let upsampler = if i + 1 < levels {
+                Some(
                     Conv2d::load(
                         l,
                         &bvb.pp("upsamplers").pp(0).pp("conv"),
@@ -702,8 +721,11 @@ impl UNet2DConditionModel {
                         1,
                         1,
                     )
-                })
-                .transpose()?;
+                    .await?,
+                )
+            } else {
+                None
+            };
             up_blocks.push(UpBlock { layers, upsampler });
         }
 
@@ -716,21 +738,24 @@ impl UNet2DConditionModel {
                 config.conv_in_kernel,
                 1,
                 config.conv_in_kernel / 2,
-            )?,
+            )
+            .await?,
             time_linear_1: Linear::load(
                 l,
                 &vb.pp("time_embedding").pp("linear_1"),
                 c0,
                 temb_dim,
                 true,
-            )?,
+            )
+            .await?,
             time_linear_2: Linear::load(
                 l,
                 &vb.pp("time_embedding").pp("linear_2"),
                 temb_dim,
                 temb_dim,
                 true,
-            )?,
+            )
+            .await?,
             class_embedding,
             down_blocks,
             mid_resnets,
@@ -742,7 +767,8 @@ impl UNet2DConditionModel {
                 config.norm_num_groups,
                 c0,
                 config.norm_eps,
-            )?,
+            )
+            .await?,
             conv_out: Conv2d::load(
                 l,
                 &vb.pp("conv_out"),
@@ -751,7 +777,8 @@ impl UNet2DConditionModel {
                 config.conv_out_kernel,
                 1,
                 config.conv_out_kernel / 2,
-            )?,
+            )
+            .await?,
             config,
         })
     }

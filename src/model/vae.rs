@@ -163,19 +163,24 @@ impl AutoencoderKLConfig {
 }
 
 /// `nn.Conv2d` loaded from `vb`, with diffusers' VAE defaults.
-fn conv(
-    l: &Loader,
-    vb: &Weights,
+async fn conv(
+    l: &Loader<'_>,
+    vb: &Weights<'_>,
     cin: usize,
     cout: usize,
     kernel: usize,
     padding: usize,
 ) -> Result<Conv2d> {
-    Conv2d::load(l, vb, cin, cout, kernel, 1, padding)
+    Conv2d::load(l, vb, cin, cout, kernel, 1, padding).await
 }
 
-fn norm(l: &Loader, vb: &Weights, groups: usize, channels: usize) -> Result<GroupNorm> {
-    GroupNorm::load(l, vb, groups, channels, NORM_EPS)
+async fn norm(
+    l: &Loader<'_>,
+    vb: &Weights<'_>,
+    groups: usize,
+    channels: usize,
+) -> Result<GroupNorm> {
+    GroupNorm::load(l, vb, groups, channels, NORM_EPS).await
 }
 
 /// `[B, C, H, W]` of a graph value, or an error naming `what`.
@@ -200,15 +205,23 @@ pub struct ResnetBlock2D {
 }
 
 impl ResnetBlock2D {
-    pub fn load(l: &Loader, vb: &Weights, cin: usize, cout: usize, groups: usize) -> Result<Self> {
+    pub async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
+        cin: usize,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Self> {
         Ok(Self {
-            norm1: norm(l, &vb.pp("norm1"), groups, cin)?,
-            conv1: conv(l, &vb.pp("conv1"), cin, cout, 3, 1)?,
-            norm2: norm(l, &vb.pp("norm2"), groups, cout)?,
-            conv2: conv(l, &vb.pp("conv2"), cout, cout, 3, 1)?,
-            conv_shortcut: (cin != cout)
-                .then(|| conv(l, &vb.pp("conv_shortcut"), cin, cout, 1, 0))
-                .transpose()?,
+            norm1: norm(l, &vb.pp("norm1"), groups, cin).await?,
+            conv1: conv(l, &vb.pp("conv1"), cin, cout, 3, 1).await?,
+            norm2: norm(l, &vb.pp("norm2"), groups, cout).await?,
+            conv2: conv(l, &vb.pp("conv2"), cout, cout, 3, 1).await?,
+            conv_shortcut: if cin != cout {
+                Some(conv(l, &vb.pp("conv_shortcut"), cin, cout, 1, 0).await?)
+            } else {
+                None
+            },
         })
     }
 
@@ -243,14 +256,19 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn load(l: &Loader, vb: &Weights, channels: usize, groups: usize) -> Result<Self> {
+    pub async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
+        channels: usize,
+        groups: usize,
+    ) -> Result<Self> {
         let c = channels;
         let mut weight = Vec::with_capacity(3 * c * c);
         let mut bias = Vec::with_capacity(3 * c);
         for name in ["to_q", "to_k", "to_v"] {
             let p = vb.pp(name);
-            weight.extend(p.f32("weight", &[c, c])?);
-            bias.extend(p.f32("bias", &[c])?);
+            weight.extend(p.f32("weight", &[c, c]).await?);
+            bias.extend(p.f32("bias", &[c]).await?);
         }
         let qkv = Linear {
             weight: l.weight(&[3 * c, c], &weight)?,
@@ -258,10 +276,10 @@ impl Attention {
         };
         let part = |i: usize| Tensor::from_f32(l.ctx, [c], DType::F32, &bias[i * c..(i + 1) * c]);
         Ok(Self {
-            group_norm: norm(l, &vb.pp("group_norm"), groups, c)?,
+            group_norm: norm(l, &vb.pp("group_norm"), groups, c).await?,
             qkv,
             qkv_biases: [part(0)?, part(1)?, part(2)?],
-            to_out: Linear::load(l, &vb.pp("to_out").pp(0), c, c, true)?,
+            to_out: Linear::load(l, &vb.pp("to_out").pp(0), c, c, true).await?,
             channels: c,
         })
     }
@@ -347,24 +365,28 @@ pub struct UNetMidBlock2D {
 }
 
 impl UNetMidBlock2D {
-    pub fn load(
-        l: &Loader,
-        vb: &Weights,
+    pub async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
         channels: usize,
         groups: usize,
         add_attention: bool,
     ) -> Result<Self> {
         let layers = 1;
-        let resnets = (0..=layers)
-            .map(|i| ResnetBlock2D::load(l, &vb.pp("resnets").pp(i), channels, channels, groups))
-            .collect::<Result<_>>()?;
-        let attentions = (0..layers)
-            .map(|i| {
-                add_attention
-                    .then(|| Attention::load(l, &vb.pp("attentions").pp(i), channels, groups))
-                    .transpose()
-            })
-            .collect::<Result<_>>()?;
+        let mut resnets = Vec::with_capacity(layers + 1);
+        for i in 0..=layers {
+            let vb = vb.pp("resnets").pp(i);
+            resnets.push(ResnetBlock2D::load(l, &vb, channels, channels, groups).await?);
+        }
+        let mut attentions = Vec::with_capacity(layers);
+        for i in 0..layers {
+            let vb = vb.pp("attentions").pp(i);
+            attentions.push(if add_attention {
+                Some(Attention::load(l, &vb, channels, groups).await?)
+            } else {
+                None
+            });
+        }
         Ok(Self {
             resnets,
             attentions,
@@ -390,8 +412,8 @@ pub struct Downsample2D {
 }
 
 impl Downsample2D {
-    pub fn load(l: &Loader, vb: &Weights, channels: usize) -> Result<Self> {
-        let mut conv = Conv2d::load(l, &vb.pp("conv"), channels, channels, 3, 2, 0)?;
+    pub async fn load(l: &Loader<'_>, vb: &Weights<'_>, channels: usize) -> Result<Self> {
+        let mut conv = Conv2d::load(l, &vb.pp("conv"), channels, channels, 3, 2, 0).await?;
         conv.options.padding = [0, 1, 0, 1];
         Ok(Self { conv })
     }
@@ -407,9 +429,9 @@ pub struct Upsample2D {
 }
 
 impl Upsample2D {
-    pub fn load(l: &Loader, vb: &Weights, channels: usize) -> Result<Self> {
+    pub async fn load(l: &Loader<'_>, vb: &Weights<'_>, channels: usize) -> Result<Self> {
         Ok(Self {
-            conv: conv(l, &vb.pp("conv"), channels, channels, 3, 1)?,
+            conv: conv(l, &vb.pp("conv"), channels, channels, 3, 1).await?,
         })
     }
 
@@ -421,20 +443,20 @@ impl Upsample2D {
 }
 
 /// `layers` resnets `vb.resnets.{i}`, the first from `cin` channels, the rest from `cout`.
-fn load_resnets(
-    l: &Loader,
-    vb: &Weights,
+async fn load_resnets(
+    l: &Loader<'_>,
+    vb: &Weights<'_>,
     cin: usize,
     cout: usize,
     layers: usize,
     groups: usize,
 ) -> Result<Vec<ResnetBlock2D>> {
-    (0..layers)
-        .map(|i| {
-            let cin = if i == 0 { cin } else { cout };
-            ResnetBlock2D::load(l, &vb.pp("resnets").pp(i), cin, cout, groups)
-        })
-        .collect()
+    let mut resnets = Vec::with_capacity(layers);
+    for i in 0..layers {
+        let cin = if i == 0 { cin } else { cout };
+        resnets.push(ResnetBlock2D::load(l, &vb.pp("resnets").pp(i), cin, cout, groups).await?);
+    }
+    Ok(resnets)
 }
 
 fn forward_resnets(resnets: &[ResnetBlock2D], g: &mut Graph, mut x: Var) -> Result<Var> {
@@ -451,19 +473,21 @@ pub struct DownEncoderBlock2D {
 }
 
 impl DownEncoderBlock2D {
-    fn load(
-        l: &Loader,
-        vb: &Weights,
+    async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
         cin: usize,
         cout: usize,
         layers: usize,
         groups: usize,
         add_downsample: bool,
     ) -> Result<Self> {
-        let resnets = load_resnets(l, vb, cin, cout, layers, groups)?;
-        let downsampler = add_downsample
-            .then(|| Downsample2D::load(l, &vb.pp("downsamplers").pp(0), cout))
-            .transpose()?;
+        let resnets = load_resnets(l, vb, cin, cout, layers, groups).await?;
+        let downsampler = if add_downsample {
+            Some(Downsample2D::load(l, &vb.pp("downsamplers").pp(0), cout).await?)
+        } else {
+            None
+        };
         Ok(Self {
             resnets,
             downsampler,
@@ -486,19 +510,21 @@ pub struct UpDecoderBlock2D {
 }
 
 impl UpDecoderBlock2D {
-    fn load(
-        l: &Loader,
-        vb: &Weights,
+    async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
         cin: usize,
         cout: usize,
         layers: usize,
         groups: usize,
         add_upsample: bool,
     ) -> Result<Self> {
-        let resnets = load_resnets(l, vb, cin, cout, layers, groups)?;
-        let upsampler = add_upsample
-            .then(|| Upsample2D::load(l, &vb.pp("upsamplers").pp(0), cout))
-            .transpose()?;
+        let resnets = load_resnets(l, vb, cin, cout, layers, groups).await?;
+        let upsampler = if add_upsample {
+            Some(Upsample2D::load(l, &vb.pp("upsamplers").pp(0), cout).await?)
+        } else {
+            None
+        };
         Ok(Self { resnets, upsampler })
     }
 
@@ -521,14 +547,13 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn load(l: &Loader, vb: &Weights, cfg: &AutoencoderKLConfig) -> Result<Self> {
+    pub async fn load(l: &Loader<'_>, vb: &Weights<'_>, cfg: &AutoencoderKLConfig) -> Result<Self> {
         let (channels, groups) = (&cfg.block_out_channels, cfg.norm_num_groups);
         let last = channels[channels.len() - 1];
-        let down_blocks = channels
-            .iter()
-            .enumerate()
-            .map(|(i, &cout)| {
-                let cin = if i == 0 { channels[0] } else { channels[i - 1] };
+        let mut down_blocks = Vec::with_capacity(channels.len());
+        for (i, &cout) in channels.iter().enumerate() {
+            let cin = if i == 0 { channels[0] } else { channels[i - 1] };
+            down_blocks.push(
                 DownEncoderBlock2D::load(
                     l,
                     &vb.pp("down_blocks").pp(i),
@@ -538,10 +563,11 @@ impl Encoder {
                     groups,
                     i + 1 < channels.len(),
                 )
-            })
-            .collect::<Result<_>>()?;
+                .await?,
+            );
+        }
         Ok(Self {
-            conv_in: conv(l, &vb.pp("conv_in"), cfg.in_channels, channels[0], 3, 1)?,
+            conv_in: conv(l, &vb.pp("conv_in"), cfg.in_channels, channels[0], 3, 1).await?,
             down_blocks,
             mid_block: UNetMidBlock2D::load(
                 l,
@@ -549,9 +575,10 @@ impl Encoder {
                 last,
                 groups,
                 cfg.mid_block_add_attention,
-            )?,
-            conv_norm_out: norm(l, &vb.pp("conv_norm_out"), groups, last)?,
-            conv_out: conv(l, &vb.pp("conv_out"), last, 2 * cfg.latent_channels, 3, 1)?,
+            )
+            .await?,
+            conv_norm_out: norm(l, &vb.pp("conv_norm_out"), groups, last).await?,
+            conv_out: conv(l, &vb.pp("conv_out"), last, 2 * cfg.latent_channels, 3, 1).await?,
         })
     }
 
@@ -576,14 +603,13 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn load(l: &Loader, vb: &Weights, cfg: &AutoencoderKLConfig) -> Result<Self> {
+    pub async fn load(l: &Loader<'_>, vb: &Weights<'_>, cfg: &AutoencoderKLConfig) -> Result<Self> {
         let groups = cfg.norm_num_groups;
         let reversed: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
-        let up_blocks = reversed
-            .iter()
-            .enumerate()
-            .map(|(i, &cout)| {
-                let cin = if i == 0 { reversed[0] } else { reversed[i - 1] };
+        let mut up_blocks = Vec::with_capacity(reversed.len());
+        for (i, &cout) in reversed.iter().enumerate() {
+            let cin = if i == 0 { reversed[0] } else { reversed[i - 1] };
+            up_blocks.push(
                 UpDecoderBlock2D::load(
                     l,
                     &vb.pp("up_blocks").pp(i),
@@ -593,21 +619,23 @@ impl Decoder {
                     groups,
                     i + 1 < reversed.len(),
                 )
-            })
-            .collect::<Result<_>>()?;
+                .await?,
+            );
+        }
         let (first, last) = (reversed[reversed.len() - 1], reversed[0]);
         Ok(Self {
-            conv_in: conv(l, &vb.pp("conv_in"), cfg.latent_channels, last, 3, 1)?,
+            conv_in: conv(l, &vb.pp("conv_in"), cfg.latent_channels, last, 3, 1).await?,
             mid_block: UNetMidBlock2D::load(
                 l,
                 &vb.pp("mid_block"),
                 last,
                 groups,
                 cfg.mid_block_add_attention,
-            )?,
+            )
+            .await?,
             up_blocks,
-            conv_norm_out: norm(l, &vb.pp("conv_norm_out"), groups, first)?,
-            conv_out: conv(l, &vb.pp("conv_out"), first, cfg.out_channels, 3, 1)?,
+            conv_norm_out: norm(l, &vb.pp("conv_norm_out"), groups, first).await?,
+            conv_out: conv(l, &vb.pp("conv_out"), first, cfg.out_channels, 3, 1).await?,
         })
     }
 
@@ -655,7 +683,13 @@ impl AutoencoderKL {
     /// Reads `dir/config.json` and the weights (`diffusion_pytorch_model.safetensors` or `.bin`),
     /// accepting both the current attention names and diffusers <= 0.16's `query`, `key`,
     /// `value`, `proj_attn`.
-    pub fn load(loader: &Loader, dir: &Path) -> Result<Self> {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(loader: &Loader<'_>, dir: &Path) -> Result<Self> {
+        pollster::block_on(Self::load_async(loader, dir))
+    }
+
+    /// [`Self::load`] without blocking (a browser reads each tensor when it is needed).
+    pub async fn load_async(loader: &Loader<'_>, dir: &Path) -> Result<Self> {
         let config: AutoencoderKLConfig = load_config(dir)?;
         config.validate(&dir.join("config.json"))?;
         let mut ckpt = Checkpoint::open_dir(dir)?;
@@ -673,8 +707,8 @@ impl AutoencoderKL {
         let quant_conv = if config.use_quant_conv {
             let vb = vb.pp("quant_conv");
             let (c2, c) = (2 * latent, latent);
-            let w = vb.f32("weight", &[c2, c2, 1, 1])?;
-            let b = vb.f32("bias", &[c2])?;
+            let w = vb.f32("weight", &[c2, c2, 1, 1]).await?;
+            let b = vb.f32("bias", &[c2]).await?;
             let half = |i: usize| -> Result<Conv2d> {
                 let rows = &w[i * c * c2..(i + 1) * c * c2];
                 let (shape, laid) = conv_weight_layout(rows, c, c2, 1, 1);
@@ -693,13 +727,14 @@ impl AutoencoderKL {
         } else {
             None
         };
-        let post_quant_conv = config
-            .use_post_quant_conv
-            .then(|| conv(l, &vb.pp("post_quant_conv"), latent, latent, 1, 0))
-            .transpose()?;
+        let post_quant_conv = if config.use_post_quant_conv {
+            Some(conv(l, &vb.pp("post_quant_conv"), latent, latent, 1, 0).await?)
+        } else {
+            None
+        };
         Ok(Self {
-            encoder: Encoder::load(l, &vb.pp("encoder"), &config)?,
-            decoder: Decoder::load(l, &vb.pp("decoder"), &config)?,
+            encoder: Encoder::load(l, &vb.pp("encoder"), &config).await?,
+            decoder: Decoder::load(l, &vb.pp("decoder"), &config).await?,
             quant_conv,
             post_quant_conv,
             config,

@@ -182,43 +182,25 @@ pub struct HifiGanResidualBlock {
 }
 
 impl HifiGanResidualBlock {
-    pub fn load(
-        l: &Loader,
-        vb: &Weights,
+    pub async fn load(
+        l: &Loader<'_>,
+        vb: &Weights<'_>,
         channels: usize,
         kernel: usize,
         dilations: &[usize],
         leaky_relu_slope: f32,
     ) -> Result<Self> {
         let padding = |d: usize| (kernel * d - d) / 2;
-        let convs1 = dilations
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| {
-                Conv1d::load(
-                    l,
-                    &vb.pp("convs1").pp(i),
-                    channels,
-                    channels,
-                    kernel,
-                    d,
-                    padding(d),
-                )
-            })
-            .collect::<Result<_>>()?;
-        let convs2 = (0..dilations.len())
-            .map(|i| {
-                Conv1d::load(
-                    l,
-                    &vb.pp("convs2").pp(i),
-                    channels,
-                    channels,
-                    kernel,
-                    1,
-                    padding(1),
-                )
-            })
-            .collect::<Result<_>>()?;
+        let mut convs1 = Vec::with_capacity(dilations.len());
+        let mut convs2 = Vec::with_capacity(dilations.len());
+        for (i, &d) in dilations.iter().enumerate() {
+            let vb1 = vb.pp("convs1").pp(i);
+            convs1.push(Conv1d::load(l, &vb1, channels, channels, kernel, d, padding(d)).await?);
+        }
+        for i in 0..dilations.len() {
+            let vb2 = vb.pp("convs2").pp(i);
+            convs2.push(Conv1d::load(l, &vb2, channels, channels, kernel, 1, padding(1)).await?);
+        }
         Ok(Self {
             convs1,
             convs2,
@@ -250,14 +232,21 @@ pub struct SpeechT5HifiGan {
 
 impl SpeechT5HifiGan {
     /// Reads `dir/config.json` and the weights (`model.safetensors` or `.bin`).
-    pub fn load(loader: &Loader, dir: &Path) -> Result<Self> {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(loader: &Loader<'_>, dir: &Path) -> Result<Self> {
+        pollster::block_on(Self::load_async(loader, dir))
+    }
+
+    /// [`Self::load`] without blocking (a browser reads each tensor when it is needed).
+    pub async fn load_async(loader: &Loader<'_>, dir: &Path) -> Result<Self> {
         let config: SpeechT5HifiGanConfig = load_config(dir)?;
         config.validate(&dir.join("config.json"))?;
         let ckpt = Checkpoint::open_dir(dir)?;
         let vb = ckpt.root();
         let l = loader;
         let c0 = config.upsample_initial_channel;
-        let conv_pre = Conv1d::load(l, &vb.pp("conv_pre"), config.model_in_dim, c0, 7, 1, 3)?;
+        let conv_pre =
+            Conv1d::load(l, &vb.pp("conv_pre"), config.model_in_dim, c0, 7, 1, 3).await?;
         let mut upsampler = Vec::new();
         let mut resblocks = Vec::new();
         for (i, (&u, &k)) in config
@@ -267,36 +256,39 @@ impl SpeechT5HifiGan {
             .enumerate()
         {
             let (cin, cout) = (c0 >> i, config.channels(i));
-            upsampler.push(ConvTranspose1d::load(
-                l,
-                &vb.pp("upsampler").pp(i),
-                cin,
-                cout,
-                k,
-                u,
-                (k - u) / 2,
-            )?);
+            upsampler.push(
+                ConvTranspose1d::load(l, &vb.pp("upsampler").pp(i), cin, cout, k, u, (k - u) / 2)
+                    .await?,
+            );
             for (kernel, dilations) in config
                 .resblock_kernel_sizes
                 .iter()
                 .zip(&config.resblock_dilation_sizes)
             {
-                resblocks.push(HifiGanResidualBlock::load(
-                    l,
-                    &vb.pp("resblocks").pp(resblocks.len()),
-                    cout,
-                    *kernel,
-                    dilations,
-                    config.leaky_relu_slope,
-                )?);
+                resblocks.push(
+                    HifiGanResidualBlock::load(
+                        l,
+                        &vb.pp("resblocks").pp(resblocks.len()),
+                        cout,
+                        *kernel,
+                        dilations,
+                        config.leaky_relu_slope,
+                    )
+                    .await?,
+                );
             }
         }
         let last = config.channels(config.upsample_rates.len() - 1);
-        let conv_post = Conv1d::load(l, &vb.pp("conv_post"), last, 1, 7, 1, 3)?;
+        let conv_post = Conv1d::load(l, &vb.pp("conv_post"), last, 1, 7, 1, 3).await?;
         let normalize = if config.normalize_before {
             let n = config.model_in_dim;
-            let mean = l.vector(&vb, "mean", &[n])?;
-            let inv_scale: Vec<f32> = vb.f32("scale", &[n])?.iter().map(|s| 1.0 / s).collect();
+            let mean = l.vector(&vb, "mean", &[n]).await?;
+            let inv_scale: Vec<f32> = vb
+                .f32("scale", &[n])
+                .await?
+                .iter()
+                .map(|s| 1.0 / s)
+                .collect();
             Some((mean, Tensor::from_f32(l.ctx, [n], DType::F32, &inv_scale)?))
         } else {
             None

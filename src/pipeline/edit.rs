@@ -145,7 +145,7 @@ impl Pipeline {
 
         let source_shape = self.latent_shape(&prepared.clip_lengths);
         let shape = self.latent_shape(&prepared.lengths);
-        self.check_fits(shape)?;
+        self.check_fits(shape).await?;
         self.begin_run();
         let meter = self.begin_stage("VAE encoder");
         let source_latents = self
@@ -326,7 +326,7 @@ impl Pipeline {
         let input = Tensor::from_f32(ctx, [1, 1, mel.frames, mel.bins], DType::F32, &mel.data)?;
         let mut g = Graph::new(ctx);
         let x = g.input(&input);
-        let dist = self.vae.get(&self.loader())?.encode(&mut g, x)?;
+        let dist = self.vae.get(&self.loader()).await?.encode(&mut g, x)?;
         let dims = g.dims(dist.mean).to_vec();
         if dims != shape {
             return Err(Error::Input(format!(

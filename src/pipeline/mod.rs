@@ -261,48 +261,68 @@ impl Residency {
     }
 }
 
+/// A network the pipeline loads from its folder of the model.
+trait Component: Sized {
+    async fn load(loader: &Loader<'_>, dir: &Path) -> Result<Self>;
+}
+
+impl Component for ClapTextModelWithProjection {
+    async fn load(loader: &Loader<'_>, dir: &Path) -> Result<Self> {
+        Self::load_async(loader, dir).await
+    }
+}
+
+impl Component for UNet2DConditionModel {
+    async fn load(loader: &Loader<'_>, dir: &Path) -> Result<Self> {
+        Self::load_async(loader, dir).await
+    }
+}
+
+impl Component for AutoencoderKL {
+    async fn load(loader: &Loader<'_>, dir: &Path) -> Result<Self> {
+        Self::load_async(loader, dir).await
+    }
+}
+
+impl Component for SpeechT5HifiGan {
+    async fn load(loader: &Loader<'_>, dir: &Path) -> Result<Self> {
+        Self::load_async(loader, dir).await
+    }
+}
+
 /// One network of the pipeline: its weights kept on the GPU, or loaded for each stage.
 struct Network<T> {
     resident: Option<Arc<T>>,
     dir: PathBuf,
-    load: fn(&Loader, &Path) -> Result<T>,
 }
 
-impl<T> Network<T> {
+impl<T: Component> Network<T> {
     /// Loads the network in `dir` once (which checks its files and config), records its weight
     /// bytes under `name` in `weights` (what the load left alive on the GPU), and keeps it when
     /// `residency` says so. Returns it with what `config` takes from the loaded model; a
     /// low-memory pipeline frees the weights before the next network loads.
-    fn load<C>(
-        loader: &Loader,
+    async fn load<C>(
+        loader: &Loader<'_>,
         residency: Residency,
         weights: &mut Vec<(&'static str, u64)>,
         name: &'static str,
         dir: PathBuf,
-        load: fn(&Loader, &Path) -> Result<T>,
         config: impl FnOnce(&T) -> C,
     ) -> Result<(Self, C)> {
         let live = loader.ctx.gpu_memory().live;
-        let model = load(loader, &dir)?;
+        let model = T::load(loader, &dir).await?;
         weights.push((name, loader.ctx.gpu_memory().live.saturating_sub(live)));
         let config = config(&model);
         let resident = (residency == Residency::AllResident).then(|| Arc::new(model));
-        Ok((
-            Self {
-                resident,
-                dir,
-                load,
-            },
-            config,
-        ))
+        Ok((Self { resident, dir }, config))
     }
 
     /// The network's weights on the GPU for one stage: the resident copy, or a fresh upload
     /// that is freed when the returned handle is dropped.
-    fn get(&self, loader: &Loader) -> Result<Arc<T>> {
+    async fn get(&self, loader: &Loader<'_>) -> Result<Arc<T>> {
         match &self.resident {
             Some(model) => Ok(Arc::clone(model)),
-            None => Ok(Arc::new((self.load)(loader, &self.dir)?)),
+            None => Ok(Arc::new(T::load(loader, &self.dir).await?)),
         }
     }
 }
@@ -376,19 +396,32 @@ fn check_finite(stage: &str, values: &[f32]) -> Result<()> {
 impl Pipeline {
     /// Loads a diffusers-layout AudioLDM folder (`unet/`, `vae/`, `text_encoder/`, `vocoder/`,
     /// `tokenizer/`, `scheduler/`) with every network resident on the GPU.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn load(ctx: &Context, dir: &Path, precision: Precision) -> Result<Self> {
         Self::load_with(ctx, dir, precision, Residency::AllResident)
     }
 
     /// [`Pipeline::load`] with a choice of where the weights live between stages. Every network
     /// is loaded once either way, so a broken file is an error now, not in the middle of a run.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn load_with(
         ctx: &Context,
         dir: &Path,
         precision: Precision,
         residency: Residency,
     ) -> Result<Self> {
-        if !dir.is_dir() {
+        pollster::block_on(Self::load_async(ctx, dir, precision, residency))
+    }
+
+    /// [`Pipeline::load_with`] without blocking: in a browser the weights are read from the
+    /// page's files as each tensor is needed.
+    pub async fn load_async(
+        ctx: &Context,
+        dir: &Path,
+        precision: Precision,
+        residency: Residency,
+    ) -> Result<Self> {
+        if !crate::untrusted::is_dir(dir) {
             return Err(Error::Input(format!(
                 "model folder {} does not exist",
                 dir.display()
@@ -397,42 +430,42 @@ impl Pipeline {
         let loader = Loader { ctx, precision };
         let tokenizer = TextTokenizer::from_dir(&dir.join("tokenizer"))?;
         let mut weights = Vec::new();
-        let (text_encoder, ()) = Network::load(
+        let (text_encoder, ()) = Network::<ClapTextModelWithProjection>::load(
             &loader,
             residency,
             &mut weights,
             "text encoder",
             dir.join("text_encoder"),
-            ClapTextModelWithProjection::load,
             |_| (),
-        )?;
-        let (unet, unet_config) = Network::load(
+        )
+        .await?;
+        let (unet, unet_config) = Network::<UNet2DConditionModel>::load(
             &loader,
             residency,
             &mut weights,
             "UNet",
             dir.join("unet"),
-            UNet2DConditionModel::load,
             |m| m.config.clone(),
-        )?;
-        let (vae, vae_config) = Network::load(
+        )
+        .await?;
+        let (vae, vae_config) = Network::<AutoencoderKL>::load(
             &loader,
             residency,
             &mut weights,
             "VAE",
             dir.join("vae"),
-            AutoencoderKL::load,
             |m| m.config.clone(),
-        )?;
-        let (vocoder, vocoder_config) = Network::load(
+        )
+        .await?;
+        let (vocoder, vocoder_config) = Network::<SpeechT5HifiGan>::load(
             &loader,
             residency,
             &mut weights,
             "vocoder",
             dir.join("vocoder"),
-            SpeechT5HifiGan::load,
             |m| m.config.clone(),
-        )?;
+        )
+        .await?;
         let pipeline = Self {
             ctx: ctx.clone(),
             dir: dir.to_path_buf(),
@@ -600,7 +633,7 @@ impl Pipeline {
         negative: Option<&str>,
         guided: bool,
     ) -> Result<(Vec<f32>, usize)> {
-        let encoder = self.text_encoder.get(&self.loader())?;
+        let encoder = self.text_encoder.get(&self.loader()).await?;
         let dim = encoder.config.projection_dim;
         let mut rows = Vec::with_capacity(2 * dim);
         if guided {
@@ -661,7 +694,7 @@ impl Pipeline {
             // DDIM's init_noise_sigma is 1.
             None => noise::standard_normal(request.seed, count),
         };
-        self.check_fits(shape)?;
+        self.check_fits(shape).await?;
         self.begin_run();
         let plan = Plan {
             shape,
@@ -731,7 +764,7 @@ impl Pipeline {
             Some(step) if step.shape == shape && step.guided == guided => step,
             stale => {
                 drop(stale);
-                self.record_step(shape, guided, dim)?
+                self.record_step(shape, guided, dim).await?
             }
         };
         let result = self
@@ -863,9 +896,9 @@ impl Pipeline {
     /// Records UNet, guidance and the DDIM update for one latent shape:
     /// `ε = ε_u + g (ε_c − ε_u)`, `x0 = (x − sqrt(1−ᾱ_t) ε) / sqrt(ᾱ_t)`,
     /// `x' = sqrt(ᾱ_prev) x0 + sqrt(1−ᾱ_prev−σ²) ε + σ z`, then `x'` is copied back into `x`.
-    fn record_step(&self, shape: [usize; 4], guided: bool, dim: usize) -> Result<StepGraph> {
+    async fn record_step(&self, shape: [usize; 4], guided: bool, dim: usize) -> Result<StepGraph> {
         let ctx = &self.ctx;
-        let unet = self.unet.get(&self.loader())?;
+        let unet = self.unet.get(&self.loader()).await?;
         let latents = Tensor::empty(ctx, shape, DType::F32)?;
         let rows = if guided { 2 } else { 1 };
         let embeds = Tensor::empty(ctx, [rows, dim], DType::F32)?;
@@ -928,7 +961,11 @@ impl Pipeline {
     }
 
     /// [`Self::decode`] without blocking.
-    pub async fn decode_async(&self, latents: &[f32], shape: [usize; 4]) -> Result<(Mel, Vec<f32>)> {
+    pub async fn decode_async(
+        &self,
+        latents: &[f32],
+        shape: [usize; 4],
+    ) -> Result<(Mel, Vec<f32>)> {
         let meter = self.begin_stage("VAE decoder");
         let mel = self.decode_mel_async(latents, shape).await?;
         self.end_stage(meter);
@@ -946,7 +983,7 @@ impl Pipeline {
 
     /// [`Self::decode_mel`] without blocking.
     pub async fn decode_mel_async(&self, latents: &[f32], shape: [usize; 4]) -> Result<Mel> {
-        let (g, z, mel) = self.record_decode(shape)?;
+        let (g, z, mel) = self.record_decode(shape).await?;
         z.write_f32(&self.ctx, latents)?;
         let dims = g.dims(mel).to_vec();
         let data = self.run_once(g, mel).await?;
@@ -966,7 +1003,7 @@ impl Pipeline {
 
     /// [`Self::vocode`] without blocking.
     pub async fn vocode_async(&self, mel: &Mel) -> Result<Vec<f32>> {
-        let (g, input, wave) = self.record_vocode(mel.frames, mel.bins)?;
+        let (g, input, wave) = self.record_vocode(mel.frames, mel.bins).await?;
         input.write_f32(&self.ctx, &mel.data)?;
         let waveform = self.run_once(g, wave).await?;
         check_finite("the vocoder", &waveform)?;
@@ -975,30 +1012,30 @@ impl Pipeline {
 
     /// Records (without running) the decoder and the vocoder for latents of `shape`, so that a
     /// clip the device cannot hold, even split, is an error before any denoising starts.
-    fn check_fits(&self, shape: [usize; 4]) -> Result<()> {
-        let (g, _, mel) = self.record_decode(shape)?;
+    async fn check_fits(&self, shape: [usize; 4]) -> Result<()> {
+        let (g, _, mel) = self.record_decode(shape).await?;
         let (frames, bins) = (g.dims(mel)[2], g.dims(mel)[3]);
         drop(g);
-        self.record_vocode(frames, bins)?;
+        self.record_vocode(frames, bins).await?;
         Ok(())
     }
 
     /// The VAE decoder's graph: latents `[1, C, frames, width]` in, mel `[1, 1, T, bins]` out.
-    fn record_decode(&self, shape: [usize; 4]) -> Result<(Graph, Tensor, Var)> {
+    async fn record_decode(&self, shape: [usize; 4]) -> Result<(Graph, Tensor, Var)> {
         let z = Tensor::empty(&self.ctx, shape, DType::F32)?;
         let mut g = Graph::new(&self.ctx);
         let input = g.input(&z);
         let scaled = g.scale(input, (1.0 / self.vae_config.scaling_factor) as f32, 0.0)?;
-        let mel = self.vae.get(&self.loader())?.decode(&mut g, scaled)?;
+        let mel = self.vae.get(&self.loader()).await?.decode(&mut g, scaled)?;
         Ok((g, z, mel))
     }
 
     /// The vocoder's graph: mel `[1, frames, bins]` in, waveform out.
-    fn record_vocode(&self, frames: usize, bins: usize) -> Result<(Graph, Tensor, Var)> {
+    async fn record_vocode(&self, frames: usize, bins: usize) -> Result<(Graph, Tensor, Var)> {
         let input = Tensor::empty(&self.ctx, [1, frames, bins], DType::F32)?;
         let mut g = Graph::new(&self.ctx);
         let x = g.input(&input);
-        let wave = self.vocoder.get(&self.loader())?.forward(&mut g, x)?;
+        let wave = self.vocoder.get(&self.loader()).await?.forward(&mut g, x)?;
         Ok((g, input, wave))
     }
 
