@@ -41,7 +41,9 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 
 // The lowest finite f32: minus infinity for the running max without inf - inf = NaN.
-const NEG_BIG: f32 = -3.4028235e38;
+// -f32::MAX exactly, written below it in magnitude: Tint (Chromium) rejects -3.4028235e38 as
+// out of f32 range, although it rounds to -f32::MAX.
+const NEG_BIG: f32 = -3.40282346e38;
 
 #if !COMBINE
 @group(0) @binding(1) var<storage, read> q: array<f32>;
@@ -126,7 +128,9 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             k_at[t] = k_base + j * p.k_st;
             v_at[t] = v_base + j * p.v_st;
         }
-        var s: array<f32, ${S_LEN}>;
+        // Zeroed explicitly: Chromium's WebGPU on SwiftShader kept the last block's weights in a
+        // loop-local `var s: array<f32, N>;` instead of zeroing it on every iteration.
+        var s = array<f32, ${S_LEN}>();
         for (var i = 0u; i < p.d; i += 4u) {
             qk_step(i, &k_at, &qr, &s);
             qk_step(i + 1u, &k_at, &qr, &s);

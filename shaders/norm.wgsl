@@ -33,7 +33,9 @@ struct Params {
 #include "_reduce.wgsl"
 
 // The first finite f32 below every score; stands for -inf without producing inf - inf.
-const NEG_BIG: f32 = -3.4028235e38;
+// -f32::MAX exactly, written below it in magnitude: Tint (Chromium) rejects -3.4028235e38 as
+// out of f32 range, although it rounds to -f32::MAX.
+const NEG_BIG: f32 = -3.40282346e38;
 
 fn set_index(wg: vec3<u32>, groups: vec3<u32>) -> u32 {
     return wg.x + wg.y * groups.x;

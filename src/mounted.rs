@@ -80,6 +80,15 @@ pub async fn mount(root: &Path, files: Vec<(String, web_sys::Blob)>) -> Result<(
     Ok(())
 }
 
+/// Keeps `bytes` as the file `path` (what the app writes: its clips, a dropped file).
+pub fn store(path: &Path, bytes: Vec<u8>) {
+    FILES.with(|files| {
+        files
+            .borrow_mut()
+            .insert(path.to_path_buf(), Mounted::Bytes(Arc::new(bytes)));
+    });
+}
+
 /// Forgets every file mounted under `root`.
 pub fn unmount(root: &Path) {
     FILES.with(|files| files.borrow_mut().retain(|path, _| !path.starts_with(root)));

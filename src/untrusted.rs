@@ -35,6 +35,66 @@ pub fn is_dir(path: &Path) -> bool {
     path.is_dir()
 }
 
+/// A file opened for reading: from disk, or in a browser the bytes a page mounted or the app
+/// stored ([`write_file`]).
+pub enum Readable {
+    File(File),
+    #[cfg(target_arch = "wasm32")]
+    Bytes(std::io::Cursor<Vec<u8>>),
+}
+
+impl Read for Readable {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Readable::File(f) => f.read(buf),
+            #[cfg(target_arch = "wasm32")]
+            Readable::Bytes(c) => c.read(buf),
+        }
+    }
+}
+
+impl std::io::Seek for Readable {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        match self {
+            Readable::File(f) => f.seek(pos),
+            #[cfg(target_arch = "wasm32")]
+            Readable::Bytes(c) => c.seek(pos),
+        }
+    }
+}
+
+impl Readable {
+    /// The length in bytes, where it can be had.
+    pub fn byte_len(&self) -> Option<u64> {
+        match self {
+            Readable::File(f) => f.metadata().ok().map(|m| m.len()),
+            #[cfg(target_arch = "wasm32")]
+            Readable::Bytes(c) => Some(c.get_ref().len() as u64),
+        }
+    }
+}
+
+/// Opens `path` for reading if it is a regular file (in a browser: a mounted or stored file).
+pub fn open_readable(path: &Path) -> Result<Readable> {
+    #[cfg(target_arch = "wasm32")]
+    if let Some(bytes) = crate::mounted::bytes(path) {
+        return Ok(Readable::Bytes(std::io::Cursor::new(bytes.to_vec())));
+    }
+    open_regular(path).map(Readable::File)
+}
+
+/// Writes `bytes` as the file `path` (its folder must exist); in a browser it is kept in memory
+/// with the mounted files, where every reader of this module finds it.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        crate::mounted::store(path, bytes.to_vec());
+        Ok(())
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    std::fs::write(path, bytes).map_err(io_error(path))
+}
+
 /// Opens `path` for reading if it is a regular file.
 pub fn open_regular(path: &Path) -> Result<File> {
     if !std::fs::metadata(path).map_err(io_error(path))?.is_file() {

@@ -8,16 +8,21 @@
 
 pub mod spectrogram;
 pub mod state;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 pub mod worker;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+// `std::time` panics in a browser; `web_time` is `std::time` on the desktop.
+use web_time::{Instant, SystemTime, UNIX_EPOCH};
 
 use eframe::egui::{self, Color32, Key, KeyboardShortcut, Modifiers, RichText};
-use eframe::egui_wgpu::{WgpuConfiguration, WgpuSetup, WgpuSetupCreateNew};
+#[cfg(not(target_arch = "wasm32"))]
+use eframe::egui_wgpu::WgpuConfiguration;
+use eframe::egui_wgpu::{WgpuSetup, WgpuSetupCreateNew};
 
 use crate::audio::decode::decode_file;
 use crate::audio::mel::MelFrontEnd;
@@ -26,7 +31,7 @@ use crate::audio::wav::{WavFormat, read_wav, write_wav};
 use crate::audio::{Audio, Mel};
 use crate::gpu::Context;
 use crate::gpu::context::{LimitsProfile, device_descriptor};
-use crate::hub::{self, ResolveOptions};
+use crate::hub;
 use crate::model::nn::Precision;
 use crate::pipeline::Residency;
 use crate::pipeline::edit::{EditRequest, Mode};
@@ -64,6 +69,11 @@ pub fn wgpu_setup(profile: &LimitsProfile) -> WgpuSetup {
     let mut setup = WgpuSetupCreateNew::without_display_handle();
     setup.instance_descriptor =
         eframe::wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    // In a browser WebGPU only: WebGL has no compute shaders.
+    #[cfg(target_arch = "wasm32")]
+    {
+        setup.instance_descriptor.backends = eframe::wgpu::Backends::BROWSER_WEBGPU;
+    }
     let profile = profile.clone();
     setup.device_descriptor = Arc::new(move |adapter| {
         device_descriptor(adapter, &profile).unwrap_or_else(|e| {
@@ -80,6 +90,7 @@ pub fn wgpu_setup(profile: &LimitsProfile) -> WgpuSetup {
 }
 
 /// Opens the main window and runs until it is closed.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn run_native(options: AppOptions) -> Result<(), String> {
     let native = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -200,6 +211,12 @@ pub struct AudioLdmApp {
     model_status: (String, String),
     /// How the worker last loaded a model, once it has.
     loaded_residency: Option<Residency>,
+    /// Where the main controls were drawn in the last frame, by label, in points: what a page
+    /// driving the app from outside (the web build's end-to-end test) clicks.
+    controls: HashMap<&'static str, egui::Rect>,
+    /// Dropped files whose bytes have arrived (a browser reads them asynchronously).
+    #[cfg(target_arch = "wasm32")]
+    dropped: std::rc::Rc<std::cell::RefCell<Vec<Result<PathBuf, String>>>>,
 }
 
 impl AudioLdmApp {
@@ -235,10 +252,7 @@ impl AudioLdmApp {
         let worker = Worker::spawn(ctx, options.limits.clone(), options.precision, move || {
             egui_ctx.request_repaint()
         });
-        let data_dir = options
-            .data_dir
-            .or_else(|| eframe::storage_dir(APP_ID).map(|d| d.join("clips")))
-            .unwrap_or_else(|| std::env::temp_dir().join("audioldm-clips"));
+        let data_dir = options.data_dir.unwrap_or_else(default_data_dir);
         let mut app = Self {
             persisted,
             data_dir,
@@ -255,6 +269,9 @@ impl AudioLdmApp {
             mel_front_end: MelFrontEnd::new(),
             model_status: (String::new(), String::new()),
             loaded_residency: None,
+            controls: HashMap::new(),
+            #[cfg(target_arch = "wasm32")]
+            dropped: Default::default(),
         };
         if let Some(path) = &options.input {
             app.load_input(path);
@@ -310,6 +327,11 @@ impl AudioLdmApp {
     /// The exact (VAE-decoded) spectrogram of history entry `id`, once loaded.
     pub fn clip_mel(&self, id: u64) -> Option<&Mel> {
         self.clips.get(&id).map(|c| &c.mel)
+    }
+
+    /// Where the control labelled `label` ("Prompt", "Generate") was drawn in the last frame.
+    pub fn control_rect(&self, label: &str) -> Option<egui::Rect> {
+        self.controls.get(label).copied()
     }
 
     pub fn input_clip(&self) -> Option<&InputClip> {
@@ -530,20 +552,15 @@ impl AudioLdmApp {
             Some(edit) => edit.describe(&run.settings.model),
             None => run.settings.describe(),
         };
-        let saved = std::fs::create_dir_all(&self.data_dir)
-            .map_err(|source| crate::Error::Io {
-                path: self.data_dir.clone(),
-                source,
-            })
-            .and_then(|()| {
-                write_wav(
-                    &wav,
-                    &output.audio.samples,
-                    output.audio.sample_rate,
-                    WavFormat::Float32,
-                    Some(&description),
-                )
-            });
+        let saved = make_dir(&self.data_dir).and_then(|()| {
+            write_wav(
+                &wav,
+                &output.audio.samples,
+                output.audio.sample_rate,
+                WavFormat::Float32,
+                Some(&description),
+            )
+        });
         if let Err(e) = saved {
             self.error(format!(
                 "the clip could not be kept on disk, it lasts until the app closes: {e}"
@@ -637,26 +654,39 @@ impl AudioLdmApp {
         }
     }
 
-    fn save_as(&mut self, id: u64) {
+    /// Offers history entry `id` as a 16-bit WAV file: a save dialog on the desktop, a download
+    /// in a browser.
+    pub fn save_as(&mut self, id: u64) {
         let Some(entry) = self.persisted.history.iter().find(|e| e.id == id).cloned() else {
             return;
         };
         let Some(clip) = self.clip(id) else { return };
         let (samples, rate) = (clip.audio.samples.clone(), clip.audio.sample_rate);
         let name = file_name_for(&entry.settings.prompt);
-        let Some(path) = rfd::FileDialog::new()
-            .set_file_name(name)
-            .add_filter("WAV audio", &["wav"])
-            .save_file()
-        else {
-            return;
-        };
         let described = match &entry.edit {
             Some(edit) => edit.description.clone(),
             None => entry.settings.describe(),
         };
-        match write_wav(&path, &samples, rate, WavFormat::Pcm16, Some(&described)) {
-            Ok(()) => self.info(format!("Saved {}", path.display())),
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let Some(path) = rfd::FileDialog::new()
+                .set_file_name(name)
+                .add_filter("WAV audio", &["wav"])
+                .save_file()
+            else {
+                return;
+            };
+            match write_wav(&path, &samples, rate, WavFormat::Pcm16, Some(&described)) {
+                Ok(()) => self.info(format!("Saved {}", path.display())),
+                Err(e) => self.error(format!("cannot save the clip: {e}")),
+            }
+        }
+        // A browser saves by downloading.
+        #[cfg(target_arch = "wasm32")]
+        match crate::audio::wav::wav_bytes(&samples, rate, WavFormat::Pcm16, Some(&described))
+            .and_then(|bytes| web::download(&name, &bytes, "audio/wav"))
+        {
+            Ok(()) => self.info(format!("Downloading {name}")),
             Err(e) => self.error(format!("cannot save the clip: {e}")),
         }
     }
@@ -705,12 +735,7 @@ impl AudioLdmApp {
             let status = if model.is_empty() {
                 "give a Hugging Face repo id or a folder".to_string()
             } else {
-                match hub::find_cached(&model, &ResolveOptions::default()) {
-                    Ok(Some(_)) if Path::new(&model).is_dir() => "a local folder".to_string(),
-                    Ok(Some(_)) => "in the Hugging Face cache".to_string(),
-                    Ok(None) => "downloads on first use".to_string(),
-                    Err(e) => e.to_string(),
-                }
+                model_status(&model)
             };
             self.model_status = (model, status);
         }
@@ -740,13 +765,15 @@ impl AudioLdmApp {
         let running = self.run.is_some();
         let settings = &mut self.persisted.settings;
         let label = ui.label("Prompt");
-        ui.add(
-            egui::TextEdit::multiline(&mut settings.prompt)
-                .hint_text("a dog barking in the rain")
-                .desired_rows(3)
-                .desired_width(f32::INFINITY),
-        )
-        .labelled_by(label.id);
+        let prompt = ui
+            .add(
+                egui::TextEdit::multiline(&mut settings.prompt)
+                    .hint_text("a dog barking in the rain")
+                    .desired_rows(3)
+                    .desired_width(f32::INFINITY),
+            )
+            .labelled_by(label.id);
+        self.controls.insert("Prompt", prompt.rect);
         let label = ui.label("Negative prompt");
         ui.add(
             egui::TextEdit::multiline(&mut settings.negative)
@@ -782,6 +809,7 @@ impl AudioLdmApp {
         ui.add(egui::TextEdit::singleline(&mut settings.model).desired_width(f32::INFINITY))
             .labelled_by(label.id);
         ui.horizontal(|ui| {
+            #[cfg(not(target_arch = "wasm32"))]
             if ui.button("Folder…").clicked()
                 && let Some(dir) = rfd::FileDialog::new().pick_folder()
             {
@@ -802,6 +830,7 @@ impl AudioLdmApp {
 
         ui.horizontal(|ui| {
             let generate = ui.add_enabled(!running, egui::Button::new("Generate"));
+            self.controls.insert("Generate", generate.rect);
             if generate.clicked() {
                 self.generate();
             }
@@ -1114,16 +1143,8 @@ impl AudioLdmApp {
     }
 
     fn drop_ui(&mut self, ctx: &egui::Context) {
-        let (hovering, dropped) = ctx.input(|i| {
-            (
-                !i.raw.hovered_files.is_empty(),
-                i.raw
-                    .dropped_files
-                    .iter()
-                    .map(|f| f.path().to_path_buf())
-                    .collect::<Vec<_>>(),
-            )
-        });
+        let (hovering, dropped) =
+            ctx.input(|i| (!i.raw.hovered_files.is_empty(), i.raw.dropped_files.clone()));
         if hovering {
             let screen = ctx.content_rect();
             egui::Area::new(egui::Id::unique("drop overlay"))
@@ -1145,9 +1166,78 @@ impl AudioLdmApp {
                         });
                 });
         }
-        if let Some(path) = dropped.first() {
-            self.load_input(path);
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(file) = dropped.first() {
+            self.load_input(file.path());
         }
+        // A browser reads a dropped file only asynchronously: its bytes are kept where the
+        // readers find them ([`crate::untrusted::write_file`]) and loaded on a later frame.
+        #[cfg(target_arch = "wasm32")]
+        if let Some(file) = dropped.first().cloned() {
+            let arrived = std::rc::Rc::clone(&self.dropped);
+            let egui_ctx = ctx.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                let path = Path::new("/dropped").join(file.path());
+                let stored = file
+                    .bytes_async()
+                    .await
+                    .and_then(|bytes| {
+                        crate::untrusted::write_file(&path, &bytes).map_err(|e| e.to_string())
+                    })
+                    .map(|()| path);
+                arrived.borrow_mut().push(stored);
+                egui_ctx.request_repaint();
+            });
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let arrived: Vec<_> = self.dropped.borrow_mut().drain(..).collect();
+            for stored in arrived {
+                match stored {
+                    Ok(path) => self.load_input(&path),
+                    Err(e) => self.error(format!("cannot read the dropped file: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// Where clips are kept unless the options say: `clips/` in eframe's storage folder on the
+/// desktop; in a browser, with the page's files in memory.
+fn default_data_dir() -> PathBuf {
+    #[cfg(target_arch = "wasm32")]
+    return PathBuf::from("/clips");
+    #[cfg(not(target_arch = "wasm32"))]
+    eframe::storage_dir(APP_ID)
+        .map(|d| d.join("clips"))
+        .unwrap_or_else(|| std::env::temp_dir().join("audioldm-clips"))
+}
+
+/// Makes the clip folder (a browser's needs none).
+fn make_dir(dir: &Path) -> crate::Result<()> {
+    #[cfg(not(target_arch = "wasm32"))]
+    std::fs::create_dir_all(dir).map_err(|source| crate::Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    #[cfg(target_arch = "wasm32")]
+    let _ = dir;
+    Ok(())
+}
+
+/// Where the model field's text leads, without touching the network.
+fn model_status(model: &str) -> String {
+    #[cfg(not(target_arch = "wasm32"))]
+    return match hub::find_cached(model, &hub::ResolveOptions::default()) {
+        Ok(Some(_)) if Path::new(model).is_dir() => "a local folder".to_string(),
+        Ok(Some(_)) => "in the Hugging Face cache".to_string(),
+        Ok(None) => "downloads on first use".to_string(),
+        Err(e) => e.to_string(),
+    };
+    #[cfg(target_arch = "wasm32")]
+    match hub::web::base_url(model) {
+        Ok(url) => format!("from {url}, kept in this browser's cache after the first visit"),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -1246,6 +1336,12 @@ impl eframe::App for AudioLdmApp {
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {
         eframe::set_value(storage, eframe::APP_KEY, &self.persisted);
+    }
+
+    /// Lets the web page reach the app ([`web::with_app`]).
+    #[cfg(target_arch = "wasm32")]
+    fn as_any_mut(&mut self) -> Option<&mut dyn std::any::Any> {
+        Some(self)
     }
 }
 

@@ -1,14 +1,18 @@
-//! Generation off the UI thread: one worker thread owns the loaded pipeline (kept between runs
-//! of the same model) and reports progress as messages; the UI polls them every frame.
+//! Generation off the UI: one worker owns the loaded pipeline (kept between runs of the same
+//! model) and reports progress as messages; the UI polls them every frame. The worker is one
+//! async loop over jobs: on the desktop a thread blocks on it, in a browser it is a task on the
+//! page's event loop that yields whenever it waits for the GPU or the network.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, channel};
+
+use futures_channel::mpsc::{UnboundedSender, unbounded};
+use futures_util::StreamExt;
 
 use crate::gpu::{Context, LimitsProfile};
-use crate::hub::{self, ResolveOptions};
+use crate::hub;
 use crate::model::nn::Precision;
 use crate::pipeline::edit::EditRequest;
 use crate::pipeline::{Event, Mel, Output, Pipeline, Request, Residency};
@@ -88,12 +92,13 @@ impl Report {
     }
 }
 
-/// The UI's handle on the worker thread.
+/// The UI's handle on the worker.
 pub struct Worker {
-    jobs: Option<Sender<(Job, Arc<AtomicBool>)>>,
+    jobs: Option<UnboundedSender<(Job, Arc<AtomicBool>)>>,
     reports: Receiver<Report>,
     cancel: Option<Arc<AtomicBool>>,
-    thread: Option<JoinHandle<()>>,
+    #[cfg(not(target_arch = "wasm32"))]
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Worker {
@@ -106,32 +111,47 @@ impl Worker {
         precision: Precision,
         wake: impl Fn() + Send + 'static,
     ) -> Self {
-        let (job_tx, job_rx) = channel::<(Job, Arc<AtomicBool>)>();
+        let (job_tx, mut job_rx) = unbounded::<(Job, Arc<AtomicBool>)>();
         let (report_tx, report_rx) = channel();
-        let thread = std::thread::Builder::new()
-            .name("audioldm-worker".into())
-            .spawn(move || {
-                let mut state = WorkerState {
-                    ctx,
-                    limits,
-                    precision,
-                    loaded: None,
+        // A closure making the loop, so that the loop's future (not `Send`: it holds the
+        // pipeline's event callbacks across awaits) is made on the thread that runs it.
+        let work = move || async move {
+            let mut state = WorkerState {
+                ctx,
+                limits,
+                precision,
+                loaded: None,
+            };
+            while let Some((job, cancel)) = job_rx.next().await {
+                let report = |r: Report| {
+                    // The UI may be gone while a job finishes; nothing to do then.
+                    let _ = report_tx.send(r);
+                    wake();
                 };
-                while let Ok((job, cancel)) = job_rx.recv() {
-                    let report = |r: Report| {
-                        // The UI may be gone while a job finishes; nothing to do then.
-                        let _ = report_tx.send(r);
-                        wake();
-                    };
-                    state.run(job, &cancel, &report);
-                }
-            })
-            .ok();
-        Self {
-            jobs: thread.as_ref().map(|_| job_tx),
-            reports: report_rx,
-            cancel: None,
-            thread,
+                state.run(job, &cancel, &report).await;
+            }
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let thread = std::thread::Builder::new()
+                .name("audioldm-worker".into())
+                .spawn(move || pollster::block_on(work()))
+                .ok();
+            Self {
+                jobs: thread.as_ref().map(|_| job_tx),
+                reports: report_rx,
+                cancel: None,
+                thread,
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            wasm_bindgen_futures::spawn_local(work());
+            Self {
+                jobs: Some(job_tx),
+                reports: report_rx,
+                cancel: None,
+            }
         }
     }
 
@@ -144,7 +164,7 @@ impl Worker {
             .as_ref()
             .ok_or("the generation thread could not be started")?;
         sender
-            .send((job, cancel.clone()))
+            .unbounded_send((job, cancel.clone()))
             .map_err(|_| "the generation thread has stopped".to_string())?;
         self.cancel = Some(cancel);
         Ok(())
@@ -167,6 +187,7 @@ impl Drop for Worker {
     fn drop(&mut self) {
         self.cancel();
         self.jobs = None;
+        #[cfg(not(target_arch = "wasm32"))]
         if let Some(thread) = self.thread.take() {
             // A job stops at its next step; a model still loading is waited for.
             let _ = thread.join();
@@ -183,9 +204,9 @@ struct WorkerState {
 }
 
 impl WorkerState {
-    fn run(&mut self, job: Job, cancel: &AtomicBool, report: &dyn Fn(Report)) {
+    async fn run(&mut self, job: Job, cancel: &AtomicBool, report: &dyn Fn(Report)) {
         let id = job.id;
-        match self.generate(job, cancel, report) {
+        match self.generate(job, cancel, report).await {
             Ok(output) => report(Report::Done {
                 id,
                 output: Box::new(output),
@@ -198,31 +219,42 @@ impl WorkerState {
         }
     }
 
-    fn generate(
+    async fn generate(
         &mut self,
         job: Job,
         cancel: &AtomicBool,
         report: &dyn Fn(Report),
     ) -> crate::Result<Output> {
         let id = job.id;
-        let dir = hub::resolve(&job.model, &ResolveOptions::default(), &mut |p| {
+        let mut progress = |p: hub::DownloadProgress| {
+            // Overall where the total is known up front (the desktop lists the repo first);
+            // else per file (the browser learns each size as the file arrives).
+            let (done, total) = if p.overall_total > 0 {
+                (p.overall_downloaded, p.overall_total)
+            } else {
+                (p.downloaded, p.total)
+            };
             report(Report::Downloading {
                 id,
                 file: p.file.clone(),
-                fraction: if p.overall_total == 0 {
+                fraction: if total == 0 {
                     0.0
                 } else {
-                    p.overall_downloaded as f32 / p.overall_total as f32
+                    done as f32 / total as f32
                 },
             })
-        })?;
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        let dir = hub::resolve(&job.model, &hub::ResolveOptions::default(), &mut progress)?;
+        #[cfg(target_arch = "wasm32")]
+        let dir = hub::web::resolve(&job.model, &mut progress).await?;
         if cancel.load(Ordering::Relaxed) {
             return Err(crate::Error::Cancelled);
         }
         let ctx = match &self.ctx {
             Some(ctx) => ctx.clone(),
             None => {
-                let ctx = Context::with_limits_blocking(self.limits.clone())?;
+                let ctx = Context::with_limits(self.limits.clone()).await?;
                 self.ctx = Some(ctx.clone());
                 ctx
             }
@@ -239,7 +271,7 @@ impl WorkerState {
                 model: dir.clone(),
                 residency: job.residency,
             });
-            let pipeline = Pipeline::load_with(&ctx, &dir, self.precision, job.residency)?;
+            let pipeline = Pipeline::load_async(&ctx, &dir, self.precision, job.residency).await?;
             // The renderer draws on the same queue: leave it room between slices of a step.
             pipeline.set_max_dispatches_per_submit(Some(DISPATCHES_PER_SUBMIT));
             self.loaded = Some(pipeline);
@@ -258,8 +290,8 @@ impl WorkerState {
             }
         };
         match &job.task {
-            Task::Generate(request) => pipeline.generate(request, cancel, on_event),
-            Task::Edit(edit) => pipeline.edit(edit, cancel, on_event),
+            Task::Generate(request) => pipeline.generate_async(request, cancel, on_event).await,
+            Task::Edit(edit) => pipeline.edit_async(edit, cancel, on_event).await,
         }
     }
 }

@@ -1,6 +1,5 @@
 //! Reading audio files of any common format (WAV, FLAC, MP3, Ogg Vorbis) through symphonia.
 
-use std::fs::File;
 use std::path::Path;
 
 use symphonia::core::codecs::audio::AudioDecoderOptions;
@@ -12,7 +11,7 @@ use symphonia::core::meta::MetadataOptions;
 
 use super::Audio;
 use crate::error::{Error, Result};
-use crate::untrusted::{catch_panic, open_regular};
+use crate::untrusted::{Readable, catch_panic, open_readable};
 
 /// The highest sample rate [`decode_file`] accepts (studio equipment goes to 768 kHz): with the
 /// duration limit it bounds the decoded samples a file can ask for.
@@ -27,7 +26,7 @@ pub const MAX_SAMPLE_RATE: u32 = 768_000;
 /// symphonia panics on some malformed headers (e.g. an overflow on a WAV declaring 65532
 /// channels, in builds with overflow checks); such a panic is held here and becomes an error.
 pub fn decode_file(path: &Path, max_seconds: f64) -> Result<Audio> {
-    let file = open_regular(path)?;
+    let file = open_readable(path)?;
     catch_panic(|| decode_opened(file, path, max_seconds)).unwrap_or_else(|panic| {
         Err(unreadable(
             path,
@@ -40,7 +39,17 @@ fn unreadable(path: &Path, message: String) -> Error {
     Error::Input(format!("{}: {message}", path.display()))
 }
 
-fn decode_opened(file: File, path: &Path, max_seconds: f64) -> Result<Audio> {
+impl symphonia::core::io::MediaSource for Readable {
+    fn is_seekable(&self) -> bool {
+        true
+    }
+
+    fn byte_len(&self) -> Option<u64> {
+        Readable::byte_len(self)
+    }
+}
+
+fn decode_opened(file: Readable, path: &Path, max_seconds: f64) -> Result<Audio> {
     let unreadable = |message: String| unreadable(path, message);
     let stream = MediaSourceStream::new(Box::new(file), Default::default());
     let mut hint = Hint::new();

@@ -1,8 +1,7 @@
 //! WAV files through `hound`, with the generation settings recorded in a RIFF `LIST/INFO` chunk
 //! (`ICMT` comment, `ISFT` software), which players and `sox --info`/`ffprobe` show.
 
-use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -42,6 +41,18 @@ pub fn write_wav(
     format: WavFormat,
     comment: Option<&str>,
 ) -> Result<()> {
+    let bytes = wav_bytes(samples, sample_rate, format, comment)
+        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    crate::untrusted::write_file(path, &bytes)
+}
+
+/// The bytes of the WAV file [`write_wav`] writes (a browser offers them as a download).
+pub fn wav_bytes(
+    samples: &[f32],
+    sample_rate: u32,
+    format: WavFormat,
+    comment: Option<&str>,
+) -> std::result::Result<Vec<u8>, String> {
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate,
@@ -54,7 +65,8 @@ pub fn write_wav(
             WavFormat::Float32 => hound::SampleFormat::Float,
         },
     };
-    let mut writer = hound::WavWriter::create(path, spec).map_err(|e| hound_error(path, e))?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    let mut writer = hound::WavWriter::new(&mut out, spec).map_err(|e| e.to_string())?;
     for &s in samples {
         let written = match format {
             WavFormat::Pcm16 => {
@@ -62,18 +74,18 @@ pub fn write_wav(
             }
             WavFormat::Float32 => writer.write_sample(s),
         };
-        written.map_err(|e| hound_error(path, e))?;
+        written.map_err(|e| e.to_string())?;
     }
-    writer.finalize().map_err(|e| hound_error(path, e))?;
+    writer.finalize().map_err(|e| e.to_string())?;
+    let mut bytes = out.into_inner();
     if let Some(comment) = comment {
-        append_info(path, comment)?;
+        append_info(&mut bytes, comment)?;
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// Appends a `LIST/INFO` chunk after the data chunk and fixes the RIFF size.
-fn append_info(path: &Path, comment: &str) -> Result<()> {
-    let err = io_error(path);
+fn append_info(wav: &mut Vec<u8>, comment: &str) -> std::result::Result<(), String> {
     let mut info = Vec::new();
     info.extend_from_slice(b"INFO");
     for (id, text) in [
@@ -92,24 +104,14 @@ fn append_info(path: &Path, comment: &str) -> Result<()> {
             info.push(0);
         }
     }
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(&err)?;
-    let end = file.seek(SeekFrom::End(0)).map_err(&err)?;
-    if end % 2 == 1 {
-        file.write_all(&[0]).map_err(&err)?;
+    if wav.len() % 2 == 1 {
+        wav.push(0);
     }
-    file.write_all(b"LIST").map_err(&err)?;
-    file.write_all(&(info.len() as u32).to_le_bytes())
-        .map_err(&err)?;
-    file.write_all(&info).map_err(&err)?;
-    let total = file.seek(SeekFrom::End(0)).map_err(&err)?;
-    let riff_size = u32::try_from(total - 8)
-        .map_err(|_| Error::Input(format!("{}: WAV file over 4 GiB", path.display())))?;
-    file.seek(SeekFrom::Start(4)).map_err(&err)?;
-    file.write_all(&riff_size.to_le_bytes()).map_err(&err)?;
+    wav.extend_from_slice(b"LIST");
+    wav.extend_from_slice(&(info.len() as u32).to_le_bytes());
+    wav.extend_from_slice(&info);
+    let riff_size = u32::try_from(wav.len() - 8).map_err(|_| "WAV file over 4 GiB".to_string())?;
+    wav[4..8].copy_from_slice(&riff_size.to_le_bytes());
     Ok(())
 }
 
@@ -122,7 +124,7 @@ const MAX_INFO_BYTES: u64 = 1 << 20;
 pub fn read_comment(path: &Path) -> Result<Option<String>> {
     let err = io_error(path);
     let not_wav = || Error::Input(format!("{}: not a WAV file", path.display()));
-    let mut file = std::io::BufReader::new(crate::untrusted::open_regular(path)?);
+    let mut file = std::io::BufReader::new(crate::untrusted::open_readable(path)?);
     let mut header = [0u8; 12];
     file.read_exact(&mut header).map_err(|_| not_wav())?;
     if &header[0..4] != b"RIFF" || &header[8..12] != b"WAVE" {
@@ -130,7 +132,9 @@ pub fn read_comment(path: &Path) -> Result<Option<String>> {
     }
     // Fills `buf`, or says the file ended first.
     let fill =
-        |file: &mut std::io::BufReader<std::fs::File>, buf: &mut [u8]| match file.read_exact(buf) {
+        |file: &mut std::io::BufReader<crate::untrusted::Readable>, buf: &mut [u8]| match file
+            .read_exact(buf)
+        {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
             Err(e) => Err(err(e)),
@@ -180,7 +184,7 @@ fn info_comment(list: &[u8]) -> Option<String> {
 
 /// Reads a WAV file as mono f32 (channel 0) and its sample rate.
 pub fn read_wav(path: &Path) -> Result<(Vec<f32>, u32)> {
-    let file = std::io::BufReader::new(crate::untrusted::open_regular(path)?);
+    let file = std::io::BufReader::new(crate::untrusted::open_readable(path)?);
     let mut reader = hound::WavReader::new(file).map_err(|e| hound_error(path, e))?;
     let spec = reader.spec();
     let channels = spec.channels.max(1) as usize;

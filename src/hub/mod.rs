@@ -29,6 +29,8 @@ use crate::{Error, Result};
 
 #[cfg(feature = "download")]
 mod download;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 #[cfg(feature = "download")]
 use download::download;
 

@@ -1,0 +1,269 @@
+//! The model in a browser: its files fetched over HTTPS from the Hugging Face Hub
+//! (`https://huggingface.co/{repo}/resolve/{revision}/{file}`, which allows cross-origin
+//! requests), or from any base URL that serves a diffusers folder (a local test server), kept in
+//! the browser's Cache API so that the next visit loads without the network, and mounted
+//! ([`crate::mounted`]) for the pipeline.
+//!
+//! A file enters the cache only whole: its length is checked against what the server declared,
+//! and its SHA-256 against the Hub's `X-Linked-Etag` where the Hub gives one. A download cut short
+//! (a lost connection, a closed tab) leaves nothing in the cache, and the next visit starts that
+//! file again. Weights are read as safetensors only (see [`crate::mounted::mount`]).
+
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+
+use super::{DEFAULT_REVISION, DownloadProgress, REQUIREMENTS, RepoSpec};
+use crate::{Error, Result};
+
+/// The browser cache the model files are kept in; a new layout gets a new name.
+pub const CACHE_NAME: &str = "audioldm-models-v1";
+
+/// Files of a complete snapshot that no loader reads: fetched when the server has them, not
+/// missed when it does not (a folder saved by hand often lacks them).
+const UNREAD: &[&str] = &["tokenizer/special_tokens_map.json"];
+
+/// The URL folder `model` is read from: a `http(s)://` URL as given, else a Hub repo id or alias
+/// (`owner/name[@revision]`) on huggingface.co.
+pub fn base_url(model: &str) -> Result<String> {
+    let model = model.trim();
+    if model.starts_with("https://") || model.starts_with("http://") {
+        let mut base = model.to_string();
+        if !base.ends_with('/') {
+            base.push('/');
+        }
+        return Ok(base);
+    }
+    let spec = RepoSpec::parse(model, Some(DEFAULT_REVISION))?;
+    Ok(format!(
+        "https://huggingface.co/{}/resolve/{}/",
+        spec.repo_id, spec.revision
+    ))
+}
+
+/// Fetches (or finds in the browser's cache) every file the pipeline needs from `model` and
+/// mounts them; returns the folder to load the pipeline from. `progress` hears of every file
+/// that is downloaded (a file found in the cache is not reported).
+pub async fn resolve(model: &str, progress: &mut dyn FnMut(DownloadProgress)) -> Result<PathBuf> {
+    let base = base_url(model)?;
+    let cache = open_cache().await?;
+    let mut files = Vec::new();
+    for (index, requirement) in REQUIREMENTS.iter().enumerate() {
+        let mut found = None;
+        let mut tried = Vec::new();
+        for alternative in requirement.iter() {
+            if alternative.iter().any(|f| f.ends_with(".bin")) {
+                tried.push(alternative.join(" + "));
+                continue;
+            }
+            let mut blobs = Vec::new();
+            for file in alternative.iter() {
+                let fetched = fetch_cached(&cache, &base, file, |downloaded, total| {
+                    progress(DownloadProgress {
+                        file: file.to_string(),
+                        file_index: index + 1,
+                        file_count: REQUIREMENTS.len(),
+                        downloaded,
+                        total,
+                        overall_downloaded: 0,
+                        overall_total: 0,
+                        finished: total > 0 && downloaded == total,
+                    })
+                })
+                .await?;
+                match fetched {
+                    Some(blob) => blobs.push((file.to_string(), blob)),
+                    None => break,
+                }
+            }
+            if blobs.len() == alternative.len() {
+                found = Some(blobs);
+                break;
+            }
+            tried.push(alternative.join(" + "));
+        }
+        match found {
+            Some(blobs) => files.extend(blobs),
+            None if requirement
+                .iter()
+                .all(|a| a.iter().all(|f| UNREAD.contains(f))) => {}
+            None => {
+                return Err(Error::Input(format!(
+                    "{base} has none of {}{}",
+                    tried.join(", "),
+                    if requirement
+                        .iter()
+                        .flat_map(|a| a.iter())
+                        .any(|f| f.ends_with(".bin"))
+                    {
+                        " (the web build reads safetensors weights only)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+    }
+    let root = PathBuf::from("/models").join(mount_name(&base));
+    crate::mounted::mount(&root, files).await?;
+    Ok(root)
+}
+
+/// A folder name for a base URL: its characters that are not alphanumeric become `_`.
+fn mount_name(base: &str) -> String {
+    base.trim_end_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn js_error(what: &str, value: JsValue) -> Error {
+    let detail = value
+        .as_string()
+        .or_else(|| {
+            value
+                .dyn_ref::<js_sys::Error>()
+                .map(|e| String::from(e.message()))
+        })
+        .unwrap_or_else(|| format!("{value:?}"));
+    Error::Input(format!("{what}: {detail}"))
+}
+
+async fn open_cache() -> Result<web_sys::Cache> {
+    let window = web_sys::window().ok_or_else(|| Error::Input("no browser window".into()))?;
+    let caches = window
+        .caches()
+        .map_err(|e| js_error("the browser's cache storage is not available (is the page served over https or from localhost?)", e))?;
+    let cache = JsFuture::from(caches.open(CACHE_NAME))
+        .await
+        .map_err(|e| js_error("cannot open the browser's cache", e))?;
+    cache
+        .dyn_into()
+        .map_err(|e| js_error("the browser's cache", e))
+}
+
+/// The file `name` under `base`, from the cache or downloaded into it; `None` when the server
+/// does not have it (404).
+async fn fetch_cached(
+    cache: &web_sys::Cache,
+    base: &str,
+    name: &str,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Option<web_sys::Blob>> {
+    let url = format!("{base}{name}");
+    if let Some(blob) = cached_blob(cache, &url).await? {
+        return Ok(Some(blob));
+    }
+    let window = web_sys::window().ok_or_else(|| Error::Input("no browser window".into()))?;
+    let response = JsFuture::from(window.fetch_with_str(&url))
+        .await
+        .map_err(|e| js_error(&format!("{url}: the download failed (offline?)"), e))?;
+    let response: web_sys::Response = response.dyn_into().map_err(|e| js_error(&url, e))?;
+    if response.status() == 404 {
+        return Ok(None);
+    }
+    if !response.ok() {
+        return Err(Error::Input(format!(
+            "{url}: the server answered {} {}",
+            response.status(),
+            response.status_text()
+        )));
+    }
+    let headers = response.headers();
+    let header = |name: &str| headers.get(name).ok().flatten();
+    let declared: Option<u64> = header("x-linked-size")
+        .or_else(|| header("content-length"))
+        .and_then(|v| v.trim().parse().ok());
+    let sha256 = header("x-linked-etag")
+        .map(|etag| {
+            etag.trim_matches(|c| c == '"' || c == ' ')
+                .to_ascii_lowercase()
+        })
+        .filter(|etag| etag.len() == 64 && etag.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let body = response
+        .body()
+        .ok_or_else(|| Error::Input(format!("{url}: the response has no body")))?;
+    let reader: web_sys::ReadableStreamDefaultReader = body
+        .get_reader()
+        .dyn_into()
+        .map_err(|e| js_error(&url, e.into()))?;
+    let chunks = js_sys::Array::new();
+    let mut hasher = Sha256::new();
+    let mut received = 0u64;
+    let total = declared.unwrap_or(0);
+    progress(0, total);
+    loop {
+        let step = JsFuture::from(reader.read())
+            .await
+            .map_err(|e| js_error(&format!("{url}: the download was cut off"), e))?;
+        let done = js_sys::Reflect::get(&step, &JsValue::from_str("done"))
+            .map(|d| d.is_truthy())
+            .unwrap_or(true);
+        if done {
+            break;
+        }
+        let chunk: js_sys::Uint8Array = js_sys::Reflect::get(&step, &JsValue::from_str("value"))
+            .and_then(|v| v.dyn_into())
+            .map_err(|e| js_error(&url, e))?;
+        received += u64::from(chunk.length());
+        if sha256.is_some() {
+            hasher.update(chunk.to_vec());
+        }
+        chunks.push(&chunk);
+        progress(received, total.max(received));
+    }
+    if let Some(declared) = declared
+        && declared != received
+    {
+        return Err(Error::Input(format!(
+            "{url}: {received} bytes arrived of the {declared} declared: the download was cut \
+             short; try again"
+        )));
+    }
+    if let Some(expected) = sha256 {
+        let got: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if got != expected {
+            return Err(Error::Input(format!(
+                "{url}: the download's SHA-256 is {got}, the Hub's is {expected}: it is damaged; \
+                 try again"
+            )));
+        }
+    }
+    let blob = web_sys::Blob::new_with_u8_array_sequence(&chunks).map_err(|e| js_error(&url, e))?;
+    drop(chunks);
+    let stored =
+        web_sys::Response::new_with_opt_blob(Some(&blob)).map_err(|e| js_error(&url, e))?;
+    JsFuture::from(cache.put_with_str(&url, &stored))
+        .await
+        .map_err(|e| {
+            js_error(
+                &format!("{url}: cannot keep it in the browser's cache (is the disk full?)"),
+                e,
+            )
+        })?;
+    // The cache's copy lives on the browser's disk; the downloaded parts can go.
+    Ok(Some(cached_blob(cache, &url).await?.unwrap_or(blob)))
+}
+
+/// The cached copy of `url`, if the cache has it.
+async fn cached_blob(cache: &web_sys::Cache, url: &str) -> Result<Option<web_sys::Blob>> {
+    let hit = JsFuture::from(cache.match_with_str(url))
+        .await
+        .map_err(|e| js_error(&format!("{url}: cannot read the browser's cache"), e))?;
+    if hit.is_undefined() {
+        return Ok(None);
+    }
+    let response: web_sys::Response = hit.dyn_into().map_err(|e| js_error(url, e))?;
+    let blob = response.blob().map_err(|e| js_error(url, e))?;
+    let blob = JsFuture::from(blob)
+        .await
+        .map_err(|e| js_error(&format!("{url}: cannot read the browser's cache"), e))?;
+    Ok(Some(blob.dyn_into().map_err(|e| js_error(url, e))?))
+}

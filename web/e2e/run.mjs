@@ -1,0 +1,203 @@
+// End-to-end test of the web build: web/dist served on localhost, with the tiny random model of
+// tests/fixtures/tiny at /tiny/, driven in headless Chromium (WebGPU on its SwiftShader adapter).
+//   1. Without WebGPU the page shows its message, not a blank canvas.
+//   2. With WebGPU: the page loads, the prompt is typed and Generate clicked (real input on the
+//      canvas, at the controls' positions the app reports), the progress and the spectrogram
+//      appear, a history entry with the settings shows up, and the clip's WAV download is 16 kHz
+//      audio of the clip's length.
+// Screenshots go to $E2E_OUT (default target/web-e2e). Prints the figures: page load to
+// interactive, the generation's time. Exit status 0 only when every check passed.
+//   node web/e2e/run.mjs
+import fs from "node:fs";
+import http from "node:http";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const dist = path.join(root, "web/dist");
+const tiny = path.join(root, "tests/fixtures/tiny");
+const out = process.env.E2E_OUT || path.join(root, "target/web-e2e");
+const executablePath = process.env.CHROMIUM ||
+  ["/usr/lib/chromium/chromium", "/usr/bin/chromium"].find((p) => fs.existsSync(p));
+const webgpuFlags = ["--no-sandbox", "--enable-unsafe-webgpu", "--enable-features=Vulkan",
+  "--use-vulkan=swiftshader", "--use-angle=swiftshader"];
+const PROMPT = "a dog barking in the rain";
+const GENERATION_TIMEOUT_MS = Number(process.env.E2E_TIMEOUT_MS || 15 * 60 * 1000);
+
+const types = { ".html": "text/html", ".js": "text/javascript", ".wasm": "application/wasm",
+  ".json": "application/json" };
+
+function fail(message) {
+  console.error(`e2e: FAILED: ${message}`);
+  process.exitCode = 1;
+  throw new Error(message);
+}
+
+function check(condition, message) {
+  if (!condition) fail(message);
+  console.log(`e2e: ok: ${message}`);
+}
+
+// Serves `/tiny/...` from the tiny model and everything else from web/dist.
+function serve() {
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, "http://localhost");
+    const [base, rel] = url.pathname.startsWith("/tiny/")
+      ? [tiny, url.pathname.slice("/tiny/".length)]
+      : [dist, url.pathname === "/" ? "index.html" : url.pathname.slice(1)];
+    const file = path.resolve(base, decodeURIComponent(rel));
+    if (!file.startsWith(base + path.sep) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
+      res.writeHead(404).end();
+      return;
+    }
+    const body = fs.readFileSync(file);
+    res.writeHead(200, {
+      "content-type": types[path.extname(file)] || "application/octet-stream",
+      "content-length": body.length,
+    });
+    res.end(body);
+  });
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
+}
+
+async function withoutWebGpu(base) {
+  const browser = await chromium.launch({ executablePath, args: ["--no-sandbox",
+    "--disable-features=WebGPU,Vulkan", "--disable-gpu"] });
+  try {
+    const page = await browser.newPage();
+    await page.goto(`${base}/`);
+    const message = page.locator("#message");
+    await message.waitFor({ state: "visible", timeout: 30000 });
+    const title = await page.locator("#message-title").textContent();
+    console.log(`e2e: the page without WebGPU says: ${title}`);
+    check(/WebGPU/.test(title), "without WebGPU the page shows its message");
+    check(await page.locator("#app").isHidden(), "without WebGPU no blank canvas is shown");
+  } finally {
+    await browser.close();
+  }
+}
+
+async function state(page) {
+  return page.evaluate(() => window.audioldm?.state() ?? null);
+}
+
+async function waitFor(page, what, predicate, timeout, onState = () => {}) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const s = await state(page);
+    if (s) onState(s);
+    if (s && predicate(s)) return s;
+    if (Date.now() > deadline) fail(`timed out waiting for ${what}; last state: ${JSON.stringify(s)}`);
+    await page.waitForTimeout(250);
+  }
+}
+
+function center([x, y, w, h]) {
+  return [x + w / 2, y + h / 2];
+}
+
+// The fields of a WAV file's `fmt ` and `data` chunks.
+function readWav(bytes) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const tag = (at) => String.fromCharCode(...bytes.subarray(at, at + 4));
+  if (tag(0) !== "RIFF" || tag(8) !== "WAVE") fail("the download is not a WAV file");
+  let at = 12;
+  const wav = {};
+  while (at + 8 <= bytes.length) {
+    const id = tag(at);
+    const size = view.getUint32(at + 4, true);
+    if (id === "fmt ") {
+      wav.channels = view.getUint16(at + 10, true);
+      wav.rate = view.getUint32(at + 12, true);
+      wav.bits = view.getUint16(at + 22, true);
+    } else if (id === "data") {
+      wav.dataBytes = size;
+    }
+    at += 8 + size + (size & 1);
+  }
+  return wav;
+}
+
+async function generate(base) {
+  fs.mkdirSync(out, { recursive: true });
+  const browser = await chromium.launch({ executablePath, args: webgpuFlags });
+  try {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 },
+      acceptDownloads: true });
+    const page = await context.newPage();
+    const console_ = [];
+    page.on("console", (m) => console_.push(`${m.type()}: ${m.text()}`));
+    page.on("pageerror", (e) => console_.push(`pageerror: ${e.message}`));
+    const started = Date.now();
+    await page.goto(`${base}/?model=${encodeURIComponent(`${base}/tiny/`)}`);
+    const ready = await waitFor(page, "the app's controls", (s) => s.controls?.Prompt && s.controls?.Generate,
+      120000);
+    const interactiveMs = Date.now() - started;
+    console.log(`e2e: figure: page load to interactive ${interactiveMs} ms`);
+    check(!(await page.locator("#message").isVisible()), "with WebGPU the app starts (no message)");
+
+    const [px, py] = center(ready.controls.Prompt);
+    await page.mouse.click(px, py);
+    await page.keyboard.type(PROMPT);
+    await page.waitForTimeout(300);
+    const [gx, gy] = center((await state(page)).controls.Generate);
+    await page.mouse.click(gx, gy);
+    const clicked = Date.now();
+
+    const phases = new Set();
+    let framesWhileRunning = 0;
+    const done = await waitFor(page, "the clip", (s) => s.history.length > 0 && !s.running,
+      GENERATION_TIMEOUT_MS, (s) => {
+        if (s.phase) phases.add(s.phase.split(/[ {(]/)[0]);
+        if (s.running) framesWhileRunning = Math.max(framesWhileRunning, s.shown_frames);
+        if (s.messages.length && !s.running && !s.history.length) {
+          fail(`the app reported: ${s.messages.join("; ")}\n${console_.join("\n")}`);
+        }
+      });
+    const generationS = (Date.now() - clicked) / 1000;
+    console.log(`e2e: figure: generation (tiny model, ${done.history[0].settings.steps} steps, ` +
+      `${done.history[0].settings.duration_s} s) ${generationS.toFixed(1)} s`);
+    console.log(`e2e: phases seen: ${[...phases].join(", ")}`);
+    await page.screenshot({ path: path.join(out, "app.png") });
+    check(phases.has("Denoising"), "the progress showed the denoising steps");
+    check(framesWhileRunning > 0, "the spectrogram appeared while denoising");
+    check(done.shown_frames > 0, "the spectrogram shows the clip");
+    const entry = done.history[0];
+    check(entry.settings.prompt === PROMPT, "the history entry has the typed prompt");
+    check(entry.settings.model === `${base}/tiny/`, "the history entry names the model");
+
+    const [download] = await Promise.all([
+      page.waitForEvent("download", { timeout: 30000 }),
+      page.evaluate((id) => window.audioldm.save_clip(id), entry.id),
+    ]);
+    const file = path.join(out, download.suggestedFilename());
+    await download.saveAs(file);
+    const wav = readWav(new Uint8Array(fs.readFileSync(file)));
+    const samples = wav.dataBytes / (wav.bits / 8) / wav.channels;
+    const expected = Math.floor(entry.settings.duration_s * 16000);
+    console.log(`e2e: the download ${download.suggestedFilename()}: ${wav.rate} Hz, ` +
+      `${wav.channels} channel(s), ${wav.bits} bits, ${samples} samples`);
+    check(wav.rate === 16000 && wav.channels === 1, "the WAV download is 16 kHz mono");
+    check(samples === expected, `the WAV download has the clip's ${expected} samples`);
+  } catch (e) {
+    console.error(e.message);
+    throw e;
+  } finally {
+    await browser.close();
+  }
+}
+
+if (!executablePath) fail("no Chromium found (set CHROMIUM)");
+if (!fs.existsSync(path.join(dist, "audioldm_web_bg.wasm"))) fail("web/dist is not built: bash web/build.sh");
+const server = await serve();
+const base = `http://127.0.0.1:${server.address().port}`;
+try {
+  await withoutWebGpu(base);
+  await generate(base);
+  console.log("e2e: all checks passed");
+} catch {
+  process.exitCode = 1;
+} finally {
+  server.close();
+}

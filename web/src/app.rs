@@ -1,0 +1,38 @@
+//! The page's entry: the desktop app's code on the page's canvas (eframe's web runner), the
+//! engine on the renderer's WebGPU device. `web/index.html` checks for WebGPU first and calls
+//! [`start`].
+
+use audioldm::app::AppOptions;
+use audioldm::model::nn::Precision;
+use wasm_bindgen::prelude::*;
+
+/// Starts the app on `canvas`. `model` (a Hugging Face repo id or a URL folder in diffusers
+/// layout, from the page's `?model=`) replaces the model chosen last. Weights are stored in f16
+/// on the GPU: half the memory of f32, which a browser tab needs.
+#[wasm_bindgen]
+pub async fn start(
+    canvas: web_sys::HtmlCanvasElement,
+    model: Option<String>,
+) -> Result<(), JsValue> {
+    crate::install_panic_hook();
+    let options = AppOptions {
+        model: model.filter(|m| !m.trim().is_empty()),
+        precision: Precision::weights_f16(true),
+        ..AppOptions::default()
+    };
+    audioldm::app::web::start(canvas, options)
+        .await
+        .map_err(|e| JsValue::from_str(&e))
+}
+
+/// The app's state as JSON (see `audioldm::app::web::state_json`); `undefined` before `start`.
+#[wasm_bindgen]
+pub fn app_state() -> Option<String> {
+    audioldm::app::web::state_json()
+}
+
+/// Saves history entry `id` as the app's "Save as WAV" does: a download.
+#[wasm_bindgen]
+pub fn save_clip(id: f64) -> bool {
+    audioldm::app::web::with_app(|app| app.save_as(id as u64)).is_some()
+}
