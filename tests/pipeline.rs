@@ -39,36 +39,15 @@ fn end_to_end_matches_diffusers() {
         .expect("generate");
     assert_eq!(steps, vec![(1, 3), (2, 3), (3, 3)]);
     assert_eq!(out.text_embeds_shape, [2, 24]);
-    assert_close(
-        "pipeline text_embeds",
-        &out.text_embeds,
-        &f64s(&tiny_golden("text_embeds")),
-        1e-4,
-    );
-    assert_close(
-        "pipeline final latents",
-        &out.latents,
-        &f64s(&tiny_golden("run_final_latents")),
-        1e-4,
-    );
-    assert_close(
-        "pipeline mel",
-        &out.mel.data,
-        &f64s(&tiny_golden("run_mel")),
-        1e-4,
-    );
     assert_eq!(out.audio.sample_rate, 16000);
     assert_eq!(
         out.audio.samples.len(),
         16000,
         "trimmed to int(1.0 * 16000)"
     );
-    assert_close(
-        "pipeline waveform",
-        &out.audio.samples,
-        &f64s(&tiny_golden("run_waveform")),
-        1e-3,
-    );
+    for (name, got, golden, tol) in tiny::tiny_checks(&out) {
+        assert_close(name, got, &f64s(&tiny_golden(golden)), tol);
+    }
 }
 
 #[test]

@@ -3,6 +3,9 @@
 # (the CLI at the wasm-bindgen crate's exact version; scripts/setup.sh installs it), with
 # index.html. Serve the folder with any static file server over https or from localhost:
 #   python3 -m http.server -d web/dist 8000
+# WEB_PROFILE (default release) and WEB_DIST (default web/dist) choose the cargo profile and the
+# output folder: the browser tests build the page with the `test` profile, sharing every compiled
+# dependency with their own build.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -14,11 +17,15 @@ if [ "$have" != "$want" ]; then
     exit 1
 fi
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
-cargo build --locked --release --target wasm32-unknown-unknown -p audioldm-web
-rm -rf web/dist
-mkdir -p web/dist
-wasm-bindgen --target web --no-typescript --out-dir web/dist \
-    "$target_dir/wasm32-unknown-unknown/release/audioldm_web.wasm"
-cp web/index.html web/dist/
-echo "web/build.sh: web/dist is ready ($(du -sh web/dist | cut -f1));" \
-    "serve it with: python3 -m http.server -d web/dist 8000"
+profile="${WEB_PROFILE:-release}"
+dist="${WEB_DIST:-$root/web/dist}"
+cargo build --locked --profile "$profile" --target wasm32-unknown-unknown -p audioldm-web
+case "$profile" in dev | test) out=debug ;; *) out="$profile" ;; esac
+rm -rf "$dist"
+mkdir -p "$dist"
+wasm-bindgen --target web --no-typescript --out-dir "$dist" \
+    "$target_dir/wasm32-unknown-unknown/$out/audioldm_web.wasm"
+cp web/index.html "$dist/"
+echo "web/build.sh: $dist is ready ($(du -sh "$dist" | cut -f1), wasm" \
+    "$(gzip -9 -c "$dist/audioldm_web_bg.wasm" | wc -c) bytes gzipped);" \
+    "serve it with: python3 -m http.server -d $dist 8000"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The browser tests: builds web/'s tests for wasm32 and runs them in headless Chromium's WebGPU
 # (its SwiftShader adapter on a machine without a GPU) through wasm-bindgen-test-runner and
-# chromedriver. Arguments go to the test harness (a name filter, for instance).
+# chromedriver; then builds the page and runs the end-to-end test (web/e2e/run.mjs, playwright-core)
+# on it. Arguments go to the test harness (a name filter, for instance).
 #
 # Exit status: 0 when every test passed, 1 when the build or a test failed, 3 when a tool is
-# missing (chromium, chromedriver, or wasm-bindgen-test-runner at the wasm-bindgen crate's exact
-# version; `bash scripts/setup.sh` installs them). A missing tool is never a pass.
+# missing (chromium, chromedriver, wasm-bindgen-test-runner at the wasm-bindgen crate's exact
+# version, node, playwright-core; `bash scripts/setup.sh` installs them). A missing tool is never a
+# pass.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -42,6 +44,10 @@ export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-900}"
 export CARGO_TARGET_DIR="$root/target/web-tests"
 cargo="${CARGO:-cargo}"
 
+command -v node >/dev/null || missing "node is not on PATH (Debian: nodejs)"
+[ -d "$root/web/e2e/node_modules/playwright-core" ] ||
+    missing "playwright-core is not installed (npm ci --prefix web/e2e)"
+
 cd "$root/web"
 start=$SECONDS
 "$cargo" test --locked --target wasm32-unknown-unknown --no-run
@@ -54,3 +60,16 @@ if [ "$status" -ne 0 ]; then
     echo "web/test.sh: the browser tests failed (status $status)" >&2
     exit 1
 fi
+
+# The page itself, built with the tests' profile (every dependency is already compiled), driven
+# end to end with the tiny model.
+cd "$root"
+start=$SECONDS
+WEB_PROFILE=test WEB_DIST="$CARGO_TARGET_DIR/dist" bash web/build.sh
+echo "web/test.sh: page build $((SECONDS - start)) s"
+start=$SECONDS
+if ! E2E_DIST="$CARGO_TARGET_DIR/dist" E2E_OUT="$CARGO_TARGET_DIR/e2e" node web/e2e/run.mjs; then
+    echo "web/test.sh: the end-to-end test failed (screenshots in $CARGO_TARGET_DIR/e2e)" >&2
+    exit 1
+fi
+echo "web/test.sh: end-to-end run $((SECONDS - start)) s"

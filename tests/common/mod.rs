@@ -1,6 +1,8 @@
 //! Shared by the kernel tests: one GPU context, seeded inputs, error measures.
 #![allow(dead_code)]
 
+pub mod tiny;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -40,23 +42,9 @@ pub fn tiny_golden(name: &str) -> Vec<f32> {
         .1
 }
 
-/// The request the tiny goldens were made with: a 3-step DDIM run with guidance 2.5 and a
-/// negative prompt from injected initial latents.
+/// The request the tiny goldens were made with (see `tiny.rs`).
 pub fn tiny_request() -> audioldm::pipeline::Request {
-    audioldm::pipeline::Request {
-        prompt: "a dog barking in the rain, then thunder!".into(),
-        negative_prompt: Some(
-            "low quality, noisy, distorted, muffled, clipping, hum, static, silence, wind, crowd \
-             talking, music"
-                .into(),
-        ),
-        steps: 3,
-        guidance_scale: 2.5,
-        duration_s: Some(1.0),
-        seed: 0,
-        eta: 0.0,
-        init_latents: Some(tiny_golden("init_latents")),
-    }
+    tiny::tiny_request_from(tiny_golden("init_latents"))
 }
 
 /// Uniform values in [-1, 1) from a fixed seed.

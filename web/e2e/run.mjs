@@ -5,8 +5,9 @@
 //      canvas, at the controls' positions the app reports), the progress and the spectrogram
 //      appear, a history entry with the settings shows up, and the clip's WAV download is 16 kHz
 //      audio of the clip's length.
-// Screenshots go to $E2E_OUT (default target/web-e2e). Prints the figures: page load to
-// interactive, the generation's time. Exit status 0 only when every check passed.
+// Serves $E2E_DIST (default web/dist). Screenshots go to $E2E_OUT (default target/web-e2e).
+// Prints the figures: page load to interactive, the time of each stage of the generation. Exit
+// status 0 only when every check passed.
 //   node web/e2e/run.mjs
 import fs from "node:fs";
 import http from "node:http";
@@ -15,7 +16,7 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const dist = path.join(root, "web/dist");
+const dist = path.resolve(process.env.E2E_DIST || path.join(root, "web/dist"));
 const tiny = path.join(root, "tests/fixtures/tiny");
 const out = process.env.E2E_OUT || path.join(root, "target/web-e2e");
 const executablePath = process.env.CHROMIUM ||
@@ -130,7 +131,8 @@ async function generate(base) {
     page.on("console", (m) => console_.push(`${m.type()}: ${m.text()}`));
     page.on("pageerror", (e) => console_.push(`pageerror: ${e.message}`));
     const started = Date.now();
-    await page.goto(`${base}/?model=${encodeURIComponent(`${base}/tiny/`)}`);
+    // Two steps of a one-second clip: SwiftShader runs compute on the CPU.
+    await page.goto(`${base}/?model=${encodeURIComponent(`${base}/tiny/`)}&steps=2&duration=1`);
     const ready = await waitFor(page, "the app's controls", (s) => s.controls?.Prompt && s.controls?.Generate,
       120000);
     const interactiveMs = Date.now() - started;
@@ -145,11 +147,12 @@ async function generate(base) {
     await page.mouse.click(gx, gy);
     const clicked = Date.now();
 
-    const phases = new Set();
+    const phases = new Map();
     let framesWhileRunning = 0;
     const done = await waitFor(page, "the clip", (s) => s.history.length > 0 && !s.running,
       GENERATION_TIMEOUT_MS, (s) => {
-        if (s.phase) phases.add(s.phase.split(/[ {(]/)[0]);
+        const phase = s.phase?.split(/[ {(]/)[0];
+        if (phase && !phases.has(phase)) phases.set(phase, Date.now());
         if (s.running) framesWhileRunning = Math.max(framesWhileRunning, s.shown_frames);
         if (s.messages.length && !s.running && !s.history.length) {
           fail(`the app reported: ${s.messages.join("; ")}\n${console_.join("\n")}`);
@@ -158,7 +161,10 @@ async function generate(base) {
     const generationS = (Date.now() - clicked) / 1000;
     console.log(`e2e: figure: generation (tiny model, ${done.history[0].settings.steps} steps, ` +
       `${done.history[0].settings.duration_s} s) ${generationS.toFixed(1)} s`);
-    console.log(`e2e: phases seen: ${[...phases].join(", ")}`);
+    const marks = [...phases, ["Done", Date.now()]];
+    const stages = marks.slice(0, -1).map(([name, at], i) =>
+      `${name} ${((marks[i + 1][1] - at) / 1000).toFixed(1)} s`);
+    console.log(`e2e: figure: stages ${stages.join(", ")}`);
     await page.screenshot({ path: path.join(out, "app.png") });
     check(phases.has("Denoising"), "the progress showed the denoising steps");
     check(framesWhileRunning > 0, "the spectrogram appeared while denoising");
@@ -166,6 +172,8 @@ async function generate(base) {
     const entry = done.history[0];
     check(entry.settings.prompt === PROMPT, "the history entry has the typed prompt");
     check(entry.settings.model === `${base}/tiny/`, "the history entry names the model");
+    check(entry.settings.steps === 2 && entry.settings.duration_s === 1,
+      "the history entry has the steps and duration of the page's address");
 
     const [download] = await Promise.all([
       page.waitForEvent("download", { timeout: 30000 }),

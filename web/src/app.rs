@@ -3,16 +3,20 @@
 //! [`start`].
 
 use audioldm::app::AppOptions;
+use audioldm::app::state::{DURATION_RANGE, STEPS_RANGE};
 use audioldm::model::nn::Precision;
 use wasm_bindgen::prelude::*;
 
-/// Starts the app on `canvas`. `model` (a Hugging Face repo id or a URL folder in diffusers
-/// layout, from the page's `?model=`) replaces the model chosen last. Weights are stored in f16
-/// on the GPU: half the memory of f32, which a browser tab needs.
+/// Starts the app on `canvas`. From the page's address: `model` (`?model=`, a Hugging Face repo
+/// id or a URL folder in diffusers layout) replaces the model chosen last, and `steps` and
+/// `duration` (`?steps=`, `?duration=` in seconds) the settings, within the sliders' ranges.
+/// Weights are stored in f16 on the GPU: half the memory of f32, which a browser tab needs.
 #[wasm_bindgen]
 pub async fn start(
     canvas: web_sys::HtmlCanvasElement,
     model: Option<String>,
+    steps: Option<u32>,
+    duration: Option<f64>,
 ) -> Result<(), JsValue> {
     crate::install_panic_hook();
     let options = AppOptions {
@@ -22,7 +26,17 @@ pub async fn start(
     };
     audioldm::app::web::start(canvas, options)
         .await
-        .map_err(|e| JsValue::from_str(&e))
+        .map_err(|e| JsValue::from_str(&e))?;
+    audioldm::app::web::with_app(|app| {
+        let settings = app.settings_mut();
+        if let Some(steps) = steps {
+            settings.steps = (steps as usize).clamp(*STEPS_RANGE.start(), *STEPS_RANGE.end());
+        }
+        if let Some(duration) = duration.filter(|d| d.is_finite()) {
+            settings.duration_s = duration.clamp(*DURATION_RANGE.start(), *DURATION_RANGE.end());
+        }
+    });
+    Ok(())
 }
 
 /// The app's state as JSON (see `audioldm::app::web::state_json`); `undefined` before `start`.
