@@ -1,7 +1,9 @@
 //! The web build's tests: `bash web/test.sh` builds web/'s browser tests for wasm32 and runs them
-//! in headless Chromium's WebGPU (the engine's kernels against CPU references). Needs chromium,
-//! chromedriver and wasm-bindgen-test-runner (scripts/setup.sh installs them). Where they are
-//! missing the test fails under `CI=true`, and elsewhere says why and returns.
+//! in headless Chromium's WebGPU (the engine's kernels against CPU references, the tiny pipeline
+//! against diffusers' goldens), then builds the page and drives it end to end. Needs chromium,
+//! chromedriver, wasm-bindgen-test-runner, node and playwright-core (`scripts/setup.sh --tests`
+//! installs them). Where they are missing the test fails under `CI=true`, and elsewhere says why
+//! and returns.
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! The real window once: the app binary opens under Xvfb (an X server without a screen), eframe
 //! draws with wgpu on the software adapter, and a screenshot of the X screen must not be blank.
-//! Needs `xvfb-run` and ImageMagick's `import`/`identify` (scripts/setup.sh installs them); their
-//! absence fails the test.
+//! Needs `xvfb-run` and ImageMagick's `import`/`identify` (`scripts/setup.sh --tests` installs
+//! them); their absence fails the test.
 #![cfg(feature = "app")]
 
 use std::path::Path;
@@ -42,7 +42,7 @@ fn the_app_opens_a_window_that_is_not_blank() {
         .env("XDG_DATA_HOME", dir.join("data"))
         .env("XDG_CONFIG_HOME", dir.join("config"))
         .status()
-        .expect("xvfb-run must be installed (scripts/setup.sh)");
+        .expect("xvfb-run must be installed (scripts/setup.sh --tests)");
     let app_log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         status.success(),
@@ -63,7 +63,7 @@ fn distinct_colours(png: &Path) -> u32 {
         .args(["-format", "%k"])
         .arg(png)
         .output()
-        .expect("ImageMagick's identify must be installed (scripts/setup.sh)");
+        .expect("ImageMagick's identify must be installed (scripts/setup.sh --tests)");
     assert!(out.status.success(), "no screenshot at {}", png.display());
     String::from_utf8_lossy(&out.stdout)
         .trim()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the web app into web/dist: the wasm32 release build of web/ and wasm-bindgen's JS glue
-# (the CLI at the wasm-bindgen crate's exact version; scripts/setup.sh installs it), with
-# index.html. Serve the folder with any static file server over https or from localhost:
+# (the CLI at the wasm-bindgen crate's exact version; `scripts/setup.sh --tests` installs it),
+# with index.html. Serve the folder with any static file server over https or from localhost:
 #   python3 -m http.server -d web/dist 8000
 # WEB_PROFILE (default release) and WEB_DIST (default web/dist) choose the cargo profile and the
 # output folder: the browser tests build the page with the `test` profile, sharing every compiled

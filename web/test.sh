@@ -6,14 +6,14 @@
 #
 # Exit status: 0 when every test passed, 1 when the build or a test failed, 3 when a tool is
 # missing (chromium, chromedriver, wasm-bindgen-test-runner at the wasm-bindgen crate's exact
-# version, node, playwright-core; `bash scripts/setup.sh` installs them). A missing tool is never a
-# pass.
+# version, node, playwright-core; `bash scripts/setup.sh --tests` installs them). A missing tool
+# is never a pass.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 missing() {
-    echo "web/test.sh: $1 (bash scripts/setup.sh installs it)" >&2
+    echo "web/test.sh: $1 (bash scripts/setup.sh --tests installs it)" >&2
     exit 3
 }
 

@@ -173,6 +173,10 @@ struct Inner {
     lost: Arc<Mutex<Option<String>>>,
     /// Errors no error scope caught (wgpu would otherwise panic on them).
     uncaptured: Arc<Mutex<Vec<String>>>,
+    /// In a browser: error scopes popped but not answered yet ([`Context::wait_async`] waits for
+    /// them, so an error is reported by the wait that follows the work that caused it).
+    #[cfg(target_arch = "wasm32")]
+    unanswered_scopes: Arc<AtomicU64>,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
     memory: Arc<MemoryCounter>,
     /// Bytes queued by `write_buffer` since the queue last ran: wgpu holds them in staging memory
@@ -271,6 +275,8 @@ impl Context {
                 caps,
                 lost,
                 uncaptured,
+                #[cfg(target_arch = "wasm32")]
+                unanswered_scopes: Arc::default(),
                 kernels: Mutex::new(HashMap::new()),
                 memory: Arc::default(),
                 #[cfg(not(target_arch = "wasm32"))]
@@ -399,6 +405,8 @@ impl Context {
         let value = f();
         let (oom, validation) = (oom.pop(), validation.pop());
         let sink = Arc::clone(&self.inner.uncaptured);
+        let unanswered = Arc::clone(&self.inner.unanswered_scopes);
+        unanswered.fetch_add(1, Ordering::Relaxed);
         let what = what.to_string();
         wasm_bindgen_futures::spawn_local(async move {
             let caught = [
@@ -409,6 +417,7 @@ impl Context {
             sink.lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend(caught.into_iter().flatten());
+            unanswered.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(value)
     }
@@ -451,6 +460,15 @@ impl Context {
             finished
                 .await
                 .map_err(|_| GpuError::DeviceLost("the GPU never reported the work done".into()))?;
+            // The scopes of that work answer through the page's event loop: let it run until
+            // they have, so their errors are reported here and not by a later, unrelated call.
+            // (Bounded, in case a browser never answers a scope: the wait must end.)
+            for _ in 0..10_000 {
+                if self.inner.unanswered_scopes.load(Ordering::Relaxed) == 0 {
+                    break;
+                }
+                next_task().await;
+            }
             self.check()?;
         }
         Ok(())
@@ -520,4 +538,21 @@ async fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
         })
         .await
         .map_err(|e| GpuError::NoAdapter(format!("backends {backends:?}: {e}")))
+}
+
+/// Resolves on a later task of the page's event loop (a zero-delay `setTimeout`, in a page or a
+/// worker), letting the browser deliver what it has queued (error scopes, mapped buffers).
+#[cfg(target_arch = "wasm32")]
+async fn next_task() {
+    use wasm_bindgen::JsCast;
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let global = js_sys::global();
+        let scheduled = js_sys::Reflect::get(&global, &"setTimeout".into())
+            .and_then(|f| f.dyn_into::<js_sys::Function>())
+            .and_then(|set_timeout| set_timeout.call2(&global, &resolve, &0.into()));
+        if scheduled.is_err() {
+            let _ = resolve.call0(&wasm_bindgen::JsValue::NULL);
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }

@@ -133,9 +133,9 @@ fn js_error(what: &str, value: JsValue) -> Error {
 
 async fn open_cache() -> Result<web_sys::Cache> {
     let window = web_sys::window().ok_or_else(|| Error::Input("no browser window".into()))?;
-    let caches = window
-        .caches()
-        .map_err(|e| js_error("the browser's cache storage is not available (is the page served over https or from localhost?)", e))?;
+    const NO_CACHE: &str = "the browser's cache storage is not available (is the page served \
+                            over https or from localhost?)";
+    let caches = window.caches().map_err(|e| js_error(NO_CACHE, e))?;
     let cache = JsFuture::from(caches.open(CACHE_NAME))
         .await
         .map_err(|e| js_error("cannot open the browser's cache", e))?;
