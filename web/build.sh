@@ -3,9 +3,9 @@
 # (the CLI at the wasm-bindgen crate's exact version; `scripts/setup.sh --tests` installs it),
 # with index.html. Serve the folder with any static file server over https or from localhost:
 #   python3 -m http.server -d web/dist 8000
-# WEB_PROFILE (default release) and WEB_DIST (default web/dist) choose the cargo profile and the
-# output folder: the browser tests build the page with the `test` profile, sharing every compiled
-# dependency with their own build.
+# WEB_PROFILE (default release) and WEB_DIST (default web/dist) choose the cargo profile and
+# the output folder: the browser tests build the page with their `web-test` profile, sharing
+# every compiled dependency with their own build.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

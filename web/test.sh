@@ -50,22 +50,23 @@ command -v node >/dev/null || missing "node is not on PATH (Debian: nodejs)"
 
 cd "$root/web"
 start=$SECONDS
-"$cargo" test --locked --target wasm32-unknown-unknown --no-run
+"$cargo" test --locked --profile web-test --target wasm32-unknown-unknown --no-run
 built=$SECONDS
 echo "web/test.sh: wasm test build $((built - start)) s"
 status=0
-"$cargo" test --locked --target wasm32-unknown-unknown -- --nocapture "$@" || status=$?
+"$cargo" test --locked --profile web-test --target wasm32-unknown-unknown -- --nocapture "$@" ||
+    status=$?
 echo "web/test.sh: browser test run $((SECONDS - built)) s"
 if [ "$status" -ne 0 ]; then
     echo "web/test.sh: the browser tests failed (status $status)" >&2
     exit 1
 fi
 
-# The page itself, built with the tests' profile (every dependency is already compiled), driven
-# end to end with the tiny model.
+# The page itself, built with the tests' profile (`web-test` in Cargo.toml: every dependency is
+# already compiled), driven end to end with the tiny model.
 cd "$root"
 start=$SECONDS
-WEB_PROFILE=test WEB_DIST="$CARGO_TARGET_DIR/dist" bash web/build.sh
+WEB_PROFILE=web-test WEB_DIST="$CARGO_TARGET_DIR/dist" bash web/build.sh
 echo "web/test.sh: page build $((SECONDS - start)) s"
 start=$SECONDS
 if ! E2E_DIST="$CARGO_TARGET_DIR/dist" E2E_OUT="$CARGO_TARGET_DIR/e2e" node web/e2e/run.mjs; then
