@@ -244,7 +244,13 @@ impl AudioLdmApp {
         let adapter = match &ctx {
             Some(ctx) => {
                 let info = ctx.adapter_info();
-                format!("{} ({:?})", info.name, info.backend)
+                // A browser hides the adapter's name; its vendor and architecture may be given.
+                let name = [&info.name, &info.driver_info]
+                    .into_iter()
+                    .find(|s| !s.is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| "the browser's GPU".into());
+                format!("{name} ({:?})", info.backend)
             }
             None => "no wgpu renderer: the engine makes its own device".to_string(),
         };
