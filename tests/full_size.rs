@@ -148,3 +148,52 @@ fn full_size_long_clips_under_webgpu_default_limits() {
         println!("{duration} s {}", pipeline.memory_report());
     }
 }
+
+#[test]
+#[ignore = "needs the full-size reference from make_reference.py --full; hours on lavapipe"]
+fn full_size_long_edit_under_webgpu_default_limits() {
+    use audioldm::audio::Audio;
+    use audioldm::gpu::{Context, LimitsProfile};
+    use audioldm::pipeline::edit::{EditRequest, Mode};
+    // AUDIOLDM_LONG_EDIT seconds of source clip (60 by default): the VAE encoder's widest
+    // activation at 60 s (128 x 6000 x 64 floats) must split under the 128 MiB binding.
+    let duration: f64 = std::env::var("AUDIOLDM_LONG_EDIT")
+        .map(|d| d.trim().parse().expect("AUDIOLDM_LONG_EDIT: seconds"))
+        .unwrap_or(60.0);
+    let ctx = Context::with_limits_blocking(LimitsProfile::WebGpuDefault).expect("device");
+    let pipeline = Pipeline::load(&ctx, &model_dir(), Precision::default()).expect("load");
+    let samples = (duration * 16_000.0) as usize;
+    // A chirp from 100 Hz to 4 kHz: content in every part of the mel.
+    let source: Vec<f32> = (0..samples)
+        .map(|i| {
+            let t = i as f64 / 16_000.0;
+            let f = 100.0 + (4000.0 - 100.0) * t / duration;
+            (0.5 * (std::f64::consts::PI * f * t).sin()) as f32
+        })
+        .collect();
+    let edit = EditRequest {
+        request: Request {
+            prompt: "rain on a tin roof, distant thunder".into(),
+            steps: 2,
+            ..Request::default()
+        },
+        source: Audio {
+            sample_rate: 16_000,
+            samples: source,
+        },
+        source_name: "chirp".into(),
+        mode: Mode::StyleTransfer { strength: 0.5 },
+    };
+    let started = std::time::Instant::now();
+    let out = pipeline
+        .edit(&edit, &AtomicBool::new(false), |_| {})
+        .expect("edit");
+    assert_eq!(out.audio.samples.len(), samples);
+    assert!(out.audio.samples.iter().all(|s| s.is_finite()));
+    println!(
+        "{duration} s style transfer under webgpu-default: {:.0} s, peak RSS {:.0} MiB",
+        started.elapsed().as_secs_f64(),
+        peak_rss_mib()
+    );
+    println!("{duration} s edit {}", pipeline.memory_report());
+}
