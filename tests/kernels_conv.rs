@@ -8,6 +8,7 @@ use audioldm::gpu::ops::conv::{
     conv_transpose1d_weight_layout, conv_weight_layout,
 };
 use audioldm::gpu::{Activation, DType, Graph, Tensor};
+use common::reference::*;
 use common::*;
 
 struct Conv {
@@ -21,13 +22,6 @@ struct Conv {
     stride: [usize; 2],
     pad: [usize; 4],
     dil: [usize; 2],
-}
-
-fn leaky(x: f64, slope: Option<f32>) -> f64 {
-    match slope {
-        Some(s) if x < 0.0 => x * s as f64,
-        _ => x,
-    }
 }
 
 /// PyTorch conv2d with weight [Cout, Cin, kh, kw], per-side zero padding, in f64.
@@ -307,50 +301,6 @@ fn conv1d_with_dilation_and_input_activation() {
             1e-5,
         );
     }
-}
-
-/// PyTorch ConvTranspose1d with weight [Cin, Cout, k], in f64.
-#[allow(clippy::too_many_arguments)]
-fn conv_transpose1d_ref(
-    x: &[f32],
-    wt: &[f32],
-    bias: &[f32],
-    b: usize,
-    cin: usize,
-    lin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    pad: usize,
-    out_pad: usize,
-    slope: f32,
-) -> Vec<f64> {
-    let lout = (lin - 1) * stride + k + out_pad - 2 * pad;
-    let mut full = vec![0.0f64; b * cout * (lout + 2 * pad + k)];
-    let width = lout + 2 * pad + k;
-    for bi in 0..b {
-        for ci in 0..cin {
-            for s in 0..lin {
-                let xv = leaky(x[(bi * cin + ci) * lin + s] as f64, Some(slope));
-                for co in 0..cout {
-                    for j in 0..k {
-                        full[(bi * cout + co) * width + s * stride + j] +=
-                            xv * wt[(ci * cout + co) * k + j] as f64;
-                    }
-                }
-            }
-        }
-    }
-    let mut out = vec![0.0; b * cout * lout];
-    for bi in 0..b {
-        for co in 0..cout {
-            for t in 0..lout {
-                out[(bi * cout + co) * lout + t] =
-                    full[(bi * cout + co) * width + t + pad] + bias[co] as f64;
-            }
-        }
-    }
-    out
 }
 
 /// HiFi-GAN's up-samplers: kernel 2u, stride u, padding u/2 (AudioLDM: u = 5, 4, 2, 2, 2 with

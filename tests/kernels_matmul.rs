@@ -4,50 +4,8 @@ mod common;
 
 use audioldm::gpu::ops::matmul::MatmulKernel;
 use audioldm::gpu::{Activation, DType, Graph, Tensor};
+use common::reference::*;
 use common::*;
-
-/// C[b] = A[b] (m x k) * B[b] (k x n), all row-major, in f64.
-fn matmul_ref(
-    a: &[f32],
-    b: &[f32],
-    batch: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-    b_batched: bool,
-) -> Vec<f64> {
-    let mut c = vec![0.0; batch * m * n];
-    for bi in 0..batch {
-        let bb = if b_batched { bi * k * n } else { 0 };
-        for i in 0..m {
-            for j in 0..n {
-                let mut acc = 0.0f64;
-                for p in 0..k {
-                    acc += a[bi * m * k + i * k + p] as f64 * b[bb + p * n + j] as f64;
-                }
-                c[bi * m * n + i * n + j] = acc;
-            }
-        }
-    }
-    c
-}
-
-fn act_ref(x: f64, act: Activation) -> f64 {
-    match act {
-        Activation::None => x,
-        Activation::Relu => x.max(0.0),
-        Activation::LeakyRelu(s) => {
-            if x >= 0.0 {
-                x
-            } else {
-                x * s as f64
-            }
-        }
-        Activation::Silu => x / (1.0 + (-x).exp()),
-        Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-        Activation::Tanh => x.tanh(),
-    }
-}
 
 #[test]
 fn matmul_matches_reference_on_odd_shapes() {

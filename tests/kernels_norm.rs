@@ -5,6 +5,7 @@ mod common;
 use std::time::Instant;
 
 use audioldm::gpu::{Graph, Tensor};
+use common::reference::*;
 use common::*;
 
 /// `scale * u + offset` for seeded uniform `u` in [-1, 1): inputs far from zero show whether the
@@ -14,54 +15,6 @@ fn shifted(seed: u64, len: usize, scale: f32, offset: f32) -> Vec<f32> {
         .into_iter()
         .map(|v| v * scale + offset)
         .collect()
-}
-
-fn silu(v: f64) -> f64 {
-    v / (1.0 + (-v).exp())
-}
-
-/// Mean and biased variance in f64 (two-pass).
-fn moments(v: &[f32]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean, var)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn group_norm_ref(
-    x: &[f32],
-    dims: &[usize],
-    groups: usize,
-    gamma: Option<&[f32]>,
-    beta: Option<&[f32]>,
-    eps: f64,
-    silu_after: bool,
-) -> Vec<f64> {
-    let (b, c) = (dims[0], dims[1]);
-    let s: usize = dims[2..].iter().product();
-    let cpg = c / groups;
-    let mut y = vec![0.0; x.len()];
-    for bi in 0..b {
-        for g in 0..groups {
-            let start = (bi * c + g * cpg) * s;
-            let set = &x[start..start + cpg * s];
-            let (mean, var) = moments(set);
-            let rstd = 1.0 / (var + eps).sqrt();
-            for (i, &v) in set.iter().enumerate() {
-                let ch = g * cpg + i / s;
-                let mut o = (v as f64 - mean) * rstd;
-                if let Some(gm) = gamma {
-                    o *= gm[ch] as f64;
-                }
-                if let Some(bt) = beta {
-                    o += bt[ch] as f64;
-                }
-                y[start + i] = if silu_after { silu(o) } else { o };
-            }
-        }
-    }
-    y
 }
 
 /// One GroupNorm test: input `x * scale + offset` for seeded uniform x in [-1, 1).
@@ -211,18 +164,6 @@ fn group_norm_is_stable_on_large_offset_groups() {
     println!("large group norms: {:.2?}", start.elapsed());
 }
 
-fn layer_norm_ref(x: &[f32], d: usize, gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f64> {
-    let mut y = Vec::with_capacity(x.len());
-    for row in x.chunks(d) {
-        let (mean, var) = moments(row);
-        let rstd = 1.0 / (var + eps).sqrt();
-        for (i, &v) in row.iter().enumerate() {
-            y.push((v as f64 - mean) * rstd * gamma[i] as f64 + beta[i] as f64);
-        }
-    }
-    y
-}
-
 #[test]
 fn layer_norm_matches_reference() {
     let cases: &[(&[usize], f32, f32, f32)] = &[
@@ -260,15 +201,6 @@ fn layer_norm_matches_reference() {
     }
 }
 
-fn l2_ref(x: &[f32], d: usize, eps: f64) -> Vec<f64> {
-    let mut y = Vec::with_capacity(x.len());
-    for row in x.chunks(d) {
-        let norm = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
-        y.extend(row.iter().map(|&v| v as f64 / norm.max(eps)));
-    }
-    y
-}
-
 #[test]
 fn l2_normalize_matches_reference() {
     let cases: &[(&[usize], f32)] = &[
@@ -300,17 +232,6 @@ fn l2_normalize_matches_reference() {
     let out = g.l2_normalize(vx, 1e-12).unwrap();
     let got = run(g, out);
     assert_eq!(got, [0.0, 0.0, 0.0, 0.0, 0.6, 0.0, 0.8, 0.0]);
-}
-
-fn softmax_ref(x: &[f32], d: usize, scale: f64) -> Vec<f64> {
-    let mut y = Vec::with_capacity(x.len());
-    for row in x.chunks(d) {
-        let s: Vec<f64> = row.iter().map(|&v| v as f64 * scale).collect();
-        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let sum: f64 = s.iter().map(|v| (v - m).exp()).sum();
-        y.extend(s.iter().map(|v| (v - m).exp() / sum));
-    }
-    y
 }
 
 #[test]

@@ -1,7 +1,11 @@
 //! Shared by the kernel tests: one GPU context, seeded inputs, error measures.
 #![allow(dead_code)]
 
+pub mod reference;
 pub mod tiny;
+
+#[allow(unused_imports)]
+pub use reference::{f16_round, max_rel_err};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -53,25 +57,6 @@ pub fn random(seed: u64, len: usize) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
-/// Largest absolute difference, relative to the largest magnitude of the reference. This is the
-/// "max relative error" the tests report: a per-element ratio would blow up wherever the
-/// reference crosses zero.
-pub fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len(), "length mismatch");
-    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    got.iter()
-        .zip(want)
-        .map(|(&g, &w)| {
-            if g.is_nan() {
-                f64::INFINITY
-            } else {
-                (g as f64 - w).abs()
-            }
-        })
-        .fold(0.0, f64::max)
-        / scale
-}
-
 pub fn max_abs_err(got: &[f32], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
     got.iter()
@@ -109,11 +94,6 @@ pub fn run(mut g: Graph, out: Var) -> Vec<f32> {
     let mut exe = g.build().expect("build");
     exe.run().expect("run");
     exe.read(out).expect("read")
-}
-
-/// Rounds through f16 and back, as f16 weight storage does.
-pub fn f16_round(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
 }
 
 // ---- modified copies of fixture folders, for loading-error tests ----

@@ -14,61 +14,13 @@ use audioldm::gpu::ops::conv::{
 };
 use audioldm::gpu::ops::matmul::{Gemm, MatView, MatmulKernel};
 use audioldm::gpu::{Activation, DType, Graph};
+use common::reference::*;
 use common::*;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
 // ---- references, in f64 ----
-
-/// C[b] = alpha * A[b] (m x k) * B (k x n, one per batch when `b_batched`), row-major.
-#[allow(clippy::too_many_arguments)]
-fn matmul_ref(
-    a: &[f32],
-    b: &[f32],
-    batch: usize,
-    m: usize,
-    k: usize,
-    n: usize,
-    b_batched: bool,
-    alpha: f64,
-) -> Vec<f64> {
-    let mut c = vec![0.0; batch * m * n];
-    for bi in 0..batch {
-        let b0 = if b_batched { bi * k * n } else { 0 };
-        for i in 0..m {
-            let row = &a[(bi * m + i) * k..][..k];
-            for j in 0..n {
-                let dot: f64 = row
-                    .iter()
-                    .enumerate()
-                    .map(|(p, &x)| x as f64 * b[b0 + p * n + j] as f64)
-                    .sum();
-                c[(bi * m + i) * n + j] = alpha * dot;
-            }
-        }
-    }
-    c
-}
-
-fn act_ref(x: f64, act: Activation) -> f64 {
-    match act {
-        Activation::None => x,
-        Activation::Relu => x.max(0.0),
-        Activation::LeakyRelu(s) if x < 0.0 => x * s as f64,
-        Activation::LeakyRelu(_) => x,
-        Activation::Silu => x / (1.0 + (-x).exp()),
-        Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-        Activation::Tanh => x.tanh(),
-    }
-}
-
-fn leaky(x: f64, slope: Option<f32>) -> f64 {
-    match slope {
-        Some(s) if x < 0.0 => x * s as f64,
-        _ => x,
-    }
-}
 
 /// A convolution in PyTorch's terms: weight [Cout, Cin, kh, kw], padding [top, bottom, left, right].
 #[derive(Clone, Copy)]
@@ -160,129 +112,6 @@ impl Conv {
         }
         out
     }
-}
-
-/// PyTorch ConvTranspose1d (weight [Cin, Cout, k]) of `leaky(x)`, plus bias.
-#[allow(clippy::too_many_arguments)]
-fn conv_transpose1d_ref(
-    x: &[f32],
-    wt: &[f32],
-    bias: &[f32],
-    (b, cin, lin, cout): (usize, usize, usize, usize),
-    k: usize,
-    stride: usize,
-    pad: usize,
-    out_pad: usize,
-    slope: f32,
-) -> Vec<f64> {
-    let lout = (lin - 1) * stride + k + out_pad - 2 * pad;
-    let mut out = vec![0.0; b * cout * lout];
-    for bi in 0..b {
-        for co in 0..cout {
-            for t in 0..lout {
-                // Output t gathers input s through tap j where s * stride + j = t + pad.
-                let mut acc = bias[co] as f64;
-                for ci in 0..cin {
-                    for j in 0..k {
-                        let pos = t + pad;
-                        if pos < j || !(pos - j).is_multiple_of(stride) {
-                            continue;
-                        }
-                        let s = (pos - j) / stride;
-                        if s >= lin {
-                            continue;
-                        }
-                        acc += leaky(x[(bi * cin + ci) * lin + s] as f64, Some(slope))
-                            * wt[(ci * cout + co) * k + j] as f64;
-                    }
-                }
-                out[(bi * cout + co) * lout + t] = acc;
-            }
-        }
-    }
-    out
-}
-
-/// Mean and biased variance in f64 (two passes).
-fn moments(v: &[f32]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
-    (mean, var)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn group_norm_ref(
-    x: &[f32],
-    dims: &[usize],
-    groups: usize,
-    gamma: Option<&[f32]>,
-    beta: Option<&[f32]>,
-    eps: f64,
-    silu: bool,
-) -> Vec<f64> {
-    let (b, c) = (dims[0], dims[1]);
-    let s: usize = dims[2..].iter().product();
-    let per_group = c / groups * s;
-    let mut y = vec![0.0; x.len()];
-    for bi in 0..b {
-        for g in 0..groups {
-            let start = (bi * c) * s + g * per_group;
-            let set = &x[start..start + per_group];
-            let (mean, var) = moments(set);
-            let rstd = 1.0 / (var + eps).sqrt();
-            for (i, &v) in set.iter().enumerate() {
-                let ch = g * (c / groups) + i / s;
-                let mut o = (v as f64 - mean) * rstd;
-                if let Some(gm) = gamma {
-                    o *= gm[ch] as f64;
-                }
-                if let Some(bt) = beta {
-                    o += bt[ch] as f64;
-                }
-                y[start + i] = if silu {
-                    act_ref(o, Activation::Silu)
-                } else {
-                    o
-                };
-            }
-        }
-    }
-    y
-}
-
-fn layer_norm_ref(x: &[f32], d: usize, gamma: &[f32], beta: &[f32], eps: f64) -> Vec<f64> {
-    let mut y = Vec::with_capacity(x.len());
-    for row in x.chunks(d) {
-        let (mean, var) = moments(row);
-        let rstd = 1.0 / (var + eps).sqrt();
-        y.extend(
-            row.iter()
-                .enumerate()
-                .map(|(i, &v)| (v as f64 - mean) * rstd * gamma[i] as f64 + beta[i] as f64),
-        );
-    }
-    y
-}
-
-fn softmax_ref(x: &[f32], d: usize, scale: f64) -> Vec<f64> {
-    let mut y = Vec::with_capacity(x.len());
-    for row in x.chunks(d) {
-        let s: Vec<f64> = row.iter().map(|&v| v as f64 * scale).collect();
-        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let sum: f64 = s.iter().map(|v| (v - m).exp()).sum();
-        y.extend(s.iter().map(|v| (v - m).exp() / sum));
-    }
-    y
-}
-
-fn l2_ref(x: &[f32], d: usize, eps: f64) -> Vec<f64> {
-    let mut y = Vec::with_capacity(x.len());
-    for row in x.chunks(d) {
-        let norm = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
-        y.extend(row.iter().map(|&v| v as f64 / norm.max(eps)));
-    }
-    y
 }
 
 /// Multi-head attention: per head `softmax(scale Q K^T) V`, output `[B, Tq, H*Dv]`.
@@ -470,7 +299,11 @@ async fn matmul_matches_reference_on_odd_shapes() {
                 checks.close(
                     &format!("matmul {kernel:?} b{batch} {m}x{k}x{n} batched_b={b_batched}"),
                     &got,
-                    &matmul_ref(&a, &b, batch, m, k, n, b_batched, 0.5),
+                    // alpha 0.5, a power of two: the scaled reference is exact.
+                    &matmul_ref(&a, &b, batch, m, k, n, b_batched)
+                        .iter()
+                        .map(|c| 0.5 * c)
+                        .collect::<Vec<_>>(),
                     1e-5,
                 );
             }
@@ -497,7 +330,7 @@ async fn long_reductions_stay_within_1e4() {
             checks.close(
                 &format!("matmul {kernel:?} {m}x{k}x{n}"),
                 &got,
-                &matmul_ref(&a, &b, 1, m, k, n, false, 1.0),
+                &matmul_ref(&a, &b, 1, m, k, n, false),
                 1e-4,
             );
         }
@@ -849,15 +682,7 @@ async fn conv_transpose1d_matches_reference() {
                 wt.clone()
             };
             let want = conv_transpose1d_ref(
-                &x,
-                &w_used,
-                &bias,
-                (b, cin, lin, cout),
-                k,
-                stride,
-                pad,
-                out_pad,
-                0.1,
+                &x, &w_used, &bias, b, cin, lin, cout, k, stride, pad, out_pad, 0.1,
             );
             checks.close(
                 &format!(

@@ -3,10 +3,16 @@
 //! largest magnitude of the reference).
 #![allow(dead_code)]
 
+#[path = "../../../tests/common/reference.rs"]
+pub mod reference;
+
 use std::cell::RefCell;
 
 use audioldm::gpu::{Context, DType, Graph, Tensor, Var};
 use wasm_bindgen_test::console_log;
+
+#[allow(unused_imports)]
+pub use reference::{f16_round, max_rel_err};
 
 /// The page's GPU context, made on first use. There is no skip: a browser without WebGPU fails.
 pub async fn ctx() -> Context {
@@ -80,29 +86,6 @@ pub fn shifted(seed: u64, len: usize, scale: f32, offset: f32) -> Vec<f32> {
         .into_iter()
         .map(|v| v * scale + offset)
         .collect()
-}
-
-/// Rounds through f16 and back, as f16 weight storage does.
-pub fn f16_round(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
-}
-
-/// Largest absolute difference over the largest magnitude of the reference (NaN counts as
-/// infinite), as the native kernel tests measure it.
-pub fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len(), "length mismatch");
-    let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    got.iter()
-        .zip(want)
-        .map(|(&g, &w)| {
-            if g.is_nan() {
-                f64::INFINITY
-            } else {
-                (g as f64 - w).abs()
-            }
-        })
-        .fold(0.0, f64::max)
-        / scale
 }
 
 /// Checks one kernel test's cases and reports the worst error of them at the end.
