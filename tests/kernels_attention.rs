@@ -6,91 +6,10 @@ use std::time::Instant;
 
 use audioldm::gpu::Graph;
 use audioldm::gpu::ops::attention::{Attention, HeadView};
+use common::reference::AttentionProblem as Problem;
 use common::*;
 
-/// Per head `softmax(scale * Q K^T) V` in f64 over `q [B, Tq, H*D]`, `k [B, Tk, H*D]`,
-/// `v [B, Tk, H*Dv]` read through `at(b, t, h) -> row start` functions.
-struct Problem {
-    batch: usize,
-    heads: usize,
-    tq: usize,
-    tk: usize,
-    d: usize,
-    dv: usize,
-    scale: f32,
-}
-
 impl Problem {
-    fn new(batch: usize, heads: usize, tq: usize, tk: usize, d: usize, dv: usize) -> Self {
-        Self {
-            batch,
-            heads,
-            tq,
-            tk,
-            d,
-            dv,
-            scale: 1.0 / (d as f32).sqrt(),
-        }
-    }
-
-    fn flops(&self) -> f64 {
-        2.0 * (self.batch * self.heads * self.tq * self.tk * (self.d + self.dv)) as f64
-    }
-
-    fn name(&self) -> String {
-        format!(
-            "attention B={} H={} Tq={} Tk={} D={} Dv={}",
-            self.batch, self.heads, self.tq, self.tk, self.d, self.dv
-        )
-    }
-
-    /// The reference, with Q, K and V rows found by `q_at(b, t, h)` etc.
-    fn reference(
-        &self,
-        q: (&[f32], &dyn Fn(usize, usize, usize) -> usize),
-        k: (&[f32], &dyn Fn(usize, usize, usize) -> usize),
-        v: (&[f32], &dyn Fn(usize, usize, usize) -> usize),
-    ) -> Vec<f64> {
-        let &Problem {
-            batch,
-            heads,
-            tq,
-            tk,
-            d,
-            dv,
-            scale,
-        } = self;
-        let width = heads * dv;
-        let mut out = vec![0.0; batch * tq * width];
-        let mut s = vec![0.0f64; tk];
-        for b in 0..batch {
-            for h in 0..heads {
-                for i in 0..tq {
-                    let qr = &q.0[q.1(b, i, h)..][..d];
-                    for (j, sj) in s.iter_mut().enumerate() {
-                        let kr = &k.0[k.1(b, j, h)..][..d];
-                        let dot: f64 = qr.iter().zip(kr).map(|(&a, &c)| a as f64 * c as f64).sum();
-                        *sj = dot * scale as f64;
-                    }
-                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                    let mut sum = 0.0;
-                    for sj in s.iter_mut() {
-                        *sj = (*sj - m).exp();
-                        sum += *sj;
-                    }
-                    let o = &mut out[(b * tq + i) * width + h * dv..][..dv];
-                    for (j, &w) in s.iter().enumerate() {
-                        let vr = &v.0[v.1(b, j, h)..][..dv];
-                        for (oe, &ve) in o.iter_mut().zip(vr) {
-                            *oe += w / sum * ve as f64;
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
-
     /// Seeded inputs, uniform in [-1, 1).
     fn inputs(&self, seed: u64) -> [Vec<f32>; 3] {
         let &Problem {

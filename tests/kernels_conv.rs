@@ -11,61 +11,6 @@ use audioldm::gpu::{Activation, DType, Graph, Tensor};
 use common::reference::*;
 use common::*;
 
-struct Conv {
-    b: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    kh: usize,
-    kw: usize,
-    stride: [usize; 2],
-    pad: [usize; 4],
-    dil: [usize; 2],
-}
-
-/// PyTorch conv2d with weight [Cout, Cin, kh, kw], per-side zero padding, in f64.
-fn conv2d_ref(
-    c: &Conv,
-    x: &[f32],
-    wt: &[f32],
-    bias: &[f32],
-    in_slope: Option<f32>,
-) -> (Vec<f64>, usize, usize) {
-    let oh = (c.h + c.pad[0] + c.pad[1] - c.dil[0] * (c.kh - 1) - 1) / c.stride[0] + 1;
-    let ow = (c.w + c.pad[2] + c.pad[3] - c.dil[1] * (c.kw - 1) - 1) / c.stride[1] + 1;
-    let mut out = vec![0.0; c.b * c.cout * oh * ow];
-    for b in 0..c.b {
-        for co in 0..c.cout {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = bias[co] as f64;
-                    for ci in 0..c.cin {
-                        for ky in 0..c.kh {
-                            for kx in 0..c.kw {
-                                let iy =
-                                    (oy * c.stride[0] + ky * c.dil[0]) as isize - c.pad[0] as isize;
-                                let ix =
-                                    (ox * c.stride[1] + kx * c.dil[1]) as isize - c.pad[2] as isize;
-                                if iy < 0 || ix < 0 || iy >= c.h as isize || ix >= c.w as isize {
-                                    continue;
-                                }
-                                let xv = x
-                                    [((b * c.cin + ci) * c.h + iy as usize) * c.w + ix as usize]
-                                    as f64;
-                                let wv = wt[((co * c.cin + ci) * c.kh + ky) * c.kw + kx] as f64;
-                                acc += leaky(xv, in_slope) * wv;
-                            }
-                        }
-                    }
-                    out[((b * c.cout + co) * oh + oy) * ow + ox] = acc;
-                }
-            }
-        }
-    }
-    (out, oh, ow)
-}
-
 fn run_conv2d(
     c: &Conv,
     seed: u64,

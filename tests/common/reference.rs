@@ -202,3 +202,162 @@ pub fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
 pub fn f16_round(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
 }
+
+/// A conv2d case: batch, channels, input size, kernel, stride, padding (top, bottom, left,
+/// right) and dilation.
+#[derive(Clone, Copy)]
+pub struct Conv {
+    pub b: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    pub pad: [usize; 4],
+    pub dil: [usize; 2],
+}
+
+impl Conv {
+    /// The output's height and width.
+    pub fn out_hw(&self) -> (usize, usize) {
+        let oh = (self.h + self.pad[0] + self.pad[1] - self.dil[0] * (self.kh - 1) - 1)
+            / self.stride[0]
+            + 1;
+        let ow = (self.w + self.pad[2] + self.pad[3] - self.dil[1] * (self.kw - 1) - 1)
+            / self.stride[1]
+            + 1;
+        (oh, ow)
+    }
+}
+
+/// PyTorch conv2d with weight [Cout, Cin, kh, kw], per-side zero padding, in f64.
+pub fn conv2d_ref(
+    c: &Conv,
+    x: &[f32],
+    wt: &[f32],
+    bias: &[f32],
+    in_slope: Option<f32>,
+) -> (Vec<f64>, usize, usize) {
+    let (oh, ow) = c.out_hw();
+    let mut out = vec![0.0; c.b * c.cout * oh * ow];
+    for b in 0..c.b {
+        for co in 0..c.cout {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias[co] as f64;
+                    for ci in 0..c.cin {
+                        for ky in 0..c.kh {
+                            for kx in 0..c.kw {
+                                let iy =
+                                    (oy * c.stride[0] + ky * c.dil[0]) as isize - c.pad[0] as isize;
+                                let ix =
+                                    (ox * c.stride[1] + kx * c.dil[1]) as isize - c.pad[2] as isize;
+                                if iy < 0 || ix < 0 || iy >= c.h as isize || ix >= c.w as isize {
+                                    continue;
+                                }
+                                let xv = x
+                                    [((b * c.cin + ci) * c.h + iy as usize) * c.w + ix as usize]
+                                    as f64;
+                                let wv = wt[((co * c.cin + ci) * c.kh + ky) * c.kw + kx] as f64;
+                                acc += leaky(xv, in_slope) * wv;
+                            }
+                        }
+                    }
+                    out[((b * c.cout + co) * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+    }
+    (out, oh, ow)
+}
+
+/// Multi-head attention: per head `softmax(scale * Q K^T) V`, output `[B, Tq, H*Dv]`.
+#[derive(Clone, Copy)]
+pub struct AttentionProblem {
+    pub batch: usize,
+    pub heads: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub d: usize,
+    pub dv: usize,
+    pub scale: f32,
+}
+
+/// Where the row of (batch, token, head) starts in a tensor.
+pub type RowAt<'a> = &'a dyn Fn(usize, usize, usize) -> usize;
+
+impl AttentionProblem {
+    /// The case with the usual scale, `1 / sqrt(d)`.
+    pub fn new(batch: usize, heads: usize, tq: usize, tk: usize, d: usize, dv: usize) -> Self {
+        Self {
+            batch,
+            heads,
+            tq,
+            tk,
+            d,
+            dv,
+            scale: 1.0 / (d as f32).sqrt(),
+        }
+    }
+
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.heads * self.tq * self.tk * (self.d + self.dv)) as f64
+    }
+
+    pub fn name(&self) -> String {
+        format!(
+            "attention B={} H={} Tq={} Tk={} D={} Dv={}",
+            self.batch, self.heads, self.tq, self.tk, self.d, self.dv
+        )
+    }
+
+    /// The reference in f64, with the Q, K and V rows of (batch, token, head) found by `q_at`,
+    /// `k_at`, `v_at`.
+    pub fn reference(
+        &self,
+        (q, q_at): (&[f32], RowAt),
+        (k, k_at): (&[f32], RowAt),
+        (v, v_at): (&[f32], RowAt),
+    ) -> Vec<f64> {
+        let AttentionProblem {
+            batch,
+            heads,
+            tq,
+            tk,
+            d,
+            dv,
+            scale,
+        } = *self;
+        let width = heads * dv;
+        let mut out = vec![0.0; batch * tq * width];
+        let mut s = vec![0.0f64; tk];
+        for b in 0..batch {
+            for h in 0..heads {
+                for i in 0..tq {
+                    let qr = &q[q_at(b, i, h)..][..d];
+                    for (j, sj) in s.iter_mut().enumerate() {
+                        let kr = &k[k_at(b, j, h)..][..d];
+                        let dot: f64 = qr.iter().zip(kr).map(|(&a, &c)| a as f64 * c as f64).sum();
+                        *sj = dot * scale as f64;
+                    }
+                    let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let mut sum = 0.0;
+                    for sj in s.iter_mut() {
+                        *sj = (*sj - m).exp();
+                        sum += *sj;
+                    }
+                    let o = &mut out[(b * tq + i) * width + h * dv..][..dv];
+                    for (j, &p) in s.iter().enumerate() {
+                        let vr = &v[v_at(b, j, h)..][..dv];
+                        for (oe, &ve) in o.iter_mut().zip(vr) {
+                            *oe += p / sum * ve as f64;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}

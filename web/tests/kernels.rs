@@ -14,30 +14,17 @@ use audioldm::gpu::ops::conv::{
 };
 use audioldm::gpu::ops::matmul::{Gemm, MatView, MatmulKernel};
 use audioldm::gpu::{Activation, DType, Graph};
+use common::reference::AttentionProblem as Problem;
 use common::reference::*;
 use common::*;
 use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_browser);
 
-// ---- references, in f64 ----
-
-/// A convolution in PyTorch's terms: weight [Cout, Cin, kh, kw], padding [top, bottom, left, right].
-#[derive(Clone, Copy)]
-struct Conv {
-    b: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    kh: usize,
-    kw: usize,
-    stride: [usize; 2],
-    pad: [usize; 4],
-    dil: [usize; 2],
-}
+// ---- cases ----
 
 impl Conv {
+    /// A 3x3 convolution with the same stride both ways and no dilation.
     #[allow(clippy::too_many_arguments)]
     const fn k3(
         b: usize,
@@ -61,140 +48,9 @@ impl Conv {
             dil: [1, 1],
         }
     }
-
-    fn out_hw(&self) -> (usize, usize) {
-        let oh = (self.h + self.pad[0] + self.pad[1] - self.dil[0] * (self.kh - 1) - 1)
-            / self.stride[0]
-            + 1;
-        let ow = (self.w + self.pad[2] + self.pad[3] - self.dil[1] * (self.kw - 1) - 1)
-            / self.stride[1]
-            + 1;
-        (oh, ow)
-    }
-
-    /// Bias plus the convolution of `leaky(x)`, before any output activation.
-    fn reference(&self, x: &[f32], wt: &[f32], bias: &[f32], in_slope: Option<f32>) -> Vec<f64> {
-        let (oh, ow) = self.out_hw();
-        let mut out = vec![0.0; self.b * self.cout * oh * ow];
-        for b in 0..self.b {
-            for co in 0..self.cout {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut acc = bias[co] as f64;
-                        for ci in 0..self.cin {
-                            for ky in 0..self.kh {
-                                let iy = (oy * self.stride[0] + ky * self.dil[0]) as isize
-                                    - self.pad[0] as isize;
-                                if iy < 0 || iy >= self.h as isize {
-                                    continue;
-                                }
-                                for kx in 0..self.kw {
-                                    let ix = (ox * self.stride[1] + kx * self.dil[1]) as isize
-                                        - self.pad[2] as isize;
-                                    if ix < 0 || ix >= self.w as isize {
-                                        continue;
-                                    }
-                                    let xv = x[((b * self.cin + ci) * self.h + iy as usize)
-                                        * self.w
-                                        + ix as usize]
-                                        as f64;
-                                    let wv = wt
-                                        [((co * self.cin + ci) * self.kh + ky) * self.kw + kx]
-                                        as f64;
-                                    acc += leaky(xv, in_slope) * wv;
-                                }
-                            }
-                        }
-                        out[((b * self.cout + co) * oh + oy) * ow + ox] = acc;
-                    }
-                }
-            }
-        }
-        out
-    }
 }
-
-/// Multi-head attention: per head `softmax(scale Q K^T) V`, output `[B, Tq, H*Dv]`.
-#[derive(Clone, Copy)]
-struct Problem {
-    batch: usize,
-    heads: usize,
-    tq: usize,
-    tk: usize,
-    d: usize,
-    dv: usize,
-    scale: f32,
-}
-
-/// Where the row of (batch, token, head) starts in a tensor.
-type RowAt<'a> = &'a dyn Fn(usize, usize, usize) -> usize;
 
 impl Problem {
-    fn new(batch: usize, heads: usize, tq: usize, tk: usize, d: usize, dv: usize) -> Self {
-        Self {
-            batch,
-            heads,
-            tq,
-            tk,
-            d,
-            dv,
-            scale: 1.0 / (d as f32).sqrt(),
-        }
-    }
-
-    fn name(&self) -> String {
-        format!(
-            "attention B={} H={} Tq={} Tk={} D={} Dv={}",
-            self.batch, self.heads, self.tq, self.tk, self.d, self.dv
-        )
-    }
-
-    fn reference(
-        &self,
-        (q, q_at): (&[f32], RowAt),
-        (k, k_at): (&[f32], RowAt),
-        (v, v_at): (&[f32], RowAt),
-    ) -> Vec<f64> {
-        let Problem {
-            batch,
-            heads,
-            tq,
-            tk,
-            d,
-            dv,
-            scale,
-        } = *self;
-        let width = heads * dv;
-        let mut out = vec![0.0; batch * tq * width];
-        let mut s = vec![0.0f64; tk];
-        for b in 0..batch {
-            for h in 0..heads {
-                for i in 0..tq {
-                    let qr = &q[q_at(b, i, h)..][..d];
-                    for (j, sj) in s.iter_mut().enumerate() {
-                        let kr = &k[k_at(b, j, h)..][..d];
-                        let dot: f64 = qr.iter().zip(kr).map(|(&a, &c)| a as f64 * c as f64).sum();
-                        *sj = dot * scale as f64;
-                    }
-                    let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    let mut sum = 0.0;
-                    for sj in s.iter_mut() {
-                        *sj = (*sj - m).exp();
-                        sum += *sj;
-                    }
-                    let o = &mut out[(b * tq + i) * width + h * dv..][..dv];
-                    for (j, &p) in s.iter().enumerate() {
-                        let vr = &v[v_at(b, j, h)..][..dv];
-                        for (oe, &ve) in o.iter_mut().zip(vr) {
-                            *oe += p / sum * ve as f64;
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
-
     fn inputs(&self, seed: u64) -> [Vec<f32>; 3] {
         let rows_q = self.batch * self.tq * self.heads;
         let rows_k = self.batch * self.tk * self.heads;
@@ -476,7 +332,7 @@ async fn run_conv2d(
     } else {
         wt.clone()
     };
-    let conv = c.reference(&x, &wt_used, &bias, None);
+    let conv = conv2d_ref(c, &x, &wt_used, &bias, None).0;
     let (oh, ow) = c.out_hw();
     let residual = random(seed + 3, conv.len());
     let mut g = Graph::new(&ctx);
@@ -606,7 +462,7 @@ async fn conv1d_with_dilation_and_input_activation() {
             pad: [0, 0, pad, pad],
             dil: [1, dil],
         };
-        let conv = c.reference(&x, &wt, &bias, Some(0.1));
+        let conv = conv2d_ref(&c, &x, &wt, &bias, Some(0.1)).0;
         let lout = c.out_hw().1;
         let residual = random(seed + 3, conv.len());
         let mut g = Graph::new(&ctx);
