@@ -67,13 +67,7 @@ pub struct AppOptions {
 /// limits of `profile`.
 pub fn wgpu_setup(profile: &LimitsProfile) -> WgpuSetup {
     let mut setup = WgpuSetupCreateNew::without_display_handle();
-    setup.instance_descriptor =
-        eframe::wgpu::InstanceDescriptor::new_without_display_handle_from_env();
-    // In a browser WebGPU only: WebGL has no compute shaders.
-    #[cfg(target_arch = "wasm32")]
-    {
-        setup.instance_descriptor.backends = eframe::wgpu::Backends::BROWSER_WEBGPU;
-    }
+    setup.instance_descriptor = crate::gpu::context::instance_descriptor();
     let profile = profile.clone();
     setup.device_descriptor = Arc::new(move |adapter| {
         device_descriptor(adapter, &profile).unwrap_or_else(|e| {

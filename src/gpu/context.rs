@@ -123,6 +123,19 @@ pub fn device_descriptor(
     })
 }
 
+/// The wgpu instance the engine's device comes from: the `WGPU_*` environment's backends; in a
+/// browser WebGPU only (WebGL has no compute shaders). Front ends that create the device
+/// themselves (eframe) use it too.
+pub fn instance_descriptor() -> wgpu::InstanceDescriptor {
+    #[cfg(not(target_arch = "wasm32"))]
+    return wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    #[cfg(target_arch = "wasm32")]
+    wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::BROWSER_WEBGPU,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    }
+}
+
 /// Bytes of the engine's storage buffers alive now and at most since the last reset: weights,
 /// activations, inputs and outputs (uniform blocks and read-back staging are not counted).
 #[derive(Default)]
@@ -199,8 +212,7 @@ impl Context {
 
     /// Creates a device on the adapter the environment asks for, with the limits of `profile`.
     pub async fn with_limits(profile: LimitsProfile) -> Result<Self> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = wgpu::Instance::new(instance_descriptor());
         let adapter = choose_adapter(&instance).await?;
         let info = adapter.get_info();
         let (device, queue) = adapter

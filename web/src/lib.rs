@@ -5,8 +5,7 @@
 
 use std::fmt;
 
-use audioldm::gpu::context::device_descriptor;
-use audioldm::gpu::{Context, LimitsProfile};
+use audioldm::gpu::{Context, GpuError, LimitsProfile};
 
 /// Why a page got no GPU context.
 #[derive(Debug)]
@@ -62,27 +61,10 @@ pub async fn webgpu_context_with_limits(profile: LimitsProfile) -> Result<Contex
     if !has_webgpu() {
         return Err(WebGpuError::Unavailable);
     }
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends: wgpu::Backends::BROWSER_WEBGPU,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapter = instance
-        .request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            force_fallback_adapter: false,
-            compatible_surface: None,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| WebGpuError::NoAdapter(e.to_string()))?;
-    let info = adapter.get_info();
-    let descriptor =
-        device_descriptor(&adapter, &profile).map_err(|e| WebGpuError::Device(e.to_string()))?;
-    let (device, queue) = adapter
-        .request_device(&descriptor)
-        .await
-        .map_err(|e| WebGpuError::Device(e.to_string()))?;
-    Ok(Context::from_device(device, queue, info, profile))
+    Context::with_limits(profile).await.map_err(|e| match e {
+        GpuError::NoAdapter(detail) => WebGpuError::NoAdapter(detail),
+        other => WebGpuError::Device(other.to_string()),
+    })
 }
 
 /// Sends panics to the browser console (`console.error`) with their message and location.
