@@ -13,6 +13,7 @@ use audioldm::gpu::{DType, Graph, Tensor};
 use audioldm::model::clap_text::{ClapTextConfig, ClapTextModelWithProjection};
 use audioldm::model::nn::{Embedding, Loader, Precision};
 use audioldm::model::tokenizer::TextTokenizer;
+use common::real_tokenizer::{self, real_ids};
 use common::{ctx, max_rel_err};
 
 /// `PROMPT` and `NEGATIVE` of scripts/reference/make_reference.py (also in the goldens' metadata).
@@ -316,48 +317,9 @@ fn tiny_tokenizer_matches_the_reference_ids() {
     assert_eq!(tok.encode("", 512).unwrap(), vec![0, 2]);
 }
 
-#[derive(serde::Deserialize)]
-struct RealIds {
-    model_max_length: usize,
-    pad_id: u32,
-    bos_id: u32,
-    eos_id: u32,
-    cases: Vec<RealCase>,
-}
-
-#[derive(serde::Deserialize)]
-struct RealCase {
-    text: String,
-    max_length: usize,
-    truncated: bool,
-    ids: Vec<u32>,
-}
-
-fn real_ids() -> RealIds {
-    let path = fixtures().join("real-tokenizer-ids.json");
-    let text = std::fs::read_to_string(&path).expect("real-tokenizer-ids.json");
-    serde_json::from_str(&text).expect("parse real-tokenizer-ids.json")
-}
-
 fn check_against_transformers(tok: &TextTokenizer, what: &str) {
-    let want = real_ids();
-    assert_eq!(tok.model_max_length(), want.model_max_length, "{what}");
-    assert_eq!(
-        (tok.bos_id(), tok.pad_id(), tok.eos_id()),
-        (want.bos_id, want.pad_id, want.eos_id),
-        "{what}"
-    );
-    assert!(want.cases.len() >= 15);
-    for case in &want.cases {
-        let got = tok.encode_full(&case.text, case.max_length).unwrap();
-        assert_eq!(
-            got.ids, case.ids,
-            "{what}: ids of {:?} (max {})",
-            case.text, case.max_length
-        );
-        assert_eq!(got.dropped > 0, case.truncated, "{what}: {:?}", case.text);
-    }
-    println!("{what}: {} prompts match transformers", want.cases.len());
+    let matched = real_tokenizer::check_against_transformers(tok, what);
+    println!("{what}: {matched} prompts match transformers");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 # The browser tests: builds web/'s tests for wasm32 and runs them in headless Chromium's WebGPU
 # (its SwiftShader adapter on a machine without a GPU) through wasm-bindgen-test-runner and
 # chromedriver; then builds the page and runs the end-to-end test (web/e2e/run.mjs, playwright-core)
-# on it. Arguments go to the test harness (a name filter, for instance).
+# on it. The browser tests fetch the tiny model and the real tokenizer over HTTP from the runner's
+# server (web/test-runner.sh). Arguments go to the test harness (a name filter, for instance).
 #
 # Exit status: 0 when every test passed, 1 when the build or a test failed, 3 when a tool is
 # missing (chromium, chromedriver, wasm-bindgen-test-runner at the wasm-bindgen crate's exact
@@ -47,6 +48,23 @@ cargo="${CARGO:-cargo}"
 command -v node >/dev/null || missing "node is not on PATH (Debian: nodejs)"
 [ -d "$root/web/e2e/node_modules/playwright-core" ] ||
     missing "playwright-core is not installed (npm ci --prefix web/e2e)"
+
+# The files the tests fetch over HTTP (the runner serves them, see web/test-runner.sh): the tiny
+# model and the real tokenizer of the shared reference folder (AUDIOLDM_SHARED, else ../shared),
+# copied under target/ for the run, never into the project.
+shared="${AUDIOLDM_SHARED:-$root/../shared}"
+real_tokenizer="$shared/audioldm-s-full-v2-hf/tokenizer"
+if [ ! -f "$real_tokenizer/tokenizer.json" ]; then
+    echo "web/test.sh: the real tokenizer is not at $real_tokenizer: set AUDIOLDM_SHARED to the" \
+        "shared reference folder (the one holding audioldm-s-full-v2-hf/)" >&2
+    exit 1
+fi
+export WEB_TEST_SERVED="$CARGO_TARGET_DIR/served"
+rm -rf "$WEB_TEST_SERVED"
+mkdir -p "$WEB_TEST_SERVED"
+cp -r "$root/tests/fixtures/tiny" "$WEB_TEST_SERVED/tiny"
+cp -r "$real_tokenizer" "$WEB_TEST_SERVED/real-tokenizer"
+export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$root/web/test-runner.sh"
 
 cd "$root/web"
 start=$SECONDS

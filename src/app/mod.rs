@@ -844,7 +844,12 @@ impl AudioLdmApp {
         });
         if let Some(run) = &self.run {
             let (fraction, text) = progress_text(run);
-            ui.add(egui::ProgressBar::new(fraction).text(text).animate(true));
+            // Not animated: an animation redraws every frame, and on a browser's software or
+            // integrated GPU those frames take the time the model's steps need. The text moves
+            // with each report, and at least once a second.
+            ui.add(egui::ProgressBar::new(fraction).text(text));
+            ui.ctx()
+                .request_repaint_after(std::time::Duration::from_secs(1));
         }
     }
 
@@ -959,7 +964,11 @@ impl AudioLdmApp {
                 }
                 None => {
                     ui.add_space(120.0);
-                    ui.vertical_centered(|ui| ui.spinner());
+                    ui.vertical_centered(|ui| {
+                        ui.label(
+                            RichText::new("The spectrogram appears with the first step.").weak(),
+                        )
+                    });
                 }
             }
         } else if let Some(id) = self.selected {
@@ -1259,7 +1268,13 @@ fn progress_text(run: &Run) -> (f32, String) {
             *fraction,
             format!("Downloading {file} ({:.0}%)", fraction * 100.0),
         ),
-        Phase::Loading => (0.0, "Loading the model onto the GPU…".into()),
+        Phase::Loading => (
+            0.0,
+            format!(
+                "Loading the model onto the GPU… {:.0} s",
+                run.started.elapsed().as_secs_f64()
+            ),
+        ),
         Phase::Cancelling => (0.0, "Cancelling…".into()),
         Phase::Denoising { i, n } => {
             let fraction = *i as f32 / (*n).max(1) as f32;

@@ -1,50 +1,29 @@
 //! The whole text-to-audio pipeline in a browser, against diffusers' `AudioLDMPipeline` on the
 //! tiny random model (the goldens of `tests/pipeline.rs`: a 3-step DDIM run with guidance 2.5 and
 //! a negative prompt from injected initial latents), with the tolerances of the native test. The
-//! model's files are mounted as Blobs, as the page mounts a download, so the weights go through
-//! the browser's loading path: safetensors headers read at mount, each tensor's bytes read from
-//! its Blob when it loads; the tokenizer is the tokenizers crate's wasm build.
+//! model comes over HTTP from the test server as the page gets one from the Hub
+//! (`hub::web::resolve`: fetched, checked, kept in the Cache API, mounted as Blobs), so the
+//! weights go through the browser's loading path: safetensors headers read at mount, each
+//! tensor's bytes read from its Blob when it loads; the tokenizer is the tokenizers crate's wasm
+//! build.
 #![cfg(target_arch = "wasm32")]
 
 mod common;
 #[path = "../../tests/common/tiny.rs"]
 mod tiny;
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use audioldm::checkpoint::Checkpoint;
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::{Event, Pipeline, Residency};
 use common::*;
-use wasm_bindgen_test::{wasm_bindgen_test, wasm_bindgen_test_configure};
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
 
 wasm_bindgen_test_configure!(run_in_browser);
-
-macro_rules! fixture {
-    ($name:literal) => {
-        (
-            $name,
-            include_bytes!(concat!("../../tests/fixtures/tiny/", $name)).as_slice(),
-        )
-    };
-}
-
-/// The tiny model's folder, as the files a download would give.
-const TINY: &[(&str, &[u8])] = &[
-    fixture!("model_index.json"),
-    fixture!("scheduler/scheduler_config.json"),
-    fixture!("text_encoder/config.json"),
-    fixture!("text_encoder/model.safetensors"),
-    fixture!("tokenizer/tokenizer.json"),
-    fixture!("tokenizer/tokenizer_config.json"),
-    fixture!("unet/config.json"),
-    fixture!("unet/diffusion_pytorch_model.safetensors"),
-    fixture!("vae/config.json"),
-    fixture!("vae/diffusion_pytorch_model.safetensors"),
-    fixture!("vocoder/config.json"),
-    fixture!("vocoder/model.safetensors"),
-];
 
 const GOLDENS: &[u8] = include_bytes!("../../tests/fixtures/tiny-goldens.safetensors");
 
@@ -54,15 +33,53 @@ fn blob(bytes: &[u8]) -> web_sys::Blob {
     web_sys::Blob::new_with_u8_array_sequence(&parts).expect("a Blob")
 }
 
+/// The tiny model fetched from the test server into an empty browser cache (every file
+/// downloaded), then resolved again (every file found in the cache); the folder it is mounted at.
+async fn download_tiny() -> PathBuf {
+    let window = web_sys::window().expect("a browser window");
+    let caches = window.caches().expect("the Cache API");
+    JsFuture::from(caches.delete(audioldm::hub::web::CACHE_NAME))
+        .await
+        .expect("empty the cache");
+    let model = served_url("tiny/");
+    let mut downloaded = BTreeSet::new();
+    let dir = audioldm::hub::web::resolve(&model, &mut |p| {
+        if p.finished {
+            downloaded.insert(p.file);
+        }
+    })
+    .await
+    .expect("download the tiny model");
+    for file in [
+        "text_encoder/model.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "vocoder/model.safetensors",
+        "tokenizer/tokenizer.json",
+        "model_index.json",
+    ] {
+        assert!(
+            downloaded.contains(file),
+            "{file} was not downloaded: {downloaded:?}"
+        );
+    }
+    let mut again = Vec::new();
+    let cached = audioldm::hub::web::resolve(&model, &mut |p| again.push(p.file))
+        .await
+        .expect("the tiny model from the cache");
+    assert_eq!(cached, dir);
+    assert!(again.is_empty(), "downloaded again: {again:?}");
+    console_log!(
+        "{} files downloaded from {model}, then found in the cache",
+        downloaded.len()
+    );
+    dir
+}
+
 #[wasm_bindgen_test]
 async fn tiny_pipeline_matches_diffusers() {
     let ctx = ctx().await;
-    let root = Path::new("/tiny");
-    let files = TINY
-        .iter()
-        .map(|(name, bytes)| (name.to_string(), blob(bytes)))
-        .collect();
-    audioldm::mounted::mount(root, files).await.expect("mount");
+    let root = &download_tiny().await;
     let goldens_root = Path::new("/goldens");
     audioldm::mounted::mount(
         goldens_root,

@@ -3,6 +3,8 @@
 //! largest magnitude of the reference).
 #![allow(dead_code)]
 
+#[path = "../../../tests/common/real_tokenizer.rs"]
+pub mod real_tokenizer;
 #[path = "../../../tests/common/reference.rs"]
 pub mod reference;
 
@@ -151,4 +153,40 @@ pub async fn run(mut g: Graph, out: Var) -> Vec<f32> {
     let mut exe = g.build().expect("build");
     exe.run_async().await.expect("run");
     exe.read_async(out).await.expect("read")
+}
+
+/// The URL of `path` on the test server: `web/test.sh` has wasm-bindgen's runner serve the
+/// folder of test files it prepares (the tiny model under `tiny/`, the real tokenizer under
+/// `real-tokenizer/`).
+pub fn served_url(path: &str) -> String {
+    let origin = web_sys::window()
+        .expect("a browser window")
+        .location()
+        .origin()
+        .expect("the page's origin");
+    format!("{origin}/{path}")
+}
+
+/// The file at `path` on the test server, as a Blob.
+pub async fn fetch_served(path: &str) -> web_sys::Blob {
+    use wasm_bindgen::JsCast;
+    use wasm_bindgen_futures::JsFuture;
+    let url = served_url(path);
+    let window = web_sys::window().expect("a browser window");
+    let response: web_sys::Response = JsFuture::from(window.fetch_with_str(&url))
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e:?}"))
+        .dyn_into()
+        .expect("a Response");
+    assert!(
+        response.ok(),
+        "{url}: {} (the test server serves the files web/test.sh prepares: run the browser \
+         tests through it)",
+        response.status()
+    );
+    JsFuture::from(response.blob().expect("a body"))
+        .await
+        .expect("the body")
+        .dyn_into()
+        .expect("a Blob")
 }
