@@ -211,6 +211,14 @@ pub struct AudioLdmApp {
     /// Dropped files whose bytes have arrived (a browser reads them asynchronously).
     #[cfg(target_arch = "wasm32")]
     dropped: std::rc::Rc<std::cell::RefCell<Vec<Result<PathBuf, String>>>>,
+    /// [`Self::history_signature`] when the history was last saved.
+    saved_history: (usize, Option<u64>),
+    /// The model folder the user picked, mounted (a browser reads it asynchronously).
+    #[cfg(target_arch = "wasm32")]
+    picked_folder: std::rc::Rc<std::cell::RefCell<Option<Result<PathBuf, String>>>>,
+    /// For the page's calls into the app, which must draw what they change.
+    #[cfg(target_arch = "wasm32")]
+    egui_ctx: egui::Context,
 }
 
 impl AudioLdmApp {
@@ -272,7 +280,13 @@ impl AudioLdmApp {
             controls: HashMap::new(),
             #[cfg(target_arch = "wasm32")]
             dropped: Default::default(),
+            saved_history: (0, None),
+            #[cfg(target_arch = "wasm32")]
+            picked_folder: Default::default(),
+            #[cfg(target_arch = "wasm32")]
+            egui_ctx: cc.egui_ctx.clone(),
         };
+        app.saved_history = app.history_signature();
         if let Some(path) = &options.input {
             app.load_input(path);
         }
@@ -729,6 +743,17 @@ impl AudioLdmApp {
         }
     }
 
+    /// What tells one history from another as it changes (a clip added or removed).
+    fn history_signature(&self) -> (usize, Option<u64>) {
+        let history = &self.persisted.history;
+        (history.len(), history.first().map(|e| e.id))
+    }
+
+    /// What the app says of the model field's text (where it leads, or what is wrong with it).
+    pub fn model_status(&mut self) -> String {
+        self.check_model()
+    }
+
     fn check_model(&mut self) -> String {
         let model = self.persisted.settings.model.trim().to_string();
         if self.model_status.0 != model {
@@ -809,11 +834,28 @@ impl AudioLdmApp {
         ui.add(egui::TextEdit::singleline(&mut settings.model).desired_width(f32::INFINITY))
             .labelled_by(label.id);
         ui.horizontal(|ui| {
+            let folder = ui.button("Folder…");
+            self.controls.insert("Folder…", folder.rect);
             #[cfg(not(target_arch = "wasm32"))]
-            if ui.button("Folder…").clicked()
+            if folder.clicked()
                 && let Some(dir) = rfd::FileDialog::new().pick_folder()
             {
                 settings.model = dir.display().to_string();
+            }
+            #[cfg(target_arch = "wasm32")]
+            if folder.clicked() {
+                let picked = std::rc::Rc::clone(&self.picked_folder);
+                let egui_ctx = ui.ctx().clone();
+                let asked = web::pick_folder(move |folder| {
+                    *picked.borrow_mut() = Some(folder);
+                    egui_ctx.request_repaint();
+                });
+                if let Err(e) = asked {
+                    self.messages.push(Message {
+                        severity: Severity::Error,
+                        text: e,
+                    });
+                }
             }
             if ui.button("Default model").clicked() {
                 settings.model = hub::DEFAULT_MODEL.to_string();
@@ -928,6 +970,14 @@ impl AudioLdmApp {
             Some(HistoryAction::Regenerate(id)) => self.regenerate(id),
             Some(HistoryAction::UseAsInput(id)) => self.use_as_input(id),
             Some(HistoryAction::Remove(id)) => {
+                // A browser's storage is small and shared: the clip's files go with the entry.
+                #[cfg(target_arch = "wasm32")]
+                for entry in self.persisted.history.iter().filter(|e| e.id == id) {
+                    crate::mounted::remove(&entry.wav);
+                    if let Some(edit) = &entry.edit {
+                        crate::mounted::remove(&edit.source_wav);
+                    }
+                }
                 self.persisted.history.retain(|e| e.id != id);
                 self.clips.remove(&id);
                 if self.selected == Some(id) {
@@ -1209,6 +1259,24 @@ impl AudioLdmApp {
             }
         }
     }
+
+    /// What the browser has finished in the background: a picked model folder mounted, clips
+    /// that its storage could not keep.
+    #[cfg(target_arch = "wasm32")]
+    fn browser_arrivals(&mut self) {
+        let picked = self.picked_folder.borrow_mut().take();
+        match picked {
+            Some(Ok(folder)) => {
+                self.persisted.settings.model = folder.display().to_string();
+                self.model_status = (String::new(), String::new());
+            }
+            Some(Err(e)) => self.error(format!("cannot use the picked folder: {e}")),
+            None => {}
+        }
+        for e in crate::mounted::take_persist_errors() {
+            self.error(e);
+        }
+    }
 }
 
 /// Where clips are kept unless the options say: `clips/` in eframe's storage folder on the
@@ -1243,6 +1311,14 @@ fn model_status(model: &str) -> String {
         Ok(None) => "downloads on first use".to_string(),
         Err(e) => e.to_string(),
     };
+    #[cfg(target_arch = "wasm32")]
+    if Path::new(model).starts_with(hub::web::LOCAL_ROOT) {
+        return if crate::mounted::is_dir(Path::new(model)) {
+            "a folder picked in this visit".to_string()
+        } else {
+            "a folder picked in an earlier visit: pick it again with \"Folder…\"".to_string()
+        };
+    }
     #[cfg(target_arch = "wasm32")]
     match hub::web::base_url(model) {
         Ok(url) => format!("from {url}, kept in this browser's cache after the first visit"),
@@ -1307,9 +1383,11 @@ fn file_name_for(prompt: &str) -> String {
 }
 
 impl eframe::App for AudioLdmApp {
-    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
         self.handle_reports();
+        #[cfg(target_arch = "wasm32")]
+        self.browser_arrivals();
         // Taken before the prompt box sees it (it would insert a newline), acted on after the
         // panels: text typed in the same frame is then already in the settings.
         let generate_requested = ctx.input_mut(|i| {
@@ -1346,6 +1424,17 @@ impl eframe::App for AudioLdmApp {
         }
         if self.player.playing().is_some() {
             ctx.request_repaint_after(std::time::Duration::from_millis(33));
+        }
+        // A changed history is saved at once, not at eframe's next autosave: a closed browser
+        // tab gives no chance to save (eframe 0.37 listens for "onbeforeunload", which never
+        // fires), and a crashed desktop app none either.
+        let history = self.history_signature();
+        if history != self.saved_history
+            && let Some(storage) = frame.storage_mut()
+        {
+            eframe::App::save(self, storage);
+            storage.flush();
+            self.saved_history = history;
         }
     }
 

@@ -43,19 +43,24 @@ pub fn base_url(model: &str) -> Result<String> {
     ))
 }
 
+/// Where the folders the user picks are mounted ([`mount_folder`]).
+pub const LOCAL_ROOT: &str = "/local";
+
 /// Fetches (or finds in the browser's cache) every file the pipeline needs from `model` and
 /// mounts them; returns the folder to load the pipeline from. `progress` hears of every file
-/// that is downloaded (a file found in the cache is not reported).
+/// that is downloaded (a file found in the cache is not reported). A `model` under
+/// [`LOCAL_ROOT`] is a folder the user picked in this visit.
 pub async fn resolve(model: &str, progress: &mut dyn FnMut(DownloadProgress)) -> Result<PathBuf> {
+    if let Some(folder) = local_folder(model)? {
+        return Ok(folder);
+    }
     let base = base_url(model)?;
     let cache = open_cache().await?;
     let mut files = Vec::new();
     for (index, requirement) in REQUIREMENTS.iter().enumerate() {
         let mut found = None;
-        let mut tried = Vec::new();
         for alternative in requirement.iter() {
             if alternative.iter().any(|f| f.ends_with(".bin")) {
-                tried.push(alternative.join(" + "));
                 continue;
             }
             let mut blobs = Vec::new();
@@ -72,7 +77,13 @@ pub async fn resolve(model: &str, progress: &mut dyn FnMut(DownloadProgress)) ->
                         finished: total > 0 && downloaded == total,
                     })
                 })
-                .await?;
+                .await;
+                // What no loader reads may be missing, also when the server cannot be reached
+                // (the next visit, offline, without a file the server did not have).
+                let fetched = match fetched {
+                    Err(_) if is_unread(requirement) => None,
+                    fetched => fetched?,
+                };
                 match fetched {
                     Some(blob) => blobs.push((file.to_string(), blob)),
                     None => break,
@@ -82,33 +93,92 @@ pub async fn resolve(model: &str, progress: &mut dyn FnMut(DownloadProgress)) ->
                 found = Some(blobs);
                 break;
             }
-            tried.push(alternative.join(" + "));
         }
         match found {
             Some(blobs) => files.extend(blobs),
-            None if requirement
-                .iter()
-                .all(|a| a.iter().all(|f| UNREAD.contains(f))) => {}
-            None => {
-                return Err(Error::Input(format!(
-                    "{base} has none of {}{}",
-                    tried.join(", "),
-                    if requirement
-                        .iter()
-                        .flat_map(|a| a.iter())
-                        .any(|f| f.ends_with(".bin"))
-                    {
-                        " (the web build reads safetensors weights only)"
-                    } else {
-                        ""
-                    }
-                )));
-            }
+            None if is_unread(requirement) => {}
+            None => return Err(missing(&base, requirement)),
         }
     }
     let root = PathBuf::from("/models").join(mount_name(&base));
     crate::mounted::mount(&root, files).await?;
     Ok(root)
+}
+
+/// Mounts the model folder the user picked (`name`, and its files as `(path in the folder,
+/// file)`) under [`LOCAL_ROOT`], taking the files the pipeline needs (safetensors where a
+/// `.bin` is there too); returns the folder to load the pipeline from. A folder without the
+/// model's files is an error naming what is missing.
+pub async fn mount_folder(name: &str, files: Vec<(String, web_sys::Blob)>) -> Result<PathBuf> {
+    let mut files: std::collections::BTreeMap<String, web_sys::Blob> = files.into_iter().collect();
+    let mut chosen = Vec::new();
+    for requirement in REQUIREMENTS {
+        let found = requirement.iter().find(|alternative| {
+            alternative
+                .iter()
+                .all(|f| !f.ends_with(".bin") && files.contains_key(*f))
+        });
+        match found {
+            Some(alternative) => {
+                for file in alternative.iter() {
+                    if let Some(blob) = files.remove(*file) {
+                        chosen.push((file.to_string(), blob));
+                    }
+                }
+            }
+            None if is_unread(requirement) => {}
+            None => return Err(missing(&format!("the folder {name}"), requirement)),
+        }
+    }
+    let root = PathBuf::from(LOCAL_ROOT).join(mount_name(name));
+    crate::mounted::mount(&root, chosen).await?;
+    Ok(root)
+}
+
+/// `model` as a picked folder: `Some` when it is mounted, an error when it lies under
+/// [`LOCAL_ROOT`] but is not (the page was opened again: a browser forgets picked folders).
+fn local_folder(model: &str) -> Result<Option<PathBuf>> {
+    let path = std::path::Path::new(model.trim());
+    if !path.starts_with(LOCAL_ROOT) {
+        return Ok(None);
+    }
+    if crate::mounted::is_dir(path) {
+        return Ok(Some(path.to_path_buf()));
+    }
+    Err(Error::Input(format!(
+        "{}: the browser no longer has this folder (it forgets picked folders when the page \
+         closes): pick it again with \"Folder…\"",
+        path.display()
+    )))
+}
+
+/// Whether no loader reads what `requirement` asks for (it may then be missing).
+fn is_unread(requirement: &[&[&str]]) -> bool {
+    requirement
+        .iter()
+        .all(|alternative| alternative.iter().all(|f| UNREAD.contains(f)))
+}
+
+/// The error for a `requirement` that `source` cannot meet.
+fn missing(source: &str, requirement: &[&[&str]]) -> Error {
+    let has_bin = requirement
+        .iter()
+        .flat_map(|a| a.iter())
+        .any(|f| f.ends_with(".bin"));
+    let wanted: Vec<String> = requirement
+        .iter()
+        .filter(|a| a.iter().all(|f| !f.ends_with(".bin")))
+        .map(|a| a.join(" + "))
+        .collect();
+    Error::Input(format!(
+        "{source} has none of {}{}",
+        wanted.join(", "),
+        if has_bin {
+            " (the web build reads safetensors weights only, not PyTorch .bin files)"
+        } else {
+            ""
+        }
+    ))
 }
 
 /// A folder name for a base URL: its characters that are not alphanumeric become `_`.

@@ -5,6 +5,11 @@
 //      canvas, at the controls' positions the app reports), the progress and the spectrogram
 //      appear, a history entry with the settings shows up, and the clip's WAV download is 16 kHz
 //      audio of the clip's length.
+//   3. A model folder picked with the app's "Folder…" (a webkitdirectory file input) is mounted,
+//      and a clip is made from it.
+//   4. The next visit, with the model's server gone: the history is still there, an earlier clip
+//      still downloads (clips are kept in the browser's storage), and a clip is made from the
+//      model in the browser's cache.
 // Serves $E2E_DIST (default web/dist). Screenshots go to $E2E_OUT (default target/web-e2e).
 // Prints the figures: page load to interactive, the time of each stage of the generation. Exit
 // status 0 only when every check passed.
@@ -40,10 +45,15 @@ function check(condition, message) {
   console.log(`e2e: ok: ${message}`);
 }
 
-// Serves `/tiny/...` from the tiny model and everything else from web/dist.
+// Serves `/tiny/...` from the tiny model (while `modelServed`) and everything else from web/dist.
+let modelServed = true;
 function serve() {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, "http://localhost");
+    if (url.pathname.startsWith("/tiny/") && !modelServed) {
+      res.writeHead(503).end();
+      return;
+    }
     const [base, rel] = url.pathname.startsWith("/tiny/")
       ? [tiny, url.pathname.slice("/tiny/".length)]
       : [dist, url.pathname === "/" ? "index.html" : url.pathname.slice(1)];
@@ -94,6 +104,19 @@ async function waitFor(page, what, predicate, timeout, onState = () => {}) {
   }
 }
 
+// The centre of control `name` once the layout has settled (a message shown above the controls
+// moves them): two reads a frame or more apart that agree.
+async function settledControl(page, name) {
+  let last = null;
+  for (let i = 0; i < 40; i++) {
+    const rect = JSON.stringify((await state(page)).controls[name]);
+    if (rect === last) return center(JSON.parse(rect));
+    last = rect;
+    await page.waitForTimeout(250);
+  }
+  fail(`the control ${name} does not stay in place`);
+}
+
 function center([x, y, w, h]) {
   return [x + w / 2, y + h / 2];
 }
@@ -120,6 +143,43 @@ function readWav(bytes) {
   return wav;
 }
 
+// Clicks Generate and waits for the new history entry; the phases seen, with when each began.
+async function clickGenerate(page, console_) {
+  const before = (await state(page)).history.length;
+  await page.waitForTimeout(300);
+  await page.mouse.click(...await settledControl(page, "Generate"));
+  const clicked = Date.now();
+  const phases = new Map();
+  let framesWhileRunning = 0;
+  const done = await waitFor(page, "the clip", (s) => s.history.length > before && !s.running,
+    GENERATION_TIMEOUT_MS, (s) => {
+      const phase = s.phase?.split(/[ {(]/)[0];
+      if (phase && !phases.has(phase)) phases.set(phase, Date.now());
+      if (s.running) framesWhileRunning = Math.max(framesWhileRunning, s.shown_frames);
+      if (s.messages.length && !s.running && s.history.length === before) {
+        fail(`the app reported: ${s.messages.join("; ")}\n${console_.join("\n")}`);
+      }
+    });
+  return { done, phases, framesWhileRunning, generationS: (Date.now() - clicked) / 1000 };
+}
+
+// "Save as WAV" of history `entry`: a download of 16 kHz mono audio of the entry's length.
+async function checkDownload(page, entry, what) {
+  const [download] = await Promise.all([
+    page.waitForEvent("download", { timeout: 30000 }),
+    page.evaluate((id) => window.audioldm.save_clip(id), entry.id),
+  ]);
+  const file = path.join(out, download.suggestedFilename());
+  await download.saveAs(file);
+  const wav = readWav(new Uint8Array(fs.readFileSync(file)));
+  const samples = wav.dataBytes / (wav.bits / 8) / wav.channels;
+  const expected = Math.floor(entry.settings.duration_s * 16000);
+  console.log(`e2e: ${what} ${download.suggestedFilename()}: ${wav.rate} Hz, ` +
+    `${wav.channels} channel(s), ${wav.bits} bits, ${samples} samples`);
+  check(wav.rate === 16000 && wav.channels === 1, `${what} is 16 kHz mono`);
+  check(samples === expected, `${what} has the clip's ${expected} samples`);
+}
+
 async function generate(base) {
   fs.mkdirSync(out, { recursive: true });
   const browser = await chromium.launch({ executablePath, args: webgpuFlags });
@@ -143,22 +203,7 @@ async function generate(base) {
     await page.mouse.click(px, py);
     await page.keyboard.type(PROMPT);
     await page.waitForTimeout(300);
-    const [gx, gy] = center((await state(page)).controls.Generate);
-    await page.mouse.click(gx, gy);
-    const clicked = Date.now();
-
-    const phases = new Map();
-    let framesWhileRunning = 0;
-    const done = await waitFor(page, "the clip", (s) => s.history.length > 0 && !s.running,
-      GENERATION_TIMEOUT_MS, (s) => {
-        const phase = s.phase?.split(/[ {(]/)[0];
-        if (phase && !phases.has(phase)) phases.set(phase, Date.now());
-        if (s.running) framesWhileRunning = Math.max(framesWhileRunning, s.shown_frames);
-        if (s.messages.length && !s.running && !s.history.length) {
-          fail(`the app reported: ${s.messages.join("; ")}\n${console_.join("\n")}`);
-        }
-      });
-    const generationS = (Date.now() - clicked) / 1000;
+    const { done, phases, framesWhileRunning, generationS } = await clickGenerate(page, console_);
     console.log(`e2e: figure: generation (tiny model, ${done.history[0].settings.steps} steps, ` +
       `${done.history[0].settings.duration_s} s) ${generationS.toFixed(1)} s`);
     const marks = [...phases, ["Done", Date.now()]];
@@ -175,19 +220,36 @@ async function generate(base) {
     check(entry.settings.steps === 2 && entry.settings.duration_s === 1,
       "the history entry has the steps and duration of the page's address");
 
-    const [download] = await Promise.all([
-      page.waitForEvent("download", { timeout: 30000 }),
-      page.evaluate((id) => window.audioldm.save_clip(id), entry.id),
+    await checkDownload(page, entry, "the WAV download");
+
+    // 3. The model from a folder the user picks.
+    const [chooser] = await Promise.all([
+      page.waitForEvent("filechooser", { timeout: 30000 }),
+      page.mouse.click(...await settledControl(page, "Folder…")),
     ]);
-    const file = path.join(out, download.suggestedFilename());
-    await download.saveAs(file);
-    const wav = readWav(new Uint8Array(fs.readFileSync(file)));
-    const samples = wav.dataBytes / (wav.bits / 8) / wav.channels;
-    const expected = Math.floor(entry.settings.duration_s * 16000);
-    console.log(`e2e: the download ${download.suggestedFilename()}: ${wav.rate} Hz, ` +
-      `${wav.channels} channel(s), ${wav.bits} bits, ${samples} samples`);
-    check(wav.rate === 16000 && wav.channels === 1, "the WAV download is 16 kHz mono");
-    check(samples === expected, `the WAV download has the clip's ${expected} samples`);
+    await chooser.setFiles(tiny);
+    const picked = await waitFor(page, "the picked folder", (s) => s.model.startsWith("/local/"),
+      60000);
+    console.log(`e2e: the picked folder: ${picked.model} (${picked.model_status})`);
+    check(picked.model_status === "a folder picked in this visit",
+      "the picked folder is mounted as the model");
+    const fromFolder = await clickGenerate(page, console_);
+    console.log(`e2e: figure: generation from the picked folder ${fromFolder.generationS.toFixed(1)} s`);
+    check(fromFolder.done.history.length === 2 && fromFolder.done.history[0].settings.model === picked.model,
+      "a clip is made from the picked folder");
+
+    // 4. The next visit, offline for the model.
+    modelServed = false;
+    await page.reload();
+    const again = await waitFor(page, "the app after a reload",
+      (s) => s.controls?.Generate && s.history.length === 2, 120000);
+    check(again.history[1].id === entry.id, "the history is kept across visits");
+    await checkDownload(page, again.history[1], "a clip of the earlier visit");
+    check(again.history[0].settings.prompt === PROMPT, "the settings are kept across visits");
+    const offline = await clickGenerate(page, console_);
+    check(offline.done.history.length === 3 && offline.done.history[0].settings.model === `${base}/tiny/`,
+      "the next visit makes a clip from the model in the browser's cache, its server gone");
+    await page.screenshot({ path: path.join(out, "app-next-visit.png") });
   } catch (e) {
     console.error(e.message);
     throw e;
