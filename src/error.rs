@@ -29,4 +29,11 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// Whether the GPU ran out of memory: the front ends then say how to need less.
+    pub fn is_out_of_gpu_memory(&self) -> bool {
+        matches!(self, Self::Gpu(GpuError::OutOfMemory(_)))
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -628,3 +628,30 @@ fn style_transfer_and_inpainting_through_the_widgets() {
     drop(harness);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn running_out_of_gpu_memory_says_how_to_need_less() {
+    use audioldm::gpu::{DType, GpuError, Tensor};
+    // A real out-of-memory error of the engine: a tensor over the device's largest buffer.
+    let ctx = audioldm::gpu::Context::new_blocking().expect("a GPU adapter");
+    let too_many = (ctx.limits().max_buffer_size / 4 + 1) as usize;
+    let err = audioldm::Error::from(Tensor::empty(&ctx, [too_many], DType::F32).unwrap_err());
+    assert!(matches!(
+        err,
+        audioldm::Error::Gpu(GpuError::OutOfMemory(_))
+    ));
+    assert!(err.is_out_of_gpu_memory());
+    let message = audioldm::app::worker::failure_message(&err);
+    println!("{message}");
+    assert!(
+        message.starts_with("out of GPU memory while allocating"),
+        "{message}"
+    );
+    assert!(message.contains("\"Low GPU memory\""), "{message}");
+    // Anything else is reported as it is.
+    let other = audioldm::Error::Input("no such model folder: x".into());
+    assert_eq!(
+        audioldm::app::worker::failure_message(&other),
+        "no such model folder: x"
+    );
+}

@@ -214,7 +214,7 @@ impl WorkerState {
             Err(crate::Error::Cancelled) => report(Report::Cancelled { id }),
             Err(e) => report(Report::Failed {
                 id,
-                message: e.to_string(),
+                message: failure_message(&e),
             }),
         }
     }
@@ -293,5 +293,18 @@ impl WorkerState {
             Task::Generate(request) => pipeline.generate_async(request, cancel, on_event).await,
             Task::Edit(edit) => pipeline.edit_async(edit, cancel, on_event).await,
         }
+    }
+}
+
+/// What the app says when a run fails: the error, and for a GPU out of memory, how to need less.
+pub fn failure_message(e: &crate::Error) -> String {
+    if e.is_out_of_gpu_memory() {
+        format!(
+            "{e}. This clip needs more GPU memory than the GPU has free or allows: tick \"Low \
+             GPU memory\" (one network on the GPU at a time), make the clip shorter, or close \
+             other programs and browser tabs that use the GPU"
+        )
+    } else {
+        e.to_string()
     }
 }

@@ -175,6 +175,12 @@ pub struct Context {
     inner: Arc<Inner>,
 }
 
+/// A GPU error caught after the call that caused it returned.
+struct Caught {
+    out_of_memory: bool,
+    message: String,
+}
+
 struct Inner {
     device: wgpu::Device,
     queue: wgpu::Queue,
@@ -184,8 +190,9 @@ struct Inner {
     caps: Capabilities,
     /// Set by the device-lost callback; every later operation reports it.
     lost: Arc<Mutex<Option<String>>>,
-    /// Errors no error scope caught (wgpu would otherwise panic on them).
-    uncaptured: Arc<Mutex<Vec<String>>>,
+    /// Errors no error scope caught (wgpu would otherwise panic on them), and in a browser what
+    /// the scopes caught after they returned.
+    uncaptured: Arc<Mutex<Vec<Caught>>>,
     /// In a browser: error scopes popped but not answered yet ([`Context::wait_async`] waits for
     /// them, so an error is reported by the wait that follows the work that caused it).
     #[cfg(target_arch = "wasm32")]
@@ -255,7 +262,10 @@ impl Context {
             tracing::error!(%error, "uncaptured GPU error");
             sink.lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(error.to_string());
+                .push(Caught {
+                    out_of_memory: matches!(error, wgpu::Error::OutOfMemory { .. }),
+                    message: error.to_string(),
+                });
         }));
         let caps = Capabilities::from_features(device.features());
         let limits = device.limits();
@@ -369,15 +379,24 @@ impl Context {
             .uncaptured
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if !uncaptured.is_empty() {
-            let message = uncaptured.join("; ");
-            uncaptured.clear();
-            return Err(GpuError::Wgpu {
+        if uncaptured.is_empty() {
+            return Ok(());
+        }
+        let caught = std::mem::take(&mut *uncaptured);
+        let message = caught
+            .iter()
+            .map(|c| c.message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        // Running out of memory is what the user can act on: it names the error.
+        Err(if caught.iter().any(|c| c.out_of_memory) {
+            GpuError::OutOfMemory(message)
+        } else {
+            GpuError::Wgpu {
                 context: "running GPU work".into(),
                 message,
-            });
-        }
-        Ok(())
+            }
+        })
     }
 
     /// Runs `f` inside out-of-memory and validation error scopes and turns what they catch into
@@ -422,9 +441,14 @@ impl Context {
         let what = what.to_string();
         wasm_bindgen_futures::spawn_local(async move {
             let caught = [
-                oom.await
-                    .map(|e| format!("out of GPU memory: {what} ({e})")),
-                validation.await.map(|e| format!("{what}: {e}")),
+                oom.await.map(|e| Caught {
+                    out_of_memory: true,
+                    message: format!("{what} ({e})"),
+                }),
+                validation.await.map(|e| Caught {
+                    out_of_memory: false,
+                    message: format!("{what}: {e}"),
+                }),
             ];
             sink.lock()
                 .unwrap_or_else(PoisonError::into_inner)
