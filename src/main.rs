@@ -228,9 +228,9 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             if e.is_out_of_gpu_memory() {
                 eprintln!(
-                    "hint: this run needs more GPU memory than the GPU has free or allows: try --low-memory \
-                     (one network on the GPU at a time), --f16, a shorter --duration, or close \
-                     other programs using the GPU"
+                    "hint: this run needs more GPU memory than the GPU has free or allows: try \
+                     --low-memory (one network on the GPU at a time), --f16, a shorter \
+                     --duration, or close other programs using the GPU"
                 );
             }
             ExitCode::FAILURE
