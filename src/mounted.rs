@@ -309,9 +309,20 @@ pub(crate) async fn read_range(
     let slice = blob
         .slice_with_f64_and_f64(start as f64, end as f64)
         .map_err(|e| format!("cannot slice the file: {e:?}"))?;
-    let buffer = JsFuture::from(slice.array_buffer())
-        .await
-        .map_err(|e| format!("cannot read the file: {e:?}"))?;
+    let buffer = JsFuture::from(slice.array_buffer()).await.map_err(|e| {
+        let name = e
+            .dyn_ref::<web_sys::DomException>()
+            .map(|e| e.name())
+            .unwrap_or_default();
+        if name == "NotReadableError" {
+            "the browser can no longer read this file: a private window cannot hold a model this \
+             large in memory (open the page in a normal window), or the file changed on disk \
+             since its folder was picked (pick it again)"
+                .to_string()
+        } else {
+            format!("cannot read the file: {e:?}")
+        }
+    })?;
     let buffer: js_sys::ArrayBuffer = buffer
         .dyn_into()
         .map_err(|_| "the browser returned no bytes".to_string())?;

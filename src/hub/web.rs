@@ -7,7 +7,8 @@
 //! A file enters the cache only whole: its length is checked against what the server declared,
 //! and its SHA-256 against the Hub's `X-Linked-Etag` where the Hub gives one. A download cut short
 //! (a lost connection, a closed tab) leaves nothing in the cache, and the next visit starts that
-//! file again. Weights are read as safetensors only (see [`crate::mounted::mount`]).
+//! file again. The browser streams each body into its cache (on disk) while the page checks the
+//! other copy, so a large file is never whole in the page's memory. Weights are read as safetensors only (see [`crate::mounted::mount`]).
 
 use std::path::PathBuf;
 
@@ -253,14 +254,49 @@ async fn fetch_cached(
         })
         .filter(|etag| etag.len() == 64 && etag.bytes().all(|b| b.is_ascii_hexdigit()));
 
+    // The browser streams one copy of the body into its cache (on disk, never whole in the
+    // page's memory: a full-size UNet is 740 MB) while this reads the other for its length and
+    // hash. The entry is deleted again if they are wrong; a body cut off is never stored.
+    let for_cache = web_sys::Response::clone(&response).map_err(|e| js_error(&url, e))?;
+    let stored = JsFuture::from(cache.put_with_str(&url, &for_cache));
+    let checked = read_checked(&url, &response, declared, sha256.as_deref(), &mut progress).await;
+    let stored = stored.await;
+    if let Err(e) = checked {
+        let _ = JsFuture::from(cache.delete_with_str(&url)).await;
+        return Err(e);
+    }
+    stored.map_err(|e| {
+        js_error(
+            &format!(
+                "{url}: the browser's storage cannot keep it (a private window keeps little, or \
+                 the disk is full); the model is read from there, so open the page in a normal \
+                 window or free some disk space"
+            ),
+            e,
+        )
+    })?;
+    cached_blob(cache, &url)
+        .await?
+        .map(Some)
+        .ok_or_else(|| Error::Input(format!("{url}: the browser's cache lost it at once")))
+}
+
+/// Reads `response`'s body to its end, reporting progress, and checks its length against
+/// `declared` and its SHA-256 against `sha256` (lowercase hex) where they are given.
+async fn read_checked(
+    url: &str,
+    response: &web_sys::Response,
+    declared: Option<u64>,
+    sha256: Option<&str>,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<()> {
     let body = response
         .body()
         .ok_or_else(|| Error::Input(format!("{url}: the response has no body")))?;
     let reader: web_sys::ReadableStreamDefaultReader = body
         .get_reader()
         .dyn_into()
-        .map_err(|e| js_error(&url, e.into()))?;
-    let chunks = js_sys::Array::new();
+        .map_err(|e| js_error(url, e.into()))?;
     let mut hasher = Sha256::new();
     let mut received = 0u64;
     let total = declared.unwrap_or(0);
@@ -277,12 +313,11 @@ async fn fetch_cached(
         }
         let chunk: js_sys::Uint8Array = js_sys::Reflect::get(&step, &JsValue::from_str("value"))
             .and_then(|v| v.dyn_into())
-            .map_err(|e| js_error(&url, e))?;
+            .map_err(|e| js_error(url, e))?;
         received += u64::from(chunk.length());
         if sha256.is_some() {
             hasher.update(chunk.to_vec());
         }
-        chunks.push(&chunk);
         progress(received, total.max(received));
     }
     if let Some(declared) = declared
@@ -306,20 +341,7 @@ async fn fetch_cached(
             )));
         }
     }
-    let blob = web_sys::Blob::new_with_u8_array_sequence(&chunks).map_err(|e| js_error(&url, e))?;
-    drop(chunks);
-    let stored =
-        web_sys::Response::new_with_opt_blob(Some(&blob)).map_err(|e| js_error(&url, e))?;
-    JsFuture::from(cache.put_with_str(&url, &stored))
-        .await
-        .map_err(|e| {
-            js_error(
-                &format!("{url}: cannot keep it in the browser's cache (is the disk full?)"),
-                e,
-            )
-        })?;
-    // The cache's copy lives on the browser's disk; the downloaded parts can go.
-    Ok(Some(cached_blob(cache, &url).await?.unwrap_or(blob)))
+    Ok(())
 }
 
 /// The cached copy of `url`, if the cache has it.

@@ -1,20 +1,25 @@
 // End-to-end test of the web build: web/dist served on localhost, with the tiny random model of
-// tests/fixtures/tiny at /tiny/, driven in headless Chromium (WebGPU on its SwiftShader adapter).
+// tests/fixtures/tiny at /model/, driven in headless Chromium (WebGPU on its SwiftShader adapter).
 //   1. Without WebGPU the page shows its message, not a blank canvas.
 //   2. With WebGPU: the page loads, the prompt is typed and Generate clicked (real input on the
 //      canvas, at the controls' positions the app reports), the progress and the spectrogram
 //      appear, a history entry with the settings shows up, and the clip's WAV download is 16 kHz
 //      audio of the clip's length.
-//   3. A model folder picked with the app's "Folder…" (a webkitdirectory file input) is mounted,
+//   3. A download cut off halfway gives a message and leaves nothing in the cache; Generate
+//      again makes the clip.
+//   4. A model folder picked with the app's "Folder…" (a webkitdirectory file input) is mounted,
 //      and a clip is made from it.
-//   4. The next visit, with the model's server gone: the history is still there, an earlier clip
+//   5. The next visit, with the model's server gone: the history is still there, an earlier clip
 //      still downloads (clips are kept in the browser's storage), and a clip is made from the
 //      model in the browser's cache.
 // Serves $E2E_DIST (default web/dist). Screenshots go to $E2E_OUT (default target/web-e2e).
 // Prints the figures: page load to interactive, the time of each stage of the generation. Exit
 // status 0 only when every check passed.
 //   node web/e2e/run.mjs
+// For figures on another model (the full-size random one, say) only part 2 runs:
+//   E2E_FIGURES_ONLY=1 E2E_MODEL=target/reference/full E2E_STEPS=1 E2E_DURATION=2.5 node web/e2e/run.mjs
 import fs from "node:fs";
+import os from "node:os";
 import http from "node:http";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -23,6 +28,10 @@ import { chromium } from "playwright-core";
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const dist = path.resolve(process.env.E2E_DIST || path.join(root, "web/dist"));
 const tiny = path.join(root, "tests/fixtures/tiny");
+const model = path.resolve(process.env.E2E_MODEL || tiny);
+const figuresOnly = process.env.E2E_FIGURES_ONLY === "1";
+const steps = Number(process.env.E2E_STEPS || 2);
+const duration = Number(process.env.E2E_DURATION || 1);
 const out = process.env.E2E_OUT || path.join(root, "target/web-e2e");
 const executablePath = process.env.CHROMIUM ||
   ["/usr/lib/chromium/chromium", "/usr/bin/chromium"].find((p) => fs.existsSync(p));
@@ -45,29 +54,39 @@ function check(condition, message) {
   console.log(`e2e: ok: ${message}`);
 }
 
-// Serves `/tiny/...` from the tiny model (while `modelServed`) and everything else from web/dist.
+// Serves `/model/...` from the model folder (while `modelServed`) and everything else from
+// web/dist. The next response for the model file `cutOnce` stops halfway, its connection closed.
 let modelServed = true;
+let cutOnce = null;
 function serve() {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, "http://localhost");
-    if (url.pathname.startsWith("/tiny/") && !modelServed) {
+    const isModel = url.pathname.startsWith("/model/");
+    if (isModel && !modelServed) {
       res.writeHead(503).end();
       return;
     }
-    const [base, rel] = url.pathname.startsWith("/tiny/")
-      ? [tiny, url.pathname.slice("/tiny/".length)]
+    const [base, rel] = isModel
+      ? [model, url.pathname.slice("/model/".length)]
       : [dist, url.pathname === "/" ? "index.html" : url.pathname.slice(1)];
     const file = path.resolve(base, decodeURIComponent(rel));
     if (!file.startsWith(base + path.sep) || !fs.existsSync(file) || !fs.statSync(file).isFile()) {
       res.writeHead(404).end();
       return;
     }
-    const body = fs.readFileSync(file);
+    const size = fs.statSync(file).size;
     res.writeHead(200, {
       "content-type": types[path.extname(file)] || "application/octet-stream",
-      "content-length": body.length,
+      "content-length": size,
     });
-    res.end(body);
+    if (isModel && rel === cutOnce) {
+      cutOnce = null;
+      const half = fs.createReadStream(file, { start: 0, end: Math.floor(size / 2) });
+      half.on("end", () => res.socket.destroy());
+      half.pipe(res, { end: false });
+      return;
+    }
+    fs.createReadStream(file).pipe(res);
   });
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
 }
@@ -182,17 +201,20 @@ async function checkDownload(page, entry, what) {
 
 async function generate(base) {
   fs.mkdirSync(out, { recursive: true });
-  const browser = await chromium.launch({ executablePath, args: webgpuFlags });
+  // A persistent profile, as a user's browser has: an incognito context (Playwright's default)
+  // keeps the Cache API and Blobs in memory with a quota too small for a full-size model.
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "audioldm-e2e-profile-"));
+  const context = await chromium.launchPersistentContext(profile, { executablePath,
+    args: webgpuFlags, viewport: { width: 1280, height: 800 }, acceptDownloads: true });
   try {
-    const context = await browser.newContext({ viewport: { width: 1280, height: 800 },
-      acceptDownloads: true });
     const page = await context.newPage();
     const console_ = [];
     page.on("console", (m) => console_.push(`${m.type()}: ${m.text()}`));
     page.on("pageerror", (e) => console_.push(`pageerror: ${e.message}`));
     const started = Date.now();
-    // Two steps of a one-second clip: SwiftShader runs compute on the CPU.
-    await page.goto(`${base}/?model=${encodeURIComponent(`${base}/tiny/`)}&steps=2&duration=1`);
+    // Two steps of a one-second clip by default: SwiftShader runs compute on the CPU.
+    await page.goto(`${base}/?model=${encodeURIComponent(`${base}/model/`)}&steps=${steps}` +
+      `&duration=${duration}`);
     const ready = await waitFor(page, "the app's controls", (s) => s.controls?.Prompt && s.controls?.Generate,
       120000);
     const interactiveMs = Date.now() - started;
@@ -204,7 +226,8 @@ async function generate(base) {
     await page.keyboard.type(PROMPT);
     await page.waitForTimeout(300);
     const { done, phases, framesWhileRunning, generationS } = await clickGenerate(page, console_);
-    console.log(`e2e: figure: generation (tiny model, ${done.history[0].settings.steps} steps, ` +
+    console.log(`e2e: figure: generation (${path.basename(model)} model, ` +
+      `${done.history[0].settings.steps} steps, ` +
       `${done.history[0].settings.duration_s} s) ${generationS.toFixed(1)} s`);
     const marks = [...phases, ["Done", Date.now()]];
     const stages = marks.slice(0, -1).map(([name, at], i) =>
@@ -216,18 +239,36 @@ async function generate(base) {
     check(done.shown_frames > 0, "the spectrogram shows the clip");
     const entry = done.history[0];
     check(entry.settings.prompt === PROMPT, "the history entry has the typed prompt");
-    check(entry.settings.model === `${base}/tiny/`, "the history entry names the model");
-    check(entry.settings.steps === 2 && entry.settings.duration_s === 1,
+    check(entry.settings.model === `${base}/model/`, "the history entry names the model");
+    check(entry.settings.steps === steps && entry.settings.duration_s === duration,
       "the history entry has the steps and duration of the page's address");
 
     await checkDownload(page, entry, "the WAV download");
+    if (figuresOnly) return;
 
-    // 3. The model from a folder the user picks.
+    // A download cut off halfway: a message, nothing of it kept, and Generate again succeeds.
+    await page.evaluate(() => caches.delete("audioldm-models-v1"));
+    cutOnce = "unet/diffusion_pytorch_model.safetensors";
+    await page.mouse.click(...await settledControl(page, "Generate"));
+    const cut = await waitFor(page, "the cut-off download's message",
+      (s) => !s.running && s.messages.some((m) => m.includes("Generation failed")), 120000);
+    const cutMessage = cut.messages.find((m) => m.includes("Generation failed"));
+    console.log(`e2e: a download cut off halfway: ${cutMessage}`);
+    check(/unet\/diffusion_pytorch_model\.safetensors/.test(cutMessage) && /cut (off|short)/.test(cutMessage),
+      "a download cut off halfway gives a message naming the file");
+    check(!(await page.evaluate(async () => {
+      const cache = await caches.open("audioldm-models-v1");
+      return !!(await cache.match(new URL("/model/unet/diffusion_pytorch_model.safetensors", location.href).href));
+    })), "nothing of the cut-off download is in the browser's cache");
+    const retried = await clickGenerate(page, console_);
+    check(retried.done.history.length === 2, "Generate again after the cut-off download makes a clip");
+
+    // 4. The model from a folder the user picks.
     const [chooser] = await Promise.all([
       page.waitForEvent("filechooser", { timeout: 30000 }),
       page.mouse.click(...await settledControl(page, "Folder…")),
     ]);
-    await chooser.setFiles(tiny);
+    await chooser.setFiles(model);
     const picked = await waitFor(page, "the picked folder", (s) => s.model.startsWith("/local/"),
       60000);
     console.log(`e2e: the picked folder: ${picked.model} (${picked.model_status})`);
@@ -235,26 +276,27 @@ async function generate(base) {
       "the picked folder is mounted as the model");
     const fromFolder = await clickGenerate(page, console_);
     console.log(`e2e: figure: generation from the picked folder ${fromFolder.generationS.toFixed(1)} s`);
-    check(fromFolder.done.history.length === 2 && fromFolder.done.history[0].settings.model === picked.model,
+    check(fromFolder.done.history.length === 3 && fromFolder.done.history[0].settings.model === picked.model,
       "a clip is made from the picked folder");
 
-    // 4. The next visit, offline for the model.
+    // 5. The next visit, offline for the model.
     modelServed = false;
     await page.reload();
     const again = await waitFor(page, "the app after a reload",
-      (s) => s.controls?.Generate && s.history.length === 2, 120000);
-    check(again.history[1].id === entry.id, "the history is kept across visits");
-    await checkDownload(page, again.history[1], "a clip of the earlier visit");
+      (s) => s.controls?.Generate && s.history.length === 3, 120000);
+    check(again.history[2].id === entry.id, "the history is kept across visits");
+    await checkDownload(page, again.history[2], "a clip of the earlier visit");
     check(again.history[0].settings.prompt === PROMPT, "the settings are kept across visits");
     const offline = await clickGenerate(page, console_);
-    check(offline.done.history.length === 3 && offline.done.history[0].settings.model === `${base}/tiny/`,
+    check(offline.done.history.length === 4 && offline.done.history[0].settings.model === `${base}/model/`,
       "the next visit makes a clip from the model in the browser's cache, its server gone");
     await page.screenshot({ path: path.join(out, "app-next-visit.png") });
   } catch (e) {
     console.error(e.message);
     throw e;
   } finally {
-    await browser.close();
+    await context.close();
+    fs.rmSync(profile, { recursive: true, force: true });
   }
 }
 
@@ -263,7 +305,7 @@ if (!fs.existsSync(path.join(dist, "audioldm_web_bg.wasm"))) fail("web/dist is n
 const server = await serve();
 const base = `http://127.0.0.1:${server.address().port}`;
 try {
-  await withoutWebGpu(base);
+  if (!figuresOnly) await withoutWebGpu(base);
   await generate(base);
   console.log("e2e: all checks passed");
 } catch {
