@@ -352,6 +352,11 @@ impl AudioLdmApp {
         self.input.as_ref()
     }
 
+    /// The clip playing (a history entry's id, or the input clip's) and where, in seconds.
+    pub fn playing(&mut self) -> Option<(u64, f64)> {
+        self.player.playing()
+    }
+
     fn error(&mut self, text: impl Into<String>) {
         let text = text.into();
         tracing::warn!("{text}");
@@ -1036,7 +1041,9 @@ impl AudioLdmApp {
                     if cursor.is_some() {
                         stop = ui.button("Stop").clicked();
                     } else {
-                        play = ui.button("Play").clicked();
+                        let button = ui.button("Play");
+                        self.controls.insert("Play", button.rect);
+                        play = button.clicked();
                     }
                 });
                 let mut seek = None;
@@ -1174,8 +1181,9 @@ impl AudioLdmApp {
         let running = self.run.is_some();
         let generate = ui
             .add_enabled(!running, egui::Button::new("Generate edit"))
-            .on_hover_text("Runs the edit with the prompt, guidance, steps and seed on the left.")
-            .clicked();
+            .on_hover_text("Runs the edit with the prompt, guidance, steps and seed on the left.");
+        self.controls.insert("Generate edit", generate.rect);
+        let generate = generate.clicked();
         if let Some(input) = &mut self.input {
             if let Some(range) = interaction.selected {
                 input.add_range(range);
@@ -1256,6 +1264,8 @@ impl AudioLdmApp {
                     Ok(path) => self.load_input(&path),
                     Err(e) => self.error(format!("cannot read the dropped file: {e}")),
                 }
+                // This frame's panels are drawn already: the next one shows the clip.
+                ctx.request_repaint();
             }
         }
     }

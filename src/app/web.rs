@@ -163,20 +163,21 @@ fn reading_app<R>(f: impl FnOnce(&mut AudioLdmApp) -> R) -> Option<R> {
 
 /// What the app shows, as JSON, for a script on the page (the end-to-end test reads it): the
 /// phase of a running generation, the messages, the history, the model and what the app says of
-/// it, how many spectrogram frames are shown, and where the main controls are (CSS pixels, as `[x, y, width, height]`).
+/// it, the clip playing, the input clip, how many spectrogram frames are shown, and where the
+/// main controls are (CSS pixels, as `[x, y, width, height]`).
 pub fn state_json() -> Option<String> {
     reading_app(|app| {
-        let controls: serde_json::Map<String, serde_json::Value> =
-            ["Prompt", "Generate", "Folder…"]
-                .into_iter()
-                .filter_map(|label| {
-                    let r = app.control_rect(label)?;
-                    Some((
-                        label.to_string(),
-                        serde_json::json!([r.min.x, r.min.y, r.width(), r.height()]),
-                    ))
-                })
-                .collect();
+        let labels = ["Prompt", "Generate", "Folder…", "Play", "Generate edit"];
+        let controls: serde_json::Map<String, serde_json::Value> = labels
+            .into_iter()
+            .filter_map(|label| {
+                let r = app.control_rect(label)?;
+                Some((
+                    label.to_string(),
+                    serde_json::json!([r.min.x, r.min.y, r.width(), r.height()]),
+                ))
+            })
+            .collect();
         serde_json::json!({
             "running": app.is_running(),
             "phase": app.phase().map(|p| format!("{p:?}")),
@@ -184,6 +185,11 @@ pub fn state_json() -> Option<String> {
             "history": app.history(),
             "model": app.settings_mut().model.clone(),
             "model_status": app.model_status(),
+            "playing": app.playing(),
+            "input": app.input_clip().map(|clip| serde_json::json!({
+                "name": clip.name,
+                "duration_s": clip.audio.duration_s(),
+            })),
             "shown_frames": app.shown_frames(),
             "controls": controls,
         })

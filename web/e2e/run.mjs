@@ -4,7 +4,8 @@
 //   2. With WebGPU: the page loads, the prompt is typed and Generate clicked (real input on the
 //      canvas, at the controls' positions the app reports), the progress and the spectrogram
 //      appear, a history entry with the settings shows up, and the clip's WAV download is 16 kHz
-//      audio of the clip's length.
+//      audio of the clip's length; the clip plays through Web Audio; a WAV file dropped on the
+//      page becomes the input clip, and an edit of it is made.
 //   3. A download cut off halfway gives a message and leaves nothing in the cache; Generate
 //      again makes the clip.
 //   4. A model folder picked with the app's "Folder…" (a webkitdirectory file input) is mounted,
@@ -128,12 +129,13 @@ async function waitFor(page, what, predicate, timeout, onState = () => {}) {
 async function settledControl(page, name) {
   let last = null;
   for (let i = 0; i < 40; i++) {
-    const rect = JSON.stringify((await state(page)).controls[name]);
-    if (rect === last) return center(JSON.parse(rect));
+    const rect = JSON.stringify((await state(page)).controls[name] ?? null);
+    if (rect === last && rect !== "null") return center(JSON.parse(rect));
     last = rect;
     await page.waitForTimeout(250);
   }
-  fail(`the control ${name} does not stay in place`);
+  await page.screenshot({ path: path.join(out, "control-missing.png") });
+  fail(`the control ${name} is not shown or does not stay in place (last at ${last})`);
 }
 
 function center([x, y, w, h]) {
@@ -197,6 +199,7 @@ async function checkDownload(page, entry, what) {
     `${wav.channels} channel(s), ${wav.bits} bits, ${samples} samples`);
   check(wav.rate === 16000 && wav.channels === 1, `${what} is 16 kHz mono`);
   check(samples === expected, `${what} has the clip's ${expected} samples`);
+  return file;
 }
 
 async function generate(base) {
@@ -243,8 +246,39 @@ async function generate(base) {
     check(entry.settings.steps === steps && entry.settings.duration_s === duration,
       "the history entry has the steps and duration of the page's address");
 
-    await checkDownload(page, entry, "the WAV download");
+    const wavFile = await checkDownload(page, entry, "the WAV download");
     if (figuresOnly) return;
+
+    // Playback through Web Audio: the clip plays, its position moves.
+    await page.mouse.click(...await settledControl(page, "Play"));
+    const playing = await waitFor(page, "playback", (s) => s.playing || s.messages.some(
+      (m) => /audio/i.test(m)), 30000);
+    check(playing.playing && playing.playing[0] === entry.id,
+      `the clip plays through Web Audio (${JSON.stringify(playing.playing ?? playing.messages)})`);
+    const later = await waitFor(page, "the playback position to move",
+      (s) => s.playing?.[0] === entry.id && s.playing[1] > playing.playing[1], 10000);
+    check(later.playing[1] > 0, `the playback position moves (${later.playing[1]} s)`);
+
+    // An audio file dropped on the page becomes the input clip, and an edit of it is made.
+    const dropped = await page.evaluateHandle(([name, base64]) => {
+      const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([bytes], name, { type: "audio/wav" }));
+      return transfer;
+    }, ["dropped.wav", fs.readFileSync(wavFile).toString("base64")]);
+    await page.dispatchEvent("#app", "dragover", { dataTransfer: dropped });
+    await page.dispatchEvent("#app", "drop", { dataTransfer: dropped });
+    const withInput = await waitFor(page, "the dropped file as the input clip", (s) => s.input,
+      30000);
+    check(withInput.input.name.includes("dropped.wav") && withInput.input.duration_s === 1,
+      `a dropped WAV file becomes the input clip (${JSON.stringify(withInput.input)})`);
+    const editsBefore = withInput.history.length;
+    await page.mouse.click(...await settledControl(page, "Generate edit"));
+    const edited = await waitFor(page, "the edit", (s) => s.history.length > editsBefore &&
+      !s.running, GENERATION_TIMEOUT_MS, (s) => {
+      if (!s.running && s.messages.some((m) => m.includes("failed"))) fail(s.messages.join("; "));
+    });
+    check(edited.history[0].edit !== null, "an edit of the dropped clip is in the history");
 
     // A download cut off halfway: a message, nothing of it kept, and Generate again succeeds.
     await page.evaluate(() => caches.delete("audioldm-models-v1"));
@@ -261,9 +295,19 @@ async function generate(base) {
       return !!(await cache.match(new URL("/model/unet/diffusion_pytorch_model.safetensors", location.href).href));
     })), "nothing of the cut-off download is in the browser's cache");
     const retried = await clickGenerate(page, console_);
-    check(retried.done.history.length === 2, "Generate again after the cut-off download makes a clip");
+    check(retried.done.history.length === 3, "Generate again after the cut-off download makes a clip");
 
-    // 4. The model from a folder the user picks.
+    // 4. The model from a folder the user picks; a folder without a model's files is refused.
+    const [wrongChooser] = await Promise.all([
+      page.waitForEvent("filechooser", { timeout: 30000 }),
+      page.mouse.click(...await settledControl(page, "Folder…")),
+    ]);
+    await wrongChooser.setFiles(path.join(model, "vae"));
+    const refused = await waitFor(page, "the refusal of a folder without a model",
+      (s) => s.messages.some((m) => m.includes("cannot use the picked folder")), 60000);
+    console.log(`e2e: a folder without a model: ${refused.messages.find((m) =>
+      m.includes("cannot use the picked folder"))}`);
+    check(refused.model === `${base}/model/`, "a folder without a model's files is refused");
     const [chooser] = await Promise.all([
       page.waitForEvent("filechooser", { timeout: 30000 }),
       page.mouse.click(...await settledControl(page, "Folder…")),
@@ -276,19 +320,19 @@ async function generate(base) {
       "the picked folder is mounted as the model");
     const fromFolder = await clickGenerate(page, console_);
     console.log(`e2e: figure: generation from the picked folder ${fromFolder.generationS.toFixed(1)} s`);
-    check(fromFolder.done.history.length === 3 && fromFolder.done.history[0].settings.model === picked.model,
+    check(fromFolder.done.history.length === 4 && fromFolder.done.history[0].settings.model === picked.model,
       "a clip is made from the picked folder");
 
     // 5. The next visit, offline for the model.
     modelServed = false;
     await page.reload();
     const again = await waitFor(page, "the app after a reload",
-      (s) => s.controls?.Generate && s.history.length === 3, 120000);
-    check(again.history[2].id === entry.id, "the history is kept across visits");
-    await checkDownload(page, again.history[2], "a clip of the earlier visit");
+      (s) => s.controls?.Generate && s.history.length === 4, 120000);
+    check(again.history[3].id === entry.id, "the history is kept across visits");
+    await checkDownload(page, again.history[3], "a clip of the earlier visit");
     check(again.history[0].settings.prompt === PROMPT, "the settings are kept across visits");
     const offline = await clickGenerate(page, console_);
-    check(offline.done.history.length === 4 && offline.done.history[0].settings.model === `${base}/model/`,
+    check(offline.done.history.length === 5 && offline.done.history[0].settings.model === `${base}/model/`,
       "the next visit makes a clip from the model in the browser's cache, its server gone");
     await page.screenshot({ path: path.join(out, "app-next-visit.png") });
   } catch (e) {
