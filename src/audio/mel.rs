@@ -64,25 +64,15 @@ impl MelFrontEnd {
         let bins = N_FFT / 2 + 1;
         let frames = 1 + samples.len() / HOP;
         let padded = reflect_pad(samples, N_FFT / 2);
-        let mut input = self.fft.make_input_vec();
-        let mut spectrum = self.fft.make_output_vec();
-        let mut scratch = self.fft.make_scratch_vec();
         let mut out = Vec::with_capacity(frames * bins);
-        for frame in 0..frames {
-            let start = frame * HOP;
-            for (i, x) in input.iter_mut().enumerate() {
-                *x = padded.get(start + i).copied().unwrap_or(0.0) * self.window[i];
-            }
-            // The lengths come from the plan itself, so processing cannot fail.
-            if self
-                .fft
-                .process_with_scratch(&mut input, &mut spectrum, &mut scratch)
-                .is_err()
-            {
-                unreachable!("FFT buffers are made by the plan");
-            }
-            out.extend(spectrum.iter().map(|c| c.norm()));
-        }
+        stft_frames(
+            self.fft.as_ref(),
+            &self.window,
+            &padded,
+            HOP,
+            frames,
+            |spectrum| out.extend(spectrum.iter().map(|c| c.norm())),
+        );
         (frames, out)
     }
 
@@ -141,19 +131,52 @@ impl MelFrontEnd {
     }
 }
 
+/// Runs `fft` over `frames` windows of `padded`, `hop` samples apart, each multiplied by `window`
+/// (samples past the end count as zero), and hands each spectrum to `each`.
+pub(crate) fn stft_frames<T: realfft::FftNum>(
+    fft: &dyn RealToComplex<T>,
+    window: &[T],
+    padded: &[T],
+    hop: usize,
+    frames: usize,
+    mut each: impl FnMut(&[realfft::num_complex::Complex<T>]),
+) {
+    let mut input = fft.make_input_vec();
+    let mut spectrum = fft.make_output_vec();
+    let mut scratch = fft.make_scratch_vec();
+    for frame in 0..frames {
+        let start = frame * hop;
+        for (i, x) in input.iter_mut().enumerate() {
+            *x = padded.get(start + i).copied().unwrap_or_else(T::zero) * window[i];
+        }
+        // The lengths come from the plan itself, so processing cannot fail.
+        if fft
+            .process_with_scratch(&mut input, &mut spectrum, &mut scratch)
+            .is_err()
+        {
+            unreachable!("FFT buffers are made by the plan");
+        }
+        each(&spectrum);
+    }
+}
+
 /// `0.5 - 0.5 cos(2 pi n / N)` (scipy's `get_window("hann", N, fftbins=True)`).
-fn periodic_hann(n: usize) -> Vec<f32> {
+pub(crate) fn periodic_hann_f64(n: usize) -> Vec<f64> {
     (0..n)
-        .map(|i| (0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()) as f32)
+        .map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos())
         .collect()
+}
+
+fn periodic_hann(n: usize) -> Vec<f32> {
+    periodic_hann_f64(n).into_iter().map(|w| w as f32).collect()
 }
 
 /// numpy's `pad(mode="reflect")`: mirrored without repeating the edge sample. Signals shorter
 /// than the pad reflect back and forth, as numpy does.
-fn reflect_pad(samples: &[f32], pad: usize) -> Vec<f32> {
+pub(crate) fn reflect_pad<T: Copy + Default>(samples: &[T], pad: usize) -> Vec<T> {
     let n = samples.len();
     if n == 0 {
-        return vec![0.0; 2 * pad];
+        return vec![T::default(); 2 * pad];
     }
     let index = |i: isize| -> usize {
         if n == 1 {

@@ -1,6 +1,7 @@
 //! Audio in and out: WAV files, decoding of common formats (symphonia), resampling (rubato), the
 //! log-mel front end AudioLDM was trained on, and playback (cpal).
 
+pub mod clap_features;
 pub mod decode;
 pub mod mel;
 #[cfg(feature = "app")]

@@ -49,6 +49,7 @@ pub enum StoredDtype {
     F64,
     I64,
     I32,
+    I16,
     U8,
     Bool,
 }
@@ -58,7 +59,7 @@ impl StoredDtype {
         match self {
             StoredDtype::F64 | StoredDtype::I64 => 8,
             StoredDtype::F32 | StoredDtype::I32 => 4,
-            StoredDtype::F16 | StoredDtype::BF16 => 2,
+            StoredDtype::F16 | StoredDtype::BF16 | StoredDtype::I16 => 2,
             StoredDtype::U8 | StoredDtype::Bool => 1,
         }
     }
@@ -354,7 +355,7 @@ impl Checkpoint {
         Ok((shape, data))
     }
 
-    /// An integer tensor (token ids, int64 buffers) with whatever shape it has.
+    /// An integer tensor (token ids, int64 buffers, 16-bit PCM) with whatever shape it has.
     pub fn i64_any(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
         let entry = self
             .tensors
@@ -378,6 +379,10 @@ impl Checkpoint {
             StoredDtype::I32 => bytes
                 .chunks_exact(4)
                 .map(|b| i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect(),
+            StoredDtype::I16 => bytes
+                .chunks_exact(2)
+                .map(|b| i64::from(i16::from_le_bytes([b[0], b[1]])))
                 .collect(),
             other => {
                 return Err(CheckpointError::Dtype {
@@ -487,6 +492,7 @@ fn entries(
             safetensors::Dtype::F64 => StoredDtype::F64,
             safetensors::Dtype::I64 => StoredDtype::I64,
             safetensors::Dtype::I32 => StoredDtype::I32,
+            safetensors::Dtype::I16 => StoredDtype::I16,
             safetensors::Dtype::U8 => StoredDtype::U8,
             safetensors::Dtype::BOOL => StoredDtype::Bool,
             other => return Err(format!("tensor `{name}` has unsupported dtype {other:?}")),

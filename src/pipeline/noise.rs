@@ -46,6 +46,24 @@ impl Mt19937 {
         y ^ (y >> 18)
     }
 
+    /// An integer in `low..high` as NumPy's legacy `RandomState.randint(low, high)` draws it:
+    /// 32-bit draws masked to the range's bit width, redrawn while out of range. `high` must
+    /// exceed `low` by at most 2^32.
+    pub fn randint(&mut self, low: u64, high: u64) -> u64 {
+        let range = high.saturating_sub(low).saturating_sub(1);
+        if range == 0 {
+            return low;
+        }
+        let range = range.min(u64::from(u32::MAX)) as u32;
+        let mask = u32::MAX >> range.leading_zeros();
+        loop {
+            let value = self.next_u32() & mask;
+            if value <= range {
+                return low + u64::from(value);
+            }
+        }
+    }
+
     /// A double in [0, 1) with 53 random bits (NumPy's `random_sample`).
     pub fn next_f64(&mut self) -> f64 {
         let a = self.next_u32() >> 5;
@@ -118,5 +136,24 @@ mod tests {
         }
         // The first raw output of MT19937 seeded with 5489 (the reference implementation's default).
         assert_eq!(Mt19937::new(5489).next_u32(), 3499211612);
+    }
+
+    #[test]
+    fn randint_matches_numpy() {
+        // `r = np.random.RandomState(seed); [r.randint(0, high) for _ in range(3)]`.
+        for (seed, high, want) in [
+            (0, 24_001, [2732, 10799, 9845]),
+            (7, 24_001, [16921, 10742, 5699]),
+            (42, 5, [3, 4, 2]),
+            (123, 1 << 32, [2991312382, 3062119789, 1228959102]),
+            (5, 1_000_001, [297827, 18638, 544751]),
+        ] {
+            let mut rng = Mt19937::new(seed);
+            let got: Vec<u64> = (0..3).map(|_| rng.randint(0, high)).collect();
+            assert_eq!(got, want, "seed {seed}, high {high}");
+        }
+        // `np.random.seed(42); np.random.randint(0, 24001)`: the global generator is the same.
+        assert_eq!(Mt19937::new(42).randint(0, 24_001), 23654);
+        assert_eq!(Mt19937::new(9).randint(3, 4), 3);
     }
 }

@@ -1,0 +1,115 @@
+//! CLAP's audio front end against transformers' `ClapFeatureExtractor` on the clips and
+//! settings of `scripts/reference/make_clap_reference.py` (`tests/fixtures/tiny-clap/`,
+//! `tests/fixtures/tiny-clap-goldens.safetensors`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use audioldm::audio::clap_features::{ClapFeatureConfig, ClapFeatureExtractor};
+use audioldm::checkpoint::Checkpoint;
+use common::max_rel_err;
+
+/// The seed the reference draws the long clip's crop with (`crop_seed` in the goldens' metadata).
+const CROP_SEED: u32 = 1234;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn goldens() -> Checkpoint {
+    Checkpoint::open(&fixtures().join("tiny-clap-goldens.safetensors")).expect("goldens")
+}
+
+/// A clip stored as 16-bit PCM, as the extractor saw it: `int16 / 32768`.
+fn clip(name: &str) -> Vec<f32> {
+    let (_, pcm) = goldens().i64_any(name).expect(name);
+    pcm.into_iter().map(|v| v as f32 / 32768.0).collect()
+}
+
+fn extractor() -> ClapFeatureExtractor {
+    let config =
+        ClapFeatureConfig::from_file(&fixtures().join("tiny-clap/preprocessor_config.json"))
+            .expect("preprocessor_config.json");
+    ClapFeatureExtractor::new(config).expect("the front end")
+}
+
+fn as_f64(values: &[f32]) -> Vec<f64> {
+    values.iter().map(|&v| f64::from(v)).collect()
+}
+
+#[test]
+fn front_end_matches_transformers_on_a_short_clip() {
+    let features = extractor()
+        .features(&clip("clip_48k"), CROP_SEED)
+        .expect("features");
+    let (shape, want) = goldens().f32_any("features_short").expect("features_short");
+    assert_eq!(shape, [1, 1, 1001, 64]);
+    assert_eq!((features.frames, features.bands), (1001, 64));
+    assert!(!features.is_longer);
+    let err = max_rel_err(&features.data, &as_f64(&want));
+    println!("front end, 2.3 s clip repeat-padded to 10 s: max rel err {err:.3e}");
+    assert!(err <= 1e-4, "max rel err {err:e}");
+}
+
+#[test]
+fn front_end_crops_a_long_clip_where_numpy_does() {
+    let goldens = goldens();
+    let features = extractor()
+        .features(&clip("clip_long_48k"), CROP_SEED)
+        .expect("features");
+    let (_, crop) = goldens.i64_any("clip_long_crop_start").expect("crop start");
+    assert!(features.is_longer);
+    assert_eq!(features.crop_start as i64, crop[0], "the crop offset");
+    let (_, want) = goldens.f32_any("features_long").expect("features_long");
+    let err = max_rel_err(&features.data, &as_f64(&want));
+    println!(
+        "front end, 10.5 s clip cropped at {}: max rel err {err:.3e}",
+        crop[0]
+    );
+    assert!(err <= 1e-4, "max rel err {err:e}");
+}
+
+#[test]
+fn front_end_refuses_what_it_cannot_embed() {
+    let front_end = extractor();
+    let empty = front_end.features(&[], 0).unwrap_err().to_string();
+    assert!(empty.contains("empty"), "{empty}");
+    let nan = front_end
+        .features(&[0.1, f32::NAN, 0.2], 0)
+        .unwrap_err()
+        .to_string();
+    assert!(nan.contains("non-finite"), "{nan}");
+    // A single sample is a clip: repeated to fill the window.
+    let one = front_end.features(&[0.5], 0).expect("one sample");
+    assert_eq!(one.frames, 1001);
+    assert!(one.data.iter().all(|v| v.is_finite()));
+
+    let dir = std::env::temp_dir().join(format!("audioldm-clap-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("preprocessor_config.json");
+    for (text, expected) in [
+        (r#"{"truncation": "fusion"}"#, "fusion"),
+        (
+            r#"{"truncation": "rand_trunc", "hop_length": 0}"#,
+            "hop_length",
+        ),
+        (
+            r#"{"truncation": "rand_trunc", "frequency_max": 30000}"#,
+            "mel range",
+        ),
+        (
+            r#"{"truncation": "rand_trunc", "padding": "mirror"}"#,
+            "mirror",
+        ),
+        ("[1, 2]", "not a CLAP feature extractor config"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let err = ClapFeatureConfig::from_file(&config)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{text}: {err}");
+        assert!(err.contains("preprocessor_config.json"), "{text}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
