@@ -113,3 +113,58 @@ fn front_end_refuses_what_it_cannot_embed() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The tiny CLAP's audio config (`audio_config` of its `config.json`).
+fn tiny_audio_config() -> audioldm::model::clap_audio::ClapAudioConfig {
+    let text = std::fs::read_to_string(fixtures().join("tiny-clap/config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    serde_json::from_value(config["audio_config"].clone()).expect("audio_config")
+}
+
+#[test]
+fn bicubic_resize_keeps_the_ends_and_sums_to_one() {
+    use audioldm::model::clap_audio::bicubic_resize_matrix;
+    let m = bicubic_resize_matrix(1001, 1024);
+    for row in m.chunks_exact(1001) {
+        let sum: f32 = row.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{sum}");
+    }
+    // align_corners: the first and last output frames are the input's.
+    assert_eq!(m[0], 1.0);
+    assert_eq!(m[1023 * 1001 + 1000], 1.0);
+}
+
+#[test]
+fn audio_tower_front_matches_transformers() {
+    use audioldm::model::clap_audio::ClapAudioFront;
+    use audioldm::model::nn::{Loader, Precision};
+    let ctx = common::ctx();
+    let config = tiny_audio_config();
+    let ckpt = Checkpoint::open(&fixtures().join("tiny-clap/model.safetensors")).expect("model");
+    let loader = Loader {
+        ctx,
+        precision: Precision::default(),
+    };
+    let encoder = ckpt.root().pp("audio_model").pp("audio_encoder");
+    let front =
+        pollster::block_on(ClapAudioFront::load(&loader, &encoder, &config, 1001)).expect("load");
+    let goldens = goldens();
+    let (_, features) = goldens.f32_any("features_short").unwrap();
+    let input =
+        audioldm::gpu::Tensor::from_f32(ctx, [1, 1001, 64], audioldm::gpu::DType::F32, &features)
+            .unwrap();
+    let mut g = audioldm::gpu::Graph::new(ctx);
+    let x = g.input(&input);
+    let (image, tokens) = front.forward(&mut g, x).expect("record");
+    g.output(image).unwrap();
+    g.output(tokens).unwrap();
+    let mut exe = g.build().expect("build");
+    exe.run().expect("run");
+    for (name, var) in [("mel_image", image), ("patch_embeds", tokens)] {
+        let got = exe.read(var).unwrap();
+        let (_, want) = goldens.f32_any(name).unwrap();
+        let err = max_rel_err(&got, &as_f64(&want));
+        println!("audio tower {name}: max rel err {err:.3e}");
+        assert!(err <= 1e-4, "{name}: max rel err {err:e}");
+    }
+}
