@@ -134,37 +134,113 @@ fn bicubic_resize_keeps_the_ends_and_sums_to_one() {
     assert_eq!(m[1023 * 1001 + 1000], 1.0);
 }
 
-#[test]
-fn audio_tower_front_matches_transformers() {
-    use audioldm::model::clap_audio::ClapAudioFront;
+fn tiny_audio_model() -> audioldm::model::clap_audio::ClapAudioModel {
     use audioldm::model::nn::{Loader, Precision};
-    let ctx = common::ctx();
-    let config = tiny_audio_config();
     let ckpt = Checkpoint::open(&fixtures().join("tiny-clap/model.safetensors")).expect("model");
     let loader = Loader {
-        ctx,
+        ctx: common::ctx(),
         precision: Precision::default(),
     };
-    let encoder = ckpt.root().pp("audio_model").pp("audio_encoder");
-    let front =
-        pollster::block_on(ClapAudioFront::load(&loader, &encoder, &config, 1001)).expect("load");
+    pollster::block_on(
+        audioldm::model::clap_audio::ClapAudioModel::from_checkpoint(
+            &loader,
+            tiny_audio_config(),
+            &ckpt,
+            1001,
+        ),
+    )
+    .expect("load the tiny CLAP audio tower")
+}
+
+#[test]
+fn audio_tower_matches_transformers_stage_by_stage() {
+    use audioldm::gpu::{DType, Graph, Tensor};
+    use audioldm::model::clap_audio::Taps;
+    let ctx = common::ctx();
+    let model = tiny_audio_model();
     let goldens = goldens();
     let (_, features) = goldens.f32_any("features_short").unwrap();
-    let input =
-        audioldm::gpu::Tensor::from_f32(ctx, [1, 1001, 64], audioldm::gpu::DType::F32, &features)
-            .unwrap();
-    let mut g = audioldm::gpu::Graph::new(ctx);
+    let input = Tensor::from_f32(ctx, [1, 1001, 64], DType::F32, &features).unwrap();
+    let mut g = Graph::new(ctx);
     let x = g.input(&input);
-    let (image, tokens) = front.forward(&mut g, x).expect("record");
-    g.output(image).unwrap();
-    g.output(tokens).unwrap();
+    let mut taps = Taps::default();
+    let embeds = model.forward(&mut g, x, &mut taps).expect("record");
+    let normalised = g.l2_normalize(embeds, 1e-12).unwrap();
+    taps.0.push(("audio_embeds".into(), normalised));
+    for (_, var) in &taps.0 {
+        g.output(*var).unwrap();
+    }
     let mut exe = g.build().expect("build");
     exe.run().expect("run");
-    for (name, var) in [("mel_image", image), ("patch_embeds", tokens)] {
-        let got = exe.read(var).unwrap();
+    let mut checked = 0;
+    let mut worst = 0.0f64;
+    for (name, var) in &taps.0 {
+        if !goldens.contains(name) {
+            continue;
+        }
+        let got = exe.read(*var).unwrap();
         let (_, want) = goldens.f32_any(name).unwrap();
         let err = max_rel_err(&got, &as_f64(&want));
         println!("audio tower {name}: max rel err {err:.3e}");
         assert!(err <= 1e-4, "{name}: max rel err {err:e}");
+        worst = worst.max(err);
+        checked += 1;
+    }
+    // Every stage's blocks and merges, the final norm, the pooling and both embeddings.
+    assert!(checked >= 16, "only {checked} goldens matched a tap");
+    println!("audio tower: {checked} stages checked, worst max rel err {worst:.3e}");
+}
+
+#[test]
+fn audio_tower_embeds_a_batch_as_each_clip_alone() {
+    use audioldm::gpu::{DType, Graph, Tensor};
+    use audioldm::model::clap_audio::Taps;
+    let ctx = common::ctx();
+    let model = tiny_audio_model();
+    let goldens = goldens();
+    let (_, short) = goldens.f32_any("features_short").unwrap();
+    let (_, long) = goldens.f32_any("features_long").unwrap();
+    let both: Vec<f32> = short.iter().chain(&long).copied().collect();
+    let input = Tensor::from_f32(ctx, [2, 1001, 64], DType::F32, &both).unwrap();
+    let mut g = Graph::new(ctx);
+    let x = g.input(&input);
+    let embeds = model
+        .forward(&mut g, x, &mut Taps::default())
+        .expect("record");
+    let normalised = g.l2_normalize(embeds, 1e-12).unwrap();
+    let got = common::run(g, normalised);
+    let (shape, want) = goldens.f32_any("audio_embeds_batch").unwrap();
+    assert_eq!(shape, [2, 24]);
+    let err = max_rel_err(&got, &as_f64(&want));
+    println!("audio tower, a batch of two clips: max rel err {err:.3e}");
+    assert!(err <= 1e-4, "max rel err {err:e}");
+}
+
+#[test]
+fn audio_configs_the_port_cannot_run_are_refused() {
+    use audioldm::model::clap_audio::{ClapAudioConfig, ClapAudioModel};
+    let path = Path::new("clap/config.json");
+    let good = tiny_audio_config();
+    ClapAudioModel::check(&good, path).expect("the tiny config");
+    ClapAudioModel::check(&ClapAudioConfig::default(), path).expect("HTSAT-tiny");
+    type Change = Box<dyn Fn(&mut ClapAudioConfig)>;
+    let cases: Vec<(&str, Change)> = vec![
+        ("enable_fusion", Box::new(|c| c.enable_fusion = true)),
+        ("as long", Box::new(|c| c.depths.push(2))),
+        ("heads", Box::new(|c| c.num_attention_heads[0] = 4)),
+        ("hidden_size", Box::new(|c| c.hidden_size = 64)),
+        ("spec_size", Box::new(|c| c.spec_size = 250)),
+        ("smaller than the window", Box::new(|c| c.window_size = 16)),
+        ("hidden_act", Box::new(|c| c.hidden_act = "swish".into())),
+        ("patches", Box::new(|c| c.patch_stride = vec![2, 2])),
+    ];
+    for (expected, change) in cases {
+        let mut config = good.clone();
+        change(&mut config);
+        let err = ClapAudioModel::check(&config, path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{expected}: {err}");
+        assert!(err.contains("clap/config.json"), "{err}");
     }
 }

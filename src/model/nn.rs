@@ -48,6 +48,11 @@ impl Loader<'_> {
         )?)
     }
 
+    /// A tensor computed at load (folded norm statistics, masks, resampling matrices): f32.
+    pub fn constant(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        Ok(Tensor::from_f32(self.ctx, shape, DType::F32, data)?)
+    }
+
     /// Biases, norm affines, embeddings that are added: always f32.
     pub async fn vector(&self, vb: &Weights<'_>, name: &str, shape: &[usize]) -> Result<Tensor> {
         let data = vb.f32(name, shape).await?;
