@@ -114,13 +114,6 @@ fn front_end_refuses_what_it_cannot_embed() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// The tiny CLAP's audio config (`audio_config` of its `config.json`).
-fn tiny_audio_config() -> audioldm::model::clap_audio::ClapAudioConfig {
-    let text = std::fs::read_to_string(fixtures().join("tiny-clap/config.json")).unwrap();
-    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
-    serde_json::from_value(config["audio_config"].clone()).expect("audio_config")
-}
-
 #[test]
 fn bicubic_resize_keeps_the_ends_and_sums_to_one() {
     use audioldm::model::clap_audio::bicubic_resize_matrix;
@@ -134,9 +127,21 @@ fn bicubic_resize_keeps_the_ends_and_sums_to_one() {
     assert_eq!(m[1023 * 1001 + 1000], 1.0);
 }
 
-fn tiny_audio_model() -> audioldm::model::clap_audio::ClapAudioModel {
+/// The `audio_config` of the `ClapModel` in `dir`.
+fn audio_config(dir: &Path) -> audioldm::model::clap_audio::ClapAudioConfig {
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    serde_json::from_value(config["audio_config"].clone()).expect("audio_config")
+}
+
+fn tiny_audio_config() -> audioldm::model::clap_audio::ClapAudioConfig {
+    audio_config(&fixtures().join("tiny-clap"))
+}
+
+/// The audio tower of the `ClapModel` in `dir`, in f32.
+fn audio_model(dir: &Path) -> audioldm::model::clap_audio::ClapAudioModel {
     use audioldm::model::nn::{Loader, Precision};
-    let ckpt = Checkpoint::open(&fixtures().join("tiny-clap/model.safetensors")).expect("model");
+    let ckpt = Checkpoint::open(&dir.join("model.safetensors")).expect("model");
     let loader = Loader {
         ctx: common::ctx(),
         precision: Precision::default(),
@@ -144,21 +149,27 @@ fn tiny_audio_model() -> audioldm::model::clap_audio::ClapAudioModel {
     pollster::block_on(
         audioldm::model::clap_audio::ClapAudioModel::from_checkpoint(
             &loader,
-            tiny_audio_config(),
+            audio_config(dir),
             &ckpt,
             1001,
         ),
     )
-    .expect("load the tiny CLAP audio tower")
+    .expect("load the CLAP audio tower")
 }
 
-#[test]
-fn audio_tower_matches_transformers_stage_by_stage() {
+fn tiny_audio_model() -> audioldm::model::clap_audio::ClapAudioModel {
+    audio_model(&fixtures().join("tiny-clap"))
+}
+
+/// Runs the tower of `model` on `goldens`' `features_short` and checks every stage the goldens
+/// hold; returns how many were checked and the worst error.
+fn check_stages(
+    model: &audioldm::model::clap_audio::ClapAudioModel,
+    goldens: &Checkpoint,
+) -> (usize, f64) {
     use audioldm::gpu::{DType, Graph, Tensor};
     use audioldm::model::clap_audio::Taps;
     let ctx = common::ctx();
-    let model = tiny_audio_model();
-    let goldens = goldens();
     let (_, features) = goldens.f32_any("features_short").unwrap();
     let input = Tensor::from_f32(ctx, [1, 1001, 64], DType::F32, &features).unwrap();
     let mut g = Graph::new(ctx);
@@ -186,9 +197,50 @@ fn audio_tower_matches_transformers_stage_by_stage() {
         worst = worst.max(err);
         checked += 1;
     }
+    (checked, worst)
+}
+
+#[test]
+fn audio_tower_matches_transformers_stage_by_stage() {
+    let (checked, worst) = check_stages(&tiny_audio_model(), &goldens());
     // Every stage's blocks and merges, the final norm, the pooling and both embeddings.
     assert!(checked >= 16, "only {checked} goldens matched a tap");
     println!("audio tower: {checked} stages checked, worst max rel err {worst:.3e}");
+}
+
+/// The full-size random CLAP of `make_clap_reference.py --full` (HTSAT-tiny, 614 MB; not
+/// committed): `AUDIOLDM_CLAP_FULL_REFERENCE`, else `target/reference/clap-full`, with its
+/// goldens beside it.
+#[test]
+#[ignore = "needs make_clap_reference.py --full (target/reference/clap-full)"]
+fn full_size_audio_tower_matches_transformers() {
+    let dir = std::env::var_os("AUDIOLDM_CLAP_FULL_REFERENCE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reference/clap-full")
+        });
+    let goldens_path = dir.with_file_name(format!(
+        "{}-goldens.safetensors",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    let goldens = Checkpoint::open(&goldens_path).expect("the full-size goldens");
+    let config = ClapFeatureConfig::from_file(&dir.join("preprocessor_config.json")).unwrap();
+    let front_end = ClapFeatureExtractor::new(config).unwrap();
+    let (_, pcm) = goldens.i64_any("clip_48k").unwrap();
+    let clip: Vec<f32> = pcm.into_iter().map(|v| v as f32 / 32768.0).collect();
+    let features = front_end.features(&clip, CROP_SEED).unwrap();
+    let (_, want) = goldens.f32_any("features_short").unwrap();
+    let err = max_rel_err(&features.data, &as_f64(&want));
+    println!("full-size front end: max rel err {err:.3e}");
+    assert!(err <= 1e-4);
+    let started = std::time::Instant::now();
+    let (checked, worst) = check_stages(&audio_model(&dir), &goldens);
+    println!(
+        "full-size audio tower: {checked} stages checked, worst max rel err {worst:.3e} \
+         ({:.1} s with loading)",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(checked >= 16);
 }
 
 #[test]
