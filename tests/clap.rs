@@ -313,3 +313,89 @@ fn audio_configs_the_port_cannot_run_are_refused() {
         assert!(err.contains("clap/config.json"), "{err}");
     }
 }
+
+#[test]
+fn clap_model_scores_clips_against_prompts_as_transformers() {
+    use audioldm::audio::Audio;
+    use audioldm::model::clap::{ClapModel, cosine_similarity};
+    use audioldm::model::nn::{Loader, Precision};
+    let ctx = common::ctx();
+    let loader = Loader {
+        ctx,
+        precision: Precision::default(),
+    };
+    let model = ClapModel::load(&loader, &fixtures().join("tiny-clap")).expect("the tiny CLAP");
+    let goldens = goldens();
+    let clips: Vec<Audio> = ["clip_48k", "clip_long_48k"]
+        .into_iter()
+        .map(|name| Audio {
+            sample_rate: 48_000,
+            samples: clip(name),
+        })
+        .collect();
+    let audio = model.embed_audio(ctx, &clips, CROP_SEED).expect("audio");
+    let (_, ids) = goldens.i64_any("text_input_ids").unwrap();
+    let (_, mask) = goldens.i64_any("text_attention_mask").unwrap();
+    let width = ids.len() / 3;
+    let prompts: Vec<Vec<u32>> = (0..3)
+        .map(|p| {
+            (0..width)
+                .filter(|&t| mask[p * width + t] == 1)
+                .map(|t| ids[p * width + t] as u32)
+                .collect()
+        })
+        .collect();
+    let text = pollster::block_on(model.embed_ids_async(ctx, &prompts)).expect("text");
+    let flat = |rows: &[Vec<f32>]| rows.concat();
+    for (name, got) in [
+        ("audio_embeds_batch", flat(&audio)),
+        ("text_embeds", flat(&text)),
+    ] {
+        let (_, want) = goldens.f32_any(name).unwrap();
+        let err = max_rel_err(&got, &as_f64(&want));
+        println!("CLAP {name}: max rel err {err:.3e}");
+        assert!(err <= 1e-4, "{name}: {err:e}");
+    }
+    let scores: Vec<f32> = audio
+        .iter()
+        .flat_map(|a| text.iter().map(|t| cosine_similarity(a, t)))
+        .collect();
+    let (_, want) = goldens.f32_any("cosine_audio_text").unwrap();
+    let worst = scores
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0f32, f32::max);
+    println!("CLAP cosine similarities {scores:?}: max abs err {worst:.3e}");
+    assert!(worst <= 1e-5, "{worst:e}");
+}
+
+#[test]
+fn a_clap_model_whose_towers_disagree_is_refused() {
+    use audioldm::model::clap::ClapModel;
+    use audioldm::model::nn::{Loader, Precision};
+    let dir = std::env::temp_dir().join(format!("audioldm-clap-towers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = fixtures().join("tiny-clap");
+    for name in ["model.safetensors", "preprocessor_config.json"] {
+        std::fs::copy(source.join(name), dir.join(name)).unwrap();
+    }
+    let text = std::fs::read_to_string(source.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    config["text_config"]["projection_dim"] = 32.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let loader = Loader {
+        ctx: common::ctx(),
+        precision: Precision::default(),
+    };
+    let err = ClapModel::load(&loader, &dir)
+        .err()
+        .expect("an error")
+        .to_string();
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(
+        err.contains("projects to 32") && err.contains("24"),
+        "{err}"
+    );
+    assert!(err.contains("config.json"), "{err}");
+}

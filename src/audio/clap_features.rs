@@ -236,6 +236,13 @@ impl ClapFeatureExtractor {
     /// The features of `samples` (mono, at the extractor's rate); a clip longer than the window
     /// is cropped at the offset `seed` draws. An empty or non-finite clip is an error.
     pub fn features(&self, samples: &[f32], seed: u32) -> Result<ClapFeatures> {
+        self.features_drawing(samples, &mut Mt19937::new(seed))
+    }
+
+    /// [`Self::features`] drawing a crop (only for a clip longer than the window) from `rng`: a
+    /// batch of clips draws from one stream in order, as one extractor call does in Python after
+    /// `np.random.seed(seed)`.
+    pub fn features_drawing(&self, samples: &[f32], rng: &mut Mt19937) -> Result<ClapFeatures> {
         if samples.is_empty() {
             return Err(Error::Input(
                 "the clip is empty: CLAP needs at least one sample".into(),
@@ -250,7 +257,7 @@ impl ClapFeatureExtractor {
         let mut crop_start = 0;
         let window: Vec<f64> = if samples.len() > max {
             let overflow = samples.len() - max;
-            crop_start = Mt19937::new(seed).randint(0, overflow as u64 + 1) as usize;
+            crop_start = rng.randint(0, overflow as u64 + 1) as usize;
             samples[crop_start..crop_start + max]
                 .iter()
                 .map(|&s| f64::from(s))

@@ -122,6 +122,7 @@ impl ConfigCheck<'_> {
     }
 }
 
+pub mod clap;
 pub mod clap_audio;
 pub mod clap_text;
 pub mod nn;
