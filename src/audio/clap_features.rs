@@ -23,6 +23,9 @@ use super::mel::{periodic_hann_f64, reflect_pad, slaney_mel_filters, stft_frames
 use crate::error::{Error, Result};
 use crate::pipeline::noise::Mt19937;
 
+/// The most frames a window may make (CLAP's is 1001).
+const MAX_FRAMES: usize = 20_000;
+
 /// The floor of the power before the log (`spectrogram`'s `mel_floor` and `min_value`).
 const POWER_FLOOR: f64 = 1e-10;
 
@@ -106,12 +109,17 @@ impl ClapFeatureConfig {
     /// Reads and checks `preprocessor_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let bytes = crate::untrusted::read_bounded(path, 1 << 20)?;
+        Self::from_json(&bytes, path)
+    }
+
+    /// Parses and checks the text of `preprocessor_config.json`; `path` names it in errors.
+    pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self> {
         let not_config = |detail: String| Error::Config {
             path: path.to_path_buf(),
             message: format!("not a CLAP feature extractor config: {detail}"),
         };
         let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| not_config(e.to_string()))?;
+            serde_json::from_slice(bytes).map_err(|e| not_config(e.to_string()))?;
         if !value.is_object() {
             return Err(not_config("it is not a JSON object".into()));
         }
@@ -159,6 +167,13 @@ impl ClapFeatureConfig {
             return Err(format!(
                 "max_length_s {} is outside 1..=60",
                 self.max_length_s
+            ));
+        }
+        // The real front end makes 1001 frames; a window of more than this many is no CLAP.
+        if self.max_samples() / self.hop_length > MAX_FRAMES {
+            return Err(format!(
+                "{} s at hop {} makes more than {MAX_FRAMES} frames",
+                self.max_length_s, self.hop_length
             ));
         }
         let nyquist = f64::from(self.sampling_rate) / 2.0;
