@@ -3,27 +3,11 @@
 mod common;
 
 use audioldm::gpu::{Activation, Graph};
+use common::reference::act_ref;
 use common::*;
 
-fn act_ref(x: f64, act: Activation) -> f64 {
-    match act {
-        Activation::None => x,
-        Activation::Relu => x.max(0.0),
-        Activation::LeakyRelu(s) => {
-            if x >= 0.0 {
-                x
-            } else {
-                x * s as f64
-            }
-        }
-        Activation::Silu => x / (1.0 + (-x).exp()),
-        Activation::Gelu => gelu_ref(x),
-        Activation::Tanh => x.tanh(),
-    }
-}
-
-fn gelu_ref(x: f64) -> f64 {
-    0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))
+fn act_ref_gelu(x: f64) -> f64 {
+    act_ref(x, Activation::Gelu)
 }
 
 /// Index of `b`'s element that numpy broadcasting pairs with element `i` of `a`.
@@ -113,7 +97,7 @@ fn gelu_is_within_1e6_absolute_on_minus_10_to_10() {
     let vx = input(&mut g, &[n], &x);
     let y = g.activation(vx, Activation::Gelu).unwrap();
     let got = run(g, y);
-    let want: Vec<f64> = x.iter().map(|&v| gelu_ref(v as f64)).collect();
+    let want: Vec<f64> = x.iter().map(|&v| act_ref_gelu(v as f64)).collect();
     let err = max_abs_err(&got, &want);
     println!("gelu on [-10, 10]: max abs err {err:.3e}");
     assert!(err <= 1e-6, "gelu max abs err {err:.3e}");
@@ -256,7 +240,7 @@ fn geglu_matches_diffusers() {
         let want: Vec<f64> = (0..n / 2)
             .map(|i| {
                 let (r, j) = (i / h, i % h);
-                x[r * two_h + j] as f64 * gelu_ref(x[r * two_h + h + j] as f64)
+                x[r * two_h + j] as f64 * act_ref_gelu(x[r * two_h + h + j] as f64)
             })
             .collect();
         assert_close(&format!("geglu {dims:?}"), &got, &want, 2e-6);

@@ -6,7 +6,7 @@ pub mod reference;
 pub mod tiny;
 
 #[allow(unused_imports)]
-pub use reference::{f16_round, max_rel_err};
+pub use reference::{f16_round, max_abs_err, max_rel_err};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,20 +56,6 @@ pub fn tiny_request() -> audioldm::pipeline::Request {
 pub fn random(seed: u64, len: usize) -> Vec<f32> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
-}
-
-pub fn max_abs_err(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len(), "length mismatch");
-    got.iter()
-        .zip(want)
-        .map(|(&g, &w)| {
-            if g.is_nan() {
-                f64::INFINITY
-            } else {
-                (g as f64 - w).abs()
-            }
-        })
-        .fold(0.0, f64::max)
 }
 
 /// Asserts `got` is within `tol` max relative error of `want`, printing the error either way.

@@ -183,8 +183,13 @@ pub fn l2_ref(x: &[f32], d: usize, eps: f64) -> Vec<f64> {
 /// "max relative error" the tests report: a per-element ratio would blow up wherever the
 /// reference crosses zero.
 pub fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len(), "length mismatch");
     let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    max_abs_err(got, want) / scale
+}
+
+/// The largest absolute difference; a NaN counts as infinitely far.
+pub fn max_abs_err(got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
     got.iter()
         .zip(want)
         .map(|(&g, &w)| {
@@ -195,7 +200,6 @@ pub fn max_rel_err(got: &[f32], want: &[f64]) -> f64 {
             }
         })
         .fold(0.0, f64::max)
-        / scale
 }
 
 /// Rounds through f16 and back, as f16 weight storage does.
