@@ -15,7 +15,9 @@ use audioldm::gpu::{Context, LimitsProfile};
 use audioldm::hub::{self, DEFAULT_MODEL};
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::edit::{EditRequest, Mode};
-use audioldm::pipeline::{Event, Pipeline, Request, Residency};
+use audioldm::pipeline::ranking::{ClapScorer, check_candidates};
+use audioldm::pipeline::variation::VariationRequest;
+use audioldm::pipeline::{Event, Output, Pipeline, Request, Residency};
 
 #[derive(Parser)]
 #[command(
@@ -86,6 +88,31 @@ enum Command {
         /// Initial latents: a .safetensors file with a tensor `latents` [1, 8, frames, 16].
         #[arg(long)]
         init_latents: Option<PathBuf>,
+        /// Make N clips from the seeds SEED, SEED+1, ... and keep the one CLAP scores best
+        /// against the prompt (the original AudioLDM makes 3).
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        candidates: usize,
+        /// With --candidates, also write every candidate k (seed SEED+k) as OUT-k.wav, its score
+        /// in the WAV comment.
+        #[arg(long, requires = "candidates")]
+        keep_all: bool,
+        #[command(flatten)]
+        options: Options,
+    },
+    /// Variations of a clip: new audio conditioned on the clip's CLAP audio embedding ("more like
+    /// this"), optionally blended with a prompt.
+    Vary {
+        /// The audio file to vary (wav, flac, mp3, ogg; channel 0 is used).
+        input: PathBuf,
+        /// A prompt to blend in.
+        #[arg(long, default_value = "")]
+        prompt: String,
+        /// The prompt's weight in the blend, from 0 (the clip alone) to 1 (the prompt alone).
+        #[arg(long, default_value_t = 0.5, requires = "prompt")]
+        mix: f32,
+        /// Seconds of audio [default: the clip's].
+        #[arg(long)]
+        duration: Option<f64>,
         #[command(flatten)]
         options: Options,
     },
@@ -160,6 +187,10 @@ struct Options {
     /// A Hugging Face repo id or a local diffusers folder.
     #[arg(long, default_value = DEFAULT_MODEL)]
     model: String,
+    /// The CLAP model for --candidates and `vary` (a Hugging Face repo id or a local folder)
+    /// [default: the one paired with --model].
+    #[arg(long, value_name = "ID_OR_FOLDER")]
+    clap: Option<String>,
     /// Output WAV file.
     #[arg(short, long, default_value = "out.wav")]
     out: PathBuf,
@@ -167,7 +198,7 @@ struct Options {
     #[arg(long, value_enum, default_value_t = Format::Pcm16)]
     format: Format,
     /// Write DIR/outputs.safetensors (text_embeds, latents, mel, waveform; for edits also
-    /// source_latents and mask).
+    /// source_latents and mask; with CLAP also clap_audio_embeds, clap_text_embeds, clap_scores).
     #[arg(long)]
     dump: Option<PathBuf>,
     /// Store weights as f16 on the GPU (half the memory; within 1e-2 of f32).
@@ -196,6 +227,7 @@ impl Options {
             seed: self.seed,
             eta: self.eta,
             init_latents: None,
+            conditioning: None,
         }
     }
 }
@@ -285,20 +317,73 @@ fn run(cli: Cli) -> audioldm::Result<()> {
             prompt,
             duration,
             init_latents,
+            candidates,
+            keep_all,
             options,
         } => {
+            check_candidates(candidates, init_latents.is_some())?;
+            let kept: Vec<PathBuf> = match keep_all {
+                true => (0..candidates)
+                    .map(|k| candidate_path(&options.out, k))
+                    .collect(),
+                false => Vec::new(),
+            };
+            kept.iter().try_for_each(|path| check_writable(path))?;
             let init = init_latents.as_deref().map(read_latents).transpose()?;
             let mut request = options.request(prompt);
             request.init_latents = init.as_ref().map(|(_, latents)| latents.clone());
-            produce(&options, |pipeline, cancel, on_event| {
+            let clap = (candidates > 1).then_some(&options.clap);
+            produce(&options, clap, |pipeline, scorer, cancel, on_event| {
                 request.duration_s = match (&init, duration) {
                     (Some((frames, _)), None) => Some(pipeline.duration_for_latent_frames(*frames)),
-                    (_, d) => d,
+                    (_, d) => d.or(Some(pipeline.default_duration_s())),
                 };
-                let output = pipeline.generate(&request, cancel, on_event)?;
-                let settings = request.describe(&options.model, pipeline.default_duration_s());
-                Ok((output, settings))
+                let Some(scorer) = scorer else {
+                    let output = pipeline.generate(&request, cancel, on_event)?;
+                    let settings = request.describe(&options.model, pipeline.default_duration_s());
+                    return Ok(Produced::clip(output, settings));
+                };
+                let ranked =
+                    pipeline.generate_candidates(&request, candidates, scorer, cancel, on_event)?;
+                Ok(ranked_clips(&options, &request, scorer, ranked, &kept))
             })
+        }
+        Command::Vary {
+            input,
+            prompt,
+            mix,
+            duration,
+            options,
+        } => {
+            let source = decode_file(&input, audioldm::pipeline::MAX_DURATION_S)?;
+            let mut request = options.request(prompt);
+            request.duration_s = duration;
+            let variation = VariationRequest {
+                request,
+                source,
+                source_name: file_name(&input),
+                mix,
+            };
+            variation.check()?;
+            produce(
+                &options,
+                Some(&options.clap),
+                |pipeline, scorer, cancel, on_event| {
+                    let scorer = scorer.ok_or_else(|| {
+                        audioldm::Error::Input("variations need a CLAP model (--clap)".into())
+                    })?;
+                    let made = pipeline.vary(&variation, scorer, cancel, on_event)?;
+                    let clap = scorer.dir().display().to_string();
+                    let settings = variation.describe(&options.model, &clap);
+                    let mut produced = Produced::clip(made.output, settings);
+                    produced.tensors.push((
+                        "clap_audio_embeds",
+                        vec![1, made.clip_embedding.len()],
+                        made.clip_embedding,
+                    ));
+                    Ok(produced)
+                },
+            )
         }
         Command::Transfer {
             input,
@@ -333,31 +418,146 @@ fn edit(input: PathBuf, prompt: String, mode: Mode, options: &Options) -> audiol
     let edit = EditRequest {
         request: options.request(prompt),
         source,
-        source_name: input
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| input.display().to_string()),
+        source_name: file_name(&input),
         mode,
     };
-    produce(options, |pipeline, cancel, on_event| {
+    produce(options, None, |pipeline, _, cancel, on_event| {
         let output = pipeline.edit(&edit, cancel, on_event)?;
-        Ok((output, edit.describe(&options.model)))
+        Ok(Produced::clip(output, edit.describe(&options.model)))
     })
 }
 
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// What a command made: the clip for `--out` with its settings (the WAV comment), more clips to
+/// write beside it, and more tensors for `--dump`.
+struct Produced {
+    output: Output,
+    settings: String,
+    clips: Vec<(PathBuf, Vec<f32>, String)>,
+    tensors: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
+}
+
+impl Produced {
+    fn clip(output: Output, settings: String) -> Self {
+        Self {
+            output,
+            settings,
+            clips: Vec::new(),
+            tensors: Vec::new(),
+        }
+    }
+}
+
+/// `OUT-k.wav` beside `OUT.wav`.
+fn candidate_path(out: &std::path::Path, k: usize) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let ext = out
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "wav".into());
+    out.with_file_name(format!("{stem}-{k}.{ext}"))
+}
+
+/// The best candidate for `--out`, every candidate for `kept`, the scores printed and dumped.
+fn ranked_clips(
+    options: &Options,
+    request: &Request,
+    scorer: &ClapScorer,
+    ranked: audioldm::pipeline::ranking::Candidates,
+    kept: &[PathBuf],
+) -> Produced {
+    let clap = scorer.dir().display().to_string();
+    let n = ranked.outputs.len();
+    let best = ranked.scores.best();
+    let settings = |k: usize| {
+        let candidate = Request {
+            seed: ranked.seeds[k],
+            ..request.clone()
+        };
+        let duration = request.duration_s.unwrap_or_default();
+        let mut settings: serde_json::Value =
+            serde_json::from_str(&candidate.describe(&options.model, duration))
+                .unwrap_or_else(|_| serde_json::json!({}));
+        if let Some(map) = settings.as_object_mut() {
+            map.insert("candidate".into(), k.into());
+            map.insert("candidates".into(), n.into());
+            map.insert("clap_score".into(), ranked.scores.scores[k].into());
+            map.insert("clap".into(), clap.clone().into());
+        }
+        settings.to_string()
+    };
+    eprintln!("CLAP scores against the prompt (cosine similarity), best first:");
+    for k in ranked.scores.ranking() {
+        eprintln!(
+            "  candidate {k} (seed {}): {:.4}{}",
+            ranked.seeds[k],
+            ranked.scores.scores[k],
+            if k == best { "  <- best" } else { "" }
+        );
+    }
+    let clips = kept
+        .iter()
+        .enumerate()
+        .map(|(k, path)| {
+            (
+                path.clone(),
+                ranked.outputs[k].audio.samples.clone(),
+                settings(k),
+            )
+        })
+        .collect();
+    let best_settings = settings(best);
+    let width = ranked.scores.text_embed.len();
+    let tensors = vec![
+        (
+            "clap_audio_embeds",
+            vec![n, width],
+            ranked.scores.audio_embeds.concat(),
+        ),
+        ("clap_text_embeds", vec![1, width], ranked.scores.text_embed),
+        ("clap_scores", vec![n], ranked.scores.scores),
+    ];
+    let mut outputs = ranked.outputs;
+    Produced {
+        output: outputs.swap_remove(best),
+        settings: best_settings,
+        clips,
+        tensors,
+    }
+}
+
 /// What every generating command does around its pipeline call: check that the output can be
-/// written, load the model, show progress, write the WAV (and the dump).
+/// written, find the model (and, with `clap`, the CLAP model: `--clap`, else the model's
+/// companion), load them, show progress, write the WAVs (and the dump).
 fn produce(
     options: &Options,
+    clap: Option<&Option<String>>,
     call: impl FnOnce(
         &Pipeline,
+        Option<&ClapScorer>,
         &AtomicBool,
         &mut dyn FnMut(Event),
-    ) -> audioldm::Result<(audioldm::pipeline::Output, String)>,
+    ) -> audioldm::Result<Produced>,
 ) -> audioldm::Result<()> {
     let started = Instant::now();
     check_writable(&options.out)?;
-    let dir = resolve_model(&options.model, options.offline)?;
+    let dir = resolve_model(&options.model, &hub::AUDIOLDM, options.offline)?;
+    let clap_dir = match clap {
+        Some(choice) => Some(resolve_clap(
+            choice.as_deref(),
+            &options.model,
+            options.offline,
+        )?),
+        None => None,
+    };
     let ctx = Context::with_limits_blocking(options.limits.into())?;
     let info = ctx.adapter_info();
     eprintln!(
@@ -373,20 +573,46 @@ fn produce(
         Precision::weights_f16(options.f16),
         Residency::from_low_memory(options.low_memory),
     )?;
+    let scorer = match &clap_dir {
+        Some(dir) => Some(ClapScorer::load(
+            &ctx,
+            dir,
+            Precision::weights_f16(options.f16),
+            &pipeline.model_dir().join("tokenizer"),
+        )?),
+        None => None,
+    };
     let bar = ProgressBar::new(options.steps as u64).with_style(
         ProgressStyle::with_template(
-            "{spinner} denoising {bar:30} {pos}/{len} steps, {elapsed} elapsed, ETA {eta}",
+            "{spinner} {msg}denoising {bar:30} {pos}/{len} steps, {elapsed} elapsed, ETA {eta}",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let cancel = AtomicBool::new(false);
-    let (output, settings) = call(&pipeline, &cancel, &mut |event| {
-        if let Event::Step { i, n, .. } = event {
-            bar.set_length(n as u64);
-            bar.set_position(i as u64);
-        }
-    })?;
+    let produced = call(
+        &pipeline,
+        scorer.as_ref(),
+        &cancel,
+        &mut |event| match event {
+            Event::Step { i, n, .. } => {
+                bar.set_length(n as u64);
+                bar.set_position(i as u64);
+            }
+            Event::Candidate { k, n } => {
+                bar.reset();
+                bar.set_message(format!("candidate {k}/{n}: "));
+            }
+            Event::Scoring => bar.set_message("scoring with CLAP, "),
+            _ => {}
+        },
+    )?;
     bar.finish_and_clear();
+    let Produced {
+        output,
+        settings,
+        clips,
+        tensors,
+    } = produced;
     let wav_format = match options.format {
         Format::Pcm16 => WavFormat::Pcm16,
         Format::F32 => WavFormat::Float32,
@@ -398,8 +624,18 @@ fn produce(
         wav_format,
         Some(&settings),
     )?;
+    for (path, samples, settings) in &clips {
+        write_wav(
+            path,
+            samples,
+            output.audio.sample_rate,
+            wav_format,
+            Some(settings),
+        )?;
+        eprintln!("wrote {}", path.display());
+    }
     if let Some(dir) = &options.dump {
-        dump_outputs(dir, &output)?;
+        dump_outputs(dir, &output, tensors)?;
     }
     eprintln!(
         "wrote {} ({:.2} s at {} Hz) in {:.1} s",
@@ -437,8 +673,32 @@ fn check_writable(path: &std::path::Path) -> audioldm::Result<()> {
     Ok(())
 }
 
+/// The CLAP model's folder: `choice`, else the companion of `model`. Its absence is an error
+/// that says what to do.
+fn resolve_clap(choice: Option<&str>, model: &str, offline: bool) -> audioldm::Result<PathBuf> {
+    let Some(clap) = choice.or_else(|| hub::clap_companion(model)) else {
+        return Err(audioldm::Error::Input(format!(
+            "ranking candidates and variations need a CLAP model, and {model} has no known \
+             companion: pass --clap with a CLAP model's repo id or folder (the companions of the \
+             AudioLDM checkpoints are {})",
+            hub::CLAP_COMPANIONS
+                .iter()
+                .map(|(_, clap)| *clap)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )));
+    };
+    resolve_model(clap, &hub::CLAP, offline).map_err(|e| {
+        audioldm::Error::Input(format!(
+            "ranking candidates and variations need the CLAP model {clap}: {e}"
+        ))
+    })
+}
+
 /// A local folder, or a Hugging Face repo id downloaded into (or found in) the standard cache.
-fn resolve_model(model: &str, offline: bool) -> audioldm::Result<PathBuf> {
+fn resolve_model(model: &str, layout: &hub::Layout, offline: bool) -> audioldm::Result<PathBuf> {
     let options = hub::ResolveOptions {
         offline,
         ..Default::default()
@@ -450,7 +710,7 @@ fn resolve_model(model: &str, offline: bool) -> audioldm::Result<PathBuf> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let dir = hub::resolve(model, &options, &mut |p| {
+    let dir = hub::resolve_layout(model, layout, &options, &mut |p| {
         if bar.is_hidden() {
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         }
@@ -482,7 +742,8 @@ fn read_latents(path: &std::path::Path) -> audioldm::Result<(usize, Vec<f32>)> {
 /// edits source_latents and mask.
 fn dump_outputs(
     dir: &std::path::Path,
-    output: &audioldm::pipeline::Output,
+    output: &Output,
+    extra: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
 ) -> audioldm::Result<()> {
     use safetensors::tensor::{Dtype, TensorView};
     let io = |source| audioldm::Error::Io {
@@ -523,6 +784,9 @@ fn dump_outputs(
     if let Some(mask) = &output.mask {
         let [_, _, frames, width] = output.latent_shape;
         tensors.push(("mask", vec![frames, width], bytes(mask)));
+    }
+    for (name, shape, data) in &extra {
+        tensors.push((name, shape.clone(), bytes(data)));
     }
     let views = tensors
         .iter()

@@ -74,14 +74,19 @@ fn front_end_crops_a_long_clip_where_numpy_does() {
 fn front_end_refuses_what_it_cannot_embed() {
     let front_end = extractor();
     let empty = front_end.features(&[], 0).unwrap_err().to_string();
-    assert!(empty.contains("empty"), "{empty}");
-    let nan = front_end
-        .features(&[0.1, f32::NAN, 0.2], 0)
-        .unwrap_err()
-        .to_string();
+    assert!(empty.contains("too short"), "{empty}");
+    // Under one frame (a hop of 480 samples at 48 kHz) is too short; one frame is a clip,
+    // repeated to fill the window.
+    let short = front_end.features(&[0.5; 479], 0).unwrap_err().to_string();
+    assert!(
+        short.contains("479 samples") && short.contains("10 ms"),
+        "{short}"
+    );
+    let mut with_nan = vec![0.1; 600];
+    with_nan[300] = f32::NAN;
+    let nan = front_end.features(&with_nan, 0).unwrap_err().to_string();
     assert!(nan.contains("non-finite"), "{nan}");
-    // A single sample is a clip: repeated to fill the window.
-    let one = front_end.features(&[0.5], 0).expect("one sample");
+    let one = front_end.features(&[0.5; 480], 0).expect("one frame");
     assert_eq!(one.frames, 1001);
     assert!(one.data.iter().all(|v| v.is_finite()));
 

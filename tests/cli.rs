@@ -182,3 +182,222 @@ fn bad_input_fails_before_the_model_is_loaded() {
     assert!(stderr(&output).contains("no-model"), "{}", stderr(&output));
     assert!(!out.exists(), "nothing written");
 }
+
+/// The reference's settings and tensors for CLAP in the pipeline
+/// (`scripts/reference/make_clap_pipeline_reference.py`).
+fn clap_golden(name: &str) -> Vec<f32> {
+    Checkpoint::open(&fixtures().join("tiny-clap-pipeline-goldens.safetensors"))
+        .expect("goldens")
+        .f32_any(name)
+        .expect(name)
+        .1
+}
+
+fn max_rel_err(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+    got.iter()
+        .zip(want)
+        .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale
+}
+
+#[test]
+fn ranked_candidates_from_the_command_line() {
+    let dir = scratch("candidates");
+    let out = dir.join("best.wav");
+    let dump = dir.join("dump");
+    let output = audioldm(&[
+        "generate",
+        "a dog barking in the rain, then thunder!",
+        "--model",
+        path(&fixtures().join("tiny")),
+        "--clap",
+        path(&fixtures().join("tiny-clap")),
+        "--candidates",
+        "3",
+        "--keep-all",
+        "--seed",
+        "7",
+        "--steps",
+        "3",
+        "--duration",
+        "1",
+        "--format",
+        "f32",
+        "--dump",
+        path(&dump),
+        "-o",
+        path(&out),
+    ]);
+    assert!(output.status.success());
+    let err = stderr(&output);
+    assert!(err.contains("candidate 2 (seed 9)"), "{err}");
+    let dumped = Checkpoint::open(&dump.join("outputs.safetensors")).expect("the dump");
+    let (shape, scores) = dumped.f32_any("clap_scores").expect("clap_scores");
+    assert_eq!(shape, [3]);
+    assert_eq!(dumped.shape("clap_audio_embeds"), Some(&[3, 24][..]));
+    assert_eq!(dumped.shape("clap_text_embeds"), Some(&[1, 24][..]));
+    let best = (0..3)
+        .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+        .unwrap();
+    let (best_samples, _) = read_wav(&out).expect("the best clip");
+    for (k, &want_score) in scores.iter().enumerate() {
+        let kept = dir.join(format!("best-{k}.wav"));
+        let (samples, rate) = read_wav(&kept).expect("a kept candidate");
+        assert_eq!(rate, 16_000);
+        let want = &clap_golden("candidates_waveform")[k * 16_000..(k + 1) * 16_000];
+        let err = max_rel_err(&samples, want);
+        assert!(err <= 1e-3, "candidate {k}: max rel err {err:e}");
+        let comment = read_comment(&kept).unwrap().expect("a comment");
+        let settings: serde_json::Value = serde_json::from_str(&comment).unwrap();
+        assert_eq!(settings["seed"], 7 + k);
+        assert_eq!(settings["candidate"], k);
+        assert_eq!(settings["candidates"], 3);
+        let score = settings["clap_score"].as_f64().expect("a score") as f32;
+        assert_eq!(score, want_score);
+        if k == best {
+            assert_eq!(samples, best_samples, "the best candidate is the output");
+        }
+    }
+    let comment = read_comment(&out).unwrap().expect("a comment");
+    let settings: serde_json::Value = serde_json::from_str(&comment).unwrap();
+    assert_eq!(settings["candidate"], best);
+}
+
+#[test]
+fn variations_from_the_command_line() {
+    let dir = scratch("vary");
+    let goldens = Checkpoint::open(&fixtures().join("tiny-clap-goldens.safetensors")).unwrap();
+    let (_, pcm) = goldens.i64_any("clip_48k").expect("clip_48k");
+    let clip: Vec<f32> = pcm.iter().map(|&s| s as f32 / 32768.0).collect();
+    let input = dir.join("clip-48k.wav");
+    audioldm::audio::wav::write_wav(
+        &input,
+        &clip,
+        48_000,
+        audioldm::audio::wav::WavFormat::Float32,
+        None,
+    )
+    .unwrap();
+    let (tiny, tiny_clap) = (fixtures().join("tiny"), fixtures().join("tiny-clap"));
+    for (name, extra) in [
+        ("vary", &[][..]),
+        (
+            "vary_mix",
+            &["--prompt", "birds singing at dawn", "--mix", "0.5"][..],
+        ),
+    ] {
+        let out = dir.join(format!("{name}.wav"));
+        let dump = dir.join(name);
+        let mut args = vec![
+            "vary",
+            path(&input),
+            "--model",
+            path(&tiny),
+            "--clap",
+            path(&tiny_clap),
+            "--seed",
+            "7",
+            "--steps",
+            "3",
+            "--format",
+            "f32",
+            "--dump",
+            path(&dump),
+            "-o",
+            path(&out),
+        ];
+        args.extend_from_slice(extra);
+        let output = audioldm(&args);
+        assert!(output.status.success());
+        let dumped = Checkpoint::open(&dump.join("outputs.safetensors")).expect("the dump");
+        for (dumped_name, golden, tol) in [
+            ("clap_audio_embeds", "vary_clip_embedding".to_string(), 1e-4),
+            ("text_embeds", format!("{name}_text_embeds"), 1e-4),
+            ("latents", format!("{name}_latents"), 1e-3),
+            ("waveform", format!("{name}_waveform"), 1e-3),
+        ] {
+            let (_, got) = dumped.f32_any(dumped_name).expect(dumped_name);
+            let err = max_rel_err(&got, &clap_golden(&golden));
+            println!("{name} {dumped_name}: max rel err {err:.3e}");
+            assert!(err <= tol, "{name} {dumped_name}: max rel err {err:e}");
+        }
+        let comment = read_comment(&out).unwrap().expect("a comment");
+        let settings: serde_json::Value = serde_json::from_str(&comment).unwrap();
+        assert_eq!(settings["mode"], "variation");
+        assert_eq!(settings["source"], "clip-48k.wav");
+        assert_eq!(settings["duration_s"], 2.3);
+    }
+}
+
+#[test]
+fn bad_candidates_and_variations_fail_before_the_model_is_loaded() {
+    let dir = scratch("bad-clap");
+    let missing_model = dir.join("no-model");
+    let silent = dir.join("silent.wav");
+    audioldm::audio::wav::write_wav(
+        &silent,
+        &[0.0; 16_000],
+        16_000,
+        audioldm::audio::wav::WavFormat::Pcm16,
+        None,
+    )
+    .unwrap();
+    let chirp16 = fixtures().join("clips/chirp-16k.wav");
+    let refused = |args: &[&str], expected: &str| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--model", path(&missing_model)]);
+        let output = audioldm(&all);
+        assert!(!output.status.success());
+        let err = stderr(&output);
+        assert!(err.contains(expected), "{args:?}: {err}");
+        assert!(
+            !err.contains("no-model"),
+            "{args:?} looked at the model: {err}"
+        );
+    };
+    refused(&["generate", "x", "--candidates", "0"], "between 1 and 16");
+    refused(&["generate", "x", "--candidates", "17"], "between 1 and 16");
+    refused(&["generate", "x", "--keep-all"], "--candidates");
+    refused(
+        &["vary", path(&chirp16), "--prompt", "rain", "--mix", "1.5"],
+        "mix must be between 0",
+    );
+    refused(&["vary", path(&chirp16), "--mix", "0.2"], "--prompt");
+    refused(&["vary", path(&silent)], "is silent");
+    // A local model has no known companion: without --clap, ranking says what is missing.
+    let output = audioldm(&[
+        "generate",
+        "x",
+        "--candidates",
+        "2",
+        "--model",
+        path(&fixtures().join("tiny")),
+        "-o",
+        path(&dir.join("out.wav")),
+    ]);
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("--clap") && err.contains("sanchit-gandhi/clap-htsat-unfused-s-full-v2"),
+        "{err}"
+    );
+    // A folder that is not a CLAP model.
+    let output = audioldm(&[
+        "vary",
+        path(&chirp16),
+        "--model",
+        path(&fixtures().join("tiny")),
+        "--clap",
+        path(&fixtures().join("tiny")),
+        "-o",
+        path(&dir.join("out.wav")),
+    ]);
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("not a transformers CLAP model folder"),
+        "{err}"
+    );
+}

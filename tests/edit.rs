@@ -70,6 +70,7 @@ fn edit_with_steps(source: Audio, mode: Mode, eta: f32, steps: usize) -> EditReq
             seed: SEED,
             eta,
             init_latents: None,
+            conditioning: None,
         },
         source,
         source_name: "chirp.wav".into(),

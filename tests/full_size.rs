@@ -68,6 +68,7 @@ fn full_size_pipeline_matches_diffusers() {
         seed: 0,
         eta: 0.0,
         init_latents: Some(init),
+        conditioning: None,
     };
     let out = pipeline
         .generate(&request, &AtomicBool::new(false), |_| {})

@@ -1107,3 +1107,96 @@ fn mock_hub_downloads_into_the_standard_cache() {
         "{err}"
     );
 }
+
+#[test]
+fn every_audioldm_checkpoint_has_its_clap_companion() {
+    let _env = env_read();
+    let s_full = "sanchit-gandhi/clap-htsat-unfused-s-full-v2";
+    let m_full = "sanchit-gandhi/clap-htsat-unfused-m-full";
+    for (model, clap) in [
+        ("cvssp/audioldm-s-full-v2", s_full),
+        ("audioldm-s-full-v2@main", s_full),
+        ("audioldm-s-full", s_full),
+        ("cvssp/audioldm-m-full", m_full),
+        ("audioldm-l-full", m_full),
+    ] {
+        assert_eq!(hub::clap_companion(model), Some(clap), "{model}");
+    }
+    assert_eq!(hub::clap_companion("someone/audioldm-finetune"), None);
+    assert_eq!(hub::clap_companion("./tests/fixtures/tiny"), None);
+}
+
+#[test]
+fn clap_folders_and_cached_clap_repos_resolve_by_their_own_layout() {
+    let _env = env_read();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let clap = fixtures.join("tiny-clap");
+    let cache = scratch("clap-layout");
+    let options = offline(&cache);
+    let resolved = hub::resolve_layout(clap.to_str().unwrap(), &hub::CLAP, &options, &mut |_| {
+        panic!("a local folder is never downloaded")
+    })
+    .expect("a CLAP folder");
+    assert_eq!(resolved, clap);
+    // An AudioLDM folder is not a CLAP model, and a CLAP folder is not an AudioLDM model.
+    let err = err_text(hub::resolve_layout(
+        fixtures.join("tiny").to_str().unwrap(),
+        &hub::CLAP,
+        &options,
+        &mut |_| {},
+    ));
+    assert!(
+        err.contains("not a transformers CLAP model folder"),
+        "{err}"
+    );
+    let err = err_text(resolve(clap.to_str().unwrap(), &options, &mut |_| {}));
+    assert!(
+        err.contains("not a diffusers AudioLDM model folder"),
+        "{err}"
+    );
+    // Offline, a companion that was never downloaded is named with the cache.
+    let err = err_text(hub::resolve_layout(
+        "sanchit-gandhi/clap-htsat-unfused-s-full-v2",
+        &hub::CLAP,
+        &options,
+        &mut |_| {},
+    ));
+    assert!(
+        err.contains("sanchit-gandhi/clap-htsat-unfused-s-full-v2") && err.contains("offline"),
+        "{err}"
+    );
+    // A cached snapshot with the CLAP files (a .bin, no tokenizer) is complete.
+    let snapshot = cache
+        .join("models--sanchit-gandhi--clap-htsat-unfused-s-full-v2")
+        .join("snapshots")
+        .join(COMMIT);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    for file in ["config.json", "preprocessor_config.json"] {
+        std::fs::copy(clap.join(file), snapshot.join(file)).unwrap();
+    }
+    let refs = snapshot.parent().unwrap().parent().unwrap().join("refs");
+    std::fs::create_dir_all(&refs).unwrap();
+    std::fs::write(refs.join("main"), COMMIT).unwrap();
+    let err = err_text(hub::resolve_layout(
+        "sanchit-gandhi/clap-htsat-unfused-s-full-v2",
+        &hub::CLAP,
+        &options,
+        &mut |_| {},
+    ));
+    assert!(
+        err.contains("model.safetensors (or pytorch_model.bin)"),
+        "{err}"
+    );
+    // A zip whose end record is in place (a real .bin is a zip archive).
+    let mut bin = b"PK\x03\x04 weights".to_vec();
+    bin.extend_from_slice(b"PK\x05\x06");
+    bin.extend_from_slice(&[0; 18]);
+    std::fs::write(snapshot.join("pytorch_model.bin"), bin).unwrap();
+    let found = hub::find_cached_layout(
+        "sanchit-gandhi/clap-htsat-unfused-s-full-v2",
+        &hub::CLAP,
+        &options,
+    )
+    .unwrap();
+    assert_eq!(found, Some(snapshot));
+}

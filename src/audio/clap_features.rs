@@ -249,7 +249,8 @@ impl ClapFeatureExtractor {
     }
 
     /// The features of `samples` (mono, at the extractor's rate); a clip longer than the window
-    /// is cropped at the offset `seed` draws. An empty or non-finite clip is an error.
+    /// is cropped at the offset `seed` draws. A clip shorter than one frame (`hop_length` samples)
+    /// or with non-finite samples is an error.
     pub fn features(&self, samples: &[f32], seed: u32) -> Result<ClapFeatures> {
         self.features_drawing(samples, &mut Mt19937::new(seed))
     }
@@ -258,10 +259,15 @@ impl ClapFeatureExtractor {
     /// batch of clips draws from one stream in order, as one extractor call does in Python after
     /// `np.random.seed(seed)`.
     pub fn features_drawing(&self, samples: &[f32], rng: &mut Mt19937) -> Result<ClapFeatures> {
-        if samples.is_empty() {
-            return Err(Error::Input(
-                "the clip is empty: CLAP needs at least one sample".into(),
-            ));
+        let hop = self.config.hop_length;
+        if samples.len() < hop {
+            let rate = self.config.sampling_rate;
+            return Err(Error::Input(format!(
+                "the clip is too short for CLAP: {} samples at {rate} Hz, under one frame \
+                 ({hop} samples, {:.0} ms); CLAP needs at least one sample per frame",
+                samples.len(),
+                hop as f64 * 1000.0 / f64::from(rate)
+            )));
         }
         if samples.iter().any(|s| !s.is_finite()) {
             return Err(Error::Input(

@@ -27,6 +27,7 @@ struct Ctx<'a> {
 
 pub(super) fn download(
     spec: &RepoSpec,
+    layout: &Layout,
     cache_dir: &Path,
     options: &ResolveOptions,
     cached: &CacheState,
@@ -112,9 +113,10 @@ pub(super) fn download(
             RepoTreeEntry::Directory { .. } => None,
         })
         .collect();
-    let wanted = plan_from_listing(&listing).map_err(|missing| {
+    let wanted = plan_from_listing(&listing, layout).map_err(|missing| {
         Error::Input(format!(
-            "{spec} (commit {commit}) is not a diffusers AudioLDM repo: it has no {}",
+            "{spec} (commit {commit}) is not a {} repo: it has no {}",
+            layout.what,
             missing.join("; no ")
         ))
     })?;
@@ -201,7 +203,7 @@ pub(super) fn download(
         })?;
     }
 
-    let check = check_dir(&snapshot);
+    let check = check_dir(&snapshot, layout);
     if !check.is_complete() {
         return Err(Error::Input(format!(
             "after downloading, the snapshot {} is still incomplete:{}",
@@ -213,14 +215,19 @@ pub(super) fn download(
 }
 
 /// The files to fetch from a repo listing (path → size): for each requirement, the first
-/// alternative the repo has, plus the other files of the tokenizer alternatives it has. Errors with
-/// the requirements the repo cannot meet.
+/// alternative the repo has, and the optional files it has. Errors with the requirements the repo
+/// cannot meet.
 fn plan_from_listing(
     listing: &BTreeMap<String, u64>,
+    layout: &Layout,
 ) -> std::result::Result<Vec<(String, u64)>, Vec<String>> {
-    let mut wanted = Vec::new();
+    let mut wanted: Vec<(String, u64)> = layout
+        .optional
+        .iter()
+        .filter_map(|f| Some((f.to_string(), *listing.get(*f)?)))
+        .collect();
     let mut missing = Vec::new();
-    for alternatives in REQUIREMENTS {
+    for alternatives in layout.requirements {
         match alternatives
             .iter()
             .find(|files| files.iter().all(|f| listing.contains_key(*f)))
@@ -555,12 +562,13 @@ mod tests {
 
     #[test]
     fn plan_prefers_safetensors_and_falls_back_to_bin() {
-        let mut listing: BTreeMap<String, u64> = REQUIREMENTS
+        let mut listing: BTreeMap<String, u64> = AUDIOLDM
+            .requirements
             .iter()
             .flat_map(|alts| alts.iter().flat_map(|a| a.iter()))
             .map(|f| (f.to_string(), 1))
             .collect();
-        let plan = plan_from_listing(&listing).unwrap();
+        let plan = plan_from_listing(&listing, &AUDIOLDM).unwrap();
         let files: Vec<&str> = plan.iter().map(|(f, _)| f.as_str()).collect();
         assert!(files.contains(&"unet/diffusion_pytorch_model.safetensors"));
         assert!(!files.contains(&"unet/diffusion_pytorch_model.bin"));
@@ -569,7 +577,7 @@ mod tests {
 
         listing.remove("unet/diffusion_pytorch_model.safetensors");
         listing.remove("tokenizer/tokenizer.json");
-        let plan = plan_from_listing(&listing).unwrap();
+        let plan = plan_from_listing(&listing, &AUDIOLDM).unwrap();
         let files: Vec<&str> = plan.iter().map(|(f, _)| f.as_str()).collect();
         assert!(files.contains(&"unet/diffusion_pytorch_model.bin"));
         assert!(files.contains(&"tokenizer/vocab.json"));
@@ -578,13 +586,47 @@ mod tests {
         listing.remove("vocoder/model.safetensors");
         listing.remove("vocoder/pytorch_model.bin");
         listing.remove("scheduler/scheduler_config.json");
-        let missing = plan_from_listing(&listing).unwrap_err();
+        let missing = plan_from_listing(&listing, &AUDIOLDM).unwrap_err();
         assert_eq!(
             missing,
             [
                 "vocoder/model.safetensors (or vocoder/pytorch_model.bin)",
                 "scheduler/scheduler_config.json"
             ]
+        );
+    }
+
+    #[test]
+    fn clap_plan_takes_the_optional_tokenizer_files_the_repo_has() {
+        let listing: BTreeMap<String, u64> = [
+            ("config.json", 1),
+            ("pytorch_model.bin", 2),
+            ("preprocessor_config.json", 3),
+            ("vocab.json", 4),
+            ("merges.txt", 5),
+            ("README.md", 6),
+        ]
+        .into_iter()
+        .map(|(f, n)| (f.to_string(), n))
+        .collect();
+        let mut plan = plan_from_listing(&listing, &CLAP).unwrap();
+        plan.sort();
+        let files: Vec<&str> = plan.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            files,
+            [
+                "config.json",
+                "merges.txt",
+                "preprocessor_config.json",
+                "pytorch_model.bin",
+                "vocab.json"
+            ]
+        );
+        let mut listing = listing;
+        listing.remove("preprocessor_config.json");
+        assert_eq!(
+            plan_from_listing(&listing, &CLAP).unwrap_err(),
+            ["preprocessor_config.json"]
         );
     }
 

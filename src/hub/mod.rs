@@ -48,39 +48,110 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("audioldm-l-full", "cvssp/audioldm-l-full"),
 ];
 
-/// The files of a diffusers AudioLDM folder, as requirements: each is a list of alternatives, in
-/// order of preference (the order the loaders try them); an alternative is met when all of its
-/// files exist.
-const REQUIREMENTS: &[&[&[&str]]] = &[
-    &[&["model_index.json"]],
-    &[&["unet/config.json"]],
-    &[
-        &["unet/diffusion_pytorch_model.safetensors"],
-        &["unet/diffusion_pytorch_model.bin"],
+/// What a model folder holds: the files its loaders need, as requirements (each a list of
+/// alternatives in order of preference, the order the loaders try them; an alternative is met
+/// when all of its files exist), and files read when present.
+#[derive(Debug)]
+pub struct Layout {
+    /// What such a folder is, for messages ("diffusers AudioLDM model").
+    pub what: &'static str,
+    /// The file that marks a folder of this kind.
+    marker: &'static str,
+    requirements: &'static [&'static [&'static [&'static str]]],
+    /// Downloaded when the repo has them, never missed.
+    #[cfg_attr(not(feature = "download"), allow(dead_code))]
+    optional: &'static [&'static str],
+}
+
+/// A diffusers `AudioLDMPipeline` folder.
+pub const AUDIOLDM: Layout = Layout {
+    what: "diffusers AudioLDM model",
+    marker: "model_index.json",
+    requirements: &[
+        &[&["model_index.json"]],
+        &[&["unet/config.json"]],
+        &[
+            &["unet/diffusion_pytorch_model.safetensors"],
+            &["unet/diffusion_pytorch_model.bin"],
+        ],
+        &[&["vae/config.json"]],
+        &[
+            &["vae/diffusion_pytorch_model.safetensors"],
+            &["vae/diffusion_pytorch_model.bin"],
+        ],
+        &[&["text_encoder/config.json"]],
+        &[
+            &["text_encoder/model.safetensors"],
+            &["text_encoder/pytorch_model.bin"],
+        ],
+        &[&["vocoder/config.json"]],
+        &[
+            &["vocoder/model.safetensors"],
+            &["vocoder/pytorch_model.bin"],
+        ],
+        &[
+            &["tokenizer/tokenizer.json"],
+            &["tokenizer/vocab.json", "tokenizer/merges.txt"],
+        ],
+        &[&["tokenizer/tokenizer_config.json"]],
+        &[&["tokenizer/special_tokens_map.json"]],
+        &[&["scheduler/scheduler_config.json"]],
     ],
-    &[&["vae/config.json"]],
-    &[
-        &["vae/diffusion_pytorch_model.safetensors"],
-        &["vae/diffusion_pytorch_model.bin"],
+    optional: &[],
+};
+
+/// A transformers `ClapModel` folder (both towers) with its feature extractor's config. Its
+/// tokenizer files are optional: without them the pipeline's tokenizer is used (the CLAP models
+/// that pair with AudioLDM share its RoBERTa vocabulary).
+pub const CLAP: Layout = Layout {
+    what: "transformers CLAP model",
+    marker: "config.json",
+    requirements: &[
+        &[&["config.json"]],
+        &[&["model.safetensors"], &["pytorch_model.bin"]],
+        &[&["preprocessor_config.json"]],
     ],
-    &[&["text_encoder/config.json"]],
-    &[
-        &["text_encoder/model.safetensors"],
-        &["text_encoder/pytorch_model.bin"],
+    optional: &[
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
     ],
-    &[&["vocoder/config.json"]],
-    &[
-        &["vocoder/model.safetensors"],
-        &["vocoder/pytorch_model.bin"],
-    ],
-    &[
-        &["tokenizer/tokenizer.json"],
-        &["tokenizer/vocab.json", "tokenizer/merges.txt"],
-    ],
-    &[&["tokenizer/tokenizer_config.json"]],
-    &[&["tokenizer/special_tokens_map.json"]],
-    &[&["scheduler/scheduler_config.json"]],
+};
+
+/// The CLAP model each AudioLDM checkpoint pairs with: converted from the CLAP inside that
+/// AudioLDM checkpoint, so its audio embeddings lie in the space the UNet was trained on.
+pub const CLAP_COMPANIONS: &[(&str, &str)] = &[
+    (
+        "cvssp/audioldm-s-full-v2",
+        "sanchit-gandhi/clap-htsat-unfused-s-full-v2",
+    ),
+    (
+        "cvssp/audioldm",
+        "sanchit-gandhi/clap-htsat-unfused-s-full-v2",
+    ),
+    (
+        "cvssp/audioldm-m-full",
+        "sanchit-gandhi/clap-htsat-unfused-m-full",
+    ),
+    (
+        "cvssp/audioldm-l-full",
+        "sanchit-gandhi/clap-htsat-unfused-m-full",
+    ),
 ];
+
+/// The CLAP companion of `model` (a repo id with or without `@revision`, or an alias), `None` for
+/// a local folder or a repo without one.
+pub fn clap_companion(model: &str) -> Option<&'static str> {
+    let id = model.trim();
+    let id = id.split_once('@').map_or(id, |(id, _)| id);
+    let id = expand_alias(id);
+    CLAP_COMPANIONS
+        .iter()
+        .find(|(audioldm, _)| *audioldm == id)
+        .map(|(_, clap)| *clap)
+}
 
 /// How [`resolve`] may find or fetch a model.
 #[derive(Clone, Default)]
@@ -129,6 +200,23 @@ pub struct DownloadProgress {
     pub overall_total: u64,
     /// True on the last report of a file: it is complete and in the cache.
     pub finished: bool,
+}
+
+impl Layout {
+    /// The first alternative of every requirement, e.g. "model_index.json, unet/config.json, ...".
+    fn describe(&self) -> String {
+        self.requirements
+            .iter()
+            .map(|alternatives| alternatives[0].join(" + "))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The requirements, as the web build reads them.
+    #[cfg(target_arch = "wasm32")]
+    fn requirements(&self) -> &'static [&'static [&'static [&'static str]]] {
+        self.requirements
+    }
 }
 
 /// A Hugging Face model repo and revision, parsed from `owner/name[@revision]` or an alias.
@@ -233,12 +321,22 @@ pub fn resolve(
     options: &ResolveOptions,
     progress: &mut dyn FnMut(DownloadProgress),
 ) -> Result<PathBuf> {
-    if let Some(dir) = local_folder(model)? {
+    resolve_layout(model, &AUDIOLDM, options, progress)
+}
+
+/// [`resolve`] for a folder of any [`Layout`] (e.g. [`CLAP`]).
+pub fn resolve_layout(
+    model: &str,
+    layout: &Layout,
+    options: &ResolveOptions,
+    progress: &mut dyn FnMut(DownloadProgress),
+) -> Result<PathBuf> {
+    if let Some(dir) = local_folder(model, layout)? {
         return Ok(dir);
     }
     let spec = RepoSpec::parse(model, options.revision.as_deref())?;
     let cache_dir = options.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let cached = inspect_cache(&spec, &cache_dir);
+    let cached = inspect_cache(&spec, layout, &cache_dir);
     if let CacheState::Complete(snapshot) = cached {
         tracing::debug!("{spec}: using cached snapshot {}", snapshot.display());
         return Ok(snapshot);
@@ -246,7 +344,7 @@ pub fn resolve(
     if options.offline || offline_from_env() {
         return Err(Error::Input(cached.offline_message(&spec, &cache_dir)));
     }
-    download(&spec, &cache_dir, options, &cached, progress)
+    download(&spec, layout, &cache_dir, options, &cached, progress)
 }
 
 /// Builds without the `download` feature (the fuzz targets, the web build) resolve local folders
@@ -254,6 +352,7 @@ pub fn resolve(
 #[cfg(not(feature = "download"))]
 fn download(
     spec: &RepoSpec,
+    _: &Layout,
     cache_dir: &Path,
     _: &ResolveOptions,
     cached: &CacheState,
@@ -270,12 +369,21 @@ fn download(
 /// The cached snapshot of `model` when it is complete, found without touching the network; `None`
 /// when something is missing. A local folder is returned as [`resolve`] returns it.
 pub fn find_cached(model: &str, options: &ResolveOptions) -> Result<Option<PathBuf>> {
-    if let Some(dir) = local_folder(model)? {
+    find_cached_layout(model, &AUDIOLDM, options)
+}
+
+/// [`find_cached`] for a folder of any [`Layout`].
+pub fn find_cached_layout(
+    model: &str,
+    layout: &Layout,
+    options: &ResolveOptions,
+) -> Result<Option<PathBuf>> {
+    if let Some(dir) = local_folder(model, layout)? {
         return Ok(Some(dir));
     }
     let spec = RepoSpec::parse(model, options.revision.as_deref())?;
     let cache_dir = options.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    Ok(match inspect_cache(&spec, &cache_dir) {
+    Ok(match inspect_cache(&spec, layout, &cache_dir) {
         CacheState::Complete(snapshot) => Some(snapshot),
         _ => None,
     })
@@ -286,7 +394,7 @@ pub fn find_cached(model: &str, options: &ResolveOptions) -> Result<Option<PathB
 
 /// `Some(folder)` when `model` names an existing folder; an error when it names a file, or looks
 /// like a path but does not exist; `None` when it should be read as a repo id.
-fn local_folder(model: &str) -> Result<Option<PathBuf>> {
+fn local_folder(model: &str, layout: &Layout) -> Result<Option<PathBuf>> {
     let model = model.trim();
     if model.is_empty() {
         return Err(Error::Input(format!(
@@ -297,13 +405,15 @@ fn local_folder(model: &str) -> Result<Option<PathBuf>> {
     }
     let path = expand_tilde(model);
     if path.is_dir() {
-        if !path.join("model_index.json").is_file() {
+        if !path.join(layout.marker).is_file() {
             return Err(Error::Input(format!(
-                "{} is not a diffusers AudioLDM model folder: it has no model_index.json",
-                path.display()
+                "{} is not a {} folder: it has no {}",
+                path.display(),
+                layout.what,
+                layout.marker
             )));
         }
-        let check = check_dir(&path);
+        let check = check_dir(&path, layout);
         for (file, reason) in &check.broken {
             tracing::warn!("{}: {file}: {reason}", path.display());
         }
@@ -315,9 +425,10 @@ fn local_folder(model: &str) -> Result<Option<PathBuf>> {
     }
     if path.exists() {
         return Err(Error::Input(format!(
-            "{} is a file; the model must be a folder in diffusers layout (model_index.json, \
-             unet/, vae/, text_encoder/, vocoder/, tokenizer/, scheduler/)",
-            path.display()
+            "{} is a file; the model must be a {} folder ({})",
+            path.display(),
+            layout.what,
+            layout.describe()
         )));
     }
     if looks_like_path(model) {
@@ -507,7 +618,7 @@ impl CacheState {
     }
 }
 
-fn inspect_cache(spec: &RepoSpec, cache_dir: &Path) -> CacheState {
+fn inspect_cache(spec: &RepoSpec, layout: &Layout, cache_dir: &Path) -> CacheState {
     let repo_dir = spec.cache_folder(cache_dir);
     if !repo_dir.is_dir() {
         return CacheState::NoRepo;
@@ -527,7 +638,7 @@ fn inspect_cache(spec: &RepoSpec, cache_dir: &Path) -> CacheState {
     if !snapshot.is_dir() {
         return CacheState::NoRevision;
     }
-    let check = check_dir(&snapshot);
+    let check = check_dir(&snapshot, layout);
     if check.is_complete() {
         CacheState::Complete(snapshot)
     } else {
@@ -535,7 +646,7 @@ fn inspect_cache(spec: &RepoSpec, cache_dir: &Path) -> CacheState {
     }
 }
 
-/// What a folder holds of [`REQUIREMENTS`].
+/// What a folder holds of a [`Layout`]'s requirements.
 #[derive(Debug, Default)]
 struct DirCheck {
     /// Requirements met by no alternative, each as "a (or b + c)".
@@ -568,11 +679,12 @@ impl DirCheck {
     }
 }
 
-/// Checks a folder against [`REQUIREMENTS`], taking alternatives in the loaders' order: the first
-/// one present decides (a broken file there is reported, not skipped, since a loader would pick it).
-fn check_dir(dir: &Path) -> DirCheck {
+/// Checks a folder against a layout's requirements, taking alternatives in the loaders' order: the
+/// first one present decides (a broken file there is reported, not skipped, since a loader would
+/// pick it).
+fn check_dir(dir: &Path, layout: &Layout) -> DirCheck {
     let mut check = DirCheck::default();
-    for alternatives in REQUIREMENTS {
+    for alternatives in layout.requirements {
         let mut met = false;
         let mut broken = Vec::new();
         for files in alternatives.iter() {

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
-use super::{DEFAULT_REVISION, DownloadProgress, REQUIREMENTS, RepoSpec};
+use super::{AUDIOLDM, DEFAULT_REVISION, DownloadProgress, RepoSpec};
 use crate::{Error, Result};
 
 /// The browser cache the model files are kept in; a new layout gets a new name.
@@ -58,7 +58,8 @@ pub async fn resolve(model: &str, progress: &mut dyn FnMut(DownloadProgress)) ->
     let base = base_url(model)?;
     let cache = open_cache().await?;
     let mut files = Vec::new();
-    for (index, requirement) in REQUIREMENTS.iter().enumerate() {
+    let requirements = AUDIOLDM.requirements();
+    for (index, requirement) in requirements.iter().enumerate() {
         let mut found = None;
         for alternative in requirement.iter() {
             if alternative.iter().any(|f| f.ends_with(".bin")) {
@@ -70,7 +71,7 @@ pub async fn resolve(model: &str, progress: &mut dyn FnMut(DownloadProgress)) ->
                     progress(DownloadProgress {
                         file: file.to_string(),
                         file_index: index + 1,
-                        file_count: REQUIREMENTS.len(),
+                        file_count: requirements.len(),
                         downloaded,
                         total,
                         overall_downloaded: 0,
@@ -113,7 +114,7 @@ pub async fn resolve(model: &str, progress: &mut dyn FnMut(DownloadProgress)) ->
 pub async fn mount_folder(name: &str, files: Vec<(String, web_sys::Blob)>) -> Result<PathBuf> {
     let mut files: std::collections::BTreeMap<String, web_sys::Blob> = files.into_iter().collect();
     let mut chosen = Vec::new();
-    for requirement in REQUIREMENTS {
+    for requirement in AUDIOLDM.requirements() {
         let found = requirement.iter().find(|alternative| {
             alternative
                 .iter()

@@ -83,6 +83,8 @@ impl ClapModel {
     /// The L2-normalised audio embeddings of `clips` (any rate; resampled to the front end's),
     /// one row each. Clips longer than the front end's window are cropped at offsets drawn in
     /// order from one `RandomState(seed)` stream, as one extractor call draws them in Python.
+    /// Every clip's features are made (and checked) before the GPU runs; the clips then go
+    /// through one recorded graph one at a time, so memory does not grow with their number.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn embed_audio(&self, ctx: &Context, clips: &[Audio], seed: u32) -> Result<Vec<Vec<f32>>> {
         pollster::block_on(self.embed_audio_async(ctx, clips, seed))
@@ -100,27 +102,26 @@ impl ClapModel {
         }
         let rate = self.front_end.config().sampling_rate;
         let mut rng = Mt19937::new(seed);
-        let mut stacked = Vec::new();
-        let (mut frames, mut bands) = (0, 0);
+        let mut features = Vec::with_capacity(clips.len());
         for clip in clips {
             let samples = resample(&clip.samples, clip.sample_rate, rate)?;
-            let features = self.front_end.features_drawing(&samples, &mut rng)?;
-            (frames, bands) = (features.frames, features.bands);
-            stacked.extend(features.data);
+            features.push(self.front_end.features_drawing(&samples, &mut rng)?);
         }
-        let input = Tensor::from_f32(ctx, [clips.len(), frames, bands], DType::F32, &stacked)?;
+        let (frames, bands) = (features[0].frames, features[0].bands);
+        let input = Tensor::empty(ctx, [1, frames, bands], DType::F32)?;
         let mut g = Graph::new(ctx);
         let x = g.input(&input);
         let embeds = self.audio.forward(&mut g, x, &mut Taps::default())?;
         let embeds = g.l2_normalize(embeds, 1e-12)?;
         g.output(embeds)?;
         let mut exe = g.build()?;
-        exe.run_async().await?;
-        let flat = exe.tensor(embeds)?.to_vec_f32_async(ctx).await?;
-        Ok(flat
-            .chunks_exact(self.embedding_width())
-            .map(<[f32]>::to_vec)
-            .collect())
+        let mut rows = Vec::with_capacity(clips.len());
+        for clip in &features {
+            input.write_f32(ctx, &clip.data)?;
+            exe.run_async().await?;
+            rows.push(exe.tensor(embeds)?.to_vec_f32_async(ctx).await?);
+        }
+        Ok(rows)
     }
 
     /// The L2-normalised text embeddings of token sequences (the CLAP tokenizer's ids), one row

@@ -5,6 +5,8 @@
 pub mod ddim;
 pub mod edit;
 pub mod noise;
+pub mod ranking;
+pub mod variation;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -41,6 +43,10 @@ pub struct Request {
     pub eta: f32,
     /// Initial latents `[1, C, frames, width]` instead of seeded noise.
     pub init_latents: Option<Vec<f32>>,
+    /// An L2-normalised embedding `[dim]` to condition on instead of the prompt's (a variation:
+    /// a clip's CLAP audio embedding, or its blend with the prompt's; see [`variation`]). The
+    /// negative row is still the negative prompt's.
+    pub conditioning: Option<Vec<f32>>,
 }
 
 impl Default for Request {
@@ -54,6 +60,7 @@ impl Default for Request {
             seed: 0,
             eta: 0.0,
             init_latents: None,
+            conditioning: None,
         }
     }
 }
@@ -73,6 +80,7 @@ impl Request {
             "scheduler": "DDIM",
             "model": model,
             "initial_latents": if self.init_latents.is_some() { "injected" } else { "seeded" },
+            "conditioning": if self.conditioning.is_some() { "embedding" } else { "prompt" },
         })
         .to_string()
     }
@@ -149,6 +157,13 @@ pub enum Event {
         n: usize,
         preview: Mel,
     },
+    /// Candidate `k` (1-based) of `n` starts (ranked runs, [`ranking`]).
+    Candidate {
+        k: usize,
+        n: usize,
+    },
+    /// CLAP is scoring the candidates.
+    Scoring,
     Done(Box<Output>),
     Failed(String),
 }
@@ -633,6 +648,18 @@ impl Pipeline {
         negative: Option<&str>,
         guided: bool,
     ) -> Result<(Vec<f32>, usize)> {
+        self.encode_rows(Some(prompt), None, negative, guided).await
+    }
+
+    /// The embeddings a request conditions on, `[negative, condition]` when `guided`: the
+    /// condition is `condition` when given, else the prompt's embedding.
+    async fn encode_rows(
+        &self,
+        prompt: Option<&str>,
+        condition: Option<&[f32]>,
+        negative: Option<&str>,
+        guided: bool,
+    ) -> Result<(Vec<f32>, usize)> {
         let encoder = self.text_encoder.get(&self.loader()).await?;
         let dim = encoder.config.projection_dim;
         let mut rows = Vec::with_capacity(2 * dim);
@@ -645,12 +672,24 @@ impl Pipeline {
                     .await?,
             );
         }
-        let max = encoder.prompt_max_len(&self.tokenizer);
-        rows.extend(
-            encoder
-                .embed_text_async(&self.ctx, &self.tokenizer, prompt, max)
-                .await?,
-        );
+        match condition {
+            Some(condition) if condition.len() != dim => {
+                return Err(Error::Input(format!(
+                    "the conditioning embedding has {} values; this model's text embeddings \
+                     have {dim}",
+                    condition.len()
+                )));
+            }
+            Some(condition) => rows.extend_from_slice(condition),
+            None => {
+                let max = encoder.prompt_max_len(&self.tokenizer);
+                rows.extend(
+                    encoder
+                        .embed_text_async(&self.ctx, &self.tokenizer, prompt.unwrap_or(""), max)
+                        .await?,
+                );
+            }
+        }
         check_finite("the text encoder", &rows)?;
         Ok((rows, dim))
     }
@@ -746,7 +785,12 @@ impl Pipeline {
         let guided = request.guidance_scale > 1.0;
         let meter = self.begin_stage("text encoder");
         let (embeds, dim) = self
-            .encode_text_async(&request.prompt, request.negative_prompt.as_deref(), guided)
+            .encode_rows(
+                Some(&request.prompt),
+                request.conditioning.as_deref(),
+                request.negative_prompt.as_deref(),
+                guided,
+            )
             .await?;
         self.end_stage(meter);
         if cancel.load(Ordering::Relaxed) {

@@ -16,6 +16,7 @@ pub fn tiny_request_from(init_latents: Vec<f32>) -> audioldm::pipeline::Request 
         seed: 0,
         eta: 0.0,
         init_latents: Some(init_latents),
+        conditioning: None,
     }
 }
 
