@@ -1101,7 +1101,7 @@ fn mock_hub_downloads_into_the_standard_cache() {
     assert!(err.contains("needs a valid token"), "{err}");
     assert!(err.contains("HF_TOKEN"), "{err}");
     let err = err_text(resolve_quiet("someone/broken", &online));
-    assert!(err.contains("not a diffusers AudioLDM repo"), "{err}");
+    assert!(err.contains("not a diffusers AudioLDM model repo"), "{err}");
     assert!(
         err.contains("vocoder/model.safetensors (or vocoder/pytorch_model.bin)"),
         "{err}"
