@@ -15,7 +15,7 @@ use audioldm::gpu::{Context, LimitsProfile};
 use audioldm::hub::{self, DEFAULT_MODEL};
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::edit::{EditRequest, Mode};
-use audioldm::pipeline::ranking::{ClapScorer, check_candidates};
+use audioldm::pipeline::ranking::{ClapScorer, check_candidates, describe_candidate};
 use audioldm::pipeline::variation::VariationRequest;
 use audioldm::pipeline::{Event, Output, Pipeline, Request, Residency};
 
@@ -483,16 +483,13 @@ fn ranked_clips(
             ..request.clone()
         };
         let duration = request.duration_s.unwrap_or_default();
-        let mut settings: serde_json::Value =
-            serde_json::from_str(&candidate.describe(&options.model, duration))
-                .unwrap_or_else(|_| serde_json::json!({}));
-        if let Some(map) = settings.as_object_mut() {
-            map.insert("candidate".into(), k.into());
-            map.insert("candidates".into(), n.into());
-            map.insert("clap_score".into(), ranked.scores.scores[k].into());
-            map.insert("clap".into(), clap.clone().into());
-        }
-        settings.to_string()
+        describe_candidate(
+            &candidate.describe(&options.model, duration),
+            k,
+            n,
+            ranked.scores.scores[k],
+            &clap,
+        )
     };
     eprintln!("CLAP scores against the prompt (cosine similarity), best first:");
     for k in ranked.scores.ranking() {

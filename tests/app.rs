@@ -655,3 +655,119 @@ fn running_out_of_gpu_memory_says_how_to_need_less() {
         "no such model folder: x"
     );
 }
+
+#[test]
+fn ranked_candidates_and_variations_through_the_widgets() {
+    let dir = data_dir("clap");
+    let mut harness = tall_harness(&dir);
+    set_up_tiny_run(&mut harness, 2.0);
+    harness.get_by_label("Prompt").focus();
+    harness.run();
+    harness.get_by_label("Prompt").type_text("thunder");
+    harness.get_by_label("Random seed").click();
+    let tiny_clap = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clap");
+    harness
+        .get_by_label("CLAP model (ranking, variations)")
+        .set_text_value_accesskit(&tiny_clap.display().to_string());
+    slider(&harness, "Candidates").set_value_accesskit(3.0);
+    harness.run();
+    let seed = harness.state().settings().seed;
+
+    harness.get_by_label("Generate").click();
+    harness.step();
+    assert!(harness.state().is_running());
+    step_until(
+        &mut harness,
+        Duration::from_secs(180),
+        "the candidates",
+        |app| !app.is_running(),
+    );
+    let app = harness.state();
+    assert!(app.messages().is_empty(), "{:?}", app.messages());
+    let history = app.history();
+    assert_eq!(history.len(), 3, "every candidate is kept");
+    let scores: Vec<f32> = history
+        .iter()
+        .map(|e| e.score.expect("a score").0)
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "best first: {scores:?}"
+    );
+    let mut seeds: Vec<u32> = history.iter().map(|e| e.settings.seed).collect();
+    seeds.sort();
+    assert_eq!(seeds, [seed, seed + 1, seed + 2]);
+    assert_eq!(app.selected(), Some(history[0].id), "the best is selected");
+    let comment = audioldm::audio::wav::read_comment(&history[0].wav)
+        .unwrap()
+        .expect("a comment");
+    assert!(comment.contains("clap_score"), "{comment}");
+    let shown = format!("CLAP score {:.3} · one of 3 candidates", scores[0]);
+    assert!(harness.get_all_by_label(&shown).next().is_some(), "{shown}");
+    let best = history[0].id;
+
+    // "More like this" on the best candidate: a variation blended with the prompt.
+    harness
+        .get_all_by_label("More like this")
+        .next()
+        .unwrap()
+        .click();
+    harness.step();
+    step_until(
+        &mut harness,
+        Duration::from_secs(120),
+        "the variation",
+        |app| !app.is_running(),
+    );
+    let app = harness.state();
+    assert!(app.messages().is_empty(), "{:?}", app.messages());
+    assert_eq!(app.history().len(), 4);
+    let entry = &app.history()[0];
+    let record = entry.variation.as_ref().expect("a variation entry");
+    assert_eq!(record.source_name, format!("clip {best}: thunder"));
+    assert_eq!(record.mix, 0.5);
+    assert!(record.source_wav.is_file());
+    let (samples, _) = audioldm::audio::wav::read_wav(&entry.wav).expect("the clip's WAV");
+    assert_eq!(samples.len(), 16_000, "the source's length");
+
+    // "Variations" on a dropped clip, without a prompt; a silent clip is refused at once.
+    harness.get_by_label("Prompt").set_text_value_accesskit("");
+    harness.input_mut().dropped_files.push(dropped(&chirp()));
+    harness.run();
+    harness.get_by_label("Variations").click();
+    harness.step();
+    step_until(
+        &mut harness,
+        Duration::from_secs(120),
+        "the variation of the input",
+        |app| !app.is_running(),
+    );
+    let app = harness.state();
+    assert!(app.messages().is_empty(), "{:?}", app.messages());
+    let entry = &app.history()[0];
+    assert_eq!(
+        entry.variation.as_ref().map(|v| v.source_name.as_str()),
+        Some("chirp-16k.wav")
+    );
+    let silent = dir.join("silent.wav");
+    audioldm::audio::wav::write_wav(
+        &silent,
+        &[0.0; 8000],
+        16_000,
+        audioldm::audio::wav::WavFormat::Pcm16,
+        None,
+    )
+    .unwrap();
+    harness.input_mut().dropped_files.push(dropped(&silent));
+    harness.run();
+    harness.get_by_label("Variations").click();
+    harness.run();
+    assert!(!harness.state().is_running());
+    let messages = harness.state().messages();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.severity == Severity::Error && m.text.contains("is silent")),
+        "{messages:?}"
+    );
+}

@@ -35,11 +35,14 @@ use crate::hub;
 use crate::model::nn::Precision;
 use crate::pipeline::Residency;
 use crate::pipeline::edit::{EditRequest, Mode};
+use crate::pipeline::ranking::{Candidates, describe_candidate};
+use crate::pipeline::variation::VariationRequest;
 
 use spectrogram::{Overlay, SpectrogramView};
 use state::{
-    CUTOFF_RANGE, DURATION_RANGE, EXTEND_RANGE, EditKind, EditRecord, GUIDANCE_RANGE, HistoryEntry,
-    Persisted, STEPS_RANGE, STRENGTH_RANGE, Settings,
+    CANDIDATES_RANGE, CUTOFF_RANGE, DURATION_RANGE, EXTEND_RANGE, EditKind, EditRecord,
+    GUIDANCE_RANGE, HistoryEntry, MIX_RANGE, Persisted, STEPS_RANGE, STRENGTH_RANGE, Settings,
+    VariationRecord,
 };
 use worker::{Job, Report, Task, Worker};
 
@@ -130,9 +133,17 @@ pub struct Message {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Phase {
     Resolving,
-    Downloading { file: String, fraction: f32 },
+    Downloading {
+        file: String,
+        fraction: f32,
+    },
     Loading,
-    Denoising { i: usize, n: usize },
+    Denoising {
+        i: usize,
+        n: usize,
+    },
+    /// CLAP scores a ranked run's candidates.
+    Scoring,
     Cancelling,
 }
 
@@ -146,6 +157,10 @@ struct Run {
     preview: Option<Mel>,
     /// Set when the run edits a clip.
     edit: Option<Box<EditRequest>>,
+    /// Set when the run makes a variation of a clip.
+    variation: Option<Box<VariationRequest>>,
+    /// A ranked run's candidate in the making, `(k, n)` with `k` 1-based.
+    candidate: Option<(usize, usize)>,
 }
 
 /// A clip's audio and spectrogram, kept in memory once loaded.
@@ -376,8 +391,52 @@ impl AudioLdmApp {
     /// Starts a generation with the current settings.
     pub fn generate(&mut self) {
         let settings = self.next_settings();
-        let task = Task::Generate(settings.request());
+        let task = match settings.candidates {
+            0 | 1 => Task::Generate(settings.request()),
+            n => Task::Candidates(settings.request(), n),
+        };
         self.submit(settings, task, None);
+    }
+
+    /// Starts a variation of the input clip: conditioned on its CLAP audio embedding, blended
+    /// with the prompt (when there is one) by the mix slider.
+    pub fn generate_variation(&mut self) {
+        let Some(input) = &self.input else {
+            self.error("Drop an audio file on the window first: variations vary an input clip.");
+            return;
+        };
+        let (source, source_name) = (input.audio.clone(), input.name.clone());
+        self.submit_variation(source, source_name);
+    }
+
+    /// Starts a variation of history entry `id` ("More like this").
+    pub fn more_like_this(&mut self, id: u64) {
+        let Some(audio) = self.clip(id).map(|c| c.audio.clone()) else {
+            return;
+        };
+        let name = format!("clip {id}: {}", self.prompt_of(id));
+        self.submit_variation(audio, name);
+    }
+
+    fn submit_variation(&mut self, source: Audio, source_name: String) {
+        let settings = self.next_settings();
+        let variation = VariationRequest {
+            request: settings.edit_request(),
+            source,
+            source_name,
+            mix: settings.mix,
+        };
+        if let Err(e) = variation.check() {
+            self.error(e.to_string());
+            return;
+        }
+        let variation = Box::new(variation);
+        self.submit_run(
+            settings,
+            Task::Vary(variation.clone()),
+            None,
+            Some(variation),
+        );
     }
 
     /// Starts the edit the input panel describes (mode and parameters) on the input clip, with
@@ -426,6 +485,10 @@ impl AudioLdmApp {
         self.submit(settings, Task::Edit(edit.clone()), Some(edit));
     }
 
+    fn submit(&mut self, settings: Settings, task: Task, edit: Option<Box<EditRequest>>) {
+        self.submit_run(settings, task, edit, None);
+    }
+
     /// The current settings with the seed this run uses.
     fn next_settings(&mut self) -> Settings {
         let mut settings = self.persisted.settings.clone();
@@ -440,13 +503,20 @@ impl AudioLdmApp {
         settings
     }
 
-    fn submit(&mut self, settings: Settings, task: Task, edit: Option<Box<EditRequest>>) {
+    fn submit_run(
+        &mut self,
+        settings: Settings,
+        task: Task,
+        edit: Option<Box<EditRequest>>,
+        variation: Option<Box<VariationRequest>>,
+    ) {
         let id = self.persisted.next_id;
         self.persisted.next_id += 1;
         let job = Job {
             id,
             model: settings.model.trim().to_string(),
             residency: Residency::from_low_memory(self.persisted.low_memory),
+            clap: settings.clap(),
             task,
         };
         match self.worker.submit(job) {
@@ -459,6 +529,8 @@ impl AudioLdmApp {
                     phase: Phase::Resolving,
                     preview: None,
                     edit,
+                    variation,
+                    candidate: None,
                 });
             }
             Err(e) => self.error(e),
@@ -548,7 +620,10 @@ impl AudioLdmApp {
                     }
                     run.preview = Some(preview);
                 }
+                Report::Candidate { k, n, .. } => run.candidate = Some((k, n)),
+                Report::Scoring { .. } if !cancelling => run.phase = Phase::Scoring,
                 Report::Done { output, .. } => self.finish(*output),
+                Report::Ranked { candidates, .. } => self.finish_ranked(*candidates),
                 Report::Cancelled { .. } => {
                     self.run = None;
                     self.info("Generation cancelled.");
@@ -566,18 +641,131 @@ impl AudioLdmApp {
         let Some(mut run) = self.run.take() else {
             return;
         };
-        let wav = self.data_dir.join(format!("clip-{}.wav", run.id));
-        let description = match &run.edit {
-            Some(edit) => edit.describe(&run.settings.model),
-            None => run.settings.describe(),
+        let description = match (&run.edit, &run.variation) {
+            (Some(edit), _) => edit.describe(&run.settings.model),
+            (None, Some(variation)) => {
+                variation.describe(&run.settings.model, &run.settings.clap_in_use())
+            }
+            (None, None) => run.settings.describe(),
         };
+        let edit = run.edit.take().map(|edit| {
+            let source_wav = self.keep_source(run.id, &edit.source, "edit");
+            EditRecord {
+                mode: edit.mode,
+                source_name: edit.source_name,
+                source_wav,
+                description: description.clone(),
+            }
+        });
+        let variation = run.variation.take().map(|variation| {
+            let source_wav = self.keep_source(run.id, &variation.source, "variation");
+            VariationRecord {
+                mix: variation.mix,
+                source_name: variation.source_name,
+                source_wav,
+                description: description.clone(),
+            }
+        });
+        // An edit's (and a variation's) length comes from its clip.
+        run.settings.duration_s = output.audio.duration_s();
+        let entry = HistoryEntry {
+            id: run.id,
+            settings: run.settings,
+            wav: PathBuf::new(),
+            created: 0,
+            took_s: run.started.elapsed().as_secs_f64(),
+            edit,
+            variation,
+            score: None,
+        };
+        self.add_to_history(entry, output, &description);
+        self.selected = Some(run.id);
+    }
+
+    /// A ranked run's candidates enter the history together, the best on top and selected.
+    fn finish_ranked(&mut self, candidates: Candidates) {
+        let Some(run) = self.run.take() else {
+            return;
+        };
+        let n = candidates.outputs.len();
+        let took_s = run.started.elapsed().as_secs_f64();
+        let clap = run.settings.clap_in_use();
+        let ranking = candidates.scores.ranking();
+        let mut outputs: Vec<Option<crate::pipeline::Output>> =
+            candidates.outputs.into_iter().map(Some).collect();
+        // Inserted worst first at the top, so the best ends up first.
+        for (place, &k) in ranking.iter().enumerate().rev() {
+            let Some(output) = outputs[k].take() else {
+                continue;
+            };
+            let id = if place == 0 {
+                run.id
+            } else {
+                self.persisted.next_id += 1;
+                self.persisted.next_id - 1
+            };
+            // Each candidate is the clip its own seed makes: Regenerate repeats just it.
+            let settings = Settings {
+                seed: candidates.seeds[k],
+                random_seed: false,
+                candidates: 1,
+                ..run.settings.clone()
+            };
+            let score = candidates.scores.scores[k];
+            let description = describe_candidate(&settings.describe(), k, n, score, &clap);
+            let entry = HistoryEntry {
+                id,
+                settings,
+                wav: PathBuf::new(),
+                created: 0,
+                took_s,
+                edit: None,
+                variation: None,
+                score: Some((score, n)),
+            };
+            self.add_to_history(entry, output, &description);
+        }
+        self.selected = Some(run.id);
+    }
+
+    /// Keeps the source clip of run `id` on disk (a 32-bit float WAV at its own rate) so that
+    /// the run can be repeated after a restart.
+    fn keep_source(&mut self, id: u64, source: &Audio, what: &str) -> PathBuf {
+        let source_wav = self.data_dir.join(format!("source-{id}.wav"));
+        let kept = make_dir(&self.data_dir).and_then(|()| {
+            write_wav(
+                &source_wav,
+                &source.samples,
+                source.sample_rate,
+                WavFormat::Float32,
+                None,
+            )
+        });
+        if let Err(e) = kept {
+            self.error(format!(
+                "the source clip could not be kept on disk, so the {what} cannot be repeated \
+                 after the app closes: {e}"
+            ));
+        }
+        source_wav
+    }
+
+    /// Writes `output` beside the app's storage and puts `entry` (its `wav` and `created` set
+    /// here) at the top of the history.
+    fn add_to_history(
+        &mut self,
+        mut entry: HistoryEntry,
+        output: crate::pipeline::Output,
+        description: &str,
+    ) {
+        entry.wav = self.data_dir.join(format!("clip-{}.wav", entry.id));
         let saved = make_dir(&self.data_dir).and_then(|()| {
             write_wav(
-                &wav,
+                &entry.wav,
                 &output.audio.samples,
                 output.audio.sample_rate,
                 WavFormat::Float32,
-                Some(&description),
+                Some(description),
             )
         });
         if let Err(e) = saved {
@@ -585,53 +773,18 @@ impl AudioLdmApp {
                 "the clip could not be kept on disk, it lasts until the app closes: {e}"
             ));
         }
-        let edit = run.edit.take().map(|edit| {
-            let source_wav = self.data_dir.join(format!("source-{}.wav", run.id));
-            let kept = write_wav(
-                &source_wav,
-                &edit.source.samples,
-                edit.source.sample_rate,
-                WavFormat::Float32,
-                None,
-            );
-            if let Err(e) = kept {
-                self.error(format!(
-                    "the source clip could not be kept on disk, so the edit cannot be repeated \
-                     after the app closes: {e}"
-                ));
-            }
-            EditRecord {
-                mode: edit.mode,
-                source_name: edit.source_name,
-                source_wav,
-                description,
-            }
-        });
-        // An edit's length comes from its clip.
-        run.settings.duration_s = output.audio.duration_s();
-        let created = SystemTime::now()
+        entry.created = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
-        self.persisted.history.insert(
-            0,
-            HistoryEntry {
-                id: run.id,
-                settings: run.settings,
-                wav,
-                created,
-                took_s: run.started.elapsed().as_secs_f64(),
-                edit,
-            },
-        );
         self.clips.insert(
-            run.id,
+            entry.id,
             Clip {
                 audio: output.audio,
                 mel: output.mel,
             },
         );
-        self.selected = Some(run.id);
+        self.persisted.history.insert(0, entry);
     }
 
     /// The clip of history entry `id`, read from its WAV file if it is not in memory yet.
@@ -717,14 +870,30 @@ impl AudioLdmApp {
         };
         let settings = Settings {
             random_seed: false,
-            // An edit keeps the panel's own duration; the clip sets the edit's.
-            duration_s: match entry.edit {
-                Some(_) => self.persisted.settings.duration_s,
-                None => entry.settings.duration_s,
+            // An edit (or variation) keeps the panel's own duration; the clip sets the run's.
+            duration_s: match entry.edit.is_some() || entry.variation.is_some() {
+                true => self.persisted.settings.duration_s,
+                false => entry.settings.duration_s,
             },
             ..entry.settings.clone()
         };
         self.persisted.settings = settings.clone();
+        if let Some(record) = entry.variation {
+            match read_wav(&record.source_wav) {
+                Ok((samples, sample_rate)) => {
+                    self.persisted.settings.mix = record.mix;
+                    let source = Audio {
+                        sample_rate,
+                        samples,
+                    };
+                    self.submit_variation(source, record.source_name);
+                }
+                Err(e) => self.error(format!(
+                    "cannot repeat the variation: its source clip is gone: {e}"
+                )),
+            }
+            return;
+        }
         let Some(record) = entry.edit else {
             self.generate();
             return;
@@ -834,6 +1003,13 @@ impl AudioLdmApp {
             .labelled_by(label.id);
             ui.checkbox(&mut settings.random_seed, "Random seed");
         });
+        let candidates = ui
+            .add(egui::Slider::new(&mut settings.candidates, CANDIDATES_RANGE).text("Candidates"))
+            .on_hover_text(
+                "Make this many clips (seeds seed, seed + 1, …) and rank them by how well CLAP \
+                 hears the prompt in each; all of them go to the history, the best on top",
+            );
+        self.controls.insert("Candidates", candidates.rect);
         ui.add_space(6.0);
         let label = ui.label("Model");
         ui.add(egui::TextEdit::singleline(&mut settings.model).desired_width(f32::INFINITY))
@@ -868,6 +1044,16 @@ impl AudioLdmApp {
         });
         let status = self.check_model();
         ui.label(RichText::new(status).small().weak());
+        let settings = &mut self.persisted.settings;
+        let label = ui.label("CLAP model (ranking, variations)");
+        let companion = hub::clap_companion(&settings.model).unwrap_or("a CLAP repo id or folder");
+        ui.add(
+            egui::TextEdit::singleline(&mut settings.clap)
+                .hint_text(companion)
+                .desired_width(f32::INFINITY),
+        )
+        .labelled_by(label.id)
+        .on_hover_text("Empty: the CLAP model converted from the same AudioLDM checkpoint");
         ui.checkbox(&mut self.persisted.low_memory, "Low GPU memory")
             .on_hover_text(
                 "Keep only the network each stage needs on the GPU, uploading the next from disk: \
@@ -929,6 +1115,15 @@ impl AudioLdmApp {
                     if let Some(edit) = &entry.edit {
                         ui.label(RichText::new(edit.summary()).small());
                     }
+                    if let Some(variation) = &entry.variation {
+                        ui.label(RichText::new(variation.summary(&s.prompt)).small());
+                    }
+                    if let Some((score, n)) = entry.score {
+                        ui.label(
+                            RichText::new(format!("CLAP score {score:.3} · one of {n} candidates"))
+                                .small(),
+                        );
+                    }
                     ui.label(
                         RichText::new(format!(
                             "{:.2} s · {} steps · guidance {:.1} · seed {}{negative}\n{} · took {:.1} s",
@@ -957,6 +1152,16 @@ impl AudioLdmApp {
                         if ui.button("Use as input").clicked() {
                             action = Some(HistoryAction::UseAsInput(entry.id));
                         }
+                        if ui
+                            .add_enabled(self.run.is_none(), egui::Button::new("More like this"))
+                            .on_hover_text(
+                                "A variation: new audio conditioned on this clip's CLAP \
+                                 embedding (blended with the prompt by the input panel's mix)",
+                            )
+                            .clicked()
+                        {
+                            action = Some(HistoryAction::MoreLikeThis(entry.id));
+                        }
                         if ui.button("Remove").clicked() {
                             action = Some(HistoryAction::Remove(entry.id));
                         }
@@ -974,6 +1179,7 @@ impl AudioLdmApp {
             Some(HistoryAction::Save(id)) => self.save_as(id),
             Some(HistoryAction::Regenerate(id)) => self.regenerate(id),
             Some(HistoryAction::UseAsInput(id)) => self.use_as_input(id),
+            Some(HistoryAction::MoreLikeThis(id)) => self.more_like_this(id),
             Some(HistoryAction::Remove(id)) => {
                 // A browser's storage is small and shared: the clip's files go with the entry.
                 #[cfg(target_arch = "wasm32")]
@@ -981,6 +1187,9 @@ impl AudioLdmApp {
                     crate::mounted::remove(&entry.wav);
                     if let Some(edit) = &entry.edit {
                         crate::mounted::remove(&edit.source_wav);
+                    }
+                    if let Some(variation) = &entry.variation {
+                        crate::mounted::remove(&variation.source_wav);
                     }
                 }
                 self.persisted.history.retain(|e| e.id != id);
@@ -996,14 +1205,15 @@ impl AudioLdmApp {
     fn main_view_ui(&mut self, ui: &mut egui::Ui) {
         let playing = self.player.playing();
         if let Some(run) = &self.run {
-            ui.heading(match &run.edit {
-                Some(edit) => format!(
+            ui.heading(match (&run.edit, &run.variation) {
+                (Some(edit), _) => format!(
                     "Editing {} ({}): {}",
                     edit.source_name,
                     edit.mode.name(),
                     run.settings.prompt
                 ),
-                None => format!("Generating: {}", run.settings.prompt),
+                (None, Some(variation)) => format!("Varying {}", variation.source_name),
+                (None, None) => format!("Generating: {}", run.settings.prompt),
             });
             match &run.preview {
                 Some(preview) => {
@@ -1184,6 +1394,20 @@ impl AudioLdmApp {
             .on_hover_text("Runs the edit with the prompt, guidance, steps and seed on the left.");
         self.controls.insert("Generate edit", generate.rect);
         let generate = generate.clicked();
+        ui.separator();
+        let settings = &mut self.persisted.settings;
+        ui.add(egui::Slider::new(&mut settings.mix, MIX_RANGE).text("Prompt mix"))
+            .on_hover_text(
+                "How much of the prompt goes into a variation: 0 is the clip alone, 1 the prompt \
+                 alone; without a prompt, the clip alone",
+            );
+        let vary = ui
+            .add_enabled(!running, egui::Button::new("Variations"))
+            .on_hover_text(
+                "New audio that sounds like this clip: conditioned on its CLAP audio embedding",
+            );
+        self.controls.insert("Variations", vary.rect);
+        let vary = vary.clicked();
         if let Some(input) = &mut self.input {
             if let Some(range) = interaction.selected {
                 input.add_range(range);
@@ -1194,6 +1418,9 @@ impl AudioLdmApp {
         }
         if generate {
             self.generate_edit();
+        }
+        if vary {
+            self.generate_variation();
         }
         if play {
             self.play(INPUT_CLIP_ID, 0.0);
@@ -1343,11 +1570,24 @@ enum HistoryAction {
     Save(u64),
     Regenerate(u64),
     UseAsInput(u64),
+    MoreLikeThis(u64),
     Remove(u64),
 }
 
 /// The progress bar's fill and text for `run`.
 fn progress_text(run: &Run) -> (f32, String) {
+    let (fraction, text) = phase_text(run);
+    match run.candidate {
+        Some((k, n)) if run.phase != Phase::Scoring => (
+            ((k - 1) as f32 + fraction) / n as f32,
+            format!("Candidate {k}/{n} · {text}"),
+        ),
+        _ => (fraction, text),
+    }
+}
+
+/// The progress bar's fill and text for the phase of `run` alone.
+fn phase_text(run: &Run) -> (f32, String) {
     match &run.phase {
         Phase::Resolving => (0.0, "Finding the model…".into()),
         Phase::Downloading { file, fraction } => (
@@ -1362,6 +1602,7 @@ fn progress_text(run: &Run) -> (f32, String) {
             ),
         ),
         Phase::Cancelling => (0.0, "Cancelling…".into()),
+        Phase::Scoring => (1.0, "Scoring the candidates with CLAP…".into()),
         Phase::Denoising { i, n } => {
             let fraction = *i as f32 / (*n).max(1) as f32;
             let left = run

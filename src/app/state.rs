@@ -28,6 +28,12 @@ pub struct Settings {
     pub strength: f32,
     pub cutoff_hz: f64,
     pub extend_s: f64,
+    /// Clips made per Generate, ranked by CLAP against the prompt (1: no ranking).
+    pub candidates: usize,
+    /// The CLAP model for ranking and variations; empty takes the model's companion.
+    pub clap: String,
+    /// A variation's blend: the prompt's weight against the clip's, in [0, 1].
+    pub mix: f32,
 }
 
 /// The audio-to-audio modes the input clip offers.
@@ -61,6 +67,9 @@ impl EditKind {
 pub const STRENGTH_RANGE: std::ops::RangeInclusive<f32> = 0.05..=1.0;
 pub const CUTOFF_RANGE: std::ops::RangeInclusive<f64> = 500.0..=7500.0;
 pub const EXTEND_RANGE: std::ops::RangeInclusive<f64> = 0.5..=20.0;
+pub const CANDIDATES_RANGE: std::ops::RangeInclusive<usize> =
+    1..=crate::pipeline::ranking::MAX_CANDIDATES;
+pub const MIX_RANGE: std::ops::RangeInclusive<f32> = 0.0..=1.0;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -78,6 +87,9 @@ impl Default for Settings {
             strength: 0.5,
             cutoff_hz: 4000.0,
             extend_s: 5.0,
+            candidates: 1,
+            clap: String::new(),
+            mix: 0.5,
         }
     }
 }
@@ -113,6 +125,48 @@ impl Settings {
         Request {
             duration_s: None,
             ..self.request()
+        }
+    }
+
+    /// The CLAP model field, `None` when it is empty (the model's companion).
+    pub fn clap(&self) -> Option<String> {
+        let clap = self.clap.trim();
+        (!clap.is_empty()).then(|| clap.to_string())
+    }
+
+    /// The CLAP model a run uses: the field's, else the model's companion (empty when it has
+    /// none).
+    pub fn clap_in_use(&self) -> String {
+        self.clap().unwrap_or_else(|| {
+            crate::hub::clap_companion(&self.model)
+                .unwrap_or_default()
+                .to_string()
+        })
+    }
+}
+
+/// How a history entry was made as a variation of a clip.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VariationRecord {
+    /// The prompt's weight in the blend (unused without a prompt).
+    pub mix: f32,
+    pub source_name: String,
+    /// The source clip, kept as a 32-bit float WAV at its own rate.
+    pub source_wav: PathBuf,
+    /// The settings as recorded in the clip's WAV comment.
+    pub description: String,
+}
+
+impl VariationRecord {
+    /// One line for the history.
+    pub fn summary(&self, prompt: &str) -> String {
+        if prompt.trim().is_empty() {
+            format!("variation of {}", self.source_name)
+        } else {
+            format!(
+                "variation of {}, prompt mix {:.2}",
+                self.source_name, self.mix
+            )
         }
     }
 }
@@ -166,6 +220,13 @@ pub struct HistoryEntry {
     /// Set when the clip is an edit of another.
     #[serde(default)]
     pub edit: Option<EditRecord>,
+    /// Set when the clip is a variation of another.
+    #[serde(default)]
+    pub variation: Option<VariationRecord>,
+    /// For a ranked run's candidates: CLAP's score against the prompt, and how many candidates
+    /// the run made.
+    #[serde(default)]
+    pub score: Option<(f32, usize)>,
 }
 
 /// Everything persisted through eframe's storage.

@@ -15,6 +15,8 @@ use crate::gpu::{Context, LimitsProfile};
 use crate::hub;
 use crate::model::nn::Precision;
 use crate::pipeline::edit::EditRequest;
+use crate::pipeline::ranking::{Candidates, ClapScorer};
+use crate::pipeline::variation::VariationRequest;
 use crate::pipeline::{Event, Mel, Output, Pipeline, Request, Residency};
 
 /// Dispatches per submit while the app's renderer shares the queue: on a software adapter a
@@ -29,13 +31,25 @@ pub struct Job {
     pub model: String,
     /// Where the networks' weights live between stages; a change reloads the model.
     pub residency: Residency,
+    /// The CLAP model ranking and variations use (a repo id or a local folder); `None` is the
+    /// model's companion ([`hub::clap_companion`]).
+    pub clap: Option<String>,
     pub task: Task,
 }
 
-/// What a job makes: a clip from text, or an edit of a clip.
+/// What a job makes: a clip from text, ranked candidates, an edit of a clip, or a variation.
 pub enum Task {
     Generate(Request),
+    /// `n` candidates of the request, scored by CLAP.
+    Candidates(Request, usize),
     Edit(Box<EditRequest>),
+    Vary(Box<VariationRequest>),
+}
+
+impl Task {
+    fn needs_clap(&self) -> bool {
+        matches!(self, Task::Candidates(..) | Task::Vary(_))
+    }
 }
 
 /// What the worker tells the UI about job `id`.
@@ -64,9 +78,24 @@ pub enum Report {
         n: usize,
         preview: Mel,
     },
+    /// Candidate `k` (1-based) of `n` starts.
+    Candidate {
+        id: u64,
+        k: usize,
+        n: usize,
+    },
+    /// CLAP scores the candidates.
+    Scoring {
+        id: u64,
+    },
     Done {
         id: u64,
         output: Box<Output>,
+    },
+    /// Every candidate of a ranked run, with their scores.
+    Ranked {
+        id: u64,
+        candidates: Box<Candidates>,
     },
     Cancelled {
         id: u64,
@@ -85,7 +114,10 @@ impl Report {
             | Report::Loading { id, .. }
             | Report::Started { id, .. }
             | Report::Step { id, .. }
+            | Report::Candidate { id, .. }
+            | Report::Scoring { id }
             | Report::Done { id, .. }
+            | Report::Ranked { id, .. }
             | Report::Cancelled { id }
             | Report::Failed { id, .. } => *id,
         }
@@ -121,6 +153,7 @@ impl Worker {
                 limits,
                 precision,
                 loaded: None,
+                scorer: None,
             };
             while let Some((job, cancel)) = job_rx.next().await {
                 let report = |r: Report| {
@@ -201,15 +234,27 @@ struct WorkerState {
     precision: Precision,
     /// The last model loaded, by the folder it came from and its residency.
     loaded: Option<Pipeline>,
+    /// The last CLAP model loaded.
+    scorer: Option<ClapScorer>,
+}
+
+/// What a job made.
+enum Made {
+    Clip(Output),
+    Ranked(Candidates),
 }
 
 impl WorkerState {
     async fn run(&mut self, job: Job, cancel: &AtomicBool, report: &dyn Fn(Report)) {
         let id = job.id;
         match self.generate(job, cancel, report).await {
-            Ok(output) => report(Report::Done {
+            Ok(Made::Clip(output)) => report(Report::Done {
                 id,
                 output: Box::new(output),
+            }),
+            Ok(Made::Ranked(candidates)) => report(Report::Ranked {
+                id,
+                candidates: Box::new(candidates),
             }),
             Err(crate::Error::Cancelled) => report(Report::Cancelled { id }),
             Err(e) => report(Report::Failed {
@@ -224,7 +269,7 @@ impl WorkerState {
         job: Job,
         cancel: &AtomicBool,
         report: &dyn Fn(Report),
-    ) -> crate::Result<Output> {
+    ) -> crate::Result<Made> {
         let id = job.id;
         let mut progress = |p: hub::DownloadProgress| {
             // Overall where the total is known up front (the desktop lists the repo first);
@@ -244,10 +289,31 @@ impl WorkerState {
                 },
             })
         };
-        #[cfg(not(target_arch = "wasm32"))]
-        let dir = hub::resolve(&job.model, &hub::ResolveOptions::default(), &mut progress)?;
-        #[cfg(target_arch = "wasm32")]
-        let dir = hub::web::resolve(&job.model, &mut progress).await?;
+        let dir = resolve(&job.model, &hub::AUDIOLDM, &mut progress).await?;
+        let clap_dir = match job.task.needs_clap() {
+            true => {
+                let Some(clap) = job
+                    .clap
+                    .as_deref()
+                    .or_else(|| hub::clap_companion(&job.model))
+                else {
+                    return Err(crate::Error::Input(format!(
+                        "ranking candidates and variations need a CLAP model, and {} has no \
+                         known companion: name one in the CLAP model field",
+                        job.model
+                    )));
+                };
+                let dir = resolve(clap, &hub::CLAP, &mut progress)
+                    .await
+                    .map_err(|e| {
+                        crate::Error::Input(format!(
+                            "ranking candidates and variations need the CLAP model {clap}: {e}"
+                        ))
+                    })?;
+                Some(dir)
+            }
+            false => None,
+        };
         if cancel.load(Ordering::Relaxed) {
             return Err(crate::Error::Cancelled);
         }
@@ -280,20 +346,66 @@ impl WorkerState {
             .loaded
             .as_ref()
             .ok_or_else(|| crate::Error::Input("the model did not load".into()))?;
+        if let Some(clap_dir) = &clap_dir
+            && self.scorer.as_ref().is_none_or(|s| s.dir() != clap_dir)
+        {
+            self.scorer = None;
+            report(Report::Loading {
+                id,
+                model: clap_dir.clone(),
+                residency: job.residency,
+            });
+            let fallback_tokenizer = pipeline.model_dir().join("tokenizer");
+            self.scorer = Some(
+                ClapScorer::load_async(&ctx, clap_dir, self.precision, &fallback_tokenizer).await?,
+            );
+        }
+        let scorer = || {
+            self.scorer
+                .as_ref()
+                .ok_or_else(|| crate::Error::Input("the CLAP model did not load".into()))
+        };
         report(Report::Started {
             id,
             sample_rate: pipeline.sample_rate(),
         });
-        let on_event = |event| {
-            if let Event::Step { i, n, preview } = event {
-                report(Report::Step { id, i, n, preview });
-            }
+        let on_event = |event| match event {
+            Event::Step { i, n, preview } => report(Report::Step { id, i, n, preview }),
+            Event::Candidate { k, n } => report(Report::Candidate { id, k, n }),
+            Event::Scoring => report(Report::Scoring { id }),
+            _ => {}
         };
-        match &job.task {
-            Task::Generate(request) => pipeline.generate_async(request, cancel, on_event).await,
-            Task::Edit(edit) => pipeline.edit_async(edit, cancel, on_event).await,
-        }
+        Ok(match &job.task {
+            Task::Generate(request) => {
+                Made::Clip(pipeline.generate_async(request, cancel, on_event).await?)
+            }
+            Task::Candidates(request, n) => Made::Ranked(
+                pipeline
+                    .generate_candidates_async(request, *n, scorer()?, cancel, on_event)
+                    .await?,
+            ),
+            Task::Edit(edit) => Made::Clip(pipeline.edit_async(edit, cancel, on_event).await?),
+            Task::Vary(variation) => Made::Clip(
+                pipeline
+                    .vary_async(variation, scorer()?, cancel, on_event)
+                    .await?
+                    .output,
+            ),
+        })
     }
+}
+
+/// A model folder of `layout`: from the Hugging Face cache (downloading what it lacks) on the
+/// desktop, from the browser's cache (fetching what it lacks) in a page.
+async fn resolve(
+    model: &str,
+    layout: &hub::Layout,
+    progress: &mut dyn FnMut(hub::DownloadProgress),
+) -> crate::Result<PathBuf> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return hub::resolve_layout(model, layout, &hub::ResolveOptions::default(), progress);
+    #[cfg(target_arch = "wasm32")]
+    return hub::web::resolve_layout(model, layout, progress).await;
 }
 
 /// What the app says when a run fails: the error, and for a GPU out of memory, how to need less.

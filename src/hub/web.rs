@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
-use super::{AUDIOLDM, DEFAULT_REVISION, DownloadProgress, RepoSpec};
+use super::{AUDIOLDM, DEFAULT_REVISION, DownloadProgress, Layout, RepoSpec};
 use crate::{Error, Result};
 
 /// The browser cache the model files are kept in; a new layout gets a new name.
@@ -52,13 +52,23 @@ pub const LOCAL_ROOT: &str = "/local";
 /// that is downloaded (a file found in the cache is not reported). A `model` under
 /// [`LOCAL_ROOT`] is a folder the user picked in this visit.
 pub async fn resolve(model: &str, progress: &mut dyn FnMut(DownloadProgress)) -> Result<PathBuf> {
+    resolve_layout(model, &AUDIOLDM, progress).await
+}
+
+/// [`resolve`] for a folder of any [`Layout`] (e.g. [`super::CLAP`]); its optional files are
+/// not fetched.
+pub async fn resolve_layout(
+    model: &str,
+    layout: &Layout,
+    progress: &mut dyn FnMut(DownloadProgress),
+) -> Result<PathBuf> {
     if let Some(folder) = local_folder(model)? {
         return Ok(folder);
     }
     let base = base_url(model)?;
     let cache = open_cache().await?;
     let mut files = Vec::new();
-    let requirements = AUDIOLDM.requirements();
+    let requirements = layout.requirements();
     for (index, requirement) in requirements.iter().enumerate() {
         let mut found = None;
         for alternative in requirement.iter() {
