@@ -20,13 +20,29 @@
 //! after loading and at the peak, beside diffusers' peak from a reference made with
 //! `bench_reference.py --memory` at the same duration and precision. Peak resident memory is
 //! per process, so measure each duration and precision in a run of its own.
+//!
+//! `--clap DIR` also times CLAP's audio side on one 10 s clip at 16 kHz (what a candidate is):
+//! resampling to 48 kHz, the front end and the HTSAT tower, beside `bench_reference.py --clap DIR`
+//! (scipy's polyphase resampler, transformers' `ClapFeatureExtractor` and `ClapModel`). The clip
+//! is `RandomState(0).standard_normal(160000) * 0.1` on both sides. `--clap-only` times just
+//! that (no AudioLDM run):
+//!
+//! ```sh
+//! python scripts/reference/make_clap_reference.py --full --configs ../shared/audioldm-s-full-v2-hf
+//! python scripts/reference/bench_reference.py --model target/reference/full \
+//!     --clap target/reference/clap-full --clap-only --out target/bench/clap.json
+//! cargo bench --bench pipeline -- --model target/reference/full \
+//!     --clap target/reference/clap-full --clap-only --reference target/bench/clap.json
+//! ```
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
+use audioldm::audio::Audio;
 use audioldm::gpu::{Context, LimitsProfile};
 use audioldm::model::nn::Precision;
+use audioldm::pipeline::ranking::ClapScorer;
 use audioldm::pipeline::{Event, Pipeline, Request, Residency, noise};
 
 struct Args {
@@ -40,6 +56,8 @@ struct Args {
     low_memory: bool,
     limits: Option<LimitsProfile>,
     memory: bool,
+    clap: Option<PathBuf>,
+    clap_only: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -53,6 +71,8 @@ fn args() -> Result<Args, String> {
         low_memory: false,
         limits: None,
         memory: false,
+        clap: None,
+        clap_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -70,6 +90,8 @@ fn args() -> Result<Args, String> {
             "--f16" => args.f16 = true,
             "--low-memory" => args.low_memory = true,
             "--memory" => args.memory = true,
+            "--clap" => args.clap = Some(value("--clap")?.into()),
+            "--clap-only" => args.clap_only = true,
             "--limits" => {
                 args.limits =
                     Some(LimitsProfile::parse(&value("--limits")?).map_err(|e| e.to_string())?)
@@ -186,6 +208,56 @@ fn measure_memory(
     Ok(())
 }
 
+/// CLAP's audio side on one 10 s clip at 16 kHz: resampling, front end, HTSAT tower.
+fn bench_clap(
+    ctx: &Context,
+    args: &Args,
+    dir: &std::path::Path,
+    reference: &Option<serde_json::Value>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    let scorer = ClapScorer::load(
+        ctx,
+        dir,
+        Precision::weights_f16(args.f16),
+        &args.model.join("tokenizer"),
+    )?;
+    println!("CLAP load: {:.2} s", start.elapsed().as_secs_f64());
+    let clip = Audio {
+        sample_rate: 16_000,
+        samples: noise::standard_normal(0, 160_000)
+            .iter()
+            .map(|x| x * 0.1)
+            .collect(),
+    };
+    let mut times = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        let t = Instant::now();
+        pollster::block_on(scorer.embed_clips_async(std::slice::from_ref(&clip), 0))?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let first = times[0];
+    let ours = median(if times.len() > 1 {
+        times[1..].to_vec()
+    } else {
+        times
+    });
+    let theirs = reference
+        .as_ref()
+        .and_then(|r| r["seconds"]["clap_audio"].as_f64());
+    match theirs {
+        Some(t) => println!(
+            "CLAP audio embedding of a 10 s clip: ours {ours:.2} s (first {first:.2} s), \
+             transformers {t:.2} s, ours/theirs {:.2}",
+            ours / t
+        ),
+        None => println!(
+            "CLAP audio embedding of a 10 s clip: ours {ours:.2} s (first, compiling: {first:.2} s)"
+        ),
+    }
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
     let ctx = match &args.limits {
@@ -205,6 +277,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if args.f16 { "f16" } else { "f32" },
         residency
     );
+    let reference = read_reference(&args.reference)?;
+    if let Some(clap) = &args.clap {
+        bench_clap(&ctx, &args, clap, &reference)?;
+        if args.clap_only {
+            return Ok(());
+        }
+    }
     let start = Instant::now();
     let pipeline = Pipeline::load_with(
         &ctx,
@@ -302,7 +381,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect::<Result<_, _>>()?,
     );
 
-    let reference = read_reference(&args.reference)?;
     let theirs = |key: &str| reference.as_ref().and_then(|r| r["seconds"][key].as_f64());
     if let Some(r) = &reference {
         println!(

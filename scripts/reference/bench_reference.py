@@ -11,6 +11,11 @@ whole --steps run. Median of --repeat runs each; peak RSS of the process.
 makes one clip of --steps (2 unless given) at --duration seconds, and records the process's peak
 resident memory (and peak CUDA memory on a GPU), for `cargo bench --bench pipeline -- --memory`.
 Peak resident memory is per process: one duration and dtype per run.
+
+--clap DIR also times CLAP's audio side on one 10 s clip at 16 kHz (seconds.clap_audio):
+scipy.signal.resample_poly to 48 kHz, ClapFeatureExtractor, ClapModel.get_audio_features, on
+RandomState(0).standard_normal(160000) * 0.1 (the clip `cargo bench --bench pipeline -- --clap`
+uses). --clap-only times just that.
 """
 
 import argparse
@@ -47,6 +52,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory", action="store_true", help="measure peak memory of one run, no timings")
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    parser.add_argument("--clap", type=Path, help="a ClapModel folder: time its audio side too")
+    parser.add_argument("--clap-only", action="store_true", help="time only CLAP's audio side")
     args = parser.parse_args()
     if args.steps is None:
         args.steps = 2 if args.memory else 10
@@ -54,6 +61,12 @@ def main():
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+
+    clap_seconds = bench_clap(args, device, sync) if args.clap else None
+    if args.clap_only:
+        write_result(args, {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                            "seconds": {"clap_audio": clap_seconds}})
+        return
 
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     pipe = AudioLDMPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
@@ -133,11 +146,34 @@ def main():
             "vae_decode": t_vae,
             "vocoder": t_vocoder,
             "run": t_run,
+            "clap_audio": clap_seconds,
         },
         "peak_rss_bytes": peak_rss,
         "peak_cuda_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
     }
     write_result(args, result)
+
+
+def bench_clap(args, device, sync):
+    """Median seconds of CLAP's audio side on one 10 s clip at 16 kHz."""
+    import scipy.signal
+    from transformers import ClapFeatureExtractor, ClapModel
+
+    model = ClapModel.from_pretrained(args.clap).eval().to(device)
+    extractor = ClapFeatureExtractor.from_pretrained(args.clap)
+    clip = (np.random.RandomState(0).standard_normal(160000) * 0.1).astype(np.float32)
+
+    def embed():
+        clip48 = scipy.signal.resample_poly(clip, 3, 1).astype(np.float32)
+        np.random.seed(0)
+        features = extractor([clip48], sampling_rate=48000, return_tensors="pt")
+        out = model.get_audio_features(input_features=features.input_features.to(device))
+        sync()
+        return out
+
+    seconds, _ = timed(embed, args.repeat)
+    print(f"CLAP audio embedding of a 10 s clip: {seconds:.2f} s")
+    return seconds
 
 
 def write_result(args, result):
