@@ -17,7 +17,7 @@ use audioldm::model::nn::Precision;
 use audioldm::pipeline::edit::{EditRequest, Mode};
 use audioldm::pipeline::ranking::{ClapScorer, check_candidates, describe_candidate};
 use audioldm::pipeline::variation::VariationRequest;
-use audioldm::pipeline::{Event, Output, Pipeline, Request, Residency};
+use audioldm::pipeline::{Event, Output, Pipeline, Request, Residency, SchedulerKind};
 
 #[derive(Parser)]
 #[command(
@@ -184,6 +184,10 @@ struct Options {
     /// DDIM eta (0 is deterministic; the original AudioLDM uses 1).
     #[arg(long, default_value_t = 0.0)]
     eta: f32,
+    /// The sampler: ddim (the checkpoints' own) or dpm++ (DPM-Solver++ 2M: about as good in
+    /// fewer steps; text-to-audio and variations).
+    #[arg(long, default_value = "ddim", value_parser = parse_scheduler)]
+    scheduler: SchedulerKind,
     /// A Hugging Face repo id or a local diffusers folder.
     #[arg(long, default_value = DEFAULT_MODEL)]
     model: String,
@@ -228,8 +232,13 @@ impl Options {
             eta: self.eta,
             init_latents: None,
             conditioning: None,
+            scheduler: self.scheduler,
         }
     }
+}
+
+fn parse_scheduler(name: &str) -> Result<SchedulerKind, String> {
+    SchedulerKind::parse(name).map_err(|e| e.to_string())
 }
 
 /// `START:END` in seconds.
@@ -414,6 +423,13 @@ fn run(cli: Cli) -> audioldm::Result<()> {
 
 /// Runs an edit of the audio file `input`, which is decoded before any model work starts.
 fn edit(input: PathBuf, prompt: String, mode: Mode, options: &Options) -> audioldm::Result<()> {
+    if options.scheduler != SchedulerKind::Ddim {
+        return Err(audioldm::Error::Input(format!(
+            "edits run DDIM, as the original AudioLDM does; --scheduler {} is for generate and \
+             vary",
+            options.scheduler.name()
+        )));
+    }
     let source = decode_file(&input, audioldm::pipeline::MAX_DURATION_S)?;
     let edit = EditRequest {
         request: options.request(prompt),

@@ -671,6 +671,15 @@ fn ranked_candidates_and_variations_through_the_widgets() {
         .set_text_value_accesskit(&tiny_clap.display().to_string());
     slider(&harness, "Candidates").set_value_accesskit(3.0);
     harness.run();
+    // The candidates run DPM-Solver++, picked in the scheduler's drop-down.
+    harness.get_by_label("Scheduler").click();
+    harness.run();
+    harness.get_by_label("DPM-Solver++").click();
+    harness.run();
+    assert_eq!(
+        harness.state().settings().scheduler,
+        audioldm::pipeline::SchedulerKind::DpmSolverPlusPlus
+    );
     let seed = harness.state().settings().seed;
 
     harness.get_by_label("Generate").click();
@@ -702,6 +711,7 @@ fn ranked_candidates_and_variations_through_the_widgets() {
         .unwrap()
         .expect("a comment");
     assert!(comment.contains("clap_score"), "{comment}");
+    assert!(comment.contains("DPM-Solver++ 2M"), "{comment}");
     let shown = format!("CLAP score {:.3} · one of 3 candidates", scores[0]);
     assert!(harness.get_all_by_label(&shown).next().is_some(), "{shown}");
     let best = history[0].id;

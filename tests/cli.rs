@@ -401,3 +401,76 @@ fn bad_candidates_and_variations_fail_before_the_model_is_loaded() {
         "{err}"
     );
 }
+
+#[test]
+fn the_scheduler_is_chosen_by_name_and_recorded() {
+    let dir = scratch("scheduler");
+    let out = dir.join("dpm.wav");
+    let dump = dir.join("dump");
+    let output = audioldm(&[
+        "generate",
+        "a dog barking in the rain, then thunder!",
+        "--negative",
+        "low quality",
+        "--model",
+        path(&fixtures().join("tiny")),
+        "--scheduler",
+        "dpm++",
+        "--steps",
+        "5",
+        "--seed",
+        "7",
+        "--duration",
+        "1",
+        "--dump",
+        path(&dump),
+        "-o",
+        path(&out),
+    ]);
+    assert!(output.status.success());
+    let comment = read_comment(&out).unwrap().expect("a comment");
+    let settings: serde_json::Value = serde_json::from_str(&comment).unwrap();
+    assert_eq!(settings["scheduler"], "DPM-Solver++ 2M");
+    let (_, latents) = Checkpoint::open(&dump.join("outputs.safetensors"))
+        .unwrap()
+        .f32_any("latents")
+        .unwrap();
+    let (_, want) = Checkpoint::open(&fixtures().join("tiny-dpm-goldens.safetensors"))
+        .unwrap()
+        .f32_any("leading_latents")
+        .unwrap();
+    let err = max_rel_err(&latents, &want);
+    assert!(err <= 1e-4, "DPM-Solver++ latents: max rel err {err:e}");
+
+    let missing_model = dir.join("no-model");
+    let output = audioldm(&[
+        "generate",
+        "x",
+        "--scheduler",
+        "euler",
+        "--model",
+        path(&missing_model),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("ddim, dpm++"),
+        "{}",
+        stderr(&output)
+    );
+    let chirp16 = fixtures().join("clips/chirp-16k.wav");
+    let output = audioldm(&[
+        "transfer",
+        path(&chirp16),
+        "x",
+        "--scheduler",
+        "dpm++",
+        "--model",
+        path(&missing_model),
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("edits run DDIM"),
+        "{}",
+        stderr(&output)
+    );
+}

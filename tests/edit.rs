@@ -16,7 +16,7 @@ use audioldm::audio::resample::resample;
 use audioldm::checkpoint::Checkpoint;
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::edit::{EditRequest, Mode};
-use audioldm::pipeline::{Event, Output, Pipeline, Request};
+use audioldm::pipeline::{Event, Output, Pipeline, Request, SchedulerKind};
 use common::*;
 
 const PROMPT: &str = "a dog barking in the rain, then thunder!";
@@ -71,6 +71,7 @@ fn edit_with_steps(source: Audio, mode: Mode, eta: f32, steps: usize) -> EditReq
             eta,
             init_latents: None,
             conditioning: None,
+            scheduler: SchedulerKind::Ddim,
         },
         source,
         source_name: "chirp.wav".into(),

@@ -69,6 +69,7 @@ fn full_size_pipeline_matches_diffusers() {
         eta: 0.0,
         init_latents: Some(init),
         conditioning: None,
+        scheduler: audioldm::pipeline::SchedulerKind::Ddim,
     };
     let out = pipeline
         .generate(&request, &AtomicBool::new(false), |_| {})

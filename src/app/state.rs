@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::hub::DEFAULT_MODEL;
-use crate::pipeline::Request;
 use crate::pipeline::edit::Mode;
+use crate::pipeline::{Request, SchedulerKind};
 
 /// The controls of the main window.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,6 +34,8 @@ pub struct Settings {
     pub clap: String,
     /// A variation's blend: the prompt's weight against the clip's, in [0, 1].
     pub mix: f32,
+    /// The sampler of text-to-audio and variations (edits run DDIM).
+    pub scheduler: SchedulerKind,
 }
 
 /// The audio-to-audio modes the input clip offers.
@@ -90,6 +92,7 @@ impl Default for Settings {
             candidates: 1,
             clap: String::new(),
             mix: 0.5,
+            scheduler: SchedulerKind::Ddim,
         }
     }
 }
@@ -111,6 +114,7 @@ impl Settings {
             guidance_scale: self.guidance,
             duration_s: Some(self.duration_s),
             seed: self.seed,
+            scheduler: self.scheduler,
             ..Request::default()
         }
     }
@@ -120,8 +124,16 @@ impl Settings {
         self.request().describe(&self.model, self.duration_s)
     }
 
-    /// The request of an edit: the clip sets the length.
+    /// The request of an edit: the clip sets the length, and edits run DDIM.
     pub fn edit_request(&self) -> Request {
+        Request {
+            scheduler: SchedulerKind::Ddim,
+            ..self.variation_request()
+        }
+    }
+
+    /// The request of a variation: the clip sets the length.
+    pub fn variation_request(&self) -> Request {
         Request {
             duration_s: None,
             ..self.request()

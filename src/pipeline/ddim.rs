@@ -26,12 +26,9 @@ fn default_true() -> bool {
 fn default_epsilon() -> String {
     "epsilon".into()
 }
-fn default_leading() -> String {
-    "leading".into()
-}
-
 /// `scheduler/scheduler_config.json`, with diffusers' defaults for missing keys. (The AudioLDM
-/// files predate `timestep_spacing`, so diffusers' default `"leading"` applies.)
+/// files predate `timestep_spacing`, so DDIM's default `"leading"` applies, and DPM-Solver's
+/// `"linspace"`: see [`super::dpm`].)
 #[derive(Clone, Debug, Deserialize)]
 pub struct DdimConfig {
     #[serde(default = "default_train_steps")]
@@ -52,8 +49,9 @@ pub struct DdimConfig {
     pub prediction_type: String,
     #[serde(default)]
     pub thresholding: bool,
-    #[serde(default = "default_leading")]
-    pub timestep_spacing: String,
+    /// `None` when the file names none: each scheduler then takes its own default.
+    #[serde(default)]
+    pub timestep_spacing: Option<String>,
     #[serde(default)]
     pub trained_betas: Option<Vec<f64>>,
 }
@@ -67,6 +65,44 @@ pub struct DdimStep {
     pub sqrt_alpha: f32,
     pub sqrt_alpha_prev: f32,
     pub direction: f32,
+    pub sigma: f32,
+}
+
+impl DdimStep {
+    /// The step as the step graph computes it.
+    pub fn coefficients(&self) -> StepCoefficients {
+        StepCoefficients {
+            timestep: self.timestep,
+            signal: self.sqrt_alpha,
+            noise: self.sqrt_one_minus_alpha,
+            x0_scale: 1.0 / self.sqrt_alpha,
+            x0_eps: -self.sqrt_one_minus_alpha / self.sqrt_alpha,
+            x: 0.0,
+            clean: self.sqrt_alpha_prev,
+            eps: self.direction,
+            prev_clean: 0.0,
+            sigma: self.sigma,
+        }
+    }
+}
+
+/// One denoising step as the replayed step graph computes it from the guided prediction `ε` at
+/// `timestep`: `x0 = x0_scale x + x0_eps ε`, then
+/// `x' = x * x + clean * x0 + eps * ε + prev_clean * x0_prev + sigma * z`, `x0_prev` being the
+/// previous step's `x0` (a multistep solver's memory) and `z` fresh noise.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepCoefficients {
+    pub timestep: usize,
+    /// `(signal, noise)`: clean latents noised to this step's level are
+    /// `signal * x0 + noise * e` (what masked edits hold the known region at).
+    pub signal: f32,
+    pub noise: f32,
+    pub x0_scale: f32,
+    pub x0_eps: f32,
+    pub x: f32,
+    pub clean: f32,
+    pub eps: f32,
+    pub prev_clean: f32,
     pub sigma: f32,
 }
 
@@ -164,7 +200,8 @@ impl DdimScheduler {
             )));
         }
         let offset = self.config.steps_offset;
-        let mut t: Vec<usize> = match self.config.timestep_spacing.as_str() {
+        let spacing = self.config.timestep_spacing.as_deref().unwrap_or("leading");
+        let mut t: Vec<usize> = match spacing {
             "leading" => (0..steps).map(|i| i * (n / steps) + offset).collect(),
             "linspace" => (0..steps)
                 .map(|i| (i as f64 * (n - 1) as f64 / (steps - 1).max(1) as f64).round() as usize)
@@ -185,9 +222,8 @@ impl DdimScheduler {
             && last >= n
         {
             return Err(Error::Input(format!(
-                "{steps} steps with steps_offset {offset} and timestep_spacing {:?} reach \
-                 timestep {last}, past the {n} the schedule was trained on",
-                self.config.timestep_spacing
+                "{steps} steps with steps_offset {offset} and timestep_spacing {spacing:?} reach \
+                 timestep {last}, past the {n} the schedule was trained on"
             )));
         }
         t.reverse();

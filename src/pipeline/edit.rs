@@ -135,7 +135,24 @@ impl Pipeline {
             ));
         }
         self.check_request(request)?;
+        if request.scheduler != super::SchedulerKind::Ddim {
+            return Err(Error::Input(format!(
+                "edits run DDIM, as the original AudioLDM does (their noise levels follow its \
+                 schedule); the {} scheduler is for text-to-audio and variations",
+                request.scheduler.name()
+            )));
+        }
         let timesteps = self.scheduler.timesteps(request.steps)?;
+        let ddim = |timesteps: &[usize]| {
+            timesteps
+                .iter()
+                .map(|&t| {
+                    self.scheduler
+                        .step(t, request.steps, request.eta)
+                        .coefficients()
+                })
+                .collect()
+        };
         let prepared = self.prepare(edit)?;
         let front_end = MelFrontEnd::with_bands(self.vocoder_config.model_in_dim);
         let mel = front_end.wav_to_fbank(&prepared.clip, prepared.clip_lengths.mel_frames)?;
@@ -172,14 +189,14 @@ impl Pipeline {
                 Plan {
                     shape,
                     initial,
-                    timesteps: steps,
+                    steps: ddim(steps),
                     known: None,
                 }
             }
             Some(mask) => Plan {
                 shape,
                 initial: start,
-                timesteps: &timesteps,
+                steps: ddim(&timesteps),
                 known: Some(super::Known {
                     latents: place(&source_latents, source_shape, shape),
                     mask: mask.clone(),

@@ -3,6 +3,7 @@
 //! app both call [`Pipeline::generate`] (or [`run`], which loads first).
 
 pub mod ddim;
+pub mod dpm;
 pub mod edit;
 pub mod noise;
 pub mod ranking;
@@ -22,7 +23,45 @@ use crate::model::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::model::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::model::vocoder::{SpeechT5HifiGan, SpeechT5HifiGanConfig};
 
-use ddim::DdimScheduler;
+use ddim::{DdimScheduler, StepCoefficients};
+
+/// The sampler a run denoises with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum SchedulerKind {
+    /// DDIM, the checkpoints' own scheduler (diffusers' `DDIMScheduler`).
+    #[default]
+    Ddim,
+    /// DPM-Solver++ 2M (diffusers' `DPMSolverMultistepScheduler` from the same config): about
+    /// as good in fewer steps.
+    DpmSolverPlusPlus,
+}
+
+impl SchedulerKind {
+    pub const ALL: [SchedulerKind; 2] = [SchedulerKind::Ddim, SchedulerKind::DpmSolverPlusPlus];
+
+    /// The name the CLI takes and the WAV comment records.
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedulerKind::Ddim => "ddim",
+            SchedulerKind::DpmSolverPlusPlus => "dpm++",
+        }
+    }
+
+    /// The scheduler called `name` (case-insensitive); an error lists the known ones.
+    pub fn parse(name: &str) -> Result<Self> {
+        let wanted = name.trim().to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|s| s.name() == wanted)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.iter().map(|s| s.name()).collect();
+                Error::Input(format!(
+                    "unknown scheduler {name:?}; the known ones are {}",
+                    known.join(", ")
+                ))
+            })
+    }
+}
 
 /// The longest clip a request may ask for: the VAE's activations are split to fit any binding,
 /// but beyond it the vocoder's widest (32 channels at 16 kHz, 123 MB at 60 s) would outgrow one
@@ -47,6 +86,7 @@ pub struct Request {
     /// a clip's CLAP audio embedding, or its blend with the prompt's; see [`variation`]). The
     /// negative row is still the negative prompt's.
     pub conditioning: Option<Vec<f32>>,
+    pub scheduler: SchedulerKind,
 }
 
 impl Default for Request {
@@ -61,6 +101,7 @@ impl Default for Request {
             eta: 0.0,
             init_latents: None,
             conditioning: None,
+            scheduler: SchedulerKind::Ddim,
         }
     }
 }
@@ -77,7 +118,10 @@ impl Request {
             "duration_s": self.duration_s.unwrap_or(default_duration_s),
             "seed": self.seed,
             "eta": self.eta,
-            "scheduler": "DDIM",
+            "scheduler": match self.scheduler {
+                SchedulerKind::Ddim => "DDIM",
+                SchedulerKind::DpmSolverPlusPlus => "DPM-Solver++ 2M",
+            },
             "model": model,
             "initial_latents": if self.init_latents.is_some() { "injected" } else { "seeded" },
             "conditioning": if self.conditioning.is_some() { "embedding" } else { "prompt" },
@@ -106,12 +150,12 @@ pub struct Output {
     pub mask: Option<Vec<f32>>,
 }
 
-/// What the shared denoising loop runs: its start, the timesteps it visits (a tail of the
-/// schedule for style transfer), and the region it holds to known latents.
-struct Plan<'a> {
+/// What the shared denoising loop runs: its start, the steps it takes (a tail of the schedule
+/// for style transfer), and the region it holds to known latents.
+struct Plan {
     shape: [usize; 4],
     initial: Vec<f32>,
-    timesteps: &'a [usize],
+    steps: Vec<StepCoefficients>,
     known: Option<Known>,
 }
 
@@ -185,13 +229,17 @@ struct StepGraph {
     latents: Tensor,
     embeds: Tensor,
     noise: Tensor,
+    /// The previous step's clean estimate (fed back after every step).
+    prev_clean: Tensor,
     clean: Var,
     timestep: Scalar,
     guidance: Scalar,
     x0_scale: Scalar,
     x0_eps: Scalar,
-    prev_x0: Scalar,
-    prev_eps: Scalar,
+    x_coef: Scalar,
+    clean_coef: Scalar,
+    eps_coef: Scalar,
+    prev_coef: Scalar,
     sigma: Scalar,
 }
 
@@ -719,7 +767,7 @@ impl Pipeline {
             .unwrap_or_else(|| self.default_duration_s());
         let lengths = self.lengths(duration)?;
         self.check_request(request)?;
-        let timesteps = self.scheduler.timesteps(request.steps)?;
+        let steps = self.schedule(request)?;
         let shape = self.latent_shape(&lengths);
         let count: usize = shape.iter().product();
         let initial = match &request.init_latents {
@@ -738,11 +786,30 @@ impl Pipeline {
         let plan = Plan {
             shape,
             initial,
-            timesteps: &timesteps,
+            steps,
             known: None,
         };
         let (latents, embeds, dim) = self.denoise(request, plan, cancel, &mut on_event).await?;
         self.finish(latents, shape, lengths, embeds, dim).await
+    }
+
+    /// Every step of `request`'s run with its scheduler.
+    fn schedule(&self, request: &Request) -> Result<Vec<StepCoefficients>> {
+        match request.scheduler {
+            SchedulerKind::Ddim => Ok(self
+                .scheduler
+                .timesteps(request.steps)?
+                .into_iter()
+                .map(|t| {
+                    self.scheduler
+                        .step(t, request.steps, request.eta)
+                        .coefficients()
+                })
+                .collect()),
+            SchedulerKind::DpmSolverPlusPlus => {
+                dpm::DpmSolver::new(&self.scheduler).plan(request.steps)
+            }
+        }
     }
 
     /// The checks of a request's numbers that do not depend on its length.
@@ -756,6 +823,12 @@ impl Pipeline {
             return Err(Error::Input(format!(
                 "eta must be between 0 and 1, got {}",
                 request.eta
+            )));
+        }
+        if request.eta != 0.0 && request.scheduler != SchedulerKind::Ddim {
+            return Err(Error::Input(format!(
+                "eta is DDIM's; the {} scheduler is deterministic (leave eta at 0)",
+                request.scheduler.name()
             )));
         }
         Ok(())
@@ -777,7 +850,7 @@ impl Pipeline {
     async fn denoise(
         &self,
         request: &Request,
-        plan: Plan<'_>,
+        plan: Plan,
         cancel: &AtomicBool,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<(Vec<f32>, Vec<f32>, usize)> {
@@ -834,7 +907,7 @@ impl Pipeline {
         &self,
         step: &mut StepGraph,
         request: &Request,
-        plan: Plan<'_>,
+        plan: Plan,
         embeds: &[f32],
         cancel: &AtomicBool,
         on_event: &mut dyn FnMut(Event),
@@ -842,7 +915,7 @@ impl Pipeline {
         let Plan {
             shape,
             initial,
-            timesteps,
+            steps,
             mut known,
         } = plan;
         let count: usize = shape.iter().product();
@@ -853,7 +926,9 @@ impl Pipeline {
         step.exe
             .set_max_dispatches_per_submit(self.dispatches_per_submit());
         let mut rng = noise::LegacyNormal::new(request.seed.wrapping_add(1));
-        let n = timesteps.len();
+        let n = steps.len();
+        // A multistep solver's memory starts empty (its first step is first order).
+        step.prev_clean.write_f32(&self.ctx, &vec![0.0; count])?;
         if let Some(known) = &known {
             on_event(Event::Step {
                 i: 0,
@@ -862,28 +937,26 @@ impl Pipeline {
             });
         }
         let mut x = initial;
-        for (i, &t) in timesteps.iter().enumerate() {
+        for (i, s) in steps.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            let s = self.scheduler.step(t, request.steps, request.eta);
             if let Some(known) = &mut known {
                 // The known region at this step's noise level, over the current latents.
                 if i > 0 {
                     x = step.latents.to_vec_f32_async(&self.ctx).await?;
                 }
                 let e = known.noise.sample(count);
-                known.impose(&mut x, |k, z0| {
-                    s.sqrt_alpha * z0 + s.sqrt_one_minus_alpha * e[k]
-                });
+                known.impose(&mut x, |k, z0| s.signal * z0 + s.noise * e[k]);
                 step.latents.write_f32(&self.ctx, &x)?;
             }
-            step.exe.set_scalar(step.timestep, t as f32);
-            step.exe.set_scalar(step.x0_scale, 1.0 / s.sqrt_alpha);
-            step.exe
-                .set_scalar(step.x0_eps, -s.sqrt_one_minus_alpha / s.sqrt_alpha);
-            step.exe.set_scalar(step.prev_x0, s.sqrt_alpha_prev);
-            step.exe.set_scalar(step.prev_eps, s.direction);
+            step.exe.set_scalar(step.timestep, s.timestep as f32);
+            step.exe.set_scalar(step.x0_scale, s.x0_scale);
+            step.exe.set_scalar(step.x0_eps, s.x0_eps);
+            step.exe.set_scalar(step.x_coef, s.x);
+            step.exe.set_scalar(step.clean_coef, s.clean);
+            step.exe.set_scalar(step.eps_coef, s.eps);
+            step.exe.set_scalar(step.prev_coef, s.prev_clean);
             step.exe.set_scalar(step.sigma, s.sigma);
             if s.sigma > 0.0 {
                 step.noise.write_f32(&self.ctx, &rng.sample(count))?;
@@ -937,24 +1010,30 @@ impl Pipeline {
         })
     }
 
-    /// Records UNet, guidance and the DDIM update for one latent shape:
-    /// `ε = ε_u + g (ε_c − ε_u)`, `x0 = (x − sqrt(1−ᾱ_t) ε) / sqrt(ᾱ_t)`,
-    /// `x' = sqrt(ᾱ_prev) x0 + sqrt(1−ᾱ_prev−σ²) ε + σ z`, then `x'` is copied back into `x`.
+    /// Records UNet, guidance and the scheduler's update for one latent shape:
+    /// `ε = ε_u + g (ε_c − ε_u)`, then [`StepCoefficients`]' `x0` and `x'`; `x'` is copied back
+    /// into `x` and `x0` into the previous-estimate input. DDIM is
+    /// `x' = sqrt(ᾱ_prev) x0 + sqrt(1−ᾱ_prev−σ²) ε + σ z`; DPM-Solver++ 2M
+    /// `x' = (σ_t/σ_s) x + b x0 + d x0_prev`.
     async fn record_step(&self, shape: [usize; 4], guided: bool, dim: usize) -> Result<StepGraph> {
         let ctx = &self.ctx;
         let unet = self.unet.get(&self.loader()).await?;
         let latents = Tensor::empty(ctx, shape, DType::F32)?;
         let rows = if guided { 2 } else { 1 };
         let embeds = Tensor::empty(ctx, [rows, dim], DType::F32)?;
-        let noise = Tensor::from_f32(ctx, shape, DType::F32, &vec![0.0; shape.iter().product()])?;
+        let zeros = vec![0.0; shape.iter().product()];
+        let noise = Tensor::from_f32(ctx, shape, DType::F32, &zeros)?;
+        let prev_clean = Tensor::from_f32(ctx, shape, DType::F32, &zeros)?;
         let mut g = Graph::new(ctx);
         let x = g.input(&latents);
         let e = g.input(&embeds);
         let z = g.input(&noise);
+        let prev = g.input(&prev_clean);
         let timestep = g.scalar(0.0);
         let guidance = g.scalar(1.0);
         let (x0_scale, x0_eps) = (g.scalar(1.0), g.scalar(0.0));
-        let (prev_x0, prev_eps, sigma) = (g.scalar(1.0), g.scalar(0.0), g.scalar(0.0));
+        let (x_coef, clean_coef, eps_coef) = (g.scalar(0.0), g.scalar(1.0), g.scalar(0.0));
+        let (prev_coef, sigma) = (g.scalar(0.0), g.scalar(0.0));
         let eps = if guided {
             let doubled = g.concat(x, x, 0)?;
             let both = unet.forward(&mut g, doubled, timestep, Some(e))?;
@@ -966,12 +1045,15 @@ impl Pipeline {
             unet.forward(&mut g, x, timestep, Some(e))?
         };
         let clean = g.axpby(x, eps, x0_scale, x0_eps)?;
-        let next = g.axpby(clean, eps, prev_x0, prev_eps)?;
+        let next = g.axpby(clean, eps, clean_coef, eps_coef)?;
+        let next = g.axpby(next, x, 1.0, x_coef)?;
+        let next = g.axpby(next, prev, 1.0, prev_coef)?;
         let next = g.axpby(next, z, 1.0, sigma)?;
         g.output(clean)?;
         g.output(next)?;
         let mut exe = g.build()?;
         exe.feed_back(next, x)?;
+        exe.feed_back(clean, prev)?;
         let stats = exe.stats();
         tracing::info!(
             dispatches = stats.dispatches,
@@ -986,13 +1068,16 @@ impl Pipeline {
             latents,
             embeds,
             noise,
+            prev_clean,
             clean,
             timestep,
             guidance,
             x0_scale,
             x0_eps,
-            prev_x0,
-            prev_eps,
+            x_coef,
+            clean_coef,
+            eps_coef,
+            prev_coef,
             sigma,
         })
     }

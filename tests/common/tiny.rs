@@ -17,6 +17,7 @@ pub fn tiny_request_from(init_latents: Vec<f32>) -> audioldm::pipeline::Request 
         eta: 0.0,
         init_latents: Some(init_latents),
         conditioning: None,
+        scheduler: audioldm::pipeline::SchedulerKind::Ddim,
     }
 }
 
