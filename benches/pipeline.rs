@@ -21,6 +21,12 @@
 //! `bench_reference.py --memory` at the same duration and precision. Peak resident memory is
 //! per process, so measure each duration and precision in a run of its own.
 //!
+//! `--profile` times nothing on the CPU: after one run of `--steps` (1 unless given) it prints the
+//! GPU time of every dispatch of one denoising step, one VAE decode and one vocoder run, from
+//! timestamp queries, per kernel family and for the costliest ops (name, kernel, output shape,
+//! time, achieved GFLOP/s where the op counts its work, GB/s over the bytes it binds). An adapter
+//! without `TIMESTAMP_QUERY` is named and nothing is measured.
+//!
 //! `--clap DIR` also times CLAP's audio side on one 10 s clip at 16 kHz (what a candidate is):
 //! resampling to 48 kHz, the front end and the HTSAT tower, beside `bench_reference.py --clap DIR`
 //! (scipy's polyphase resampler, transformers' `ClapFeatureExtractor` and `ClapModel`). The clip
@@ -58,6 +64,7 @@ struct Args {
     memory: bool,
     clap: Option<PathBuf>,
     clap_only: bool,
+    profile: bool,
 }
 
 fn args() -> Result<Args, String> {
@@ -73,6 +80,7 @@ fn args() -> Result<Args, String> {
         memory: false,
         clap: None,
         clap_only: false,
+        profile: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -92,6 +100,7 @@ fn args() -> Result<Args, String> {
             "--memory" => args.memory = true,
             "--clap" => args.clap = Some(value("--clap")?.into()),
             "--clap-only" => args.clap_only = true,
+            "--profile" => args.profile = true,
             "--limits" => {
                 args.limits =
                     Some(LimitsProfile::parse(&value("--limits")?).map_err(|e| e.to_string())?)
@@ -208,6 +217,36 @@ fn measure_memory(
     Ok(())
 }
 
+/// One run, then the GPU time of each dispatch of a step, a VAE decode and a vocoder run.
+fn profile(
+    args: &Args,
+    ctx: &Context,
+    pipeline: &Pipeline,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if !ctx.capabilities().timestamp_query {
+        println!(
+            "{} does not offer timestamp queries (TIMESTAMP_QUERY): no GPU times on this adapter",
+            ctx.adapter_info().name
+        );
+        return Ok(());
+    }
+    let request = Request {
+        prompt: "a dog barking in the rain".into(),
+        negative_prompt: Some("low quality".into()),
+        steps: args.steps.unwrap_or(1),
+        duration_s: Some(args.duration),
+        ..Request::default()
+    };
+    let output = pipeline.generate(&request, &AtomicBool::new(false), |_| {})?;
+    let mut whole = 0.0;
+    for (stage, profile) in pipeline.profile(&output)? {
+        println!("{}", profile.report(stage, 25));
+        whole += profile.total().seconds;
+    }
+    println!("GPU time of a step, a decode and a vocoder run together: {whole:.2} s");
+    Ok(())
+}
+
 /// CLAP's audio side on one 10 s clip at 16 kHz: resampling, front end, HTSAT tower.
 fn bench_clap(
     ctx: &Context,
@@ -294,6 +333,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("load: {:.2} s", start.elapsed().as_secs_f64());
     if args.memory {
         return measure_memory(&args, &pipeline, proc_status_bytes("VmRSS:"));
+    }
+    if args.profile {
+        return profile(&args, &ctx, &pipeline);
     }
     let steps = args.steps.unwrap_or(10);
     println!("{steps} steps");

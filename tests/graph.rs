@@ -203,3 +203,65 @@ fn intermediates_cannot_be_read_and_inputs_cannot_be_outputs() {
     assert_eq!(exe.read(out).unwrap(), vec![6.0, 12.0, 18.0, 24.0]);
     assert_eq!(exe.read(x).unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
 }
+
+/// A profiled replay times every dispatch, counts the work of GEMMs, convolutions and attention,
+/// and leaves the same results as a plain replay. lavapipe offers timestamp queries, so CI runs
+/// the measuring branch; an adapter without them must say so.
+#[test]
+fn a_profiled_replay_times_every_dispatch() {
+    let (mut g, out, _) = record(250.0);
+    g.output(out).unwrap();
+    let mut exe = g.build().unwrap();
+    let dispatches = exe.stats().dispatches;
+    exe.run().unwrap();
+    let plain = exe.read(out).unwrap();
+    let profile = match exe.profile() {
+        Ok(profile) => profile,
+        Err(e) => {
+            assert!(
+                !ctx().capabilities().timestamp_query,
+                "profiling failed on an adapter with timestamps: {e}"
+            );
+            assert!(e.to_string().contains("TIMESTAMP_QUERY"), "{e}");
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI's adapter (lavapipe) must offer timestamp queries"
+            );
+            return;
+        }
+    };
+    assert_eq!(
+        exe.read(out).unwrap(),
+        plain,
+        "a profiled replay computes the same"
+    );
+    assert_eq!(profile.ops.len(), dispatches);
+    assert!(
+        profile
+            .ops
+            .iter()
+            .all(|op| op.seconds >= 0.0 && op.bytes > 0)
+    );
+    let total = profile.total();
+    assert!(total.seconds > 0.0, "{profile:?}");
+    // The time-embedding linear layer: [B, TEMB] x [TEMB, C].
+    let linear = profile
+        .ops
+        .iter()
+        .find(|op| op.kernel.starts_with("matmul.wgsl") && op.shape == format!("[{B}, {C}]"))
+        .expect("the linear layer");
+    assert_eq!(linear.flops, 2 * (B * TEMB * C) as u64);
+    let conv = profile
+        .ops
+        .iter()
+        .find(|op| op.kernel.starts_with("conv.wgsl:conv2d"))
+        .expect("a convolution");
+    assert_eq!(conv.flops, 2 * (B * C * H * W * C * 9) as u64);
+    let families: Vec<String> = profile.by_family().into_iter().map(|(f, _)| f).collect();
+    for family in ["matmul", "conv", "norm", "attention"] {
+        assert!(families.iter().any(|f| f == family), "{families:?}");
+    }
+    let report = profile.report("test block", 5);
+    println!("{report}");
+    assert!(report.contains("GFLOP/s") && report.contains("by kernel family"));
+}

@@ -4,7 +4,7 @@
 
     python make_dpm_reference.py                 # -> tests/fixtures/tiny-dpm-goldens.safetensors
     python make_dpm_reference.py --study --model target/reference/full --duration 2.56
-                                                 # mel distance of DPM-Solver++ at 5..50 steps to DDIM at 50
+                                                 # mel distance of DPM-Solver++ at 5..25 steps to DDIM at 50
 
 Two spacings. `leading`: the tiny fixture's scheduler_config.json names "leading" (recent diffusers
 write the key), so DPM honours it. `linspace`: the same config without `timestep_spacing` (as the
@@ -16,7 +16,7 @@ Goldens (float32 unless noted): {spacing}_timesteps int64 [STEPS], {spacing}_lat
 scaling), {spacing}_waveform [1, L]. Metadata: prompt, negative, seed, steps, guidance, duration.
 
 --study prints, for a model folder (the full-size random one), the mean absolute difference of the
-log-mel of DPM-Solver++ at 5, 10, 15, 20, 25, 50 steps and of DDIM at 10, 25 steps from DDIM at 50
+log-mel of DPM-Solver++ at 5, 10, 15, 20, 25 steps and of DDIM at 10, 25 steps from DDIM at 50
 steps, all from the same initial latents, and writes nothing.
 """
 
@@ -114,7 +114,7 @@ def study(model: Path, duration: float):
     _, target, _ = run(pipe, 50, duration, start)
     print(f"DDIM 50 steps: log-mel mean |x| {target.abs().mean():.4f}")
     for name, scheduler, steps in [("DDIM", ddim, 10), ("DDIM", ddim, 25)] + [
-        ("DPM-Solver++", dpm, s) for s in (5, 10, 15, 20, 25, 50)
+        ("DPM-Solver++", dpm, s) for s in (5, 10, 15, 20, 25)
     ]:
         pipe.scheduler = scheduler
         _, mel, _ = run(pipe, steps, duration, start)

@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::context::Context;
 use super::error::{GpuError, Result, shape_error};
 use super::kernel::{Kernel, KernelKey, PARAM_BLOCK_BYTES};
-use super::tensor::{DType, GpuBuffer, Shape, Tensor, create_buffer};
+use super::profile::{OpTiming, Profile};
+use super::tensor::{DType, GpuBuffer, Shape, Tensor, create_buffer, read_buffer};
 
 /// A tensor of a graph: an input bound to an existing [`Tensor`], or the result of an op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -132,6 +133,17 @@ struct Op {
     output: Binding,
     params: Vec<Word>,
     workgroups: [u32; 3],
+    cost: OpCost,
+}
+
+/// What one dispatch does, for profiles: its output's shape, the floating-point operations its
+/// builder counted (0 for ops that only move data), and the bytes it binds (each input and the
+/// output once: the least memory traffic it can have).
+#[derive(Clone, Debug, Default)]
+pub struct OpCost {
+    pub shape: String,
+    pub flops: u64,
+    pub bytes: u64,
 }
 
 /// What an op builder hands to [`Graph::push`].
@@ -527,7 +539,7 @@ impl Graph {
             self.check_binding(&spec.label, binding, "input")?;
         }
         self.check_binding(&spec.label, &output, "output")?;
-        let inputs = spec
+        let inputs: Vec<Input> = spec
             .inputs
             .into_iter()
             .map(|input| {
@@ -537,6 +549,13 @@ impl Graph {
                 })
             })
             .collect();
+        let bound = |b: &Binding| {
+            b.size.unwrap_or_else(|| {
+                let v = &self.values[b.var.0];
+                v.dtype.storage_bytes(v.shape.numel())
+            })
+        };
+        let bytes = inputs.iter().flatten().map(bound).sum::<u64>() + bound(&output);
         self.ops.push(Op {
             label: spec.label,
             key: spec.key,
@@ -544,8 +563,20 @@ impl Graph {
             output,
             params: spec.params.0,
             workgroups: spec.workgroups,
+            cost: OpCost {
+                shape: spec.out_shape.to_string(),
+                flops: 0,
+                bytes,
+            },
         });
         Ok(())
+    }
+
+    /// Counts `flops` floating-point operations for the op recorded last (for profiles).
+    pub(crate) fn count_flops(&mut self, flops: u64) {
+        if let Some(op) = self.ops.last_mut() {
+            op.cost.flops = flops;
+        }
     }
 
     /// Plans memory and prepares everything a replay needs.
@@ -598,9 +629,11 @@ pub struct GraphStats {
 }
 
 struct CompiledOp {
-    /// Named in errors of [`Executable::run_op_by_op`] (a native debugging aid).
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    /// Named in errors of [`Executable::run_op_by_op`] and in profiles.
     label: String,
+    /// `shader:entry`, for profiles.
+    kernel_name: String,
+    cost: OpCost,
     kernel: Arc<Kernel>,
     bind_group: wgpu::BindGroup,
     param_offset: u32,
@@ -863,6 +896,8 @@ impl Executable {
             })?;
             compiled.push(CompiledOp {
                 label: op.label,
+                kernel_name: format!("{}:{}", op.key.shader, op.key.entry),
+                cost: op.cost,
                 kernel,
                 bind_group,
                 param_offset: (i as u64 * PARAM_BLOCK_BYTES) as u32,
@@ -1012,6 +1047,100 @@ impl Executable {
     /// `None` (the default) is one submit per run.
     pub fn set_max_dispatches_per_submit(&mut self, n: Option<usize>) {
         self.max_dispatches_per_submit = n;
+    }
+
+    /// Replays the graph once (with its feedback, as [`Self::run`] does) with every dispatch in a
+    /// compute pass of its own between two timestamps, and returns each one's GPU time. Needs
+    /// the adapter's `TIMESTAMP_QUERY` ([`crate::gpu::Capabilities`]); without it, an error that
+    /// says so. Passes of their own add a little time per dispatch on some drivers, so the total
+    /// is an upper bound of a plain replay's.
+    pub async fn profile_async(&mut self) -> Result<Profile> {
+        let ctx = self.ctx.clone();
+        if !ctx.capabilities().timestamp_query {
+            return Err(GpuError::Invalid(format!(
+                "the adapter {} does not offer timestamp queries (TIMESTAMP_QUERY): GPU times \
+                 cannot be measured on it",
+                ctx.adapter_info().name
+            )));
+        }
+        self.upload_params()?;
+        // Two queries per dispatch; a query set holds at most 4096.
+        let chunk = (wgpu::QUERY_SET_MAX_QUERIES / 2) as usize;
+        let seconds_per_tick = f64::from(ctx.queue().get_timestamp_period()) * 1e-9;
+        let chunks = self.ops.len().div_ceil(chunk).max(1);
+        let mut timings = Vec::with_capacity(self.ops.len());
+        for c in 0..chunks {
+            let ops =
+                &self.ops[(c * chunk).min(self.ops.len())..((c + 1) * chunk).min(self.ops.len())];
+            let count = 2 * ops.len() as u32;
+            if count == 0 {
+                break;
+            }
+            let (set, resolved) = ctx.scoped("allocating timestamp queries", || {
+                let set = ctx.device().create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count,
+                });
+                let resolved = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("profile timestamps"),
+                    size: 8 * u64::from(count),
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                (set, resolved)
+            })?;
+            let mut encoder =
+                ctx.device()
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("profile"),
+                    });
+            for (i, op) in ops.iter().enumerate() {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some(&op.label),
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &set,
+                        beginning_of_pass_write_index: Some(2 * i as u32),
+                        end_of_pass_write_index: Some(2 * i as u32 + 1),
+                    }),
+                });
+                pass.set_pipeline(&op.kernel.pipeline);
+                pass.set_bind_group(0, &op.bind_group, &[op.param_offset]);
+                let [x, y, z] = op.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+            if c + 1 == chunks {
+                for (from, into) in &self.feedback {
+                    encoder.copy_buffer_to_buffer(from.buffer(), 0, into.buffer(), 0, from.bytes());
+                }
+            }
+            encoder.resolve_query_set(&set, 0..count, &resolved, 0);
+            ctx.scoped("submitting a profiled replay", || {
+                ctx.queue().submit([encoder.finish()])
+            })?;
+            self.stats.submits += 1;
+            let bytes = read_buffer(&ctx, &resolved, 8 * u64::from(count)).await?;
+            let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
+            for (i, op) in ops.iter().enumerate() {
+                timings.push(OpTiming {
+                    label: op.label.clone(),
+                    kernel: op.kernel_name.clone(),
+                    shape: op.cost.shape.clone(),
+                    seconds: ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64
+                        * seconds_per_tick,
+                    flops: op.cost.flops,
+                    bytes: op.cost.bytes,
+                });
+            }
+        }
+        self.stats.runs += 1;
+        Ok(Profile { ops: timings })
+    }
+
+    /// Blocking [`Self::profile_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(&mut self) -> Result<Profile> {
+        pollster::block_on(self.profile_async())
     }
 
     /// Replays op by op, one submit and one wait each, naming the op that fails.

@@ -6,10 +6,12 @@ pub mod error;
 pub mod graph;
 pub mod kernel;
 pub mod ops;
+pub mod profile;
 pub mod tensor;
 
 pub use context::{Capabilities, Context, GpuMemory, LimitsProfile};
 pub use error::{GpuError, Result};
-pub use graph::{Coef, Executable, Graph, GraphStats, Scalar, Var};
+pub use graph::{Coef, Executable, Graph, GraphStats, OpCost, Scalar, Var};
 pub use ops::Activation;
+pub use profile::{OpTiming, Profile};
 pub use tensor::{DType, Shape, Tensor};

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 pub use crate::audio::{Audio, Mel};
 use crate::error::{Error, Result};
-use crate::gpu::{Context, DType, Executable, Graph, GraphStats, Scalar, Tensor, Var};
+use crate::gpu::{Context, DType, Executable, Graph, GraphStats, Profile, Scalar, Tensor, Var};
 use crate::model::clap_text::ClapTextModelWithProjection;
 use crate::model::nn::{Loader, Precision};
 use crate::model::tokenizer::TextTokenizer;
@@ -1175,6 +1175,49 @@ impl Pipeline {
         exe.set_max_dispatches_per_submit(self.dispatches_per_submit());
         exe.run_async().await?;
         Ok(exe.read_async(out).await?)
+    }
+
+    /// GPU time per dispatch of one denoising step (the step graph of the last generation,
+    /// replayed once more), one VAE decode and one vocoder run of `output` (that generation's),
+    /// from timestamp queries; an error on an adapter without them.
+    pub async fn profile_async(&self, output: &Output) -> Result<Vec<(&'static str, Profile)>> {
+        let mut profiles = Vec::new();
+        let cached = self
+            .step_graph
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(mut step) = cached else {
+            return Err(Error::Input(
+                "no denoising step to profile: generate a clip first (with the model resident)"
+                    .into(),
+            ));
+        };
+        let profiled = step.exe.profile_async().await;
+        *self
+            .step_graph
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(step);
+        profiles.push(("denoising step", profiled?));
+
+        let (mut g, z, mel) = self.record_decode(output.latent_shape).await?;
+        z.write_f32(&self.ctx, &output.latents)?;
+        g.output(mel)?;
+        profiles.push(("VAE decode", g.build()?.profile_async().await?));
+
+        let (mut g, input, wave) = self
+            .record_vocode(output.mel.frames, output.mel.bins)
+            .await?;
+        input.write_f32(&self.ctx, &output.mel.data)?;
+        g.output(wave)?;
+        profiles.push(("vocoder", g.build()?.profile_async().await?));
+        Ok(profiles)
+    }
+
+    /// Blocking [`Self::profile_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn profile(&self, output: &Output) -> Result<Vec<(&'static str, Profile)>> {
+        pollster::block_on(self.profile_async(output))
     }
 
     /// Statistics of the recorded denoising step (after a generation): dispatches and submits

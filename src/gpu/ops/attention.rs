@@ -243,8 +243,10 @@ impl Graph {
             Some(Binding::from(a.k.var)),
             Some(Binding::from(a.v.var)),
         ];
+        // q·k and p·v of every query row against every key.
+        let flops_per_row = 2 * (a.batch * a.heads * a.tk * (a.d + a.dv)) as u64;
         if splits == 1 {
-            return self.push(OpSpec {
+            let out = self.push(OpSpec {
                 label: op.to_string(),
                 key,
                 inputs,
@@ -256,7 +258,9 @@ impl Graph {
                     a.heads as u32,
                     (a.batch * splits) as u32,
                 ],
-            });
+            })?;
+            self.count_flops(flops_per_row * a.tq as u64);
+            return Ok(out);
         }
         // The key splits' partial results, merged by a second dispatch. When they are over one
         // binding (long sequences), both run per window of query rows, each row computed as it
@@ -297,6 +301,7 @@ impl Graph {
                     (a.batch * splits) as u32,
                 ],
             })?;
+            self.count_flops(flops_per_row * rows as u64);
             // Rows of one batch item are contiguous; a batch of several is never windowed.
             let rows_out = row0 * width * a.batch..(row0 + rows) * width * a.batch;
             self.push_window(

@@ -503,6 +503,8 @@ impl Graph {
                     vec4s,
                 );
                 self.push_window(Binding::elements(out, elements), spec)?;
+                let taps = (c.cin * c.kh * c.kw) as u64;
+                self.count_flops(2 * (batches * rows * c.ow * (co_hi - co_lo)) as u64 * taps);
             }
         }
         Ok(out)

@@ -336,7 +336,7 @@ impl Graph {
             .u(g.n)
             .f(g.alpha)
             .f(g.act.slope());
-        self.push(OpSpec {
+        let out = self.push(OpSpec {
             label: op.to_string(),
             key,
             inputs: vec![
@@ -349,6 +349,8 @@ impl Graph {
             out_dtype: DType::F32,
             params,
             workgroups,
-        })
+        })?;
+        self.count_flops(2 * (g.batch * g.m * g.n * g.k) as u64);
+        Ok(out)
     }
 }
