@@ -77,7 +77,12 @@ fn main() -> Result<()> {
             MatmulKernel::TiledN4 { tm: 8, tn: 1 },
             MatmulKernel::TiledN4 { tm: 8, tn: 2 },
             MatmulKernel::TiledN4 { tm: 2, tn: 4 },
+            MatmulKernel::Tiles { f16: false },
+            MatmulKernel::Tiles { f16: true },
         ] {
+            if kernel == (MatmulKernel::Tiles { f16: true }) && !ctx.capabilities().shader_f16 {
+                continue;
+            }
             let mut g = Graph::new(&ctx);
             let (va, vb) = (g.input(&a), g.input(&b));
             let out = g.matmul_with(va, vb, 1.0, kernel)?;

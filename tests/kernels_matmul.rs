@@ -27,6 +27,7 @@ fn matmul_matches_reference_on_odd_shapes() {
             MatmulKernel::Tiled { tm: 8, tn: 8 },
             MatmulKernel::Gemv,
             MatmulKernel::Naive,
+            MatmulKernel::Tiles { f16: false },
         ];
         if n % 4 == 0 && k % 4 == 0 {
             kernels.push(MatmulKernel::TiledN4 { tm: 4, tn: 2 });
@@ -86,6 +87,7 @@ fn vec4_linear_kernel_handles_long_reductions() {
             for kernel in [
                 MatmulKernel::TiledK4 { tm: 4, tn: 8 },
                 MatmulKernel::Tiled { tm: 4, tn: 8 },
+                MatmulKernel::Tiles { f16: false },
             ] {
                 let mut g = Graph::new(ctx());
                 let vx = input(&mut g, &[m, k], &x);
@@ -170,7 +172,11 @@ fn long_reductions_stay_within_1e4() {
     for &(m, k, n) in &[(9, 4096, 11), (3, 3072, 5), (9, 4096, 12)] {
         let a = random(7, m * k);
         let b = random(8, k * n);
-        for kernel in [MatmulKernel::Auto, MatmulKernel::Gemv] {
+        for kernel in [
+            MatmulKernel::Auto,
+            MatmulKernel::Gemv,
+            MatmulKernel::Tiles { f16: false },
+        ] {
             let mut g = Graph::new(ctx());
             let va = input(&mut g, &[m, k], &a);
             let vb = input(&mut g, &[k, n], &b);
@@ -289,4 +295,96 @@ fn shape_mismatch_is_an_error_naming_the_op_and_shapes() {
         err.contains("linear") && err.contains("[3, 5]") && err.contains("[4, 7]"),
         "{err}"
     );
+}
+
+/// The workgroup-tile kernel computing in f16 (f32 accumulation): within 1e-2 of the f64
+/// reference on odd shapes, strided and batched operands, long K, and with f16 weights.
+#[test]
+fn f16_arithmetic_tiles_stay_within_1e2() {
+    assert!(
+        ctx().capabilities().shader_f16,
+        "lavapipe offers SHADER_F16; this adapter does not"
+    );
+    let kernel = MatmulKernel::Tiles { f16: true };
+    let mut worst: f64 = 0.0;
+    for (seed, &(batch, m, k, n)) in [
+        (1, 7, 13, 5),
+        (2, 33, 17, 65),
+        (3, 64, 64, 64),
+        (1, 100, 257, 31),
+        (1, 9, 4096, 11),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for b_batched in [false, true] {
+            let a = random(seed as u64 * 10 + 100, batch * m * k);
+            let bn = if b_batched { batch } else { 1 };
+            let b = random(seed as u64 * 10 + 101, bn * k * n);
+            let mut g = Graph::new(ctx());
+            let va = input(&mut g, &[batch, m, k], &a);
+            let vb = if b_batched {
+                input(&mut g, &[batch, k, n], &b)
+            } else {
+                input(&mut g, &[k, n], &b)
+            };
+            let out = g.matmul_with(va, vb, 1.0, kernel).unwrap();
+            let got = run(g, out);
+            let want = matmul_ref(&a, &b, batch, m, k, n, b_batched);
+            let err = max_rel_err(&got, &want);
+            worst = worst.max(err);
+            assert!(
+                err <= 1e-2,
+                "f16 tiles b{batch} {m}x{k}x{n}: max rel err {err:e}"
+            );
+        }
+    }
+    println!("f16-arithmetic tiles: worst max rel err {worst:.3e}");
+}
+
+/// `Auto` follows the context's kernel variants: a context with the GPU set picks the tiles (a
+/// result within 1e-5 either way), and f16 arithmetic is refused where SHADER_F16 is missing.
+#[test]
+fn auto_follows_the_contexts_kernel_variants() {
+    use audioldm::gpu::{Context, KernelVariants};
+    let gpu = Context::new_blocking().expect("a second context");
+    gpu.set_variants(KernelVariants {
+        gemm_tiles: true,
+        f16_math: false,
+    })
+    .unwrap();
+    let (m, k, n) = (37, 70, 29);
+    let a = random(61, m * k);
+    let b = random(62, k * n);
+    let mut g = Graph::new(&gpu);
+    let va = g.input(&Tensor::from_f32(&gpu, [m, k], DType::F32, &a).unwrap());
+    let vb = g.input(&Tensor::from_f32(&gpu, [k, n], DType::F32, &b).unwrap());
+    let out = g.matmul(va, vb, 1.0).unwrap();
+    g.output(out).unwrap();
+    let mut exe = g.build().unwrap();
+    exe.run().unwrap();
+    let got = exe.read(out).unwrap();
+    assert_close(
+        "Auto with the GPU variants",
+        &got,
+        &matmul_ref(&a, &b, 1, m, k, n, false),
+        1e-5,
+    );
+    let profile = exe.profile().expect("lavapipe has timestamps");
+    assert!(
+        profile
+            .ops
+            .iter()
+            .any(|op| op.kernel == "matmul_tiles.wgsl:matmul_tiles"),
+        "{:?}",
+        profile.ops
+    );
+    assert_eq!(
+        KernelVariants::parse("gemm-tiles, f16-math").unwrap(),
+        KernelVariants {
+            gemm_tiles: true,
+            f16_math: true
+        }
+    );
+    assert!(KernelVariants::parse("cuda").is_err());
 }

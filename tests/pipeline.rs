@@ -165,3 +165,61 @@ fn a_missing_model_folder_is_a_clear_error() {
     .expect("missing folder");
     assert!(err.to_string().contains("no-such-model"), "{err}");
 }
+
+/// The tiny pipeline at parity with diffusers on each kernel variant set forced on a context of
+/// its own: the GPU set (workgroup-memory GEMM tiles) within the usual tolerances, and with f16
+/// arithmetic within 1e-2.
+#[test]
+fn every_kernel_variant_set_matches_diffusers() {
+    use audioldm::gpu::{Context, KernelVariants};
+    for f16_math in [false, true] {
+        let variants = KernelVariants {
+            gemm_tiles: true,
+            f16_math,
+        };
+        let ctx = Context::new_blocking().expect("a context");
+        ctx.set_variants(variants).expect("lavapipe has SHADER_F16");
+        let p = Pipeline::load(&ctx, &fixtures().join("tiny"), Precision::default()).unwrap();
+        let out = p
+            .generate(&request(), &AtomicBool::new(false), |_| {})
+            .expect("generate");
+        for (name, got, golden, tol) in tiny::tiny_checks(&out) {
+            let tol = if f16_math { 1e-2 } else { tol };
+            assert_close(
+                &format!("{variants:?}: {name}"),
+                got,
+                &f64s(&tiny_golden(golden)),
+                tol,
+            );
+        }
+    }
+}
+
+/// `--f16` (f16 weights) turns on f16 arithmetic where the GPU kernels run and the adapter has
+/// SHADER_F16, and leaves the CPU adapters' kernels computing in f32; both within 1e-2.
+#[test]
+fn f16_weights_compute_in_f16_only_with_the_gpu_kernels() {
+    use audioldm::gpu::{Context, KernelVariants};
+    for gemm_tiles in [true, false] {
+        let ctx = Context::new_blocking().expect("a context");
+        ctx.set_variants(KernelVariants {
+            gemm_tiles,
+            f16_math: false,
+        })
+        .unwrap();
+        let p =
+            Pipeline::load(&ctx, &fixtures().join("tiny"), Precision::weights_f16(true)).unwrap();
+        assert_eq!(ctx.variants().f16_math, gemm_tiles);
+        let out = p
+            .generate(&request(), &AtomicBool::new(false), |_| {})
+            .expect("generate");
+        for (name, got, golden, _) in tiny::tiny_checks(&out) {
+            assert_close(
+                &format!("f16 weights, tiles {gemm_tiles}: {name}"),
+                got,
+                &f64s(&tiny_golden(golden)),
+                1e-2,
+            );
+        }
+    }
+}

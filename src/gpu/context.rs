@@ -27,6 +27,55 @@ impl Capabilities {
     }
 }
 
+/// The kernel variants op builders pick where several compute the same op. Chosen from the
+/// adapter when a context is made ([`KernelVariants::for_adapter`]), overridable with
+/// `AUDIOLDM_KERNELS` or [`Context::set_variants`] (tests force each variant on).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelVariants {
+    /// GEMMs (Linear layers, batched products) stage their operands in workgroup memory
+    /// (`matmul_tiles.wgsl`), for GPUs; off, the register-blocked kernels, for CPU adapters.
+    pub gemm_tiles: bool,
+    /// GEMMs multiply in f16 and accumulate in f32 (needs `SHADER_F16`): `--f16` turns it on
+    /// where the adapter has it and the tiles are in use.
+    pub f16_math: bool,
+}
+
+impl KernelVariants {
+    /// The environment variable that overrides the choice: `portable` (the CPU adapters' set),
+    /// `gpu`, or a comma list of `gemm-tiles`, `f16-math`.
+    pub const ENV: &'static str = "AUDIOLDM_KERNELS";
+
+    /// What suits the adapter: workgroup-memory tiles on GPUs, the register-blocked kernels on
+    /// CPU adapters (lavapipe, SwiftShader), where workgroup memory is ordinary memory.
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
+        Self {
+            gemm_tiles: info.device_type != wgpu::DeviceType::Cpu,
+            f16_math: false,
+        }
+    }
+
+    /// Parses [`Self::ENV`]'s value.
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut variants = Self::default();
+        for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "portable" => variants = Self::default(),
+                "gpu" => variants.gemm_tiles = true,
+                "gemm-tiles" => variants.gemm_tiles = true,
+                "f16-math" => variants.f16_math = true,
+                other => {
+                    return Err(GpuError::Invalid(format!(
+                        "unknown kernel variant {other:?} in {}: use portable, gpu, gemm-tiles \
+                         or f16-math",
+                        Self::ENV
+                    )));
+                }
+            }
+        }
+        Ok(variants)
+    }
+}
+
 /// Which limits the engine asks a device for. Op builders read the device's limits and split their
 /// work to fit them, so every profile runs the same models; only speed and memory differ.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -198,6 +247,7 @@ struct Inner {
     #[cfg(target_arch = "wasm32")]
     unanswered_scopes: Arc<AtomicU64>,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
+    variants: Mutex<KernelVariants>,
     memory: Arc<MemoryCounter>,
     /// Bytes queued by `write_buffer` since the queue last ran: wgpu holds them in staging memory
     /// until a submission finishes.
@@ -281,6 +331,20 @@ impl Context {
             max_buffer = limits.max_buffer_size,
             "GPU context ready"
         );
+        let variants = match std::env::var(KernelVariants::ENV) {
+            Ok(text) if !text.trim().is_empty() => {
+                KernelVariants::parse(&text).unwrap_or_else(|e| {
+                    tracing::warn!("{e}; using the adapter's kernel variants");
+                    KernelVariants::for_adapter(&info)
+                })
+            }
+            _ => KernelVariants::for_adapter(&info),
+        };
+        let variants = KernelVariants {
+            f16_math: variants.f16_math && caps.shader_f16,
+            ..variants
+        };
+        tracing::info!(?variants, "kernel variants");
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("placeholder"),
             size: 16,
@@ -300,6 +364,7 @@ impl Context {
                 #[cfg(target_arch = "wasm32")]
                 unanswered_scopes: Arc::default(),
                 kernels: Mutex::new(HashMap::new()),
+                variants: Mutex::new(variants),
                 memory: Arc::default(),
                 #[cfg(not(target_arch = "wasm32"))]
                 unflushed_uploads: AtomicU64::new(0),
@@ -331,6 +396,32 @@ impl Context {
 
     pub fn capabilities(&self) -> Capabilities {
         self.inner.caps
+    }
+
+    /// The kernel variants graphs recorded from now on use.
+    pub fn variants(&self) -> KernelVariants {
+        *self
+            .inner
+            .variants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sets the kernel variants of graphs recorded from now on, for every clone of this context.
+    /// `f16_math` on an adapter without `SHADER_F16` is an error.
+    pub fn set_variants(&self, variants: KernelVariants) -> Result<()> {
+        if variants.f16_math && !self.inner.caps.shader_f16 {
+            return Err(GpuError::Invalid(format!(
+                "the adapter {} has no SHADER_F16: f16 arithmetic is not available",
+                self.inner.info.name
+            )));
+        }
+        *self
+            .inner
+            .variants
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = variants;
+        Ok(())
     }
 
     /// The largest byte range one storage binding may cover on this device.

@@ -26,6 +26,7 @@ macro_rules! shader {
 /// Every file in `shaders/`. Files starting with `_` are only included by others.
 pub const SHADERS: &[ShaderSource] = &[
     shader!("_activation.wgsl"),
+    shader!("_gemm.wgsl"),
     shader!("_reduce.wgsl"),
     shader!("_weights.wgsl"),
     shader!("_weights_vec4.wgsl"),
@@ -35,6 +36,7 @@ pub const SHADERS: &[ShaderSource] = &[
     shader!("embedding.wgsl"),
     shader!("layout.wgsl"),
     shader!("matmul.wgsl"),
+    shader!("matmul_tiles.wgsl"),
     shader!("norm.wgsl"),
     shader!("timestep.wgsl"),
     shader!("upsample.wgsl"),

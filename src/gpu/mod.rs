@@ -9,7 +9,7 @@ pub mod ops;
 pub mod profile;
 pub mod tensor;
 
-pub use context::{Capabilities, Context, GpuMemory, LimitsProfile};
+pub use context::{Capabilities, Context, GpuMemory, KernelVariants, LimitsProfile};
 pub use error::{GpuError, Result};
 pub use graph::{Coef, Executable, Graph, GraphStats, OpCost, Scalar, Var};
 pub use ops::Activation;

@@ -36,6 +36,12 @@ pub enum MatmulKernel {
     Gemv,
     /// One thread per output; for benchmarks.
     Naive,
+    /// Workgroup-memory tiles of 64 x 64 outputs (`matmul_tiles.wgsl`), the GPU variant; `f16`
+    /// multiplies in f16 with f32 accumulation (needs `SHADER_F16`). `Auto` takes it where the
+    /// context's [`crate::gpu::KernelVariants`] say so.
+    Tiles {
+        f16: bool,
+    },
 }
 
 /// A strided view of a batch of matrices: element (b, r, c) at `offset + b*sb + r*sr + c*sc`.
@@ -246,8 +252,18 @@ impl Graph {
         let along_n = a_along_k
             && g.b.sc == 1
             && [g.n, g.b.offset, g.b.sb, g.b.sr].iter().all(|v| v % 4 == 0);
+        let variants = self.context().variants();
         let kernel = match g.kernel {
             MatmulKernel::Auto if g.m <= 4 => MatmulKernel::Gemv,
+            MatmulKernel::Auto if variants.gemm_tiles => MatmulKernel::Tiles {
+                f16: variants.f16_math,
+            },
+            MatmulKernel::Tiles { f16: true } if !self.context().capabilities().shader_f16 => {
+                return Err(shape_error(
+                    op,
+                    "f16 arithmetic needs the adapter's SHADER_F16 feature",
+                ));
+            }
             MatmulKernel::Auto if along_k => MatmulKernel::TiledK4 { tm: TM, tn: TN },
             MatmulKernel::Auto if along_n => MatmulKernel::TiledN4 {
                 tm: TM,
@@ -299,6 +315,14 @@ impl Graph {
                     g.batch as u32,
                 ],
             ),
+            MatmulKernel::Tiles { .. } => (
+                "matmul_tiles",
+                [
+                    g.n.div_ceil(64) as u32,
+                    g.m.div_ceil(64) as u32,
+                    g.batch as u32,
+                ],
+            ),
             MatmulKernel::Gemv | MatmulKernel::Auto => ("gemv", grid(g.batch * g.m * g.n)),
         };
         let (tm, tn) = match kernel {
@@ -307,9 +331,14 @@ impl Graph {
             | MatmulKernel::TiledN4 { tm, tn } => (tm, tn),
             _ => (1, 1),
         };
-        let mut key = KernelKey::new("matmul.wgsl", entry, 4, 1)
-            .define("TM", tm)
-            .define("TN", tn);
+        let mut key = match kernel {
+            MatmulKernel::Tiles { f16 } => {
+                KernelKey::new("matmul_tiles.wgsl", entry, 4, 1).flag("F16_MATH", f16)
+            }
+            _ => KernelKey::new("matmul.wgsl", entry, 4, 1)
+                .define("TM", tm)
+                .define("TN", tn),
+        };
         let k4 = matches!(kernel, MatmulKernel::TiledK4 { .. });
         let n4 = matches!(kernel, MatmulKernel::TiledN4 { .. });
         key = key
