@@ -388,3 +388,50 @@ fn auto_follows_the_contexts_kernel_variants() {
     );
     assert!(KernelVariants::parse("cuda").is_err());
 }
+
+/// A variant the adapter cannot compile falls back to the portable kernel: with the GPU set forced
+/// on a device whose workgroups are at most 8 high, the 16 x 16 tiles fail to compile, a warning
+/// names them, and the register-blocked kernel (8 x 8) computes the same result. Such a device's
+/// own choice (`for_adapter`) never picks the tiles.
+#[test]
+fn a_variant_that_does_not_compile_falls_back_to_the_portable_kernel() {
+    use audioldm::gpu::{Context, KernelVariants, LimitsProfile};
+    let limits = wgpu::Limits {
+        max_compute_workgroup_size_y: 8,
+        ..ctx().limits().clone()
+    };
+    let small = Context::with_limits_blocking(LimitsProfile::Custom(Box::new(limits.clone())))
+        .expect("a context with workgroups at most 8 high");
+    let gpu_info = wgpu::AdapterInfo {
+        device_type: wgpu::DeviceType::DiscreteGpu,
+        ..ctx().adapter_info().clone()
+    };
+    assert!(!KernelVariants::for_adapter(&gpu_info, &limits).gemm_tiles);
+    assert!(KernelVariants::for_adapter(&gpu_info, ctx().limits()).gemm_tiles);
+    small
+        .set_variants(KernelVariants {
+            gemm_tiles: true,
+            f16_math: false,
+        })
+        .unwrap();
+    let (m, k, n) = (37, 70, 29);
+    let a = random(71, m * k);
+    let b = random(72, k * n);
+    let mut g = Graph::new(&small);
+    let va = g.input(&Tensor::from_f32(&small, [m, k], DType::F32, &a).unwrap());
+    let vb = g.input(&Tensor::from_f32(&small, [k, n], DType::F32, &b).unwrap());
+    let out = g.matmul(va, vb, 1.0).unwrap();
+    g.output(out).unwrap();
+    let mut exe = g.build().expect("the portable kernel instead");
+    exe.run().unwrap();
+    assert_close(
+        "matmul after the fallback",
+        &exe.read(out).unwrap(),
+        &matmul_ref(&a, &b, 1, m, k, n, false),
+        1e-5,
+    );
+    let profile = exe.profile().expect("lavapipe has timestamps");
+    assert_eq!(profile.ops[0].kernel, "matmul.wgsl:matmul");
+    // The device is still usable after the failed compile.
+    small.check().expect("no error left behind");
+}

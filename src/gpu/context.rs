@@ -45,11 +45,16 @@ impl KernelVariants {
     /// `gpu`, or a comma list of `gemm-tiles`, `f16-math`.
     pub const ENV: &'static str = "AUDIOLDM_KERNELS";
 
-    /// What suits the adapter: workgroup-memory tiles on GPUs, the register-blocked kernels on
-    /// CPU adapters (lavapipe, SwiftShader), where workgroup memory is ordinary memory.
-    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
+    /// What suits the adapter: workgroup-memory tiles on GPUs whose limits hold them (8 KiB of
+    /// workgroup memory, 256 invocations), the register-blocked kernels on CPU adapters
+    /// (lavapipe, SwiftShader), where workgroup memory is ordinary memory.
+    pub fn for_adapter(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> Self {
+        let tiles_fit = limits.max_compute_workgroup_storage_size >= 8192
+            && limits.max_compute_invocations_per_workgroup >= 256
+            && limits.max_compute_workgroup_size_x >= 16
+            && limits.max_compute_workgroup_size_y >= 16;
         Self {
-            gemm_tiles: info.device_type != wgpu::DeviceType::Cpu,
+            gemm_tiles: info.device_type != wgpu::DeviceType::Cpu && tiles_fit,
             f16_math: false,
         }
     }
@@ -335,10 +340,10 @@ impl Context {
             Ok(text) if !text.trim().is_empty() => {
                 KernelVariants::parse(&text).unwrap_or_else(|e| {
                     tracing::warn!("{e}; using the adapter's kernel variants");
-                    KernelVariants::for_adapter(&info)
+                    KernelVariants::for_adapter(&info, &limits)
                 })
             }
-            _ => KernelVariants::for_adapter(&info),
+            _ => KernelVariants::for_adapter(&info, &limits),
         };
         let variants = KernelVariants {
             f16_math: variants.f16_math && caps.shader_f16,

@@ -134,6 +134,9 @@ struct Op {
     params: Vec<Word>,
     workgroups: [u32; 3],
     cost: OpCost,
+    /// A portable kernel (and its dispatch size) computing the same with the same bindings and
+    /// parameters, for a variant that does not compile on the adapter.
+    fallback: Option<(KernelKey, [u32; 3])>,
 }
 
 /// What one dispatch does, for profiles: its output's shape, the floating-point operations its
@@ -568,8 +571,17 @@ impl Graph {
                 flops: 0,
                 bytes,
             },
+            fallback: None,
         });
         Ok(())
+    }
+
+    /// Gives the op recorded last a portable kernel to fall back to if its own does not compile
+    /// on the adapter: same bindings and parameters, `workgroups` its dispatch size.
+    pub(crate) fn offer_fallback(&mut self, key: KernelKey, workgroups: [u32; 3]) {
+        if let Some(op) = self.ops.last_mut() {
+            op.fallback = Some((key, workgroups));
+        }
     }
 
     /// Counts `flops` floating-point operations for the op recorded last (for profiles).
@@ -829,8 +841,25 @@ impl Executable {
         })?;
 
         let mut compiled = Vec::with_capacity(ops.len());
-        for (i, op) in ops.into_iter().enumerate() {
-            let kernel = ctx.kernel(&op.key)?;
+        for (i, mut op) in ops.into_iter().enumerate() {
+            let kernel = match (ctx.kernel(&op.key), op.fallback.take()) {
+                (Ok(kernel), _) => kernel,
+                (Err(e), Some((key, workgroups))) => {
+                    tracing::warn!(
+                        "{}: the kernel {}:{} does not compile on this adapter ({e}); using the \
+                         portable {}:{}",
+                        op.label,
+                        op.key.shader,
+                        op.key.entry,
+                        key.shader,
+                        key.entry
+                    );
+                    let kernel = ctx.kernel(&key)?;
+                    (op.key, op.workgroups) = (key, workgroups);
+                    kernel
+                }
+                (Err(e), None) => return Err(e),
+            };
             // The buffer behind a window and the window's offset in it (checked when recorded).
             let resolve = |binding: &Binding| {
                 let parts = &buffers[binding.var.0];

@@ -253,23 +253,31 @@ impl Graph {
             && g.b.sc == 1
             && [g.n, g.b.offset, g.b.sb, g.b.sr].iter().all(|v| v % 4 == 0);
         let variants = self.context().variants();
+        // The register-blocked kernel `Auto` picks where the tiles are not in use: also what a
+        // tile kernel that fails to compile falls back to.
+        let portable = if g.m <= 4 {
+            MatmulKernel::Gemv
+        } else if along_k {
+            MatmulKernel::TiledK4 { tm: TM, tn: TN }
+        } else if along_n {
+            MatmulKernel::TiledN4 {
+                tm: TM,
+                tn: TN_QUADS,
+            }
+        } else {
+            MatmulKernel::Tiled { tm: TM, tn: TN }
+        };
         let kernel = match g.kernel {
-            MatmulKernel::Auto if g.m <= 4 => MatmulKernel::Gemv,
-            MatmulKernel::Auto if variants.gemm_tiles => MatmulKernel::Tiles {
+            MatmulKernel::Auto if g.m > 4 && variants.gemm_tiles => MatmulKernel::Tiles {
                 f16: variants.f16_math,
             },
+            MatmulKernel::Auto => portable,
             MatmulKernel::Tiles { f16: true } if !self.context().capabilities().shader_f16 => {
                 return Err(shape_error(
                     op,
                     "f16 arithmetic needs the adapter's SHADER_F16 feature",
                 ));
             }
-            MatmulKernel::Auto if along_k => MatmulKernel::TiledK4 { tm: TM, tn: TN },
-            MatmulKernel::Auto if along_n => MatmulKernel::TiledN4 {
-                tm: TM,
-                tn: TN_QUADS,
-            },
-            MatmulKernel::Auto => MatmulKernel::Tiled { tm: TM, tn: TN },
             MatmulKernel::TiledK4 { .. } if !along_k => {
                 return Err(shape_error(
                     op,
@@ -286,6 +294,48 @@ impl Graph {
             }
             chosen => chosen,
         };
+        let (key, workgroups) = self.gemm_kernel(&g, kernel);
+        let params = Params::default()
+            .u(g.m)
+            .u(g.n)
+            .u(g.k)
+            .u(g.batch)
+            .u(g.a.offset)
+            .u(g.a.sb)
+            .u(g.a.sr)
+            .u(g.a.sc)
+            .u(g.b.offset)
+            .u(g.b.sb)
+            .u(g.b.sr)
+            .u(g.b.sc)
+            .u(g.m * g.n)
+            .u(g.n)
+            .f(g.alpha)
+            .f(g.act.slope());
+        let out = self.push(OpSpec {
+            label: op.to_string(),
+            key,
+            inputs: vec![
+                Some(Binding::from(g.a.var)),
+                Some(Binding::from(g.b.var)),
+                g.bias.map(Binding::from),
+                g.residual.map(Binding::from),
+            ],
+            out_shape: out,
+            out_dtype: DType::F32,
+            params,
+            workgroups,
+        })?;
+        self.count_flops(2 * (g.batch * g.m * g.n * g.k) as u64);
+        if g.kernel == MatmulKernel::Auto && matches!(kernel, MatmulKernel::Tiles { .. }) {
+            let (key, workgroups) = self.gemm_kernel(&g, portable);
+            self.offer_fallback(key, workgroups);
+        }
+        Ok(out)
+    }
+
+    /// The kernel key and dispatch size of a concrete kernel choice for `g`.
+    fn gemm_kernel(&self, g: &Gemm, kernel: MatmulKernel) -> (KernelKey, [u32; 3]) {
         let (entry, workgroups) = match kernel {
             MatmulKernel::Tiled { tm, tn } | MatmulKernel::TiledK4 { tm, tn } => (
                 if matches!(kernel, MatmulKernel::TiledK4 { .. }) {
@@ -331,55 +381,19 @@ impl Graph {
             | MatmulKernel::TiledN4 { tm, tn } => (tm, tn),
             _ => (1, 1),
         };
-        let mut key = match kernel {
+        let key = match kernel {
             MatmulKernel::Tiles { f16 } => {
                 KernelKey::new("matmul_tiles.wgsl", entry, 4, 1).flag("F16_MATH", f16)
             }
             _ => KernelKey::new("matmul.wgsl", entry, 4, 1)
                 .define("TM", tm)
-                .define("TN", tn),
-        };
-        let k4 = matches!(kernel, MatmulKernel::TiledK4 { .. });
-        let n4 = matches!(kernel, MatmulKernel::TiledN4 { .. });
-        key = key
-            .flag("K4", k4)
-            .flag("N4", n4)
-            .flag("W_F16", self.dtype(g.b.var) == DType::F16)
-            .flag("BIAS", g.bias.is_some())
-            .flag("RESIDUAL", g.residual.is_some());
-        let key = g.act.specialise(key);
-        let params = Params::default()
-            .u(g.m)
-            .u(g.n)
-            .u(g.k)
-            .u(g.batch)
-            .u(g.a.offset)
-            .u(g.a.sb)
-            .u(g.a.sr)
-            .u(g.a.sc)
-            .u(g.b.offset)
-            .u(g.b.sb)
-            .u(g.b.sr)
-            .u(g.b.sc)
-            .u(g.m * g.n)
-            .u(g.n)
-            .f(g.alpha)
-            .f(g.act.slope());
-        let out = self.push(OpSpec {
-            label: op.to_string(),
-            key,
-            inputs: vec![
-                Some(Binding::from(g.a.var)),
-                Some(Binding::from(g.b.var)),
-                g.bias.map(Binding::from),
-                g.residual.map(Binding::from),
-            ],
-            out_shape: out,
-            out_dtype: DType::F32,
-            params,
-            workgroups,
-        })?;
-        self.count_flops(2 * (g.batch * g.m * g.n * g.k) as u64);
-        Ok(out)
+                .define("TN", tn)
+                .flag("K4", matches!(kernel, MatmulKernel::TiledK4 { .. }))
+                .flag("N4", matches!(kernel, MatmulKernel::TiledN4 { .. })),
+        }
+        .flag("W_F16", self.dtype(g.b.var) == DType::F16)
+        .flag("BIAS", g.bias.is_some())
+        .flag("RESIDUAL", g.residual.is_some());
+        (g.act.specialise(key), workgroups)
     }
 }
