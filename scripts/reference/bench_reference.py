@@ -52,6 +52,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory", action="store_true", help="measure peak memory of one run, no timings")
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    parser.add_argument("--tf32", action="store_true", help="on CUDA, let fp32 matmuls and convolutions use TF32")
+    parser.add_argument("--gemm", action="store_true", help="time a 1024^3 fp32 matmul (cuBLAS on CUDA) and exit")
     parser.add_argument("--clap", type=Path, help="a ClapModel folder: time its audio side too")
     parser.add_argument("--clap-only", action="store_true", help="time only CLAP's audio side")
     args = parser.parse_args()
@@ -61,6 +63,17 @@ def main():
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+    # PyTorch's defaults: TF32 off for matmuls, on for cuDNN convolutions; --tf32 turns both on,
+    # and without it both are off (plain fp32).
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+    if args.gemm:
+        a = torch.randn(1024, 1024, device=device)
+        b = torch.randn(1024, 1024, device=device)
+        seconds, _ = timed(lambda: (a @ b, sync()), max(args.repeat, 10))
+        write_result(args, {"device": str(device), "torch": torch.__version__, "tf32": args.tf32,
+                            "seconds": {"gemm_1024": seconds}, "gflops": 2 * 1024**3 / seconds / 1e9})
+        return
 
     clap_seconds = bench_clap(args, device, sync) if args.clap else None
     if args.clap_only:
@@ -91,7 +104,7 @@ def main():
     channels = pipe.unet.config.in_channels
     width = pipe.vocoder.config.model_in_dim // scale
     generator = np.random.RandomState(0)
-    latents = torch.from_numpy(generator.standard_normal((1, channels, height // scale, width)).astype(np.float32)).to(device)
+    latents = torch.from_numpy(generator.standard_normal((1, channels, height // scale, width)).astype(np.float32)).to(device=device, dtype=dtype)
     timestep = torch.tensor([500], device=device)
 
     def unet_step():
@@ -137,6 +150,8 @@ def main():
         "device": str(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "dtype": args.dtype,
+        "tf32": args.tf32,
         "duration_s": args.duration,
         "steps": args.steps,
         "latent_shape": list(latents.shape),

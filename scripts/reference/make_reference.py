@@ -339,6 +339,7 @@ def main():
     parser.add_argument("--out", type=Path, help="output folder")
     parser.add_argument("--duration", type=float, help="seconds of audio for the goldens")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-goldens", action="store_true", help="write the model only (for benchmarks)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -351,6 +352,9 @@ def main():
         duration = args.duration or 1.0
         pipe = build(None, out, seed=args.seed)
         write_bin_variant(pipe, out.parent / "tiny-bin" / "vae")
+    if args.no_goldens:
+        print(f"wrote {out}")
+        return
     tensors, meta = goldens(pipe, duration, args.seed)
     golden_path = out.parent / f"{out.name}-goldens.safetensors"
     save_file(tensors, str(golden_path), metadata=meta)
