@@ -154,10 +154,11 @@ fn main() -> Result<()> {
             opts,
         ));
     }
-    let kernels: &[ConvKernel] = if quick {
-        &[ConvKernel::Naive, ConvKernel::Tiled]
+    let f16 = ctx.capabilities().shader_f16;
+    let kernels: Vec<ConvKernel> = if quick {
+        vec![ConvKernel::Naive, ConvKernel::Tiled]
     } else {
-        &[
+        vec![
             ConvKernel::Naive,
             ConvKernel::Tiled,
             ConvKernel::TiledWith { tm: 4, tn: 4 },
@@ -165,12 +166,16 @@ fn main() -> Result<()> {
             ConvKernel::TiledWith { tm: 8, tn: 4 },
             ConvKernel::TiledWith { tm: 8, tn: 2 },
         ]
-    };
+    }
+    .into_iter()
+    .chain([ConvKernel::Tiles { f16: false }])
+    .chain(f16.then_some(ConvKernel::Tiles { f16: true }))
+    .collect();
     for (name, [b, c, h, w], [kh, kw], opts) in cases {
         let x = tensor(&ctx, &[b, c, h, w], 3)?;
         // [Cout, kh, kw, Cin4], Cin a multiple of 4.
         let wt = tensor(&ctx, &[c, kh, kw, c], 4)?;
-        for &kernel in kernels {
+        for &kernel in &kernels {
             let mut g = Graph::new(&ctx);
             let (vx, vw) = (g.input(&x), g.weight(&wt));
             let out = g.conv2d(vx, vw, None, None, Conv2dOptions { kernel, ..opts })?;

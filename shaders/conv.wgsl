@@ -1,3 +1,7 @@
+#if F16_MATH
+enable f16;
+#endif
+
 // 2-D convolution as an implicit GEMM (1-D convolutions run as height-1 2-D ones), in two passes.
 //
 // INPUT (entry `conv_input`): the NCHW input is copied once into a zero-padded channels-last
@@ -15,6 +19,10 @@
 // RESIDUAL, TM (pixels) x TN (output channels) per thread, PHASES: a transposed convolution
 // computed phase by phase (weight row r * phase_cout + co is phase r of output channel co; see
 // `Graph::conv_transpose1d`), whose results are stored interleaved into [B, phase_cout, out_len].
+//
+// `conv2d_tiles` is the GPU variant: a 16 x 16 workgroup computes 64 pixels x 64 output channels,
+// staging four vec4s of the reduction for its 64 pixels and 64 channels in workgroup memory per
+// step; F16_MATH (needs SHADER_F16) stages them as f16 and multiplies in f16, accumulating in f32.
 //
 // Tensors larger than one binding: `Graph::conv_ops` then copies windows of padded rows (one batch
 // item, the output rows' inputs with their halo) and convolves each into the output part that
@@ -178,6 +186,76 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
         for (var j = 0u; j < ${TN}u; j++) {
             if (pix0 + i < pixels && co0 + 8u * j < p.cout) {
                 store(pix0 + i, co0 + 8u * j, acc[i][j]);
+            }
+        }
+    }
+}
+
+#if F16_MATH
+alias Vec = vec4<f16>;
+#else
+alias Vec = vec4<f32>;
+#endif
+
+// Four vec4s of the reduction for 64 pixels and for 64 channels: tile[step * 64 + pixel].
+var<workgroup> x_tile: array<Vec, 256>;
+var<workgroup> w_tile: array<Vec, 256>;
+
+// Where vec4 q of the reduction over (ky, kx, c4) lies from a pixel's first tap, in vec4s.
+fn tap_offset(q: u32) -> u32 {
+    let tap = q / p.c4;
+    return ((tap / p.kw) * p.dil_h * p.wp + (tap % p.kw) * p.dil_w) * p.c4 + q % p.c4;
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn conv2d_tiles(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) li: u32,
+) {
+    let pixels = p.batch * p.oh * p.ow;
+    let pix0 = (wg.y + wg.z * 65535u) * 64u;
+    let co0 = wg.x * 64u;
+    let total = p.kh * p.kw * p.c4;
+    // This thread loads vec4 `step` of pixel pix0 + li / 4 and of channel co0 + li / 4 (clamped
+    // at the edges, skipped at the store).
+    let step = li % 4u;
+    let x_at = first_tap(min(pix0 + li / 4u, pixels - 1u));
+    let w_at = (p.co_lo + min(co0 + li / 4u, p.cout - 1u)) * total;
+    var acc: array<array<f32, 4>, 4>;
+    for (var q0 = 0u; q0 < total; q0 += 4u) {
+        let q = q0 + step;
+        var xv = vec4<f32>(0.0);
+        var wv = vec4<f32>(0.0);
+        if (q < total) {
+            xv = xp[x_at + tap_offset(q)];
+            wv = load_w4(w_at + q);
+        }
+        x_tile[step * 64u + li / 4u] = Vec(xv);
+        w_tile[step * 64u + li / 4u] = Vec(wv);
+        workgroupBarrier();
+        for (var k = 0u; k < 4u; k++) {
+            var xr: array<Vec, 4>;
+            var wr: array<Vec, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                xr[i] = x_tile[k * 64u + lid.y * 4u + i];
+                // Channels interleaved across the 16 threads of a row.
+                wr[i] = w_tile[k * 64u + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i][j] += f32(dot(xr[i], wr[j]));
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            let pixel = pix0 + lid.y * 4u + i;
+            let co = co0 + lid.x + 16u * j;
+            if (pixel < pixels && co < p.cout) {
+                store(pixel, co, acc[i][j]);
             }
         }
     }

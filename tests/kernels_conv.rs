@@ -59,7 +59,8 @@ fn run_conv2d(
                 }
         })
         .collect();
-    let tol = if dtype == DType::F16 { 1e-2 } else { 1e-5 };
+    let f16 = dtype == DType::F16 || kernel == (ConvKernel::Tiles { f16: true });
+    let tol = if f16 { 1e-2 } else { 1e-5 };
     assert_close(
         &format!(
             "conv2d {kernel:?} {dtype:?} {act:?} b{} {}x{}x{} -> {} k{}x{} s{:?} p{:?} d{:?}",
@@ -158,6 +159,8 @@ fn conv2d_matches_reference() {
             ConvKernel::Tiled,
             ConvKernel::TiledWith { tm: 8, tn: 4 },
             ConvKernel::Naive,
+            ConvKernel::Tiles { f16: false },
+            ConvKernel::Tiles { f16: true },
         ] {
             run_conv2d(
                 c,

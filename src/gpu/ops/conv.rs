@@ -91,6 +91,8 @@ pub fn conv_transpose1d_weight_shape(
 /// Which convolution kernel to dispatch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvKernel {
+    /// The register-blocked kernel with tiles for the channel count, or the workgroup-memory
+    /// tiles where the context's [`crate::gpu::KernelVariants`] say so.
     #[default]
     Tiled,
     TiledWith {
@@ -99,6 +101,11 @@ pub enum ConvKernel {
     },
     /// One thread per output; for benchmarks.
     Naive,
+    /// Workgroup-memory tiles of 64 pixels x 64 output channels (the GPU variant); `f16`
+    /// multiplies in f16 with f32 accumulation (needs `SHADER_F16`).
+    Tiles {
+        f16: bool,
+    },
 }
 
 /// Everything of a convolution but its tensors. Padding is given per side, so PyTorch's symmetric
@@ -217,6 +224,7 @@ fn conv_out(size: usize, pad: usize, dilation: usize, k: usize, stride: usize) -
 }
 
 /// One convolution dispatch's share of the work (see [`Graph::conv_spec`]).
+#[derive(Clone, Copy)]
 struct ConvWindow {
     batches: usize,
     /// Rows of the padded input window bound for it.
@@ -328,6 +336,19 @@ impl Graph {
     ) -> Result<Var> {
         let vec4s = c.cin.div_ceil(4);
         self.expect_loop_budget(op, c.kh * c.kw * vec4s)?;
+        let variants = self.context().variants();
+        let kernel = match opts.kernel {
+            ConvKernel::Tiled if variants.gemm_tiles => ConvKernel::Tiles {
+                f16: variants.f16_math,
+            },
+            ConvKernel::Tiles { f16: true } if !self.context().capabilities().shader_f16 => {
+                return Err(shape_error(
+                    op,
+                    "f16 arithmetic needs the adapter's SHADER_F16 feature",
+                ));
+            }
+            chosen => chosen,
+        };
         let [top, bottom, left, right] = opts.padding;
         let (hp, wp) = (c.h + top + bottom, c.w + left + right);
         let max_binding = self.context().max_binding_bytes();
@@ -479,30 +500,30 @@ impl Graph {
                 } else {
                     0..out_elements
                 };
-                let spec = self.conv_spec(
-                    op,
-                    c,
-                    &opts,
-                    ConvWindow {
-                        batches,
-                        prows,
-                        rows,
-                        row0: oy0,
-                        b0,
-                        unit0: u0,
-                        co_lo,
-                        co_hi,
-                    },
-                    [
-                        Some(Binding::from(padded)),
-                        Some(Binding::from(weight)),
-                        bias.map(Binding::from),
-                        residual.map(|r| Binding::elements(r, elements.clone())),
-                    ],
-                    wp,
-                    vec4s,
-                );
+                let window = ConvWindow {
+                    batches,
+                    prows,
+                    rows,
+                    row0: oy0,
+                    b0,
+                    unit0: u0,
+                    co_lo,
+                    co_hi,
+                };
+                let inputs = [
+                    Some(Binding::from(padded)),
+                    Some(Binding::from(weight)),
+                    bias.map(Binding::from),
+                    residual.map(|r| Binding::elements(r, elements.clone())),
+                ];
+                let spec = self.conv_spec(op, c, &opts, kernel, window, inputs, wp, vec4s);
                 self.push_window(Binding::elements(out, elements), spec)?;
+                if kernel != opts.kernel {
+                    // Chosen by the variants: the register-blocked kernel stands by.
+                    let portable =
+                        self.conv_spec(op, c, &opts, opts.kernel, window, inputs, wp, vec4s);
+                    self.offer_fallback(portable.key, portable.workgroups);
+                }
                 let taps = (c.cin * c.kh * c.kw) as u64;
                 self.count_flops(2 * (batches * rows * c.ow * (co_hi - co_lo)) as u64 * taps);
             }
@@ -514,11 +535,13 @@ impl Graph {
     /// `b0..b0 + batches`, output channels `co_lo..co_hi`, written into the output part whose
     /// first (item, channel) plane is `unit0`.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     fn conv_spec(
         &self,
         op: &str,
         c: &ConvGeometry,
         opts: &Conv2dOptions,
+        kernel: ConvKernel,
         window: ConvWindow,
         inputs: [Input; 4],
         wp: usize,
@@ -526,23 +549,26 @@ impl Graph {
     ) -> OpSpec {
         let cout = window.co_hi - window.co_lo;
         let pixels = window.batches * window.rows * c.ow;
-        let (entry, tm, tn) = match opts.kernel {
+        // Pixels and channels per workgroup: 8 x 8 threads of tm x tn, or the 64 x 64 tiles.
+        let (entry, tm, tn, per_group) = match kernel {
             ConvKernel::Tiled => {
                 let (tm, tn) = tile_for(cout);
-                ("conv2d", tm, tn)
+                ("conv2d", tm, tn, (8 * tm, 8 * tn))
             }
-            ConvKernel::TiledWith { tm, tn } => ("conv2d", tm, tn),
-            ConvKernel::Naive => ("conv2d_naive", 1, 1),
+            ConvKernel::TiledWith { tm, tn } => ("conv2d", tm, tn, (8 * tm, 8 * tn)),
+            ConvKernel::Naive => ("conv2d_naive", 1, 1, (8, 8)),
+            ConvKernel::Tiles { .. } => ("conv2d_tiles", 1, 1, (64, 64)),
         };
-        let groups_y = pixels.div_ceil(8 * tm);
+        let groups_y = pixels.div_ceil(per_group.0);
         let workgroups = [
-            cout.div_ceil(8 * tn) as u32,
+            cout.div_ceil(per_group.1) as u32,
             groups_y.min(65535) as u32,
             groups_y.div_ceil(65535) as u32,
         ];
         let key = KernelKey::new("conv.wgsl", entry, 4, 1)
             .define("TM", tm)
             .define("TN", tn)
+            .flag("F16_MATH", kernel == ConvKernel::Tiles { f16: true })
             .flag(
                 "W_F16",
                 inputs[1].is_some_and(|w| self.dtype(w.var) == DType::F16),
