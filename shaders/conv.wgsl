@@ -33,16 +33,28 @@ enable f16;
 // A window of the padded tensor: rows row0.. (padded coordinates) of batch items b0.., holding
 // p.hp rows each. x is bound from its (item, channel) plane unit0 on; this dispatch writes
 // channels c_lo..c_hi, and with MERGE keeps what earlier dispatches wrote for the others.
+// With NORM, a GroupNorm of `groups` groups (`cpg` channels each) is applied to the values read:
+// stats[3 * (b * groups + g)] holds (shift, mean, rstd) of item b's group g (see norm.wgsl's
+// `group_stats`), then gamma, beta and, with ACT_SILU, SiLU, as `group_norm` computes them.
 struct Params {
     n: u32, cin: u32, h: u32, w: u32,
     c4: u32, hp: u32, wp: u32, pad_top: u32,
     pad_left: u32, in_slope: f32, row0: u32, b0: u32,
-    unit0: u32, c_lo: u32, c_hi: u32,
+    unit0: u32, c_lo: u32, c_hi: u32, groups: u32,
+    cpg: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
+#if NORM
+@group(0) @binding(2) var<storage, read> stats: array<f32>;
+@group(0) @binding(3) var<storage, read> gamma: array<f32>;
+@group(0) @binding(4) var<storage, read> beta: array<f32>;
+@group(0) @binding(5) var<storage, read_write> xp: array<vec4<f32>>;
+#include "_activation.wgsl"
+#else
 @group(0) @binding(2) var<storage, read_write> xp: array<vec4<f32>>;
+#endif
 
 // One thread per vec4 of the output.
 @compute @workgroup_size(256, 1, 1)
@@ -72,6 +84,11 @@ fn conv_input(
             var e = 0.0;
             if (inside) {
                 e = x[(b * p.cin + c - p.unit0) * plane + u32(iy) * p.w + u32(ix)];
+#if NORM
+                let at = 3u * (b * p.groups + c / p.cpg);
+                e = ((e - stats[at]) - stats[at + 1u]) * stats[at + 2u] * gamma[c] + beta[c];
+                e = activate(e, 0.0);
+#endif
             }
 #if IN_LEAKY_RELU
             e = select(e * p.in_slope, e, e >= 0.0);

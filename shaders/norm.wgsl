@@ -41,6 +41,44 @@ fn set_index(wg: vec3<u32>, groups: vec3<u32>) -> u32 {
     return wg.x + wg.y * groups.x;
 }
 
+// (shift, mean, rstd) of the n elements from `base`: statistics of x - shift, shift = the set's
+// first element, so the differences are exact for values near the shift and the mean keeps full
+// precision however far from zero it lies. Welford per thread, merged across the workgroup.
+fn set_stats(base: u32, lid: u32) -> vec3<f32> {
+    let shift = x[base];
+    var w = Welford(0.0, 0.0, 0.0);
+    for (var i = lid; i < p.n; i += ${WG}u) {
+        w = welford_push(w, x[base + i] - shift);
+    }
+    let stats = reduce_welford(lid, w);
+    return vec3<f32>(shift, stats.mean, inverseSqrt(stats.m2 / stats.n + p.eps));
+}
+
+#if GROUP_STATS
+// group_norm_stats: (shift, mean, rstd) of every group, for a convolution that normalises its
+// input as it reads it (conv.wgsl's NORM).
+@group(0) @binding(2) var<storage, read_write> stats: array<f32>;
+
+@compute @workgroup_size(${WG}, 1, 1)
+fn group_stats(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) ngroups: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let gset = set_index(wg, ngroups);
+    if (gset >= p.sets) {
+        return;
+    }
+    let s = set_stats(gset * p.n, lid);
+    if (lid == 0u) {
+        let at = 3u * (p.set0 + gset);
+        stats[at] = s.x;
+        stats[at + 1u] = s.y;
+        stats[at + 2u] = s.z;
+    }
+}
+#endif
+
 #if GROUP_NORM
 @group(0) @binding(2) var<storage, read> gamma: array<f32>;
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
@@ -59,16 +97,10 @@ fn group_norm(
         return;
     }
     let base = gset * p.n;
-    // Statistics of x - shift, shift = the set's first element: the differences are exact for
-    // values near the shift, so the mean keeps full precision however far from zero it lies.
-    let shift = x[base];
-    var w = Welford(0.0, 0.0, 0.0);
-    for (var i = lid; i < p.n; i += ${WG}u) {
-        w = welford_push(w, x[base + i] - shift);
-    }
-    let stats = reduce_welford(lid, w);
-    let mean = stats.mean;
-    let rstd = inverseSqrt(stats.m2 / stats.n + p.eps);
+    let s = set_stats(base, lid);
+    let shift = s.x;
+    let mean = s.y;
+    let rstd = s.z;
     // Channel of element i of this set: (set % G) * (C/G) + i / S.
     let c0 = ((p.set0 + gset) % p.groups) * p.cpg;
     for (var i = lid; i < p.n; i += ${WG}u) {
@@ -101,16 +133,10 @@ fn layer_norm(
         return;
     }
     let base = row * p.n;
-    // Statistics of x - shift, shift = the set's first element: the differences are exact for
-    // values near the shift, so the mean keeps full precision however far from zero it lies.
-    let shift = x[base];
-    var w = Welford(0.0, 0.0, 0.0);
-    for (var i = lid; i < p.n; i += ${WG}u) {
-        w = welford_push(w, x[base + i] - shift);
-    }
-    let stats = reduce_welford(lid, w);
-    let mean = stats.mean;
-    let rstd = inverseSqrt(stats.m2 / stats.n + p.eps);
+    let s = set_stats(base, lid);
+    let shift = s.x;
+    let mean = s.y;
+    let rstd = s.z;
     for (var i = lid; i < p.n; i += ${WG}u) {
         y[base + i] = fma(((x[base + i] - shift) - mean) * rstd, gamma[i], beta[i]);
     }

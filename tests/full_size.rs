@@ -66,6 +66,7 @@ fn full_size_f16_arithmetic_within_1e2() {
     ctx.set_variants(KernelVariants {
         gemm_tiles: true,
         f16_math: false,
+        fuse_norm: true,
     })
     .unwrap();
     full_size_run_matches_diffusers(&ctx, Precision::weights_f16(true), [1e-2; 4]);

@@ -37,6 +37,7 @@ fn run_conv2d(
         dilation: c.dil,
         act,
         input_leaky_relu: None,
+        input_norm: None,
         kernel,
     };
     let out = g.conv2d(vx, vw, Some(vb), vr, opts).unwrap();
@@ -348,4 +349,82 @@ fn conv_shape_errors_name_the_op_and_shapes() {
         err.contains("conv_transpose1d") && err.contains("kernel 8 and stride 4"),
         "{err}"
     );
+}
+
+/// GroupNorm (+ SiLU) fused into a convolution's input pass computes what the two ops compute
+/// (the same statistics and arithmetic, so the same bits), without the normalised tensor: the
+/// fused graph has statistics and no GroupNorm output. Odd shapes, with and without SiLU.
+#[test]
+fn group_norm_fused_into_the_convolution_input_matches_the_two_ops() {
+    use audioldm::gpu::ops::conv::InputNorm;
+    for (seed, &(b, cin, h, w, cout, groups, silu)) in [
+        (2, 8, 9, 5, 6, 4, true),
+        (1, 12, 7, 13, 5, 3, false),
+        (3, 6, 4, 4, 7, 2, true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 40 + seed as u64 * 5;
+        // Inputs far from zero, as the statistics' shift is there for.
+        let x: Vec<f32> = random(seed, b * cin * h * w)
+            .iter()
+            .map(|v| 3.0 + v)
+            .collect();
+        let wt = random(seed + 1, cout * cin * 9);
+        let gamma = random(seed + 2, cin);
+        let beta = random(seed + 3, cin);
+        let (shape, laid) = conv_weight_layout(&wt, cout, cin, 3, 3);
+        let wten = Tensor::from_f32(ctx(), shape, DType::F32, &laid).unwrap();
+        let opts = Conv2dOptions::same_padding(1, 1);
+        let build = |fused: bool| {
+            let mut g = Graph::new(ctx());
+            let vx = input(&mut g, &[b, cin, h, w], &x);
+            let vg = input(&mut g, &[cin], &gamma);
+            let vb = input(&mut g, &[cin], &beta);
+            let vw = g.weight(&wten);
+            let out = if fused {
+                let stats = g.group_norm_stats(vx, groups, 1e-5).unwrap();
+                let input_norm = InputNorm {
+                    stats,
+                    gamma: vg,
+                    beta: vb,
+                    groups,
+                    silu,
+                };
+                let opts = Conv2dOptions {
+                    input_norm: Some(input_norm),
+                    ..opts
+                };
+                g.conv2d(vx, vw, None, None, opts).unwrap()
+            } else {
+                let n = g
+                    .group_norm(vx, groups, Some(vg), Some(vb), 1e-5, silu)
+                    .unwrap();
+                g.conv2d(n, vw, None, None, opts).unwrap()
+            };
+            g.output(out).unwrap();
+            let mut exe = g.build().unwrap();
+            exe.run().unwrap();
+            let labels: Vec<String> = exe
+                .profile()
+                .expect("lavapipe has timestamps")
+                .ops
+                .into_iter()
+                .map(|op| op.label)
+                .collect();
+            (exe.read(out).unwrap(), labels)
+        };
+        let (separate, separate_ops) = build(false);
+        let (fused, fused_ops) = build(true);
+        assert!(separate_ops.iter().any(|l| l == "group_norm"));
+        assert!(
+            !fused_ops.iter().any(|l| l == "group_norm"),
+            "{fused_ops:?}"
+        );
+        assert!(fused_ops.iter().any(|l| l == "group_norm_stats"));
+        let err = max_rel_err(&fused, &f64s(&separate));
+        println!("fused GroupNorm b{b} {cin}x{h}x{w} g{groups} silu {silu}: {err:.3e}");
+        assert!(err <= 1e-6, "fused vs separate: {err:e}");
+    }
 }

@@ -351,6 +351,7 @@ fn auto_follows_the_contexts_kernel_variants() {
     gpu.set_variants(KernelVariants {
         gemm_tiles: true,
         f16_math: false,
+        fuse_norm: false,
     })
     .unwrap();
     let (m, k, n) = (37, 70, 29);
@@ -383,7 +384,8 @@ fn auto_follows_the_contexts_kernel_variants() {
         KernelVariants::parse("gemm-tiles, f16-math").unwrap(),
         KernelVariants {
             gemm_tiles: true,
-            f16_math: true
+            f16_math: true,
+            fuse_norm: false,
         }
     );
     assert!(KernelVariants::parse("cuda").is_err());
@@ -412,6 +414,7 @@ fn a_variant_that_does_not_compile_falls_back_to_the_portable_kernel() {
         .set_variants(KernelVariants {
             gemm_tiles: true,
             f16_math: false,
+            fuse_norm: false,
         })
         .unwrap();
     let (m, k, n) = (37, 70, 29);

@@ -256,13 +256,24 @@ fn the_tiny_vae_decodes_at_parity_with_its_activations_split() {
     // group) and the projection into three.
     let shape = [1, 8, 25, 8];
     let latents = tiny_golden("run_final_latents");
-    for kib in [256u64, 64] {
+    // Both kernel sets: the GPU set's convolutions read their split inputs through the fused
+    // GroupNorm and write their windows from workgroup-memory tiles.
+    for (kib, gpu) in [(256u64, false), (64, false), (256, true), (64, true)] {
         let small = small_binding_ctx(kib << 10);
+        if gpu {
+            small
+                .set_variants(audioldm::gpu::KernelVariants {
+                    gemm_tiles: true,
+                    f16_math: false,
+                    fuse_norm: true,
+                })
+                .unwrap();
+        }
         let pipeline =
             Pipeline::load(&small, &fixtures().join("tiny"), Precision::default()).expect("load");
         let mel = pipeline.decode_mel(&latents, shape).expect("decode");
         assert_close(
-            &format!("tiny VAE decode with {kib} KiB bindings"),
+            &format!("tiny VAE decode with {kib} KiB bindings, GPU kernels {gpu}"),
             &mel.data,
             &f64s(&tiny_golden("run_mel")),
             1e-4,

@@ -176,6 +176,7 @@ fn every_kernel_variant_set_matches_diffusers() {
         let variants = KernelVariants {
             gemm_tiles: true,
             f16_math,
+            fuse_norm: true,
         };
         let ctx = Context::new_blocking().expect("a context");
         ctx.set_variants(variants).expect("lavapipe has SHADER_F16");
@@ -205,6 +206,7 @@ fn f16_weights_compute_in_f16_only_with_the_gpu_kernels() {
         ctx.set_variants(KernelVariants {
             gemm_tiles,
             f16_math: false,
+            fuse_norm: gemm_tiles,
         })
         .unwrap();
         let p =

@@ -38,11 +38,15 @@ pub struct KernelVariants {
     /// GEMMs multiply in f16 and accumulate in f32 (needs `SHADER_F16`): `--f16` turns it on
     /// where the adapter has it and the tiles are in use.
     pub f16_math: bool,
+    /// A GroupNorm (+ SiLU) followed by a convolution is applied as the convolution reads its
+    /// input (`group_norm_stats`, then the normalising input pass): the normalised tensor is
+    /// never written, one memory pass fewer.
+    pub fuse_norm: bool,
 }
 
 impl KernelVariants {
     /// The environment variable that overrides the choice: `portable` (the CPU adapters' set),
-    /// `gpu`, or a comma list of `gemm-tiles`, `f16-math`.
+    /// `gpu`, or a comma list of `gemm-tiles`, `f16-math`, `fuse-norm`.
     pub const ENV: &'static str = "AUDIOLDM_KERNELS";
 
     /// What suits the adapter: workgroup-memory tiles on GPUs whose limits hold them (8 KiB of
@@ -53,9 +57,11 @@ impl KernelVariants {
             && limits.max_compute_invocations_per_workgroup >= 256
             && limits.max_compute_workgroup_size_x >= 16
             && limits.max_compute_workgroup_size_y >= 16;
+        let gpu = info.device_type != wgpu::DeviceType::Cpu;
         Self {
-            gemm_tiles: info.device_type != wgpu::DeviceType::Cpu && tiles_fit,
+            gemm_tiles: gpu && tiles_fit,
             f16_math: false,
+            fuse_norm: gpu,
         }
     }
 
@@ -65,13 +71,17 @@ impl KernelVariants {
         for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
                 "portable" => variants = Self::default(),
-                "gpu" => variants.gemm_tiles = true,
+                "gpu" => {
+                    variants.gemm_tiles = true;
+                    variants.fuse_norm = true;
+                }
                 "gemm-tiles" => variants.gemm_tiles = true,
                 "f16-math" => variants.f16_math = true,
+                "fuse-norm" => variants.fuse_norm = true,
                 other => {
                     return Err(GpuError::Invalid(format!(
-                        "unknown kernel variant {other:?} in {}: use portable, gpu, gemm-tiles \
-                         or f16-math",
+                        "unknown kernel variant {other:?} in {}: use portable, gpu, gemm-tiles, \
+                         f16-math or fuse-norm",
                         Self::ENV
                     )));
                 }

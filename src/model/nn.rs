@@ -4,8 +4,8 @@
 use crate::checkpoint::Weights;
 use crate::error::Result;
 use crate::gpu::ops::conv::{
-    Conv1dOptions, Conv2dOptions, ConvTranspose1dOptions, conv_transpose1d_weight_layout,
-    conv_weight_layout,
+    Conv1dOptions, Conv2dOptions, ConvTranspose1dOptions, InputNorm,
+    conv_transpose1d_weight_layout, conv_weight_layout,
 };
 use crate::gpu::{Activation, Context, DType, Graph, Tensor, Var};
 
@@ -146,6 +146,40 @@ impl Conv2d {
         let b = self.bias.as_ref().map(|b| g.weight(b));
         let options = Conv2dOptions {
             act,
+            ..self.options
+        };
+        Ok(g.conv2d(x, w, b, residual, options)?)
+    }
+
+    /// `conv(norm(x))`, `norm` a GroupNorm followed by SiLU when `silu`. Where the context's
+    /// kernel variants fuse norms, the GroupNorm is applied as the convolution reads its input
+    /// (statistics first; the normalised tensor is never written); else it is an op of its own.
+    pub fn forward_normed(
+        &self,
+        g: &mut Graph,
+        x: Var,
+        norm: &GroupNorm,
+        silu: bool,
+        act: Activation,
+        residual: Option<Var>,
+    ) -> Result<Var> {
+        if !g.context().variants().fuse_norm {
+            let h = norm.forward(g, x, silu)?;
+            return self.forward(g, h, act, residual);
+        }
+        let stats = g.group_norm_stats(x, norm.groups, norm.eps)?;
+        let input_norm = InputNorm {
+            stats,
+            gamma: g.weight(&norm.gamma),
+            beta: g.weight(&norm.beta),
+            groups: norm.groups,
+            silu,
+        };
+        let w = g.weight(&self.weight);
+        let b = self.bias.as_ref().map(|b| g.weight(b));
+        let options = Conv2dOptions {
+            act,
+            input_norm: Some(input_norm),
             ..self.options
         };
         Ok(g.conv2d(x, w, b, residual, options)?)

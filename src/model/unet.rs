@@ -292,20 +292,21 @@ impl ResnetBlock2D {
 
     /// `emb_act` is `SiLU(emb)`, shared by every resnet of the UNet.
     fn forward(&self, g: &mut Graph, x: Var, emb_act: Option<Var>) -> Result<Var> {
-        let h = self.norm1.forward(g, x, true)?;
-        let mut h = self.conv1.forward(g, h, Activation::None, None)?;
+        let mut h = self
+            .conv1
+            .forward_normed(g, x, &self.norm1, true, Activation::None, None)?;
         if let (Some(proj), Some(emb)) = (&self.time_emb_proj, emb_act) {
             let t = proj.forward(g, emb, Activation::None, None)?;
             let (b, c) = (g.dims(t)[0], g.dims(t)[1]);
             let t = g.reshape(t, [b, c, 1, 1])?;
             h = g.add(h, t)?;
         }
-        let h = self.norm2.forward(g, h, true)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(g, x, Activation::None, None)?,
             None => x,
         };
-        self.conv2.forward(g, h, Activation::None, Some(shortcut))
+        self.conv2
+            .forward_normed(g, h, &self.norm2, true, Activation::None, Some(shortcut))
     }
 }
 
@@ -865,7 +866,7 @@ impl UNet2DConditionModel {
             }
         }
 
-        let h = self.conv_norm_out.forward(g, h, true)?;
-        self.conv_out.forward(g, h, Activation::None, None)
+        self.conv_out
+            .forward_normed(g, h, &self.conv_norm_out, true, Activation::None, None)
     }
 }

@@ -226,15 +226,16 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, g: &mut Graph, x: Var) -> Result<Var> {
-        let h = self.norm1.forward(g, x, true)?;
-        let h = self.conv1.forward(g, h, Activation::None, None)?;
-        let h = self.norm2.forward(g, h, true)?;
+        let h = self
+            .conv1
+            .forward_normed(g, x, &self.norm1, true, Activation::None, None)?;
         // The shortcut is computed last so that its output lives only until the add.
         let shortcut = match &self.conv_shortcut {
             Some(c) => c.forward(g, x, Activation::None, None)?,
             None => x,
         };
-        self.conv2.forward(g, h, Activation::None, Some(shortcut))
+        self.conv2
+            .forward_normed(g, h, &self.norm2, true, Activation::None, Some(shortcut))
     }
 }
 
@@ -588,8 +589,8 @@ impl Encoder {
             h = block.forward(g, h)?;
         }
         let h = self.mid_block.forward(g, h)?;
-        let h = self.conv_norm_out.forward(g, h, true)?;
-        self.conv_out.forward(g, h, Activation::None, None)
+        self.conv_out
+            .forward_normed(g, h, &self.conv_norm_out, true, Activation::None, None)
     }
 }
 
@@ -645,8 +646,8 @@ impl Decoder {
         for block in &self.up_blocks {
             h = block.forward(g, h)?;
         }
-        let h = self.conv_norm_out.forward(g, h, true)?;
-        self.conv_out.forward(g, h, Activation::None, None)
+        self.conv_out
+            .forward_normed(g, h, &self.conv_norm_out, true, Activation::None, None)
     }
 }
 

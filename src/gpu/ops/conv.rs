@@ -120,7 +120,21 @@ pub struct Conv2dOptions {
     pub act: Activation,
     /// Leaky ReLU slope applied to the inputs as they are read.
     pub input_leaky_relu: Option<f32>,
+    /// GroupNorm (and SiLU) applied to the inputs as they are read, from statistics made by
+    /// [`Graph::group_norm_stats`]: the normalised tensor is never written.
+    pub input_norm: Option<InputNorm>,
     pub kernel: ConvKernel,
+}
+
+/// A GroupNorm with affine parameters, optionally followed by SiLU, fused into a convolution's
+/// input pass: `stats` are [`Graph::group_norm_stats`] of the input with `groups` groups.
+#[derive(Clone, Copy, Debug)]
+pub struct InputNorm {
+    pub stats: Var,
+    pub gamma: Var,
+    pub beta: Var,
+    pub groups: usize,
+    pub silu: bool,
 }
 
 impl Default for Conv2dOptions {
@@ -131,6 +145,7 @@ impl Default for Conv2dOptions {
             dilation: [1, 1],
             act: Activation::None,
             input_leaky_relu: None,
+            input_norm: None,
             kernel: ConvKernel::Tiled,
         }
     }
@@ -445,10 +460,18 @@ impl Graph {
                 } else {
                     (0, c.cin)
                 };
-                let key = KernelKey::new("conv.wgsl", "conv_input", 1, 1)
-                    .flag("INPUT", true)
-                    .flag("MERGE", !first_copy)
-                    .flag("IN_LEAKY_RELU", opts.input_leaky_relu.is_some());
+                let norm = opts.input_norm;
+                let key = KernelKey::new(
+                    "conv.wgsl",
+                    "conv_input",
+                    if norm.is_some() { 4 } else { 1 },
+                    1,
+                )
+                .flag("INPUT", true)
+                .flag("MERGE", !first_copy)
+                .flag("IN_LEAKY_RELU", opts.input_leaky_relu.is_some())
+                .flag("NORM", norm.is_some())
+                .flag("ACT_SILU", norm.is_some_and(|n| n.silu));
                 let params = Params::default()
                     .u(padded_len)
                     .u(c.cin)
@@ -464,16 +487,22 @@ impl Graph {
                     .u(b0)
                     .u(u0)
                     .u(c_lo)
-                    .u(c_hi);
+                    .u(c_hi)
+                    .u(norm.map_or(1, |n| n.groups))
+                    .u(norm.map_or(1, |n| c.cin / n.groups));
+                let mut inputs = vec![Some(Binding::elements(
+                    x,
+                    part.start * plane_in..part.end * plane_in,
+                ))];
+                if let Some(n) = norm {
+                    inputs.extend([n.stats, n.gamma, n.beta].map(|v| Some(Binding::from(v))));
+                }
                 self.push_window(
                     Binding::from(padded),
                     OpSpec {
                         label: format!("{op} input"),
                         key,
-                        inputs: vec![Some(Binding::elements(
-                            x,
-                            part.start * plane_in..part.end * plane_in,
-                        ))],
+                        inputs,
                         out_shape: Shape(vec![batches, prows, wp, 4 * vec4s]),
                         out_dtype: DType::F32,
                         params,
@@ -663,6 +692,7 @@ impl Graph {
                 dilation: [1, opts.dilation],
                 act: opts.act,
                 input_leaky_relu: opts.input_leaky_relu,
+                input_norm: None,
                 kernel: ConvKernel::Tiled,
             },
         )?;

@@ -68,26 +68,7 @@ impl Graph {
         silu: bool,
     ) -> Result<Var> {
         let op = "group_norm";
-        self.expect_dtype(op, x, &[DType::F32])?;
-        let xs = self.shape(x).clone();
-        let (channels, spatial) = match xs.dims() {
-            [_, c, rest @ ..] => (*c, rest.iter().product::<usize>()),
-            _ => {
-                return Err(shape_error(
-                    op,
-                    format!("input {xs} must be [B, C, ...] (rank >= 2)"),
-                ));
-            }
-        };
-        if xs.numel() == 0 {
-            return Err(shape_error(op, format!("input {xs} is empty")));
-        }
-        if groups == 0 || channels % groups != 0 {
-            return Err(shape_error(
-                op,
-                format!("{channels} channels of input {xs} do not split into {groups} groups"),
-            ));
-        }
+        let (xs, channels, spatial) = self.group_layout(op, x, groups)?;
         for (name, affine) in [("gamma", gamma), ("beta", beta)] {
             if let Some(v) = affine {
                 self.expect_dtype(op, v, &[DType::F32])?;
@@ -148,6 +129,73 @@ impl Graph {
             )?;
         }
         Ok(y)
+    }
+
+    /// The shape, channels and spatial size of the input `x [B, C, ...]` of a GroupNorm of
+    /// `groups` groups; an error when it is not one.
+    fn group_layout(&self, op: &str, x: Var, groups: usize) -> Result<(Shape, usize, usize)> {
+        self.expect_dtype(op, x, &[DType::F32])?;
+        let xs = self.shape(x).clone();
+        let (channels, spatial) = match xs.dims() {
+            [_, c, rest @ ..] => (*c, rest.iter().product::<usize>()),
+            _ => {
+                return Err(shape_error(
+                    op,
+                    format!("input {xs} must be [B, C, ...] (rank >= 2)"),
+                ));
+            }
+        };
+        if xs.numel() == 0 {
+            return Err(shape_error(op, format!("input {xs} is empty")));
+        }
+        if groups == 0 || channels % groups != 0 {
+            return Err(shape_error(
+                op,
+                format!("{channels} channels of input {xs} do not split into {groups} groups"),
+            ));
+        }
+        Ok((xs, channels, spatial))
+    }
+
+    /// `(shift, mean, rstd)` of every group of `x [B, C, ...]` as `[B * groups, 3]`, computed as
+    /// [`Graph::group_norm`] computes them: what a convolution needs to normalise its input as it
+    /// reads it ([`crate::gpu::ops::conv::InputNorm`]), so the normalised tensor is never written.
+    pub fn group_norm_stats(&mut self, x: Var, groups: usize, eps: f32) -> Result<Var> {
+        let op = "group_norm_stats";
+        let (xs, channels, spatial) = self.group_layout(op, x, groups)?;
+        let cpg = channels / groups;
+        let n = cpg * spatial;
+        let total = xs.numel() / n;
+        let key = KernelKey::new("norm.wgsl", "group_stats", 1, 1)
+            .define("GROUP_STATS", 1)
+            .define("WG", GROUP_WG);
+        let stats = self.alloc(op, Shape(vec![total, 3]), DType::F32)?;
+        for sets in self.parts_in_units(op, x, n)? {
+            let params = NormParams {
+                n,
+                sets: sets.len(),
+                spatial,
+                groups,
+                cpg,
+                eps,
+                scale: 1.0,
+                set0: sets.start,
+            }
+            .params();
+            self.push_window(
+                Binding::from(stats),
+                OpSpec {
+                    label: op.to_string(),
+                    key: key.clone(),
+                    inputs: vec![Some(Binding::elements(x, sets.start * n..sets.end * n))],
+                    out_shape: Shape(vec![total, 3]),
+                    out_dtype: DType::F32,
+                    params,
+                    workgroups: grid(sets.len()),
+                },
+            )?;
+        }
+        Ok(stats)
     }
 
     /// PyTorch `LayerNorm(D, eps)` over the last dim of `x [..., D]`, with `gamma [D]`, `beta [D]`.
