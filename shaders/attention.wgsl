@@ -24,6 +24,10 @@
 // broadcast uniform loads inside loops), which is what the register blocking amortises; compiling
 // the D = 512 specialisation takes several seconds there when Mesa's shader cache is cold.
 //
+// TILES (the GPU variant): the workgroup copies each block's keys, then its values, into workgroup
+// memory together (kv_tile[t * DK + i], KV_LEN floats), and every invocation reads them from there
+// instead of from global memory.
+//
 // Views: element (b, t, h, i) of Q is q[q_off + b*q_sb + t*q_st + h*q_sh + i], likewise K and V;
 // the output is [B, Tq, H*Dv] with strides o_sb, o_st, o_sh. Dispatch: x = ceil(Tq / (WG*QB)),
 // y = heads, z = batch * splits.
@@ -51,6 +55,10 @@ const NEG_BIG: f32 = -3.40282346e38;
 @group(0) @binding(3) var<storage, read> v: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
+#if TILES
+var<workgroup> kv_tile: array<f32, ${KV_LEN}>;
+#endif
+
 // Head element i of the scores of the QB rows against the KB keys of a block: s[r * KB + t].
 fn qk_step(
     i: u32,
@@ -61,7 +69,11 @@ fn qk_step(
     let ic = min(i, p.d - 1u);
     var kv: array<f32, ${KB}>;
     for (var t = 0u; t < ${KB}u; t++) {
+#if TILES
+        kv[t] = kv_tile[t * ${DK}u + ic];
+#else
         kv[t] = k[(*k_at)[t] + ic];
+#endif
     }
     for (var r = 0u; r < ${QB}u; r++) {
         let qi = (*qr)[r * ${DK}u + i];
@@ -82,7 +94,11 @@ fn pv_step(
     let ic = min(i, p.dv - 1u);
     var vv: array<f32, ${KB}>;
     for (var t = 0u; t < ${KB}u; t++) {
+#if TILES
+        vv[t] = kv_tile[t * ${DV}u + ic];
+#else
         vv[t] = v[(*v_at)[t] + ic];
+#endif
     }
     for (var r = 0u; r < ${QB}u; r++) {
         var a = (*acc)[r * ${DV}u + i] * (*alpha)[r];
@@ -128,6 +144,14 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             k_at[t] = k_base + j * p.k_st;
             v_at[t] = v_base + j * p.v_st;
         }
+#if TILES
+        // The block's keys, copied by the whole workgroup (after the last block's values are used).
+        workgroupBarrier();
+        for (var e = lid; e < ${KB}u * ${DK}u; e += ${WG}u) {
+            kv_tile[e] = k[k_at[e / ${DK}u] + min(e % ${DK}u, p.d - 1u)];
+        }
+        workgroupBarrier();
+#endif
         // Zeroed explicitly: Chromium's WebGPU on SwiftShader kept the last block's weights in a
         // loop-local `var s: array<f32, N>;` instead of zeroing it on every iteration.
         var s = array<f32, ${S_LEN}>();
@@ -156,6 +180,14 @@ fn attention(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_ind
             l[r] = fma(l[r], alpha[r], w_sum);
             m[r] = m_new;
         }
+#if TILES
+        // Then its values, in the same memory.
+        workgroupBarrier();
+        for (var e = lid; e < ${KB}u * ${DV}u; e += ${WG}u) {
+            kv_tile[e] = v[v_at[e / ${DV}u] + min(e % ${DV}u, p.dv - 1u)];
+        }
+        workgroupBarrier();
+#endif
         for (var i = 0u; i < p.dv; i += 4u) {
             pv_step(i, &v_at, &s, &alpha, &acc);
             pv_step(i + 1u, &v_at, &s, &alpha, &acc);

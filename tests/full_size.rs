@@ -64,7 +64,7 @@ fn full_size_f16_arithmetic_within_1e2() {
     use audioldm::gpu::{Context, KernelVariants};
     let ctx = Context::new_blocking().expect("a context");
     ctx.set_variants(KernelVariants {
-        gemm_tiles: true,
+        tiles: true,
         f16_math: false,
         fuse_norm: true,
     })

@@ -4,8 +4,8 @@ mod common;
 
 use std::time::Instant;
 
-use audioldm::gpu::Graph;
 use audioldm::gpu::ops::attention::{Attention, HeadView};
+use audioldm::gpu::{Context, DType, Graph, KernelVariants, Tensor};
 use common::reference::AttentionProblem as Problem;
 use common::*;
 
@@ -30,7 +30,18 @@ impl Problem {
 
     /// Runs `Graph::attention` (or, with `key_chunk`, the split form) against the reference;
     /// returns the number of dispatches it took (2 when the keys were split).
-    fn check_with(&self, [q, k, v]: &[Vec<f32>; 3], key_chunk: Option<usize>, tol: f64) -> usize {
+    fn check_with(&self, inputs: &[Vec<f32>; 3], key_chunk: Option<usize>, tol: f64) -> usize {
+        self.check_on(ctx(), inputs, key_chunk, tol)
+    }
+
+    /// [`Self::check_with`] on a context of the caller's (its kernel variants).
+    fn check_on(
+        &self,
+        ctx: &Context,
+        [q, k, v]: &[Vec<f32>; 3],
+        key_chunk: Option<usize>,
+        tol: f64,
+    ) -> usize {
         let &Problem {
             batch,
             heads,
@@ -40,10 +51,13 @@ impl Problem {
             dv,
             scale,
         } = self;
-        let mut g = Graph::new(ctx());
-        let vq = input(&mut g, &[batch, tq, heads * d], q);
-        let vk = input(&mut g, &[batch, tk, heads * d], k);
-        let vv = input(&mut g, &[batch, tk, heads * dv], v);
+        let mut g = Graph::new(ctx);
+        let mut input = |shape: &[usize], data: &[f32]| {
+            g.input(&Tensor::from_f32(ctx, shape, DType::F32, data).unwrap())
+        };
+        let vq = input(&[batch, tq, heads * d], q);
+        let vk = input(&[batch, tk, heads * d], k);
+        let vv = input(&[batch, tk, heads * dv], v);
         let out = match key_chunk {
             None => g.attention(vq, vk, vv, heads, scale).unwrap(),
             Some(chunk) => {
@@ -79,7 +93,7 @@ impl Problem {
             // A second replay, without pipeline compilation and upload.
             let start = Instant::now();
             exe.run().unwrap();
-            ctx().wait().unwrap();
+            ctx.wait().unwrap();
             let t = start.elapsed();
             println!(
                 "  replay {t:.2?}: {:.2} GFLOP/s",
@@ -313,4 +327,52 @@ fn shape_mismatch_is_an_error_naming_the_op_and_shapes() {
         err.contains("attention_strided") && err.contains("[2, 7, 64]"),
         "{err}"
     );
+}
+
+/// The GPU variant, blocks of keys and values staged in workgroup memory, on the odd shapes, with
+/// key splits, and at AudioLDM's sizes (head dim 512: 16 KiB of tiles).
+#[test]
+fn workgroup_memory_tiles_match_reference() {
+    let gpu = Context::new_blocking().expect("a context");
+    gpu.set_variants(KernelVariants {
+        tiles: true,
+        ..KernelVariants::default()
+    })
+    .unwrap();
+    for (seed, &(b, h, tq, tk, d, dv, chunk)) in [
+        (1, 1, 1, 1, 16, 16, None),
+        (2, 3, 5, 7, 16, 16, None),
+        (1, 2, 65, 33, 32, 32, None),
+        (1, 2, 20, 30, 16, 48, None),
+        (1, 2, 3, 11, 5, 7, None),
+        (1, 1, 37, 29, 512, 512, None),
+        (2, 3, 5, 17, 16, 16, Some(8)),
+        (1, 2, 65, 41, 32, 48, Some(5)),
+        (1, 1, 64, 4000, 512, 512, None),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p = Problem::new(b, h, tq, tk, d, dv);
+        p.check_on(&gpu, &p.inputs(seed as u64 * 10 + 900), chunk, 1e-5);
+    }
+    let tiled = {
+        let p = Problem::new(1, 2, 9, 13, 16, 16);
+        let [q, k, v] = p.inputs(990);
+        let mut g = Graph::new(&gpu);
+        let mut input = |shape: &[usize], data: &[f32]| {
+            g.input(&Tensor::from_f32(&gpu, shape, DType::F32, data).unwrap())
+        };
+        let (vq, vk, vv) = (
+            input(&[1, 9, 32], &q),
+            input(&[1, 13, 32], &k),
+            input(&[1, 13, 32], &v),
+        );
+        let out = g.attention(vq, vk, vv, 2, 0.25).unwrap();
+        g.output(out).unwrap();
+        let mut exe = g.build().unwrap();
+        exe.profile().expect("lavapipe has timestamps")
+    };
+    assert_eq!(tiled.ops.len(), 1);
+    assert_eq!(tiled.ops[0].kernel, "attention.wgsl:attention");
 }

@@ -349,7 +349,7 @@ fn auto_follows_the_contexts_kernel_variants() {
     use audioldm::gpu::{Context, KernelVariants};
     let gpu = Context::new_blocking().expect("a second context");
     gpu.set_variants(KernelVariants {
-        gemm_tiles: true,
+        tiles: true,
         f16_math: false,
         fuse_norm: false,
     })
@@ -381,9 +381,9 @@ fn auto_follows_the_contexts_kernel_variants() {
         profile.ops
     );
     assert_eq!(
-        KernelVariants::parse("gemm-tiles, f16-math").unwrap(),
+        KernelVariants::parse("tiles, f16-math").unwrap(),
         KernelVariants {
-            gemm_tiles: true,
+            tiles: true,
             f16_math: true,
             fuse_norm: false,
         }
@@ -408,11 +408,11 @@ fn a_variant_that_does_not_compile_falls_back_to_the_portable_kernel() {
         device_type: wgpu::DeviceType::DiscreteGpu,
         ..ctx().adapter_info().clone()
     };
-    assert!(!KernelVariants::for_adapter(&gpu_info, &limits).gemm_tiles);
-    assert!(KernelVariants::for_adapter(&gpu_info, ctx().limits()).gemm_tiles);
+    assert!(!KernelVariants::for_adapter(&gpu_info, &limits).tiles);
+    assert!(KernelVariants::for_adapter(&gpu_info, ctx().limits()).tiles);
     small
         .set_variants(KernelVariants {
-            gemm_tiles: true,
+            tiles: true,
             f16_math: false,
             fuse_norm: false,
         })

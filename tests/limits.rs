@@ -263,7 +263,7 @@ fn the_tiny_vae_decodes_at_parity_with_its_activations_split() {
         if gpu {
             small
                 .set_variants(audioldm::gpu::KernelVariants {
-                    gemm_tiles: true,
+                    tiles: true,
                     f16_math: false,
                     fuse_norm: true,
                 })

@@ -174,7 +174,7 @@ fn every_kernel_variant_set_matches_diffusers() {
     use audioldm::gpu::{Context, KernelVariants};
     for f16_math in [false, true] {
         let variants = KernelVariants {
-            gemm_tiles: true,
+            tiles: true,
             f16_math,
             fuse_norm: true,
         };
@@ -201,23 +201,23 @@ fn every_kernel_variant_set_matches_diffusers() {
 #[test]
 fn f16_weights_compute_in_f16_only_with_the_gpu_kernels() {
     use audioldm::gpu::{Context, KernelVariants};
-    for gemm_tiles in [true, false] {
+    for tiles in [true, false] {
         let ctx = Context::new_blocking().expect("a context");
         ctx.set_variants(KernelVariants {
-            gemm_tiles,
+            tiles,
             f16_math: false,
-            fuse_norm: gemm_tiles,
+            fuse_norm: tiles,
         })
         .unwrap();
         let p =
             Pipeline::load(&ctx, &fixtures().join("tiny"), Precision::weights_f16(true)).unwrap();
-        assert_eq!(ctx.variants().f16_math, gemm_tiles);
+        assert_eq!(ctx.variants().f16_math, tiles);
         let out = p
             .generate(&request(), &AtomicBool::new(false), |_| {})
             .expect("generate");
         for (name, got, golden, _) in tiny::tiny_checks(&out) {
             assert_close(
-                &format!("f16 weights, tiles {gemm_tiles}: {name}"),
+                &format!("f16 weights, tiles {tiles}: {name}"),
                 got,
                 &f64s(&tiny_golden(golden)),
                 1e-2,

@@ -34,7 +34,7 @@ impl Capabilities {
 pub struct KernelVariants {
     /// GEMMs (Linear layers, batched products) stage their operands in workgroup memory
     /// (`matmul_tiles.wgsl`), for GPUs; off, the register-blocked kernels, for CPU adapters.
-    pub gemm_tiles: bool,
+    pub tiles: bool,
     /// GEMMs multiply in f16 and accumulate in f32 (needs `SHADER_F16`): `--f16` turns it on
     /// where the adapter has it and the tiles are in use.
     pub f16_math: bool,
@@ -46,7 +46,7 @@ pub struct KernelVariants {
 
 impl KernelVariants {
     /// The environment variable that overrides the choice: `portable` (the CPU adapters' set),
-    /// `gpu`, or a comma list of `gemm-tiles`, `f16-math`, `fuse-norm`.
+    /// `gpu`, or a comma list of `tiles`, `f16-math`, `fuse-norm`.
     pub const ENV: &'static str = "AUDIOLDM_KERNELS";
 
     /// What suits the adapter: workgroup-memory tiles on GPUs whose limits hold them (8 KiB of
@@ -59,7 +59,7 @@ impl KernelVariants {
             && limits.max_compute_workgroup_size_y >= 16;
         let gpu = info.device_type != wgpu::DeviceType::Cpu;
         Self {
-            gemm_tiles: gpu && tiles_fit,
+            tiles: gpu && tiles_fit,
             f16_math: false,
             fuse_norm: gpu,
         }
@@ -72,15 +72,15 @@ impl KernelVariants {
             match name {
                 "portable" => variants = Self::default(),
                 "gpu" => {
-                    variants.gemm_tiles = true;
+                    variants.tiles = true;
                     variants.fuse_norm = true;
                 }
-                "gemm-tiles" => variants.gemm_tiles = true,
+                "tiles" => variants.tiles = true,
                 "f16-math" => variants.f16_math = true,
                 "fuse-norm" => variants.fuse_norm = true,
                 other => {
                     return Err(GpuError::Invalid(format!(
-                        "unknown kernel variant {other:?} in {}: use portable, gpu, gemm-tiles, \
+                        "unknown kernel variant {other:?} in {}: use portable, gpu, tiles, \
                          f16-math or fuse-norm",
                         Self::ENV
                     )));

@@ -460,13 +460,13 @@ fn use_f16_arithmetic(ctx: &Context, precision: Precision) {
         tracing::warn!(
             "{name} has no SHADER_F16: --f16 stores the weights in f16 and computes in f32"
         );
-    } else if !variants.gemm_tiles {
+    } else if !variants.tiles {
         tracing::info!(
             "{name} runs the CPU adapters' kernels: --f16 stores the weights in f16 and \
              computes in f32 (f16 arithmetic is no faster there)"
         );
     }
-    variants.f16_math = variants.gemm_tiles && ctx.capabilities().shader_f16;
+    variants.f16_math = variants.tiles && ctx.capabilities().shader_f16;
     if let Err(e) = ctx.set_variants(variants) {
         tracing::warn!("{e}");
     }

@@ -61,14 +61,20 @@ pub struct Attention {
 /// Keys per split: `chunk` when given, else all of them unless one invocation's loops (the head
 /// dims once per key block) would run past [`LOOP_BUDGET`], then a multiple of the key block
 /// balanced over the splits.
-fn key_chunk(a: &Attention, chunk: Option<usize>) -> usize {
+fn key_chunk(a: &Attention, chunk: Option<usize>, tiles: bool) -> usize {
     if let Some(chunk) = chunk {
         return chunk.clamp(1, a.tk);
     }
-    // Per block: both head-dim loops (unrolled by four) plus slack for the block's own loops; per
-    // invocation: the query loads and the stores.
+    // Per block: both head-dim loops (unrolled by four) plus slack for the block's own loops, and
+    // with tiles each invocation's share of staging the keys and values; per invocation: the
+    // query loads and the stores.
     let qb = rows_per_invocation(a);
-    let per_block = a.d.div_ceil(4) + a.dv.div_ceil(4) + KB;
+    let staging = if tiles {
+        KB * (padded(a.d) + padded(a.dv)) / WG
+    } else {
+        0
+    };
+    let per_block = a.d.div_ceil(4) + a.dv.div_ceil(4) + KB + staging;
     let max_blocks = ((LOOP_BUDGET - 2 * qb * (a.d + a.dv)) / per_block).max(1);
     let blocks = a.tk.div_ceil(KB);
     let splits = blocks.div_ceil(max_blocks);
@@ -196,7 +202,11 @@ impl Graph {
                 ));
             }
         }
-        let chunk = key_chunk(&a, chunk);
+        // The GPU variant stages each block's keys and values in workgroup memory, where it fits.
+        let kv_len = KB * padded(a.d).max(padded(a.dv));
+        let tiles = self.context().variants().tiles
+            && 4 * kv_len as u32 <= self.context().limits().max_compute_workgroup_storage_size;
+        let chunk = key_chunk(&a, chunk, tiles);
         let splits = a.tk.div_ceil(chunk);
         let width = a.heads * a.dv;
         let out_shape = Shape(vec![a.batch, a.tq, width]);
@@ -229,7 +239,7 @@ impl Graph {
                 .u(chunk)
         };
         let qb = rows_per_invocation(&a);
-        let key = KernelKey::new("attention.wgsl", "attention", 3, 1)
+        let portable = KernelKey::new("attention.wgsl", "attention", 3, 1)
             .define("WG", WG)
             .define("KB", KB)
             .define("QB", qb)
@@ -238,6 +248,11 @@ impl Graph {
             .define("Q_LEN", qb * padded(a.d))
             .define("A_LEN", qb * padded(a.dv))
             .define("S_LEN", qb * KB);
+        let key = if tiles {
+            portable.clone().define("TILES", 1).define("KV_LEN", kv_len)
+        } else {
+            portable.clone()
+        };
         let inputs = vec![
             Some(Binding::from(a.q.var)),
             Some(Binding::from(a.k.var)),
@@ -260,6 +275,14 @@ impl Graph {
                 ],
             })?;
             self.count_flops(flops_per_row * a.tq as u64);
+            if tiles {
+                let workgroups = [
+                    a.tq.div_ceil(WG * qb) as u32,
+                    a.heads as u32,
+                    (a.batch * splits) as u32,
+                ];
+                self.offer_fallback(portable, workgroups);
+            }
             return Ok(out);
         }
         // The key splits' partial results, merged by a second dispatch. When they are over one
@@ -302,6 +325,14 @@ impl Graph {
                 ],
             })?;
             self.count_flops(flops_per_row * rows as u64);
+            if tiles {
+                let workgroups = [
+                    rows.div_ceil(step) as u32,
+                    a.heads as u32,
+                    (a.batch * splits) as u32,
+                ];
+                self.offer_fallback(portable.clone(), workgroups);
+            }
             // Rows of one batch item are contiguous; a batch of several is never windowed.
             let rows_out = row0 * width * a.batch..(row0 + rows) * width * a.batch;
             self.push_window(

@@ -353,7 +353,7 @@ impl Graph {
         self.expect_loop_budget(op, c.kh * c.kw * vec4s)?;
         let variants = self.context().variants();
         let kernel = match opts.kernel {
-            ConvKernel::Tiled if variants.gemm_tiles => ConvKernel::Tiles {
+            ConvKernel::Tiled if variants.tiles => ConvKernel::Tiles {
                 f16: variants.f16_math,
             },
             ConvKernel::Tiles { f16: true } if !self.context().capabilities().shader_f16 => {

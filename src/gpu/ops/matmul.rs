@@ -268,7 +268,7 @@ impl Graph {
             MatmulKernel::Tiled { tm: TM, tn: TN }
         };
         let kernel = match g.kernel {
-            MatmulKernel::Auto if g.m > 4 && variants.gemm_tiles => MatmulKernel::Tiles {
+            MatmulKernel::Auto if g.m > 4 && variants.tiles => MatmulKernel::Tiles {
                 f16: variants.f16_math,
             },
             MatmulKernel::Auto => portable,
