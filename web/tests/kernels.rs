@@ -347,6 +347,7 @@ async fn run_conv2d(
         dilation: c.dil,
         act,
         input_leaky_relu: None,
+        input_norm: None,
         kernel,
     };
     let out = g.conv2d(vx, vw, Some(vb), vr, opts).unwrap();
