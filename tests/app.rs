@@ -781,3 +781,31 @@ fn ranked_candidates_and_variations_through_the_widgets() {
         "{messages:?}"
     );
 }
+
+/// A local model has no CLAP companion: with the CLAP field empty, ranked candidates say what is
+/// missing and name the field, and nothing enters the history.
+#[test]
+fn candidates_without_a_clap_model_say_what_is_missing() {
+    let dir = data_dir("no-clap");
+    let mut harness = harness(&dir);
+    set_up_tiny_run(&mut harness, 2.0);
+    slider(&harness, "Candidates").set_value_accesskit(2.0);
+    harness.run();
+    harness.get_by_label("Generate").click();
+    harness.step();
+    step_until(
+        &mut harness,
+        Duration::from_secs(60),
+        "the refusal",
+        |app| !app.is_running(),
+    );
+    let app = harness.state();
+    assert!(app.history().is_empty());
+    assert!(
+        app.messages().iter().any(|m| m.severity == Severity::Error
+            && m.text.contains("CLAP model field")
+            && m.text.contains("no known companion")),
+        "{:?}",
+        app.messages()
+    );
+}
