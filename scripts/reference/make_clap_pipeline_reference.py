@@ -44,7 +44,7 @@ from safetensors.numpy import load_file
 from safetensors.torch import save_file
 from transformers import ClapFeatureExtractor, ClapModel
 
-from make_edit_reference import lengths, normal
+from make_edit_reference import decoded_run, latent_shape, normal
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -59,39 +59,23 @@ VARY_PROMPT = "birds singing at dawn"
 MIX = 0.5
 
 
-def latent_shape(pipe: AudioLDMPipeline, duration: float):
-    n = lengths(pipe, duration)
-    return (1, pipe.unet.config.in_channels, n["latent_frames"], n["latent_width"])
-
-
 def embeds(output) -> torch.Tensor:
     """get_*_features' embedding (an output object in transformers 5), L2-normalised."""
     x = output.pooler_output if hasattr(output, "pooler_output") else output
     return F.normalize(x, dim=-1)
 
 
-@torch.no_grad()
 def run(pipe: AudioLDMPipeline, seed: int, duration: float, **conditioning):
     """One guided DDIM run from the seed's latents; returns (latents, waveform [1, L])."""
-    captured = {}
-    decode = pipe.decode_latents
-
-    def keep_latents(latents):
-        captured["latents"] = latents.clone()
-        return decode(latents)
-
-    pipe.decode_latents = keep_latents
-    out = pipe(
+    latents, _, wave = decoded_run(
+        pipe,
         num_inference_steps=STEPS,
         guidance_scale=GUIDANCE,
         audio_length_in_s=duration,
         latents=normal(seed, latent_shape(pipe, duration)),
-        output_type="np",
         **conditioning,
-    ).audios
-    pipe.decode_latents = decode
-    latents = captured["latents"]
-    return latents, torch.from_numpy(np.asarray(out, dtype=np.float32))
+    )
+    return latents, wave
 
 
 @torch.no_grad()

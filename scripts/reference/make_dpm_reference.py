@@ -23,12 +23,11 @@ steps, all from the same initial latents, and writes nothing.
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import AudioLDMPipeline, DDIMScheduler, DPMSolverMultistepScheduler
 from safetensors.torch import save_file
 
-from make_edit_reference import lengths, normal
+from make_edit_reference import decoded_run, latent_shape, normal
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -41,35 +40,21 @@ GUIDANCE = 2.5
 DURATION = 1.0
 
 
-@torch.no_grad()
 def run(pipe, steps, duration, latents):
     """One guided run; returns (latents before decoding, mel, waveform [1, L])."""
-    captured = {}
-    decode = pipe.decode_latents
-
-    def keep(latents):
-        captured["latents"] = latents.clone()
-        mel = decode(latents)
-        captured["mel"] = mel.clone()
-        return mel
-
-    pipe.decode_latents = keep
-    audio = pipe(
-        PROMPT,
+    return decoded_run(
+        pipe,
+        prompt=PROMPT,
         negative_prompt=NEGATIVE,
         num_inference_steps=steps,
         guidance_scale=GUIDANCE,
         audio_length_in_s=duration,
         latents=latents.clone(),
-        output_type="np",
-    ).audios
-    pipe.decode_latents = decode
-    return captured["latents"], captured["mel"], torch.from_numpy(np.asarray(audio, dtype=np.float32))
+    )
 
 
 def initial_latents(pipe, duration):
-    n = lengths(pipe, duration)
-    return normal(SEED, (1, pipe.unet.config.in_channels, n["latent_frames"], n["latent_width"]))
+    return normal(SEED, latent_shape(pipe, duration))
 
 
 def goldens(model: Path, out: Path):

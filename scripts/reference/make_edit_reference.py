@@ -109,6 +109,32 @@ def wav_to_fbank(wav: np.ndarray, frames: int, n_mels: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def latent_shape(pipe: AudioLDMPipeline, duration: float):
+    """[1, C, frames, width] of the UNet's latents for `duration` seconds."""
+    n = lengths(pipe, duration)
+    return (1, pipe.unet.config.in_channels, n["latent_frames"], n["latent_width"])
+
+
+@torch.no_grad()
+def decoded_run(pipe: AudioLDMPipeline, **call):
+    """`pipe(**call, output_type="np")`, returning the final latents and the mel it decoded them
+    to (AudioLDMPipeline offers neither) with the waveform [B, L]."""
+    captured = {}
+    decode = pipe.decode_latents
+
+    def keep(latents):
+        captured["latents"] = latents.clone()
+        captured["mel"] = decode(latents)
+        return captured["mel"]
+
+    pipe.decode_latents = keep
+    try:
+        audio = pipe(**call, output_type="np").audios
+    finally:
+        pipe.decode_latents = decode
+    return captured["latents"], captured["mel"], torch.from_numpy(np.asarray(audio, dtype=np.float32))
+
+
 def normal(seed: int, shape) -> torch.Tensor:
     return torch.from_numpy(np.random.RandomState(seed % 2**32).standard_normal(shape).astype(np.float32))
 
