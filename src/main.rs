@@ -500,9 +500,10 @@ fn ranked_clips(
         };
         let duration = request.duration_s.unwrap_or_default();
         describe_candidate(
-            &candidate.describe(&options.model, duration),
-            k,
-            n,
+            &candidate,
+            &options.model,
+            duration,
+            (k, n),
             ranked.scores.scores[k],
             &clap,
         )

@@ -712,7 +712,14 @@ impl AudioLdmApp {
                 ..run.settings.clone()
             };
             let score = candidates.scores.scores[k];
-            let description = describe_candidate(&settings.describe(), k, n, score, &clap);
+            let description = describe_candidate(
+                &settings.request(),
+                &settings.model,
+                settings.duration_s,
+                (k, n),
+                score,
+                &clap,
+            );
             let entry = HistoryEntry {
                 id,
                 settings,

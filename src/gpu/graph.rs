@@ -652,6 +652,15 @@ struct CompiledOp {
     workgroups: [u32; 3],
 }
 
+impl CompiledOp {
+    fn dispatch(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.kernel.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[self.param_offset]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
 /// A planned graph, ready to replay.
 pub struct Executable {
     ctx: Context,
@@ -986,18 +995,20 @@ impl Executable {
                 timestamp_writes: None,
             });
             for op in ops {
-                pass.set_pipeline(&op.kernel.pipeline);
-                pass.set_bind_group(0, &op.bind_group, &[op.param_offset]);
-                let [x, y, z] = op.workgroups;
-                pass.dispatch_workgroups(x, y, z);
+                op.dispatch(&mut pass);
             }
         }
         if with_feedback {
-            for (from, into) in &self.feedback {
-                encoder.copy_buffer_to_buffer(from.buffer(), 0, into.buffer(), 0, from.bytes());
-            }
+            self.encode_feedback(&mut encoder);
         }
         encoder.finish()
+    }
+
+    /// The copies of [`Self::feed_back`], appended after a run's last dispatch.
+    fn encode_feedback(&self, encoder: &mut wgpu::CommandEncoder) {
+        for (from, into) in &self.feedback {
+            encoder.copy_buffer_to_buffer(from.buffer(), 0, into.buffer(), 0, from.bytes());
+        }
     }
 
     /// After every run, copies output `from` into input `into` within the same submit, so that an
@@ -1133,15 +1144,10 @@ impl Executable {
                         end_of_pass_write_index: Some(2 * i as u32 + 1),
                     }),
                 });
-                pass.set_pipeline(&op.kernel.pipeline);
-                pass.set_bind_group(0, &op.bind_group, &[op.param_offset]);
-                let [x, y, z] = op.workgroups;
-                pass.dispatch_workgroups(x, y, z);
+                op.dispatch(&mut pass);
             }
             if c + 1 == chunks {
-                for (from, into) in &self.feedback {
-                    encoder.copy_buffer_to_buffer(from.buffer(), 0, into.buffer(), 0, from.bytes());
-                }
+                self.encode_feedback(&mut encoder);
             }
             encoder.resolve_query_set(&set, 0..count, &resolved, 0);
             ctx.scoped("submitting a profiled replay", || {

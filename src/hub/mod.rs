@@ -211,12 +211,6 @@ impl Layout {
             .collect::<Vec<_>>()
             .join(", ")
     }
-
-    /// The requirements, as the web build reads them.
-    #[cfg(target_arch = "wasm32")]
-    fn requirements(&self) -> &'static [&'static [&'static [&'static str]]] {
-        self.requirements
-    }
 }
 
 /// A Hugging Face model repo and revision, parsed from `owner/name[@revision]` or an alias.

@@ -68,7 +68,7 @@ pub async fn resolve_layout(
     let base = base_url(model)?;
     let cache = open_cache().await?;
     let mut files = Vec::new();
-    let requirements = layout.requirements();
+    let requirements = layout.requirements;
     for (index, requirement) in requirements.iter().enumerate() {
         let mut found = None;
         for alternative in requirement.iter() {
@@ -124,7 +124,7 @@ pub async fn resolve_layout(
 pub async fn mount_folder(name: &str, files: Vec<(String, web_sys::Blob)>) -> Result<PathBuf> {
     let mut files: std::collections::BTreeMap<String, web_sys::Blob> = files.into_iter().collect();
     let mut chosen = Vec::new();
-    for requirement in AUDIOLDM.requirements() {
+    for requirement in AUDIOLDM.requirements {
         let found = requirement.iter().find(|alternative| {
             alternative
                 .iter()

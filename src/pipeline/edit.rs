@@ -69,9 +69,7 @@ impl EditRequest {
     /// The settings as JSON for the clip's metadata: those of text-to-audio plus the mode, its
     /// parameters and the source's name.
     pub fn describe(&self, model: &str) -> String {
-        let mut settings: serde_json::Value =
-            serde_json::from_str(&self.request.describe(model, self.source.duration_s()))
-                .unwrap_or_else(|_| serde_json::json!({}));
+        let mut settings = self.request.settings(model, self.source.duration_s());
         let parameters = match &self.mode {
             Mode::StyleTransfer { strength } => serde_json::json!({ "strength": strength }),
             Mode::Inpaint { ranges } => serde_json::json!({ "ranges_s": ranges }),
@@ -80,13 +78,11 @@ impl EditRequest {
             }),
             Mode::Extend { seconds } => serde_json::json!({ "seconds": seconds }),
         };
-        if let Some(map) = settings.as_object_mut() {
-            map.remove("initial_latents");
-            map.insert("mode".into(), self.mode.name().into());
-            map.insert("mode_parameters".into(), parameters);
-            map.insert("source".into(), self.source_name.clone().into());
-        }
-        settings.to_string()
+        settings.remove("initial_latents");
+        settings.insert("mode".into(), self.mode.name().into());
+        settings.insert("mode_parameters".into(), parameters);
+        settings.insert("source".into(), self.source_name.clone().into());
+        serde_json::Value::Object(settings).to_string()
     }
 }
 

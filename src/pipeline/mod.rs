@@ -110,7 +110,17 @@ impl Request {
     /// The settings as JSON, for a clip's metadata (the WAV comment the CLI and the app write);
     /// `default_duration_s` stands in when the request leaves the duration to the model.
     pub fn describe(&self, model: &str, default_duration_s: f64) -> String {
-        serde_json::json!({
+        serde_json::Value::Object(self.settings(model, default_duration_s)).to_string()
+    }
+
+    /// [`Self::describe`]'s fields, for the modes that add their own (edits, variations,
+    /// candidates).
+    pub fn settings(
+        &self,
+        model: &str,
+        default_duration_s: f64,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let serde_json::Value::Object(settings) = serde_json::json!({
             "prompt": self.prompt,
             "negative_prompt": self.negative_prompt,
             "steps": self.steps,
@@ -125,8 +135,10 @@ impl Request {
             "model": model,
             "initial_latents": if self.init_latents.is_some() { "injected" } else { "seeded" },
             "conditioning": if self.conditioning.is_some() { "embedding" } else { "prompt" },
-        })
-        .to_string()
+        }) else {
+            unreachable!("json! of an object literal is an object")
+        };
+        settings
     }
 }
 

@@ -153,19 +153,23 @@ impl ClapScorer {
     }
 }
 
-/// A candidate's settings for its clip's metadata: `settings` (the JSON of its request, with its
-/// own seed) plus its number `k` (0-based, in seed order), the run's count `n`, its score and the
-/// CLAP model that gave it.
-pub fn describe_candidate(settings: &str, k: usize, n: usize, score: f32, clap: &str) -> String {
-    let mut settings: serde_json::Value =
-        serde_json::from_str(settings).unwrap_or_else(|_| serde_json::json!({}));
-    if let Some(map) = settings.as_object_mut() {
-        map.insert("candidate".into(), k.into());
-        map.insert("candidates".into(), n.into());
-        map.insert("clap_score".into(), score.into());
-        map.insert("clap".into(), clap.into());
-    }
-    settings.to_string()
+/// A candidate's settings for its clip's metadata: those of `request` (its own, with its seed; see
+/// [`Request::settings`]) plus its number `k` (0-based, in seed order), the run's count `n`, its
+/// score and the CLAP model that gave it.
+pub fn describe_candidate(
+    request: &Request,
+    model: &str,
+    duration_s: f64,
+    (k, n): (usize, usize),
+    score: f32,
+    clap: &str,
+) -> String {
+    let mut settings = request.settings(model, duration_s);
+    settings.insert("candidate".into(), k.into());
+    settings.insert("candidates".into(), n.into());
+    settings.insert("clap_score".into(), score.into());
+    settings.insert("clap".into(), clap.into());
+    serde_json::Value::Object(settings).to_string()
 }
 
 /// Checks a candidate count (and that seeds can make them differ) before any work starts.

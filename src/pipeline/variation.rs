@@ -60,28 +60,19 @@ impl VariationRequest {
     /// The settings as JSON for the clip's metadata: text-to-audio's plus the mode, the mix and
     /// the source's name.
     pub fn describe(&self, model: &str, clap: &str) -> String {
-        let mut settings: serde_json::Value =
-            serde_json::from_str(&self.request.describe(model, self.duration_s()))
-                .unwrap_or_else(|_| serde_json::json!({}));
-        if let Some(map) = settings.as_object_mut() {
-            map.remove("initial_latents");
-            map.insert("mode".into(), "variation".into());
-            map.insert(
-                "conditioning".into(),
-                if self.has_prompt() {
-                    "clip and prompt"
-                } else {
-                    "clip"
-                }
-                .into(),
-            );
-            if self.has_prompt() {
-                map.insert("mix".into(), self.mix.into());
-            }
-            map.insert("clap".into(), clap.into());
-            map.insert("source".into(), self.source_name.clone().into());
-        }
-        settings.to_string()
+        let mut settings = self.request.settings(model, self.duration_s());
+        settings.remove("initial_latents");
+        settings.insert("mode".into(), "variation".into());
+        let conditioning = if self.has_prompt() {
+            settings.insert("mix".into(), self.mix.into());
+            "clip and prompt"
+        } else {
+            "clip"
+        };
+        settings.insert("conditioning".into(), conditioning.into());
+        settings.insert("clap".into(), clap.into());
+        settings.insert("source".into(), self.source_name.clone().into());
+        serde_json::Value::Object(settings).to_string()
     }
 
     /// The checks that need no model: mix, clip, request fields.

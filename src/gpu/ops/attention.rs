@@ -260,6 +260,15 @@ impl Graph {
         ];
         // q·k and p·v of every query row against every key.
         let flops_per_row = 2 * (a.batch * a.heads * a.tk * (a.d + a.dv)) as u64;
+        // Workgroups of WG invocations of qb rows each, per head and (batch item, split).
+        let step = WG * qb;
+        let dispatch = |rows: usize| {
+            [
+                rows.div_ceil(step) as u32,
+                a.heads as u32,
+                (a.batch * splits) as u32,
+            ]
+        };
         if splits == 1 {
             let out = self.push(OpSpec {
                 label: op.to_string(),
@@ -268,20 +277,11 @@ impl Graph {
                 out_shape,
                 out_dtype: DType::F32,
                 params: params(0, a.tq),
-                workgroups: [
-                    a.tq.div_ceil(WG * qb) as u32,
-                    a.heads as u32,
-                    (a.batch * splits) as u32,
-                ],
+                workgroups: dispatch(a.tq),
             })?;
             self.count_flops(flops_per_row * a.tq as u64);
             if tiles {
-                let workgroups = [
-                    a.tq.div_ceil(WG * qb) as u32,
-                    a.heads as u32,
-                    (a.batch * splits) as u32,
-                ];
-                self.offer_fallback(portable, workgroups);
+                self.offer_fallback(portable, dispatch(a.tq));
             }
             return Ok(out);
         }
@@ -290,7 +290,6 @@ impl Graph {
         // would be unsplit; windows are whole workgroups of rows.
         let partial_row_bytes = 4 * (splits * a.batch * a.heads * (a.dv + 2)) as u64;
         let max_binding = self.context().max_binding_bytes();
-        let step = WG * qb;
         let rows_fit = (max_binding / partial_row_bytes) as usize / step * step;
         let window = if partial_row_bytes * a.tq as u64 <= max_binding {
             a.tq
@@ -318,20 +317,11 @@ impl Graph {
                 out_shape: Shape(vec![splits, a.batch, a.heads, rows, a.dv + 2]),
                 out_dtype: DType::F32,
                 params: params(row0, rows),
-                workgroups: [
-                    rows.div_ceil(step) as u32,
-                    a.heads as u32,
-                    (a.batch * splits) as u32,
-                ],
+                workgroups: dispatch(rows),
             })?;
             self.count_flops(flops_per_row * rows as u64);
             if tiles {
-                let workgroups = [
-                    rows.div_ceil(step) as u32,
-                    a.heads as u32,
-                    (a.batch * splits) as u32,
-                ];
-                self.offer_fallback(portable.clone(), workgroups);
+                self.offer_fallback(portable.clone(), dispatch(rows));
             }
             // Rows of one batch item are contiguous; a batch of several is never windowed.
             let rows_out = row0 * width * a.batch..(row0 + rows) * width * a.batch;

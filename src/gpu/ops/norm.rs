@@ -2,6 +2,8 @@
 //! Each runs one workgroup per normalised set (a group of one batch item, or a row) over
 //! `shaders/norm.wgsl`; statistics use Welford's algorithm merged across the workgroup.
 
+use std::ops::Range;
+
 use crate::gpu::error::{Result, shape_error};
 use crate::gpu::graph::{Binding, Graph, OpSpec, Params, Var, grid};
 use crate::gpu::kernel::KernelKey;
@@ -38,6 +40,21 @@ impl NormParams {
             eps,
             scale,
             set0: 0,
+        }
+    }
+
+    /// The sets `sets` of a GroupNorm of `groups` groups over `n`-element sets (`spatial` per
+    /// channel), for one dispatch.
+    fn groups(n: usize, sets: &Range<usize>, spatial: usize, groups: usize, eps: f32) -> Self {
+        Self {
+            n,
+            sets: sets.len(),
+            spatial,
+            groups,
+            cpg: n / spatial,
+            eps,
+            scale: 1.0,
+            set0: sets.start,
         }
     }
 
@@ -100,17 +117,7 @@ impl Graph {
         let y = self.alloc(op, xs.clone(), DType::F32)?;
         for sets in self.parts_in_units(op, y, n)? {
             let part = sets.start * n..sets.end * n;
-            let params = NormParams {
-                n,
-                sets: sets.len(),
-                spatial,
-                groups,
-                cpg,
-                eps,
-                scale: 1.0,
-                set0: sets.start,
-            }
-            .params();
+            let params = NormParams::groups(n, &sets, spatial, groups, eps).params();
             self.push_window(
                 Binding::elements(y, part.clone()),
                 OpSpec {
@@ -171,17 +178,7 @@ impl Graph {
             .define("WG", GROUP_WG);
         let stats = self.alloc(op, Shape(vec![total, 3]), DType::F32)?;
         for sets in self.parts_in_units(op, x, n)? {
-            let params = NormParams {
-                n,
-                sets: sets.len(),
-                spatial,
-                groups,
-                cpg,
-                eps,
-                scale: 1.0,
-                set0: sets.start,
-            }
-            .params();
+            let params = NormParams::groups(n, &sets, spatial, groups, eps).params();
             self.push_window(
                 Binding::from(stats),
                 OpSpec {
