@@ -82,6 +82,43 @@ fn cancelling_stops_between_steps() {
     assert_eq!(seen, 1);
 }
 
+/// Step i's preview is read while step i + 1 runs. A run cancelled with a step still unread
+/// leaves nothing behind: the next run's previews are its own, step by step, as are an
+/// uninterrupted pipeline's.
+#[test]
+fn previews_follow_their_steps_after_a_cancelled_run() {
+    let previews = |p: &Pipeline, cancel_after: Option<usize>| {
+        let cancel = AtomicBool::new(false);
+        let mut seen = Vec::new();
+        let result = p.generate(&request(), &cancel, |event| {
+            if let Event::Step { i, n, preview } = event {
+                assert_eq!(n, 3);
+                seen.push((i, preview.data));
+                if Some(i) == cancel_after {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            }
+        });
+        (result, seen)
+    };
+    let fresh = pipeline();
+    let (want_output, want) = previews(&fresh, None);
+    let want_output = want_output.unwrap();
+    assert_eq!(
+        want.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+
+    let p = pipeline();
+    let (cancelled, _) = previews(&p, Some(1));
+    assert!(matches!(cancelled, Err(Error::Cancelled)));
+    let (output, got) = previews(&p, None);
+    assert_eq!(got, want, "previews after a cancelled run");
+    assert_eq!(output.unwrap().latents, want_output.latents);
+    // The last preview is the final step's clean estimate, not the latents before it.
+    assert_ne!(got[1].1, got[2].1);
+}
+
 #[test]
 fn bad_requests_are_errors_and_empty_prompts_are_unconditional() {
     let p = pipeline();

@@ -591,10 +591,20 @@ impl Context {
     /// Waits until all submitted work has finished, without blocking where blocking is not
     /// allowed (a browser's page): there the future resolves from the page's event loop.
     pub async fn wait_async(&self) -> Result<()> {
+        self.wait_for_async(None).await
+    }
+
+    /// Waits until `submission` (`None`: all submitted work) has finished, leaving later
+    /// submissions running. In a browser a given submission is not waited for here: the mapping
+    /// of a buffer it fills resolves when it is done.
+    pub(crate) async fn wait_for_async(
+        &self,
+        submission: Option<wgpu::SubmissionIndex>,
+    ) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
-        self.wait()?;
+        self.wait_for(submission)?;
         #[cfg(target_arch = "wasm32")]
-        {
+        if submission.is_none() {
             let (done, finished) = futures_channel::oneshot::channel();
             self.inner.queue.on_submitted_work_done(move || {
                 let _ = done.send(());
@@ -619,9 +629,17 @@ impl Context {
     /// Waits until all submitted work has finished.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<()> {
+        self.wait_for(None)
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn wait_for(&self, submission_index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.inner
             .device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait {
+                submission_index,
+                timeout: None,
+            })
             .map_err(|e| GpuError::Wgpu {
                 context: "waiting for the GPU".into(),
                 message: e.to_string(),

@@ -6,6 +6,7 @@
 //! that ops index by dynamic offset, and makes all bind groups. [`Executable::run`] then records one
 //! compute pass and submits it once; only scalars set with [`Executable::set_scalar`] change.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,9 @@ use super::context::Context;
 use super::error::{GpuError, Result, shape_error};
 use super::kernel::{Kernel, KernelKey, PARAM_BLOCK_BYTES};
 use super::profile::{OpTiming, Profile};
-use super::tensor::{DType, GpuBuffer, Shape, Tensor, create_buffer, read_buffer};
+use super::tensor::{
+    DType, GpuBuffer, Shape, Tensor, create_buffer, map_read, read_buffer, staging_buffer,
+};
 
 /// A tensor of a graph: an input bound to an existing [`Tensor`], or the result of an op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -678,6 +681,20 @@ pub struct Executable {
     feedback: Vec<(Tensor, Tensor)>,
     /// See [`Executable::set_max_dispatches_per_submit`].
     max_dispatches_per_submit: Option<usize>,
+    /// See [`Executable::stage_output`].
+    staged: Option<StagedOutput>,
+}
+
+/// One output copied by every run, within the run's own submit, into the next buffer of a ring
+/// the CPU can map: a run's result is read while later runs are already queued.
+struct StagedOutput {
+    var: Var,
+    bytes: u64,
+    ring: Vec<wgpu::Buffer>,
+    /// The ring buffer the next run fills.
+    next: usize,
+    /// Runs submitted and not yet read, oldest first: (ring buffer, the submission filling it).
+    unread: VecDeque<(usize, wgpu::SubmissionIndex)>,
 }
 
 /// Assigns each interval (first, last, bytes) a slot so that slots never hold overlapping
@@ -956,6 +973,7 @@ impl Executable {
             stats,
             feedback: Vec::new(),
             max_dispatches_per_submit: None,
+            staged: None,
         })
     }
 
@@ -1004,11 +1022,106 @@ impl Executable {
         encoder.finish()
     }
 
-    /// The copies of [`Self::feed_back`], appended after a run's last dispatch.
+    /// The copies of [`Self::feed_back`] and [`Self::stage_output`], appended after a run's last
+    /// dispatch. A run that encodes them must be followed by [`Self::finish_run`].
     fn encode_feedback(&self, encoder: &mut wgpu::CommandEncoder) {
         for (from, into) in &self.feedback {
             encoder.copy_buffer_to_buffer(from.buffer(), 0, into.buffer(), 0, from.bytes());
         }
+        if let Some(staged) = &self.staged {
+            let target = &staged.ring[staged.next];
+            for (range, buffer) in &self.buffers[staged.var.0] {
+                encoder.copy_buffer_to_buffer(
+                    buffer,
+                    0,
+                    target,
+                    range.start,
+                    range.end - range.start,
+                );
+            }
+        }
+    }
+
+    /// Counts a run whose last submit (with the copies of [`Self::encode_feedback`]) was
+    /// `submission`.
+    fn finish_run(&mut self, submission: wgpu::SubmissionIndex) {
+        self.stats.runs += 1;
+        if let Some(staged) = &mut self.staged {
+            staged.unread.push_back((staged.next, submission));
+            staged.next = (staged.next + 1) % staged.ring.len();
+            // The oldest unread run's copy is overwritten by the run just submitted.
+            if staged.unread.len() > staged.ring.len() {
+                staged.unread.pop_front();
+            }
+        }
+    }
+
+    /// From now on every run also copies output `var` (f32) into the next of `depth` buffers the
+    /// CPU can map, in the run's own submit; [`Self::read_staged_async`] reads them in the order of
+    /// the runs, waiting for that run only. A loop can so submit run `i + 1` before it reads run
+    /// `i`, and the GPU never waits for the CPU between runs. With `depth` runs unread, the next
+    /// run overwrites the oldest one's copy.
+    pub fn stage_output(&mut self, var: Var, depth: usize) -> Result<()> {
+        let tensor = self.tensor(var)?;
+        if tensor.dtype() != DType::F32 || depth == 0 {
+            return Err(GpuError::Invalid(format!(
+                "only an f32 output can be staged, into at least one buffer (got {:?}, {depth})",
+                tensor.dtype()
+            )));
+        }
+        let bytes = self.values[var.0]
+            .dtype
+            .storage_bytes(self.values[var.0].shape.numel());
+        let ring = (0..depth)
+            .map(|_| staging_buffer(&self.ctx, bytes.max(4)))
+            .collect::<Result<_>>()?;
+        self.staged = Some(StagedOutput {
+            var,
+            bytes,
+            ring,
+            next: 0,
+            unread: VecDeque::new(),
+        });
+        Ok(())
+    }
+
+    /// The staged output ([`Self::stage_output`]) of the oldest run not yet read, once that run
+    /// has finished; later runs go on meanwhile.
+    pub async fn read_staged_async(&mut self) -> Result<Vec<f32>> {
+        let staged = self
+            .staged
+            .as_mut()
+            .ok_or_else(|| GpuError::Invalid("no output of this graph is staged".into()))?;
+        let (slot, submission) = staged.unread.pop_front().ok_or_else(|| {
+            GpuError::Invalid("no run of this graph is waiting to be read".into())
+        })?;
+        let staged = &*staged;
+        let bytes = map_read(
+            &self.ctx,
+            &staged.ring[slot],
+            staged.bytes,
+            Some(submission),
+        )
+        .await?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Blocking [`Self::read_staged_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_staged(&mut self) -> Result<Vec<f32>> {
+        pollster::block_on(self.read_staged_async())
+    }
+
+    /// Forgets the runs whose staged output has not been read: the next read is of the next run.
+    pub fn discard_unread_runs(&mut self) {
+        if let Some(staged) = &mut self.staged {
+            staged.unread.clear();
+        }
+    }
+
+    /// Runs submitted whose staged output has not been read ([`Self::stage_output`]).
+    pub fn unread_runs(&self) -> usize {
+        self.staged.as_ref().map_or(0, |s| s.unread.len())
     }
 
     /// After every run, copies output `from` into input `into` within the same submit, so that an
@@ -1068,16 +1181,17 @@ impl Executable {
                 &self.ops[(i * slice).min(self.ops.len())..((i + 1) * slice).min(self.ops.len())];
             let last = i + 1 == slices;
             let commands = self.encode(ops, last);
-            self.ctx.scoped("submitting the graph", || {
+            let submission = self.ctx.scoped("submitting the graph", || {
                 self.ctx.queue().submit([commands])
             })?;
             self.stats.submits += 1;
-            if !last {
+            if last {
+                self.finish_run(submission);
+            } else {
                 // Let whoever else uses the queue (a renderer) in before the next slice.
                 self.ctx.wait_async().await?;
             }
         }
-        self.stats.runs += 1;
         Ok(true)
     }
 
@@ -1146,11 +1260,12 @@ impl Executable {
                 });
                 op.dispatch(&mut pass);
             }
-            if c + 1 == chunks {
+            let last = c + 1 == chunks;
+            if last {
                 self.encode_feedback(&mut encoder);
             }
             encoder.resolve_query_set(&set, 0..count, &resolved, 0);
-            ctx.scoped("submitting a profiled replay", || {
+            let submission = ctx.scoped("submitting a profiled replay", || {
                 ctx.queue().submit([encoder.finish()])
             })?;
             self.stats.submits += 1;
@@ -1167,8 +1282,10 @@ impl Executable {
                     bytes: op.cost.bytes,
                 });
             }
+            if last {
+                self.finish_run(submission);
+            }
         }
-        self.stats.runs += 1;
         Ok(Profile { ops: timings })
     }
 
@@ -1184,14 +1301,17 @@ impl Executable {
         self.upload_params()?;
         for i in 0..self.ops.len() {
             let op = &self.ops[i..=i];
-            let commands = self.encode(op, i + 1 == self.ops.len());
-            self.ctx.scoped(&format!("running {}", op[0].label), || {
+            let last = i + 1 == self.ops.len();
+            let commands = self.encode(op, last);
+            let submission = self.ctx.scoped(&format!("running {}", op[0].label), || {
                 self.ctx.queue().submit([commands])
             })?;
             self.ctx.wait()?;
             self.stats.submits += 1;
+            if last {
+                self.finish_run(submission);
+            }
         }
-        self.stats.runs += 1;
         Ok(())
     }
 

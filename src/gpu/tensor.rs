@@ -296,14 +296,7 @@ pub(crate) async fn read_buffer(
     if bytes == 0 {
         return Ok(Vec::new());
     }
-    let staging = ctx.scoped("allocating a read-back buffer", || {
-        ctx.device().create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read-back"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
-    })?;
+    let staging = staging_buffer(ctx, bytes)?;
     ctx.scoped("reading a tensor back", || {
         let mut encoder = ctx
             .device()
@@ -313,12 +306,44 @@ pub(crate) async fn read_buffer(
         encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
         ctx.queue().submit([encoder.finish()]);
     })?;
+    map_read(ctx, &staging, bytes, None).await
+}
+
+/// A buffer the CPU can map and read, `bytes` long, for copies out of storage buffers.
+pub(crate) fn staging_buffer(ctx: &Context, bytes: u64) -> Result<wgpu::Buffer> {
+    ctx.scoped("allocating a read-back buffer", || {
+        ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    })
+}
+
+/// Maps `staging` once `submission` (`None`: all work submitted so far) has finished, copies out
+/// its first `bytes` and unmaps it. Waiting for one submission leaves later ones running.
+pub(crate) async fn map_read(
+    ctx: &Context,
+    staging: &wgpu::Buffer,
+    bytes: u64,
+    submission: Option<wgpu::SubmissionIndex>,
+) -> Result<Vec<u8>> {
+    /// Unmaps the buffer however the read ends (an error, or its future dropped part way), so
+    /// that it can be copied into again.
+    struct Unmap<'a>(&'a wgpu::Buffer);
+    impl Drop for Unmap<'_> {
+        fn drop(&mut self) {
+            self.0.unmap();
+        }
+    }
     let (sender, receiver) = futures_channel::oneshot::channel();
-    staging.map_async(wgpu::MapMode::Read, .., move |result| {
+    staging.map_async(wgpu::MapMode::Read, ..bytes, move |result| {
         // The receiver only goes away if this function has already returned an error.
         let _ = sender.send(result);
     });
-    ctx.wait_async().await?;
+    let _unmap = Unmap(staging);
+    ctx.wait_for_async(submission).await?;
     receiver
         .await
         .map_err(|_| GpuError::DeviceLost("the read-back was never answered".into()))?
@@ -326,12 +351,14 @@ pub(crate) async fn read_buffer(
             context: "mapping a read-back buffer".into(),
             message: e.to_string(),
         })?;
-    let view = staging.get_mapped_range(..).map_err(|e| GpuError::Wgpu {
-        context: "viewing a read-back buffer".into(),
-        message: e.to_string(),
-    })?;
+    let view = staging
+        .get_mapped_range(..bytes)
+        .map_err(|e| GpuError::Wgpu {
+            context: "viewing a read-back buffer".into(),
+            message: e.to_string(),
+        })?;
     let data = view.to_vec();
     drop(view);
-    staging.unmap();
+    ctx.check()?;
     Ok(data)
 }

@@ -243,7 +243,6 @@ struct StepGraph {
     noise: Tensor,
     /// The previous step's clean estimate (fed back after every step).
     prev_clean: Tensor,
-    clean: Var,
     timestep: Scalar,
     guidance: Scalar,
     x0_scale: Scalar,
@@ -964,6 +963,8 @@ impl Pipeline {
         step.exe.set_scalar(step.guidance, request.guidance_scale);
         step.exe
             .set_max_dispatches_per_submit(self.dispatches_per_submit());
+        // A run cancelled or failed part way leaves its last steps unread.
+        step.exe.discard_unread_runs();
         let mut rng = noise::LegacyNormal::new(request.seed.wrapping_add(1));
         let n = steps.len();
         // A multistep solver's memory starts empty (its first step is first order).
@@ -975,6 +976,21 @@ impl Pipeline {
                 preview: preview_mel(&known.hold(&initial), shape, scale),
             });
         }
+        // Step `done` (from 1) has finished: its clean estimate is checked and previewed.
+        let mut report = async |step: &mut StepGraph, known: Option<&Known>, done: usize| {
+            let clean = step.exe.read_staged_async().await?;
+            check_finite(&format!("denoising step {done} of {n}"), &clean)?;
+            let clean = match known {
+                Some(known) => known.hold(&clean),
+                None => clean,
+            };
+            on_event(Event::Step {
+                i: done,
+                n,
+                preview: preview_mel(&clean, shape, scale),
+            });
+            Ok::<_, Error>(())
+        };
         let mut x = initial;
         for (i, s) in steps.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
@@ -1003,17 +1019,14 @@ impl Pipeline {
             if !step.exe.run_unless_async(cancel).await? {
                 return Err(Error::Cancelled);
             }
-            let clean = step.exe.read_async(step.clean).await?;
-            check_finite(&format!("denoising step {} of {n}", i + 1), &clean)?;
-            let clean = match &known {
-                Some(known) => known.hold(&clean),
-                None => clean,
-            };
-            on_event(Event::Step {
-                i: i + 1,
-                n,
-                preview: preview_mel(&clean, shape, scale),
-            });
+            // With step i queued behind it, step i - 1 is checked and shown: the GPU does not
+            // wait for the CPU between steps.
+            if i > 0 {
+                report(step, known.as_ref(), i).await?;
+            }
+        }
+        if n > 0 {
+            report(step, known.as_ref(), n).await?;
         }
         let mut latents = step.latents.to_vec_f32_async(&self.ctx).await?;
         if let Some(known) = &known {
@@ -1093,6 +1106,8 @@ impl Pipeline {
         let mut exe = g.build()?;
         exe.feed_back(next, x)?;
         exe.feed_back(clean, prev)?;
+        // Step i's estimate is read for its preview while step i + 1 runs.
+        exe.stage_output(clean, 2)?;
         let stats = exe.stats();
         tracing::info!(
             dispatches = stats.dispatches,
@@ -1108,7 +1123,6 @@ impl Pipeline {
             embeds,
             noise,
             prev_clean,
-            clean,
             timestep,
             guidance,
             x0_scale,
