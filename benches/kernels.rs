@@ -1,5 +1,6 @@
 //! GFLOP/s of the GEMM and the UNet's real convolution shapes, next to naive kernels.
-//! `cargo bench --bench kernels` (add `-- --quick` for fewer repetitions, `--gemm` or `--conv` for one half).
+//! `cargo bench --bench kernels` (add `-- --quick` for fewer repetitions, `--gemm`, `--conv` or
+//! `--norm` for one part). The normalisations run with the portable and the subgroup reductions.
 
 use std::time::Instant;
 
@@ -7,7 +8,7 @@ use audioldm::gpu::ops::conv::{
     Conv2dOptions, ConvKernel, ConvTranspose1dOptions, conv_transpose1d_weight_shape,
 };
 use audioldm::gpu::ops::matmul::{Gemm, MatView, MatmulKernel};
-use audioldm::gpu::{Activation, Context, DType, Graph, Result, Tensor, Var};
+use audioldm::gpu::{Activation, Context, DType, Graph, KernelVariants, Result, Tensor, Var};
 
 fn tensor(ctx: &Context, shape: &[usize], seed: u32) -> Result<Tensor> {
     let n: usize = shape.iter().product();
@@ -42,6 +43,7 @@ fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let gemm_only = std::env::args().any(|a| a == "--gemm");
     let conv_only = std::env::args().any(|a| a == "--conv");
+    let norm_only = std::env::args().any(|a| a == "--norm");
     let reps = if quick { 1 } else { 3 };
     let ctx = Context::new_blocking()?;
     let info = ctx.adapter_info();
@@ -50,6 +52,9 @@ fn main() -> Result<()> {
         "adapter: {} ({:?}, {:?}), {cores} CPU cores",
         info.name, info.backend, info.device_type
     );
+    if norm_only {
+        return bench_norms(&ctx, reps);
+    }
     println!(
         "{:<44} {:>10} {:>10} {:>12}",
         "case", "ms", "GFLOP/s", "GFLOP/s/core"
@@ -215,6 +220,57 @@ fn main() -> Result<()> {
             flops,
             secs,
         );
+    }
+    if !conv_only {
+        bench_norms(&ctx, reps)?;
+    }
+    Ok(())
+}
+
+/// GB/s (bytes read and written once) of the UNet's GroupNorms and of LayerNorm and softmax rows,
+/// with the workgroup-memory tree and, where the adapter has SUBGROUP, the subgroup reductions.
+fn bench_norms(ctx: &Context, reps: usize) -> Result<()> {
+    let mut sets = vec![("tree", KernelVariants::default())];
+    if ctx.capabilities().subgroup {
+        let subgroups = KernelVariants {
+            subgroups: true,
+            ..KernelVariants::default()
+        };
+        sets.push(("subgroups", subgroups));
+    }
+    println!("{:<44} {:>10} {:>10}", "normalisation", "ms", "GB/s");
+    for (name, variants) in sets {
+        ctx.set_variants(variants)?;
+        let cases: [(&str, Vec<usize>); 5] = [
+            ("group_norm+silu 2x128x250x16 G32", vec![2, 128, 250, 16]),
+            ("group_norm+silu 2x640x32x2 G32", vec![2, 640, 32, 2]),
+            ("layer_norm 2x4000x128", vec![2, 4000, 128]),
+            ("layer_norm 2x77x768", vec![2, 77, 768]),
+            ("softmax 16000x77", vec![16000, 77]),
+        ];
+        for (case, shape) in cases {
+            let x = tensor(ctx, &shape, 9)?;
+            let mut g = Graph::new(ctx);
+            let vx = g.input(&x);
+            let out = if case.starts_with("group_norm") {
+                g.group_norm(vx, 32, None, None, 1e-5, true)?
+            } else if case.starts_with("layer_norm") {
+                let d = shape[2];
+                let gamma = g.weight(&tensor(ctx, &[d], 10)?);
+                let beta = g.weight(&tensor(ctx, &[d], 11)?);
+                g.layer_norm(vx, gamma, beta, 1e-5)?
+            } else {
+                g.softmax(vx, 0.125)?
+            };
+            let secs = time_graph(ctx, g, out, reps)?;
+            let bytes = 2.0 * 4.0 * shape.iter().product::<usize>() as f64;
+            println!(
+                "{:<44} {:>10.2} {:>10.2}",
+                format!("{case} {name}"),
+                secs * 1e3,
+                bytes / secs / 1e9
+            );
+        }
     }
     Ok(())
 }

@@ -10,7 +10,8 @@
 // softmax      softmax(scale * x) over the last dim: one pass for a per-thread running max and sum,
 //              merged across the workgroup, then one pass that writes.
 //
-// Defines: WG, GAMMA and BETA (present optional affine inputs), ACT_SILU (fused SiLU).
+// Defines: WG, GAMMA and BETA (present optional affine inputs), ACT_SILU (fused SiLU), SUBGROUPS
+// (reductions with subgroup operations, _reduce.wgsl).
 
 struct Params {
     // Elements per normalised set (group or row).
@@ -44,13 +45,14 @@ fn set_index(wg: vec3<u32>, groups: vec3<u32>) -> u32 {
 // (shift, mean, rstd) of the n elements from `base`: statistics of x - shift, shift = the set's
 // first element, so the differences are exact for values near the shift and the mean keeps full
 // precision however far from zero it lies. Welford per thread, merged across the workgroup.
-fn set_stats(base: u32, lid: u32) -> vec3<f32> {
+fn set_stats(base: u32, inv: Invocation) -> vec3<f32> {
+    let lid = inv.lid;
     let shift = x[base];
     var w = Welford(0.0, 0.0, 0.0);
     for (var i = lid; i < p.n; i += ${WG}u) {
         w = welford_push(w, x[base + i] - shift);
     }
-    let stats = reduce_welford(lid, w);
+    let stats = reduce_welford(inv, w);
     return vec3<f32>(shift, stats.mean, inverseSqrt(stats.m2 / stats.n + p.eps));
 }
 
@@ -63,13 +65,14 @@ fn set_stats(base: u32, lid: u32) -> vec3<f32> {
 fn group_stats(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) ngroups: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    inv: Invocation,
 ) {
+    let lid = inv.lid;
     let gset = set_index(wg, ngroups);
     if (gset >= p.sets) {
         return;
     }
-    let s = set_stats(gset * p.n, lid);
+    let s = set_stats(gset * p.n, inv);
     if (lid == 0u) {
         let at = 3u * (p.set0 + gset);
         stats[at] = s.x;
@@ -90,14 +93,15 @@ fn group_stats(
 fn group_norm(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) ngroups: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    inv: Invocation,
 ) {
+    let lid = inv.lid;
     let gset = set_index(wg, ngroups);
     if (gset >= p.sets) {
         return;
     }
     let base = gset * p.n;
-    let s = set_stats(base, lid);
+    let s = set_stats(base, inv);
     let shift = s.x;
     let mean = s.y;
     let rstd = s.z;
@@ -126,14 +130,15 @@ fn group_norm(
 fn layer_norm(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) ngroups: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    inv: Invocation,
 ) {
+    let lid = inv.lid;
     let row = set_index(wg, ngroups);
     if (row >= p.sets) {
         return;
     }
     let base = row * p.n;
-    let s = set_stats(base, lid);
+    let s = set_stats(base, inv);
     let shift = s.x;
     let mean = s.y;
     let rstd = s.z;
@@ -150,8 +155,9 @@ fn layer_norm(
 fn l2_normalize(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) ngroups: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    inv: Invocation,
 ) {
+    let lid = inv.lid;
     let row = set_index(wg, ngroups);
     if (row >= p.sets) {
         return;
@@ -162,9 +168,9 @@ fn l2_normalize(
         let v = x[base + i];
         ss = fma(v, v, ss);
     }
-    let inv = 1.0 / max(sqrt(reduce_sum(lid, ss)), p.eps);
+    let inv_norm = 1.0 / max(sqrt(reduce_sum(inv, ss)), p.eps);
     for (var i = lid; i < p.n; i += ${WG}u) {
-        y[base + i] = x[base + i] * inv;
+        y[base + i] = x[base + i] * inv_norm;
     }
 }
 #endif
@@ -176,8 +182,9 @@ fn l2_normalize(
 fn softmax(
     @builtin(workgroup_id) wg: vec3<u32>,
     @builtin(num_workgroups) ngroups: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
+    inv: Invocation,
 ) {
+    let lid = inv.lid;
     let row = set_index(wg, ngroups);
     if (row >= p.sets) {
         return;
@@ -192,10 +199,10 @@ fn softmax(
         l = l * exp(m - m_new) + exp(s - m_new);
         m = m_new;
     }
-    let row_max = reduce_max(lid, m);
-    let inv = 1.0 / reduce_sum(lid, l * exp(m - row_max));
+    let row_max = reduce_max(inv, m);
+    let inv_sum = 1.0 / reduce_sum(inv, l * exp(m - row_max));
     for (var i = lid; i < p.n; i += ${WG}u) {
-        y[base + i] = exp(p.scale * x[base + i] - row_max) * inv;
+        y[base + i] = exp(p.scale * x[base + i] - row_max) * inv_sum;
     }
 }
 #endif

@@ -67,6 +67,7 @@ fn full_size_f16_arithmetic_within_1e2() {
         tiles: true,
         f16_math: false,
         fuse_norm: true,
+        subgroups: true,
     })
     .unwrap();
     full_size_run_matches_diffusers(&ctx, Precision::weights_f16(true), [1e-2; 4]);

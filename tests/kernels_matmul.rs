@@ -350,8 +350,7 @@ fn auto_follows_the_contexts_kernel_variants() {
     let gpu = Context::new_blocking().expect("a second context");
     gpu.set_variants(KernelVariants {
         tiles: true,
-        f16_math: false,
-        fuse_norm: false,
+        ..KernelVariants::default()
     })
     .unwrap();
     let (m, k, n) = (37, 70, 29);
@@ -385,9 +384,19 @@ fn auto_follows_the_contexts_kernel_variants() {
         KernelVariants {
             tiles: true,
             f16_math: true,
-            fuse_norm: false,
+            ..KernelVariants::default()
         }
     );
+    assert_eq!(
+        KernelVariants::parse("gpu").unwrap(),
+        KernelVariants {
+            tiles: true,
+            fuse_norm: true,
+            subgroups: true,
+            ..KernelVariants::default()
+        }
+    );
+    assert!(KernelVariants::parse("subgroups").unwrap().subgroups);
     assert!(KernelVariants::parse("cuda").is_err());
 }
 
@@ -413,8 +422,7 @@ fn a_variant_that_does_not_compile_falls_back_to_the_portable_kernel() {
     small
         .set_variants(KernelVariants {
             tiles: true,
-            f16_math: false,
-            fuse_norm: false,
+            ..KernelVariants::default()
         })
         .unwrap();
     let (m, k, n) = (37, 70, 29);
@@ -426,6 +434,7 @@ fn a_variant_that_does_not_compile_falls_back_to_the_portable_kernel() {
     let out = g.matmul(va, vb, 1.0).unwrap();
     g.output(out).unwrap();
     let mut exe = g.build().expect("the portable kernel instead");
+    assert_eq!(exe.stats().fallbacks, 1);
     exe.run().unwrap();
     assert_close(
         "matmul after the fallback",

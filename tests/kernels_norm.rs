@@ -1,12 +1,53 @@
-//! GroupNorm (+SiLU), LayerNorm, L2 normalisation and softmax against f64 CPU references.
+//! GroupNorm (+SiLU), LayerNorm, L2 normalisation and softmax against f64 CPU references, with
+//! the portable workgroup reductions and with the subgroup ones (`KernelVariants::subgroups`).
 
 mod common;
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
-use audioldm::gpu::{Graph, Tensor};
+use audioldm::gpu::{Context, Graph, KernelVariants, Tensor};
 use common::reference::*;
 use common::*;
+
+/// The process's context (portable reductions on lavapipe) and one with the subgroup reductions
+/// forced on. CI's adapter (lavapipe) offers SUBGROUP, so there both always run.
+fn contexts() -> Vec<(&'static str, &'static Context)> {
+    static SUBGROUPS: OnceLock<Option<Context>> = OnceLock::new();
+    let subgroups = SUBGROUPS.get_or_init(|| {
+        let ctx = Context::new_blocking().expect("a context");
+        match ctx.set_variants(KernelVariants {
+            subgroups: true,
+            ..ctx.variants()
+        }) {
+            Ok(()) => Some(ctx),
+            Err(e) => {
+                assert!(
+                    std::env::var("CI").is_err(),
+                    "CI's lavapipe has SUBGROUP: {e}"
+                );
+                println!("subgroup reductions not tested: {e}");
+                None
+            }
+        }
+    });
+    let mut all = vec![("portable", ctx())];
+    if ctx().variants().subgroups {
+        all[0].0 = "subgroups (the adapter's choice)";
+    }
+    all.extend(subgroups.as_ref().map(|s| ("subgroups", s)));
+    all
+}
+
+/// Builds the graph with `out` as its output, runs it once and reads `out` back: every op on the
+/// kernel its context's variants chose (none fell back to the portable one).
+fn run(mut g: Graph, out: audioldm::gpu::Var) -> Vec<f32> {
+    g.output(out).expect("output");
+    let mut exe = g.build().expect("build");
+    assert_eq!(exe.stats().fallbacks, 0, "a kernel variant did not compile");
+    exe.run().expect("run");
+    exe.read(out).expect("read")
+}
 
 /// `scale * u + offset` for seeded uniform `u` in [-1, 1): inputs far from zero show whether the
 /// statistics are computed stably.
@@ -61,13 +102,6 @@ impl<'a> GroupNormCase<'a> {
         let x = shifted(seed, numel, scale, offset);
         let gamma = shifted(seed + 1, c, 0.5, 1.0);
         let beta = random(seed + 2, c);
-        let mut g = Graph::new(ctx());
-        let vx = input(&mut g, dims, &x);
-        let vg = self.gamma.then(|| input(&mut g, &[c], &gamma));
-        let vb = self.beta.then(|| input(&mut g, &[c], &beta));
-        let out = g.group_norm(vx, groups, vg, vb, eps, self.silu).unwrap();
-        assert_eq!(g.dims(out), dims);
-        let got = run(g, out);
         let want = group_norm_ref(
             &x,
             dims,
@@ -77,15 +111,24 @@ impl<'a> GroupNormCase<'a> {
             eps as f64,
             self.silu,
         );
-        assert_close(
-            &format!(
-                "group_norm {dims:?} G={groups} gamma={} beta={} silu={} eps={eps:e} x*{scale}+{offset}",
-                self.gamma, self.beta, self.silu
-            ),
-            &got,
-            &want,
-            tol,
-        );
+        for (reductions, ctx) in contexts() {
+            let mut g = Graph::new(ctx);
+            let vx = input(&mut g, dims, &x);
+            let vg = self.gamma.then(|| input(&mut g, &[c], &gamma));
+            let vb = self.beta.then(|| input(&mut g, &[c], &beta));
+            let out = g.group_norm(vx, groups, vg, vb, eps, self.silu).unwrap();
+            assert_eq!(g.dims(out), dims);
+            let got = run(g, out);
+            assert_close(
+                &format!(
+                    "group_norm {dims:?} G={groups} gamma={} beta={} silu={} eps={eps:e} x*{scale}+{offset}, {reductions}",
+                    self.gamma, self.beta, self.silu
+                ),
+                &got,
+                &want,
+                tol,
+            );
+        }
     }
 }
 
@@ -185,19 +228,22 @@ fn layer_norm_matches_reference() {
         let x = shifted(seed, numel, scale, offset);
         let gamma = shifted(seed + 1, d, 0.5, 1.0);
         let beta = random(seed + 2, d);
-        let mut g = Graph::new(ctx());
-        let vx = input(&mut g, dims, &x);
-        let vg = input(&mut g, &[d], &gamma);
-        let vb = input(&mut g, &[d], &beta);
-        let out = g.layer_norm(vx, vg, vb, eps).unwrap();
-        assert_eq!(g.dims(out), dims);
-        let got = run(g, out);
-        assert_close(
-            &format!("layer_norm {dims:?} eps={eps:e} x*{scale}+{offset}"),
-            &got,
-            &layer_norm_ref(&x, d, &gamma, &beta, eps as f64),
-            1e-5,
-        );
+        let want = layer_norm_ref(&x, d, &gamma, &beta, eps as f64);
+        for (reductions, ctx) in contexts() {
+            let mut g = Graph::new(ctx);
+            let vx = input(&mut g, dims, &x);
+            let vg = input(&mut g, &[d], &gamma);
+            let vb = input(&mut g, &[d], &beta);
+            let out = g.layer_norm(vx, vg, vb, eps).unwrap();
+            assert_eq!(g.dims(out), dims);
+            let got = run(g, out);
+            assert_close(
+                &format!("layer_norm {dims:?} eps={eps:e} x*{scale}+{offset}, {reductions}"),
+                &got,
+                &want,
+                1e-5,
+            );
+        }
     }
 }
 
@@ -215,23 +261,27 @@ fn l2_normalize_matches_reference() {
         let numel: usize = dims.iter().product();
         let d = *dims.last().unwrap();
         let x = random(seed as u64 + 200, numel);
-        let mut g = Graph::new(ctx());
-        let vx = input(&mut g, dims, &x);
-        let out = g.l2_normalize(vx, eps).unwrap();
-        let got = run(g, out);
-        assert_close(
-            &format!("l2_normalize {dims:?} eps={eps:e}"),
-            &got,
-            &l2_ref(&x, d, eps as f64),
-            1e-5,
-        );
+        for (reductions, ctx) in contexts() {
+            let mut g = Graph::new(ctx);
+            let vx = input(&mut g, dims, &x);
+            let out = g.l2_normalize(vx, eps).unwrap();
+            let got = run(g, out);
+            assert_close(
+                &format!("l2_normalize {dims:?} eps={eps:e}, {reductions}"),
+                &got,
+                &l2_ref(&x, d, eps as f64),
+                1e-5,
+            );
+        }
     }
     // A zero row stays zero (divided by eps, not by its zero norm).
-    let mut g = Graph::new(ctx());
-    let vx = input(&mut g, &[2, 4], &[0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 4.0, 0.0]);
-    let out = g.l2_normalize(vx, 1e-12).unwrap();
-    let got = run(g, out);
-    assert_eq!(got, [0.0, 0.0, 0.0, 0.0, 0.6, 0.0, 0.8, 0.0]);
+    for (_, ctx) in contexts() {
+        let mut g = Graph::new(ctx);
+        let vx = input(&mut g, &[2, 4], &[0.0, 0.0, 0.0, 0.0, 3.0, 0.0, 4.0, 0.0]);
+        let out = g.l2_normalize(vx, 1e-12).unwrap();
+        let got = run(g, out);
+        assert_eq!(got, [0.0, 0.0, 0.0, 0.0, 0.6, 0.0, 0.8, 0.0]);
+    }
 }
 
 #[test]
@@ -250,23 +300,28 @@ fn softmax_matches_reference() {
         let numel: usize = dims.iter().product();
         let d = *dims.last().unwrap();
         let x = shifted(seed as u64 + 300, numel, spread, 0.0);
-        let mut g = Graph::new(ctx());
-        let vx = input(&mut g, dims, &x);
-        let out = g.softmax(vx, scale).unwrap();
-        let got = run(g, out);
         let want = softmax_ref(&x, d, scale as f64);
-        // Each row sums to one, so compare per row: the max-relative measure of the whole tensor
-        // would hide the error of rows with small probabilities.
-        for (r, (got_row, want_row)) in got.chunks(d).zip(want.chunks(d)).enumerate().take(8) {
-            let err = max_rel_err(got_row, want_row);
-            assert!(err <= 1e-5, "softmax {dims:?} row {r}: {err:.3e}");
+        for (reductions, ctx) in contexts() {
+            let mut g = Graph::new(ctx);
+            let vx = input(&mut g, dims, &x);
+            let out = g.softmax(vx, scale).unwrap();
+            let got = run(g, out);
+            // Each row sums to one, so compare per row: the max-relative measure of the whole
+            // tensor would hide the error of rows with small probabilities.
+            for (r, (got_row, want_row)) in got.chunks(d).zip(want.chunks(d)).enumerate().take(8) {
+                let err = max_rel_err(got_row, want_row);
+                assert!(
+                    err <= 1e-5,
+                    "softmax {dims:?} row {r}, {reductions}: {err:.3e}"
+                );
+            }
+            assert_close(
+                &format!("softmax {dims:?} scale={scale} spread={spread}, {reductions}"),
+                &got,
+                &want,
+                1e-5,
+            );
         }
-        assert_close(
-            &format!("softmax {dims:?} scale={scale} spread={spread}"),
-            &got,
-            &want,
-            1e-5,
-        );
     }
 }
 

@@ -266,6 +266,7 @@ fn the_tiny_vae_decodes_at_parity_with_its_activations_split() {
                     tiles: true,
                     f16_math: false,
                     fuse_norm: true,
+                    subgroups: true,
                 })
                 .unwrap();
         }

@@ -204,8 +204,8 @@ fn a_missing_model_folder_is_a_clear_error() {
 }
 
 /// The tiny pipeline at parity with diffusers on each kernel variant set forced on a context of
-/// its own: the GPU set (workgroup-memory GEMM tiles) within the usual tolerances, and with f16
-/// arithmetic within 1e-2.
+/// its own: the GPU set (workgroup-memory tiles, fused norms, subgroup reductions) within the usual
+/// tolerances, and with f16 arithmetic within 1e-2.
 #[test]
 fn every_kernel_variant_set_matches_diffusers() {
     use audioldm::gpu::{Context, KernelVariants};
@@ -214,6 +214,7 @@ fn every_kernel_variant_set_matches_diffusers() {
             tiles: true,
             f16_math,
             fuse_norm: true,
+            subgroups: true,
         };
         let ctx = Context::new_blocking().expect("a context");
         ctx.set_variants(variants).expect("lavapipe has SHADER_F16");
@@ -244,6 +245,7 @@ fn f16_weights_compute_in_f16_only_with_the_gpu_kernels() {
             tiles,
             f16_math: false,
             fuse_norm: tiles,
+            subgroups: tiles,
         })
         .unwrap();
         let p =

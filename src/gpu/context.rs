@@ -42,16 +42,22 @@ pub struct KernelVariants {
     /// input (`group_norm_stats`, then the normalising input pass): the normalised tensor is
     /// never written, one memory pass fewer.
     pub fuse_norm: bool,
+    /// GroupNorm, LayerNorm, L2 normalisation and softmax reduce within subgroups first (needs
+    /// `SUBGROUP`; naga's `subgroup_id`, so native backends only), two barriers instead of
+    /// log2 of the workgroup size.
+    pub subgroups: bool,
 }
 
 impl KernelVariants {
     /// The environment variable that overrides the choice: `portable` (the CPU adapters' set),
-    /// `gpu`, or a comma list of `tiles`, `f16-math`, `fuse-norm`.
+    /// `gpu`, or a comma list of `tiles`, `f16-math`, `fuse-norm`, `subgroups`.
     pub const ENV: &'static str = "AUDIOLDM_KERNELS";
 
     /// What suits the adapter: workgroup-memory tiles on GPUs whose limits hold them (8 KiB of
     /// workgroup memory, 256 invocations), the register-blocked kernels on CPU adapters
-    /// (lavapipe, SwiftShader), where workgroup memory is ordinary memory.
+    /// (lavapipe, SwiftShader), where workgroup memory is ordinary memory. Subgroup reductions on
+    /// native GPUs (the browser's WGSL compiler lacks `subgroup_id`); a context turns them off
+    /// where the device has no `SUBGROUP`.
     pub fn for_adapter(info: &wgpu::AdapterInfo, limits: &wgpu::Limits) -> Self {
         let tiles_fit = limits.max_compute_workgroup_storage_size >= 8192
             && limits.max_compute_invocations_per_workgroup >= 256
@@ -62,6 +68,7 @@ impl KernelVariants {
             tiles: gpu && tiles_fit,
             f16_math: false,
             fuse_norm: gpu,
+            subgroups: gpu && info.backend != wgpu::Backend::BrowserWebGpu,
         }
     }
 
@@ -74,14 +81,16 @@ impl KernelVariants {
                 "gpu" => {
                     variants.tiles = true;
                     variants.fuse_norm = true;
+                    variants.subgroups = true;
                 }
                 "tiles" => variants.tiles = true,
                 "f16-math" => variants.f16_math = true,
                 "fuse-norm" => variants.fuse_norm = true,
+                "subgroups" => variants.subgroups = true,
                 other => {
                     return Err(GpuError::Invalid(format!(
                         "unknown kernel variant {other:?} in {}: use portable, gpu, tiles, \
-                         f16-math or fuse-norm",
+                         f16-math, fuse-norm or subgroups",
                         Self::ENV
                     )));
                 }
@@ -357,6 +366,7 @@ impl Context {
         };
         let variants = KernelVariants {
             f16_math: variants.f16_math && caps.shader_f16,
+            subgroups: variants.subgroups && caps.subgroup,
             ..variants
         };
         tracing::info!(?variants, "kernel variants");
@@ -423,11 +433,18 @@ impl Context {
     }
 
     /// Sets the kernel variants of graphs recorded from now on, for every clone of this context.
-    /// `f16_math` on an adapter without `SHADER_F16` is an error.
+    /// `f16_math` on an adapter without `SHADER_F16`, or `subgroups` without `SUBGROUP`, is an
+    /// error.
     pub fn set_variants(&self, variants: KernelVariants) -> Result<()> {
         if variants.f16_math && !self.inner.caps.shader_f16 {
             return Err(GpuError::Invalid(format!(
                 "the adapter {} has no SHADER_F16: f16 arithmetic is not available",
+                self.inner.info.name
+            )));
+        }
+        if variants.subgroups && !self.inner.caps.subgroup {
+            return Err(GpuError::Invalid(format!(
+                "the adapter {} has no SUBGROUP: subgroup reductions are not available",
                 self.inner.info.name
             )));
         }

@@ -641,6 +641,8 @@ pub struct GraphStats {
     pub input_bytes: u64,
     pub output_bytes: u64,
     pub kernels: usize,
+    /// Ops whose kernel variant did not compile on the adapter and that run the portable kernel.
+    pub fallbacks: usize,
 }
 
 struct CompiledOp {
@@ -882,6 +884,7 @@ impl Executable {
                     );
                     let kernel = ctx.kernel(&key)?;
                     (op.key, op.workgroups) = (key, workgroups);
+                    stats.fallbacks += 1;
                     kernel
                 }
                 (Err(e), None) => return Err(e),

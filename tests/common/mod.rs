@@ -69,9 +69,9 @@ pub fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-/// Uploads f32 data as a graph input.
+/// Uploads f32 data as an input of `g`, on `g`'s context.
 pub fn input(g: &mut Graph, shape: &[usize], data: &[f32]) -> Var {
-    let t = Tensor::from_f32(ctx(), shape, audioldm::gpu::DType::F32, data).expect("upload");
+    let t = Tensor::from_f32(g.context(), shape, audioldm::gpu::DType::F32, data).expect("upload");
     g.input(&t)
 }
 

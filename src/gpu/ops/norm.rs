@@ -1,6 +1,7 @@
 //! Normalisations: GroupNorm (optionally fused with SiLU), LayerNorm, L2 normalisation and softmax.
 //! Each runs one workgroup per normalised set (a group of one batch item, or a row) over
-//! `shaders/norm.wgsl`; statistics use Welford's algorithm merged across the workgroup.
+//! `shaders/norm.wgsl`; statistics use Welford's algorithm merged across the workgroup, through
+//! workgroup memory or, where the variants say so, subgroup operations.
 
 use std::ops::Range;
 
@@ -115,6 +116,8 @@ impl Graph {
         // One dispatch per part of the output (one in all unless it is over one binding); a
         // group never straddles two parts, so each keeps its one-workgroup statistics.
         let y = self.alloc(op, xs.clone(), DType::F32)?;
+        let portable = key;
+        let key = self.reduction_variant(&portable);
         for sets in self.parts_in_units(op, y, n)? {
             let part = sets.start * n..sets.end * n;
             let params = NormParams::groups(n, &sets, spatial, groups, eps).params();
@@ -134,8 +137,30 @@ impl Graph {
                     workgroups: grid(sets.len()),
                 },
             )?;
+            self.offer_portable_reduction(&key, &portable, grid(sets.len()));
         }
         Ok(y)
+    }
+
+    /// `portable` (a `norm.wgsl` kernel) with its reductions on subgroups where the context's
+    /// variants say so.
+    fn reduction_variant(&self, portable: &KernelKey) -> KernelKey {
+        portable
+            .clone()
+            .flag("SUBGROUPS", self.context().variants().subgroups)
+    }
+
+    /// For the op recorded last with `key`: the portable kernel stands by if `key` is the
+    /// subgroup variant.
+    fn offer_portable_reduction(
+        &mut self,
+        key: &KernelKey,
+        portable: &KernelKey,
+        workgroups: [u32; 3],
+    ) {
+        if key != portable {
+            self.offer_fallback(portable.clone(), workgroups);
+        }
     }
 
     /// The shape, channels and spatial size of the input `x [B, C, ...]` of a GroupNorm of
@@ -173,9 +198,10 @@ impl Graph {
         let cpg = channels / groups;
         let n = cpg * spatial;
         let total = xs.numel() / n;
-        let key = KernelKey::new("norm.wgsl", "group_stats", 1, 1)
+        let portable = KernelKey::new("norm.wgsl", "group_stats", 1, 1)
             .define("GROUP_STATS", 1)
             .define("WG", GROUP_WG);
+        let key = self.reduction_variant(&portable);
         let stats = self.alloc(op, Shape(vec![total, 3]), DType::F32)?;
         for sets in self.parts_in_units(op, x, n)? {
             let params = NormParams::groups(n, &sets, spatial, groups, eps).params();
@@ -191,6 +217,7 @@ impl Graph {
                     workgroups: grid(sets.len()),
                 },
             )?;
+            self.offer_portable_reduction(&key, &portable, grid(sets.len()));
         }
         Ok(stats)
     }
@@ -210,12 +237,13 @@ impl Graph {
             }
         }
         let wg = row_wg(d);
-        let key = KernelKey::new("norm.wgsl", "layer_norm", 3, 1)
+        let portable = KernelKey::new("norm.wgsl", "layer_norm", 3, 1)
             .define("LAYER_NORM", 1)
             .define("WG", wg);
-        self.push(OpSpec {
+        let key = self.reduction_variant(&portable);
+        let y = self.push(OpSpec {
             label: op.to_string(),
-            key,
+            key: key.clone(),
             inputs: vec![
                 Some(Binding::from(x)),
                 Some(Binding::from(gamma)),
@@ -225,7 +253,9 @@ impl Graph {
             out_dtype: DType::F32,
             params: NormParams::rows(d, rows, eps, 1.0).params(),
             workgroups: grid(rows),
-        })
+        })?;
+        self.offer_portable_reduction(&key, &portable, grid(rows));
+        Ok(y)
     }
 
     /// `torch.nn.functional.normalize(x, dim=-1)`: `x / max(||x||_2, eps)` per row.
@@ -247,18 +277,21 @@ impl Graph {
         scale: f32,
     ) -> Result<Var> {
         let (xs, d, rows) = self.rows_of(op, x)?;
-        let key = KernelKey::new("norm.wgsl", op, 1, 1)
+        let portable = KernelKey::new("norm.wgsl", op, 1, 1)
             .define(define, 1)
             .define("WG", row_wg(d));
-        self.push(OpSpec {
+        let key = self.reduction_variant(&portable);
+        let y = self.push(OpSpec {
             label: op.to_string(),
-            key,
+            key: key.clone(),
             inputs: vec![Some(Binding::from(x))],
             out_shape: xs,
             out_dtype: DType::F32,
             params: NormParams::rows(d, rows, eps, scale).params(),
             workgroups: grid(rows),
-        })
+        })?;
+        self.offer_portable_reduction(&key, &portable, grid(rows));
+        Ok(y)
     }
 
     /// The shape, last dim and row count of a non-empty f32 input of rank >= 1.
