@@ -1,5 +1,15 @@
 #if F16_MATH
 enable f16;
+#else
+#if XP_F16
+enable f16;
+#endif
+#endif
+
+#if XP_F16
+alias XpVec = vec4<f16>;
+#else
+alias XpVec = vec4<f32>;
 #endif
 
 // 2-D convolution as an implicit GEMM (1-D convolutions run as height-1 2-D ones), in two passes.
@@ -23,6 +33,10 @@ enable f16;
 // `conv2d_tiles` is the GPU variant: a 16 x 16 workgroup computes 64 pixels x 64 output channels,
 // staging four vec4s of the reduction for its 64 pixels and 64 channels in workgroup memory per
 // step; F16_MATH (needs SHADER_F16) stages them as f16 and multiplies in f16, accumulating in f32.
+//
+// XP_F16 (with F16_MATH, and in the portable kernel standing by for it): the padded tensor is
+// stored in f16, written so by the input pass. F16_MATH rounds its values to f16 anyway, so the
+// products are the same and half the bytes are written and read.
 //
 // Tensors larger than one binding: `Graph::conv_ops` then copies windows of padded rows (one batch
 // item, the output rows' inputs with their halo) and convolves each into the output part that
@@ -50,10 +64,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> stats: array<f32>;
 @group(0) @binding(3) var<storage, read> gamma: array<f32>;
 @group(0) @binding(4) var<storage, read> beta: array<f32>;
-@group(0) @binding(5) var<storage, read_write> xp: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read_write> xp: array<XpVec>;
 #include "_activation.wgsl"
 #else
-@group(0) @binding(2) var<storage, read_write> xp: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> xp: array<XpVec>;
 #endif
 
 // One thread per vec4 of the output.
@@ -76,7 +90,7 @@ fn conv_input(
     let plane = p.h * p.w;
     var v = vec4<f32>(0.0);
 #if MERGE
-    v = xp[i];
+    v = vec4<f32>(xp[i]);
 #endif
     for (var t = 0u; t < 4u; t++) {
         let c = c0 + t;
@@ -96,7 +110,7 @@ fn conv_input(
             v[t] = e;
         }
     }
-    xp[i] = v;
+    xp[i] = XpVec(v);
 }
 #else
 struct Params {
@@ -113,13 +127,17 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> xp: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> xp: array<XpVec>;
 #include "_weights_vec4.wgsl"
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> residual: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
 #include "_activation.wgsl"
+
+fn load_x(i: u32) -> vec4<f32> {
+    return vec4<f32>(xp[i]);
+}
 
 fn store(pixel: u32, row: u32, acc: f32) {
     let plane = p.oh * p.ow;
@@ -187,7 +205,7 @@ fn conv2d(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) li
             for (var c = 0u; c < p.c4; c++) {
                 var xv: array<vec4<f32>, ${TM}>;
                 for (var i = 0u; i < ${TM}u; i++) {
-                    xv[i] = xp[x_at[i] + x_tap + c];
+                    xv[i] = load_x(x_at[i] + x_tap + c);
                 }
                 for (var j = 0u; j < ${TN}u; j++) {
                     let wv = load_w4(w_at[j] + w_tap + c);
@@ -245,7 +263,7 @@ fn conv2d_tiles(
         var xv = vec4<f32>(0.0);
         var wv = vec4<f32>(0.0);
         if (q < total) {
-            xv = xp[x_at + tap_offset(q)];
+            xv = load_x(x_at + tap_offset(q));
             wv = load_w4(w_at + q);
         }
         x_tile[step * 64u + li / 4u] = Vec(xv);
@@ -294,7 +312,7 @@ fn conv2d_naive(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var kx = 0u; kx < p.kw; kx++) {
             let x_tap = x_at + (ky * p.dil_h * p.wp + kx * p.dil_w) * p.c4;
             for (var c = 0u; c < p.c4; c++) {
-                acc += dot(xp[x_tap + c], load_w4(w_at));
+                acc += dot(load_x(x_tap + c), load_w4(w_at));
                 w_at++;
             }
         }

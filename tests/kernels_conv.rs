@@ -428,3 +428,65 @@ fn group_norm_fused_into_the_convolution_input_matches_the_two_ops() {
         assert!(err <= 1e-6, "fused vs separate: {err:e}");
     }
 }
+
+/// With f16 arithmetic the padded input is stored in f16. Where the f16 tiles do not compile (a
+/// device whose workgroups are at most 8 high), the register-blocked kernel standing by reads that
+/// f16 input: one op falls back, and the result is the reference's within f16's error, and off it
+/// by more than f32's (its inputs were rounded to f16).
+#[test]
+fn f16_tiles_that_do_not_compile_fall_back_to_a_kernel_reading_the_f16_input() {
+    use audioldm::gpu::{Context, KernelVariants, LimitsProfile};
+    let limits = wgpu::Limits {
+        max_compute_workgroup_size_y: 8,
+        ..ctx().limits().clone()
+    };
+    let small = Context::with_limits_blocking(LimitsProfile::Custom(Box::new(limits)))
+        .expect("a context with workgroups at most 8 high");
+    small
+        .set_variants(KernelVariants {
+            tiles: true,
+            f16_math: true,
+            ..KernelVariants::default()
+        })
+        .expect("lavapipe has SHADER_F16");
+    let c = Conv {
+        b: 2,
+        cin: 6,
+        h: 9,
+        w: 5,
+        cout: 7,
+        kh: 3,
+        kw: 3,
+        stride: [1, 1],
+        pad: [1, 1, 1, 1],
+        dil: [1, 1],
+    };
+    let x = random(91, c.b * c.cin * c.h * c.w);
+    let wt = random(92, c.cout * c.cin * c.kh * c.kw);
+    let bias = random(93, c.cout);
+    let (want, _, _) = conv2d_ref(&c, &x, &wt, &bias, None);
+    let mut g = Graph::new(&small);
+    let vx = input(&mut g, &[c.b, c.cin, c.h, c.w], &x);
+    let (shape, laid) = conv_weight_layout(&wt, c.cout, c.cin, c.kh, c.kw);
+    let vw = g.weight(&Tensor::from_f32(&small, shape, DType::F32, &laid).unwrap());
+    let vb = input(&mut g, &[c.cout], &bias);
+    let out = g
+        .conv2d(vx, vw, Some(vb), None, Conv2dOptions::same_padding(1, 1))
+        .unwrap();
+    g.output(out).unwrap();
+    let mut exe = g.build().expect("the portable kernel instead");
+    assert_eq!(
+        exe.stats().fallbacks,
+        1,
+        "the convolution, not its input pass"
+    );
+    exe.run().unwrap();
+    let got = exe.read(out).unwrap();
+    assert_close("conv2d after the fallback, f16 input", &got, &want, 1e-2);
+    let err = max_rel_err(&got, &want);
+    assert!(err > 1e-5, "inputs not rounded to f16: {err:e}");
+    let profile = exe.profile().expect("lavapipe has timestamps");
+    let kernels: Vec<&str> = profile.ops.iter().map(|op| op.kernel.as_str()).collect();
+    assert_eq!(kernels, ["conv.wgsl:conv_input", "conv.wgsl:conv2d"]);
+    small.check().expect("no error left behind");
+}

@@ -4,7 +4,8 @@
 # (f32, f16) through the release pipeline bench, and diffusers on CUDA (fp32 with TF32 off and on,
 # fp16) through scripts/reference/bench_reference.py: text encoder, UNet guidance step, VAE decode,
 # vocoder, whole 10- and 50-step runs at 10 s on the full-size random s-full-v2, which is made there
-# from the real configs; a 1024^3 GEMM against cuBLAS; the per-kernel profile of our step. Results
+# from the real configs; a 1024^3 GEMM against cuBLAS; the per-kernel profile of our step, with the
+# GPU kernel set and with the portable one; the normalisations with and without subgroups. Results
 # go to $OUT (the device tool brings them back).
 #
 #   bash scripts/device/measure.sh          on the device
@@ -54,12 +55,17 @@ ours f32 --reference "$out/torch-fp32.json"
 ours f16 --f16 --reference "$out/torch-fp16.json"
 ours f32-long --steps "$long_steps" --repeat 1 --reference "$out/torch-fp32-long.json"
 ours profile --steps 1 --profile
+# The same profile with the CPU adapters' kernels: what the GPU set (tiles, fused norms, subgroup
+# reductions) gains on this card.
+AUDIOLDM_KERNELS=portable ours profile-portable --steps 1 --profile
 log "GEMM 1024^3"
 "$python" scripts/reference/bench_reference.py --model "$model" --device "$device" --gemm \
     --out "$out/cublas-fp32.json" > /dev/null 2>&1
 "$python" scripts/reference/bench_reference.py --model "$model" --device "$device" --gemm --tf32 \
     --out "$out/cublas-tf32.json" > /dev/null 2>&1
 "${kernels[@]}" --gemm --quick > "$out/ours-gemm.txt" 2>&1
+log "normalisations: tree and subgroup reductions"
+"${kernels[@]}" --norm --quick > "$out/ours-norm.txt" 2>&1
 log "done"
 grep -h "ours/theirs\|UNet\|whole run\|vocoder\|VAE\|text encoder\|step graph" "$out"/ours-f*.txt
 grep -h "gflops" "$out"/cublas-*.json; grep -h "Tiles\|TiledN4 { tm: 8, tn: 2 }" "$out/ours-gemm.txt"

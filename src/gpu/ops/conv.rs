@@ -367,7 +367,13 @@ impl Graph {
         let [top, bottom, left, right] = opts.padding;
         let (hp, wp) = (c.h + top + bottom, c.w + left + right);
         let max_binding = self.context().max_binding_bytes();
-        let padded_row_bytes = DType::F32.storage_bytes(wp * 4 * vec4s);
+        // f16 arithmetic rounds the input to f16 anyway: the padded copy is stored so.
+        let padded_dtype = if kernel == (ConvKernel::Tiles { f16: true }) {
+            DType::F16
+        } else {
+            DType::F32
+        };
+        let padded_row_bytes = padded_dtype.storage_bytes(wp * 4 * vec4s);
         let out_shape = c.out_shape();
         let out_bytes = DType::F32.storage_bytes(out_shape.numel());
         let split = self.is_split(x)
@@ -442,7 +448,8 @@ impl Graph {
             } else {
                 hp
             };
-            let padded = self.alloc(op, Shape(vec![batches, prows, wp, 4 * vec4s]), DType::F32)?;
+            let padded =
+                self.alloc(op, Shape(vec![batches, prows, wp, 4 * vec4s]), padded_dtype)?;
             let padded_len = batches * prows * wp * vec4s;
             // One copy per part of the input that holds channels of these batch items; the first
             // writes every element (zeros outside its channels), the rest merge theirs in.
@@ -468,6 +475,7 @@ impl Graph {
                     1,
                 )
                 .flag("INPUT", true)
+                .flag("XP_F16", padded_dtype == DType::F16)
                 .flag("MERGE", !first_copy)
                 .flag("IN_LEAKY_RELU", opts.input_leaky_relu.is_some())
                 .flag("NORM", norm.is_some())
@@ -504,7 +512,7 @@ impl Graph {
                         key,
                         inputs,
                         out_shape: Shape(vec![batches, prows, wp, 4 * vec4s]),
-                        out_dtype: DType::F32,
+                        out_dtype: padded_dtype,
                         params,
                         workgroups: grid(padded_len.div_ceil(256)),
                     },
@@ -598,6 +606,10 @@ impl Graph {
             .define("TM", tm)
             .define("TN", tn)
             .flag("F16_MATH", kernel == ConvKernel::Tiles { f16: true })
+            .flag(
+                "XP_F16",
+                inputs[0].is_some_and(|x| self.dtype(x.var) == DType::F16),
+            )
             .flag(
                 "W_F16",
                 inputs[1].is_some_and(|w| self.dtype(w.var) == DType::F16),
