@@ -70,17 +70,20 @@ fn full_size_f16_arithmetic_within_1e2() {
         subgroups: true,
     })
     .unwrap();
-    full_size_run_matches_diffusers(&ctx, Precision::weights_f16(true), [1e-2; 4]);
-    assert!(ctx.variants().f16_math, "--f16 turned f16 arithmetic on");
+    let pipeline = full_size_run_matches_diffusers(&ctx, Precision::weights_f16(true), [1e-2; 4]);
+    assert!(
+        pipeline.context().variants().f16_math,
+        "--f16 turned f16 arithmetic on"
+    );
 }
 
 /// The goldens' run (3 guided DDIM steps from injected latents) on `ctx`, each output within
-/// its tolerance: text embeddings, final latents, mel, waveform.
+/// its tolerance: text embeddings, final latents, mel, waveform. Returns the pipeline.
 fn full_size_run_matches_diffusers(
     ctx: &audioldm::gpu::Context,
     precision: Precision,
     tol: [f64; 4],
-) {
+) -> Pipeline {
     let pipeline = Pipeline::load(ctx, &model_dir(), precision).expect("load");
     let meta = goldens();
     let (_, init) = golden("init_latents");
@@ -128,6 +131,7 @@ fn full_size_run_matches_diffusers(
         &f64s(&want),
         tol[3],
     );
+    pipeline
 }
 
 /// The process's peak resident memory (`VmHWM`), in MiB; on a software adapter GPU buffers are

@@ -235,7 +235,8 @@ fn every_kernel_variant_set_matches_diffusers() {
 }
 
 /// `--f16` (f16 weights) turns on f16 arithmetic where the GPU kernels run and the adapter has
-/// SHADER_F16, and leaves the CPU adapters' kernels computing in f32; both within 1e-2.
+/// SHADER_F16, and leaves the CPU adapters' kernels computing in f32; both within 1e-2. The choice
+/// is the pipeline's own: other users of the context keep f32 arithmetic.
 #[test]
 fn f16_weights_compute_in_f16_only_with_the_gpu_kernels() {
     use audioldm::gpu::{Context, KernelVariants};
@@ -250,7 +251,10 @@ fn f16_weights_compute_in_f16_only_with_the_gpu_kernels() {
         .unwrap();
         let p =
             Pipeline::load(&ctx, &fixtures().join("tiny"), Precision::weights_f16(true)).unwrap();
-        assert_eq!(ctx.variants().f16_math, tiles);
+        assert_eq!(p.context().variants().f16_math, tiles);
+        // The pipeline computes in f16 on a handle of its own: the shared context is unchanged,
+        // and an f32 pipeline loaded on it next computes in f32.
+        assert!(!ctx.variants().f16_math);
         let out = p
             .generate(&request(), &AtomicBool::new(false), |_| {})
             .expect("generate");

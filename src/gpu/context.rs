@@ -242,10 +242,13 @@ pub struct GpuMemory {
     pub peak: u64,
 }
 
-/// The device, its queue and what the engine learnt about it. Cheap to clone; one per process.
+/// The device, its queue and what the engine learnt about it. Cheap to clone; one device per
+/// process. Clones share the kernel variants; [`Context::with_variants`] makes a handle with its
+/// own (a pipeline computing in f16 on a device others use in f32).
 #[derive(Clone)]
 pub struct Context {
     inner: Arc<Inner>,
+    variants: Arc<Mutex<KernelVariants>>,
 }
 
 /// A GPU error caught after the call that caused it returned.
@@ -271,7 +274,6 @@ struct Inner {
     #[cfg(target_arch = "wasm32")]
     unanswered_scopes: Arc<AtomicU64>,
     kernels: Mutex<HashMap<KernelKey, Arc<Kernel>>>,
-    variants: Mutex<KernelVariants>,
     memory: Arc<MemoryCounter>,
     /// Bytes queued by `write_buffer` since the queue last ran: wgpu holds them in staging memory
     /// until a submission finishes.
@@ -389,12 +391,12 @@ impl Context {
                 #[cfg(target_arch = "wasm32")]
                 unanswered_scopes: Arc::default(),
                 kernels: Mutex::new(HashMap::new()),
-                variants: Mutex::new(variants),
                 memory: Arc::default(),
                 #[cfg(not(target_arch = "wasm32"))]
                 unflushed_uploads: AtomicU64::new(0),
                 placeholder,
             }),
+            variants: Arc::new(Mutex::new(variants)),
         }
     }
 
@@ -425,17 +427,29 @@ impl Context {
 
     /// The kernel variants graphs recorded from now on use.
     pub fn variants(&self) -> KernelVariants {
-        *self
-            .inner
-            .variants
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        *self.variants.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sets the kernel variants of graphs recorded from now on, for every clone of this context.
+    /// Sets the kernel variants of graphs recorded from now on, for this handle and its clones.
     /// `f16_math` on an adapter without `SHADER_F16`, or `subgroups` without `SUBGROUP`, is an
     /// error.
     pub fn set_variants(&self, variants: KernelVariants) -> Result<()> {
+        self.check_variants(variants)?;
+        *self.variants.lock().unwrap_or_else(PoisonError::into_inner) = variants;
+        Ok(())
+    }
+
+    /// A handle on the same device whose graphs use `variants`, leaving this one's as they are.
+    /// Errors as [`Self::set_variants`].
+    pub fn with_variants(&self, variants: KernelVariants) -> Result<Self> {
+        self.check_variants(variants)?;
+        Ok(Self {
+            inner: Arc::clone(&self.inner),
+            variants: Arc::new(Mutex::new(variants)),
+        })
+    }
+
+    fn check_variants(&self, variants: KernelVariants) -> Result<()> {
         if variants.f16_math && !self.inner.caps.shader_f16 {
             return Err(GpuError::Invalid(format!(
                 "the adapter {} has no SHADER_F16: f16 arithmetic is not available",
@@ -448,11 +462,6 @@ impl Context {
                 self.inner.info.name
             )));
         }
-        *self
-            .inner
-            .variants
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = variants;
         Ok(())
     }
 

@@ -28,6 +28,41 @@ impl Precision {
             weights: if f16 { DType::F16 } else { DType::F32 },
         }
     }
+
+    /// The context a model loaded at this precision records its graphs on. With f16 weights,
+    /// GEMMs and convolutions also compute in f16 (f32 accumulation) where the adapter has
+    /// `SHADER_F16` and runs the GPU kernels: a handle of `ctx` with f16 arithmetic, so that
+    /// whoever else uses `ctx` keeps its variants. Elsewhere the weights are stored in f16 and the
+    /// arithmetic stays f32, which is said in the log. f32 weights take `ctx` as it is
+    /// (`AUDIOLDM_KERNELS` or a test may have forced f16 arithmetic on it).
+    pub fn arithmetic_context(self, ctx: &Context) -> Context {
+        if self.weights != DType::F16 {
+            return ctx.clone();
+        }
+        let variants = ctx.variants();
+        let name = &ctx.adapter_info().name;
+        if !ctx.capabilities().shader_f16 {
+            tracing::warn!(
+                "{name} has no SHADER_F16: --f16 stores the weights in f16 and computes in f32"
+            );
+            return ctx.clone();
+        }
+        if !variants.tiles {
+            tracing::info!(
+                "{name} runs the CPU adapters' kernels: --f16 stores the weights in f16 and \
+                 computes in f32 (f16 arithmetic is no faster there)"
+            );
+            return ctx.clone();
+        }
+        ctx.with_variants(crate::gpu::KernelVariants {
+            f16_math: true,
+            ..variants
+        })
+        .unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            ctx.clone()
+        })
+    }
 }
 
 /// Loads tensors from a checkpoint onto the GPU.

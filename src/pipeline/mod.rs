@@ -457,32 +457,6 @@ pub fn run(
     }
 }
 
-/// With f16 weights, GEMMs also compute in f16 (f32 accumulation) where the adapter has
-/// `SHADER_F16` and runs the GPU kernels; elsewhere the weights are stored in f16 and the
-/// arithmetic stays f32, which is said once in the log. f32 weights leave the context's
-/// variants as they are (`AUDIOLDM_KERNELS` or a test may have forced f16 arithmetic).
-fn use_f16_arithmetic(ctx: &Context, precision: Precision) {
-    let mut variants = ctx.variants();
-    if precision.weights != DType::F16 {
-        return;
-    }
-    let name = &ctx.adapter_info().name;
-    if !ctx.capabilities().shader_f16 {
-        tracing::warn!(
-            "{name} has no SHADER_F16: --f16 stores the weights in f16 and computes in f32"
-        );
-    } else if !variants.tiles {
-        tracing::info!(
-            "{name} runs the CPU adapters' kernels: --f16 stores the weights in f16 and \
-             computes in f32 (f16 arithmetic is no faster there)"
-        );
-    }
-    variants.f16_math = variants.tiles && ctx.capabilities().shader_f16;
-    if let Err(e) = ctx.set_variants(variants) {
-        tracing::warn!("{e}");
-    }
-}
-
 fn check_finite(stage: &str, values: &[f32]) -> Result<()> {
     if values.iter().all(|v| v.is_finite()) {
         Ok(())
@@ -527,8 +501,8 @@ impl Pipeline {
                 dir.display()
             )));
         }
+        let ctx = &precision.arithmetic_context(ctx);
         let loader = Loader { ctx, precision };
-        use_f16_arithmetic(ctx, precision);
         let tokenizer = TextTokenizer::from_dir(&dir.join("tokenizer"))?;
         let mut weights = Vec::new();
         let (text_encoder, ()) = Network::<ClapTextModelWithProjection>::load(

@@ -98,6 +98,7 @@ impl ClapScorer {
             .iter()
             .any(|f| crate::untrusted::is_file(&dir.join(f)));
         let tokenizer = TextTokenizer::from_dir(if own { dir } else { fallback_tokenizer })?;
+        let ctx = &precision.arithmetic_context(ctx);
         let model = ClapModel::load_async(&Loader { ctx, precision }, dir).await?;
         tracing::info!(clap = %dir.display(), "CLAP loaded");
         Ok(Self {
