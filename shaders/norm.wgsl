@@ -38,8 +38,8 @@ struct Params {
 // out of f32 range, although it rounds to -f32::MAX.
 const NEG_BIG: f32 = -3.40282346e38;
 
-fn set_index(wg: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return wg.x + wg.y * groups.x;
+fn set_index(inv: Invocation) -> u32 {
+    return inv.wg.x + inv.wg.y * inv.groups.x;
 }
 
 // (shift, mean, rstd) of the n elements from `base`: statistics of x - shift, shift = the set's
@@ -62,13 +62,9 @@ fn set_stats(base: u32, inv: Invocation) -> vec3<f32> {
 @group(0) @binding(2) var<storage, read_write> stats: array<f32>;
 
 @compute @workgroup_size(${WG}, 1, 1)
-fn group_stats(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) ngroups: vec3<u32>,
-    inv: Invocation,
-) {
+fn group_stats(inv: Invocation) {
     let lid = inv.lid;
-    let gset = set_index(wg, ngroups);
+    let gset = set_index(inv);
     if (gset >= p.sets) {
         return;
     }
@@ -90,13 +86,9 @@ fn group_stats(
 #include "_activation.wgsl"
 
 @compute @workgroup_size(${WG}, 1, 1)
-fn group_norm(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) ngroups: vec3<u32>,
-    inv: Invocation,
-) {
+fn group_norm(inv: Invocation) {
     let lid = inv.lid;
-    let gset = set_index(wg, ngroups);
+    let gset = set_index(inv);
     if (gset >= p.sets) {
         return;
     }
@@ -127,13 +119,9 @@ fn group_norm(
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(${WG}, 1, 1)
-fn layer_norm(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) ngroups: vec3<u32>,
-    inv: Invocation,
-) {
+fn layer_norm(inv: Invocation) {
     let lid = inv.lid;
-    let row = set_index(wg, ngroups);
+    let row = set_index(inv);
     if (row >= p.sets) {
         return;
     }
@@ -152,13 +140,9 @@ fn layer_norm(
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(${WG}, 1, 1)
-fn l2_normalize(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) ngroups: vec3<u32>,
-    inv: Invocation,
-) {
+fn l2_normalize(inv: Invocation) {
     let lid = inv.lid;
-    let row = set_index(wg, ngroups);
+    let row = set_index(inv);
     if (row >= p.sets) {
         return;
     }
@@ -179,13 +163,9 @@ fn l2_normalize(
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(${WG}, 1, 1)
-fn softmax(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) ngroups: vec3<u32>,
-    inv: Invocation,
-) {
+fn softmax(inv: Invocation) {
     let lid = inv.lid;
-    let row = set_index(wg, ngroups);
+    let row = set_index(inv);
     if (row >= p.sets) {
         return;
     }

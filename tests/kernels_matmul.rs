@@ -342,6 +342,20 @@ fn f16_arithmetic_tiles_stay_within_1e2() {
     println!("f16-arithmetic tiles: worst max rel err {worst:.3e}");
 }
 
+/// A 37x70x29 `Auto` matmul of inputs drawn from `seed` and `seed + 1`, recorded on `ctx` and
+/// marked as output, with the f64 reference.
+fn auto_matmul(ctx: &audioldm::gpu::Context, seed: u64) -> (Graph, audioldm::gpu::Var, Vec<f64>) {
+    let (m, k, n) = (37, 70, 29);
+    let a = random(seed, m * k);
+    let b = random(seed + 1, k * n);
+    let mut g = Graph::new(ctx);
+    let va = input(&mut g, &[m, k], &a);
+    let vb = input(&mut g, &[k, n], &b);
+    let out = g.matmul(va, vb, 1.0).unwrap();
+    g.output(out).unwrap();
+    (g, out, matmul_ref(&a, &b, 1, m, k, n, false))
+}
+
 /// `Auto` follows the context's kernel variants: a context with the GPU set picks the tiles (a
 /// result within 1e-5 either way), and f16 arithmetic is refused where SHADER_F16 is missing.
 #[test]
@@ -353,23 +367,11 @@ fn auto_follows_the_contexts_kernel_variants() {
         ..KernelVariants::default()
     })
     .unwrap();
-    let (m, k, n) = (37, 70, 29);
-    let a = random(61, m * k);
-    let b = random(62, k * n);
-    let mut g = Graph::new(&gpu);
-    let va = g.input(&Tensor::from_f32(&gpu, [m, k], DType::F32, &a).unwrap());
-    let vb = g.input(&Tensor::from_f32(&gpu, [k, n], DType::F32, &b).unwrap());
-    let out = g.matmul(va, vb, 1.0).unwrap();
-    g.output(out).unwrap();
+    let (g, out, want) = auto_matmul(&gpu, 61);
     let mut exe = g.build().unwrap();
     exe.run().unwrap();
     let got = exe.read(out).unwrap();
-    assert_close(
-        "Auto with the GPU variants",
-        &got,
-        &matmul_ref(&a, &b, 1, m, k, n, false),
-        1e-5,
-    );
+    assert_close("Auto with the GPU variants", &got, &want, 1e-5);
     let profile = exe.profile().expect("lavapipe has timestamps");
     assert!(
         profile
@@ -425,21 +427,14 @@ fn a_variant_that_does_not_compile_falls_back_to_the_portable_kernel() {
             ..KernelVariants::default()
         })
         .unwrap();
-    let (m, k, n) = (37, 70, 29);
-    let a = random(71, m * k);
-    let b = random(72, k * n);
-    let mut g = Graph::new(&small);
-    let va = g.input(&Tensor::from_f32(&small, [m, k], DType::F32, &a).unwrap());
-    let vb = g.input(&Tensor::from_f32(&small, [k, n], DType::F32, &b).unwrap());
-    let out = g.matmul(va, vb, 1.0).unwrap();
-    g.output(out).unwrap();
+    let (g, out, want) = auto_matmul(&small, 71);
     let mut exe = g.build().expect("the portable kernel instead");
     assert_eq!(exe.stats().fallbacks, 1);
     exe.run().unwrap();
     assert_close(
         "matmul after the fallback",
         &exe.read(out).unwrap(),
-        &matmul_ref(&a, &b, 1, m, k, n, false),
+        &want,
         1e-5,
     );
     let profile = exe.profile().expect("lavapipe has timestamps");

@@ -690,8 +690,7 @@ pub struct Executable {
 /// One output copied by every run, within the run's own submit, into the next buffer of a ring
 /// the CPU can map: a run's result is read while later runs are already queued.
 struct StagedOutput {
-    var: Var,
-    bytes: u64,
+    source: Tensor,
     ring: Vec<wgpu::Buffer>,
     /// The ring buffer the next run fills.
     next: usize,
@@ -1032,16 +1031,14 @@ impl Executable {
             encoder.copy_buffer_to_buffer(from.buffer(), 0, into.buffer(), 0, from.bytes());
         }
         if let Some(staged) = &self.staged {
-            let target = &staged.ring[staged.next];
-            for (range, buffer) in &self.buffers[staged.var.0] {
-                encoder.copy_buffer_to_buffer(
-                    buffer,
-                    0,
-                    target,
-                    range.start,
-                    range.end - range.start,
-                );
-            }
+            let source = &staged.source;
+            encoder.copy_buffer_to_buffer(
+                source.buffer(),
+                0,
+                &staged.ring[staged.next],
+                0,
+                source.bytes(),
+            );
         }
     }
 
@@ -1065,22 +1062,18 @@ impl Executable {
     /// `i`, and the GPU never waits for the CPU between runs. With `depth` runs unread, the next
     /// run overwrites the oldest one's copy.
     pub fn stage_output(&mut self, var: Var, depth: usize) -> Result<()> {
-        let tensor = self.tensor(var)?;
-        if tensor.dtype() != DType::F32 || depth == 0 {
+        let source = self.tensor(var)?;
+        if source.dtype() != DType::F32 || depth == 0 {
             return Err(GpuError::Invalid(format!(
                 "only an f32 output can be staged, into at least one buffer (got {:?}, {depth})",
-                tensor.dtype()
+                source.dtype()
             )));
         }
-        let bytes = self.values[var.0]
-            .dtype
-            .storage_bytes(self.values[var.0].shape.numel());
         let ring = (0..depth)
-            .map(|_| staging_buffer(&self.ctx, bytes.max(4)))
+            .map(|_| staging_buffer(&self.ctx, source.bytes().max(4)))
             .collect::<Result<_>>()?;
         self.staged = Some(StagedOutput {
-            var,
-            bytes,
+            source,
             ring,
             next: 0,
             unread: VecDeque::new(),
@@ -1102,7 +1095,7 @@ impl Executable {
         let bytes = map_read(
             &self.ctx,
             &staged.ring[slot],
-            staged.bytes,
+            staged.source.bytes(),
             Some(submission),
         )
         .await?;
