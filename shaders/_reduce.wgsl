@@ -10,8 +10,6 @@
 // Entry points take an `Invocation` (its builtins) and pass it on.
 
 struct Invocation {
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(num_workgroups) groups: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 #if SUBGROUPS
     @builtin(subgroup_invocation_id) lane: u32,

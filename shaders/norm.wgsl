@@ -38,8 +38,11 @@ struct Params {
 // out of f32 range, although it rounds to -f32::MAX.
 const NEG_BIG: f32 = -3.40282346e38;
 
-fn set_index(inv: Invocation) -> u32 {
-    return inv.wg.x + inv.wg.y * inv.groups.x;
+// The workgroup builtins are entry-point parameters apart from `Invocation`: Tint (Chromium)
+// counts a struct holding local_invocation_index as non-uniform as a whole, so an early return on
+// a set index read from it would put the reductions' barriers in non-uniform control flow.
+fn set_index(wg: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return wg.x + wg.y * groups.x;
 }
 
 // (shift, mean, rstd) of the n elements from `base`: statistics of x - shift, shift = the set's
@@ -62,9 +65,13 @@ fn set_stats(base: u32, inv: Invocation) -> vec3<f32> {
 @group(0) @binding(2) var<storage, read_write> stats: array<f32>;
 
 @compute @workgroup_size(${WG}, 1, 1)
-fn group_stats(inv: Invocation) {
+fn group_stats(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) ngroups: vec3<u32>,
+    inv: Invocation,
+) {
     let lid = inv.lid;
-    let gset = set_index(inv);
+    let gset = set_index(wg, ngroups);
     if (gset >= p.sets) {
         return;
     }
@@ -86,9 +93,13 @@ fn group_stats(inv: Invocation) {
 #include "_activation.wgsl"
 
 @compute @workgroup_size(${WG}, 1, 1)
-fn group_norm(inv: Invocation) {
+fn group_norm(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) ngroups: vec3<u32>,
+    inv: Invocation,
+) {
     let lid = inv.lid;
-    let gset = set_index(inv);
+    let gset = set_index(wg, ngroups);
     if (gset >= p.sets) {
         return;
     }
@@ -119,9 +130,13 @@ fn group_norm(inv: Invocation) {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(${WG}, 1, 1)
-fn layer_norm(inv: Invocation) {
+fn layer_norm(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) ngroups: vec3<u32>,
+    inv: Invocation,
+) {
     let lid = inv.lid;
-    let row = set_index(inv);
+    let row = set_index(wg, ngroups);
     if (row >= p.sets) {
         return;
     }
@@ -140,9 +155,13 @@ fn layer_norm(inv: Invocation) {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(${WG}, 1, 1)
-fn l2_normalize(inv: Invocation) {
+fn l2_normalize(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) ngroups: vec3<u32>,
+    inv: Invocation,
+) {
     let lid = inv.lid;
-    let row = set_index(inv);
+    let row = set_index(wg, ngroups);
     if (row >= p.sets) {
         return;
     }
@@ -163,9 +182,13 @@ fn l2_normalize(inv: Invocation) {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
 @compute @workgroup_size(${WG}, 1, 1)
-fn softmax(inv: Invocation) {
+fn softmax(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) ngroups: vec3<u32>,
+    inv: Invocation,
+) {
     let lid = inv.lid;
-    let row = set_index(inv);
+    let row = set_index(wg, ngroups);
     if (row >= p.sets) {
         return;
     }
