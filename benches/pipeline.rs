@@ -1,5 +1,5 @@
 //! The pipeline stage by stage on a full-size model, side by side with diffusers on the same
-//! machine and model (REFERENCE.md section 9 has the FLOPs):
+//! machine and model (each stage's FLOPs are counted by the graph, `Profile`):
 //!
 //! ```sh
 //! python scripts/reference/make_reference.py --full --out target/reference/full
@@ -34,7 +34,7 @@
 //! that (no AudioLDM run):
 //!
 //! ```sh
-//! python scripts/reference/make_clap_reference.py --full --configs ../shared/audioldm-s-full-v2-hf
+//! python scripts/reference/make_clap_reference.py --full
 //! python scripts/reference/bench_reference.py --model target/reference/full \
 //!     --clap target/reference/clap-full --clap-only --out target/bench/clap.json
 //! cargo bench --bench pipeline -- --model target/reference/full \

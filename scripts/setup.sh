@@ -5,8 +5,10 @@
 #   bash scripts/setup.sh --tests   # and what the tests need besides
 # With --tests, also: an X server without a screen (Xvfb) and ImageMagick for the test that opens
 # the real window; Chromium with its chromedriver and Node for the browser tests (web/test.sh);
-# wasm-bindgen's CLI at the wasm-bindgen crate's exact version, whose test runner drives them and
-# which builds the web page; and the end-to-end test's playwright-core.
+# rustup's wasm32-unknown-unknown target and wasm-bindgen's CLI at the wasm-bindgen crate's exact
+# version, whose test runner drives them and which builds the web page; the end-to-end test's
+# playwright-core; the Khronos Vulkan validation layer (tests/vulkan_validation.rs); and SPIR-V
+# Tools and glslang, which check what naga writes for each backend (tests/shader_backends.rs).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 tests=false
@@ -15,6 +17,7 @@ tests=false
 packages=(mesa-vulkan-drivers libvulkan1 pkg-config libasound2-dev)
 if $tests; then
     packages+=(xvfb xauth imagemagick chromium chromium-driver)
+    packages+=(vulkan-validationlayers spirv-tools glslang-tools)
     # Node for the end-to-end test: Debian's, unless the machine has one already.
     command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
 fi
@@ -26,6 +29,19 @@ if ! dpkg -s "${packages[@]}" >/dev/null 2>&1; then
     $sudo apt-get install -y -qq "${packages[@]}"
 fi
 $tests || exit 0
+
+# The browser build's target. rustup is what a Rust install brings; a toolchain without it (a
+# distribution's rustc) must have the target's standard library some other way.
+if ! rustc --print sysroot >/dev/null 2>&1 ||
+    [ ! -d "$(rustc --print sysroot)/lib/rustlib/wasm32-unknown-unknown" ]; then
+    if command -v rustup >/dev/null; then
+        rustup target add wasm32-unknown-unknown
+    else
+        echo "setup.sh: the wasm32-unknown-unknown standard library is missing and there is no" \
+            "rustup to add it; install it with your toolchain" >&2
+        exit 1
+    fi
+fi
 
 # The version in Cargo.lock; the CLI must match it exactly (6-9 minutes to build).
 version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' \

@@ -35,7 +35,8 @@ fn noise(len: usize, seed: u64) -> Vec<f32> {
 
 #[test]
 fn mel_filterbank_matches_librosa() {
-    // REFERENCE.md 6.1: librosa.filters.mel(sr=16000, n_fft=1024, n_mels=64, fmin=0, fmax=8000).
+    // The original's TacotronSTFT:
+    // librosa.filters.mel(sr=16000, n_fft=1024, n_mels=64, fmin=0, fmax=8000).
     let filters = slaney_mel_filters(16_000.0, N_FFT, N_MELS, 0.0, 8_000.0);
     let bins = N_FFT / 2 + 1;
     assert_eq!(filters.len(), N_MELS * bins);

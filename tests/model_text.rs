@@ -28,20 +28,10 @@ fn tiny() -> PathBuf {
     fixtures().join("tiny")
 }
 
-/// The real tokenizer of cvssp/audioldm-s-full-v2, from the shared reference folder
-/// (`AUDIOLDM_SHARED`, else `<repo>/../shared`). Missing is a failure, not a skip.
+/// The real tokenizer of cvssp/audioldm-s-full-v2, committed with its configs
+/// (`tests/fixtures/audioldm-s-full-v2/`).
 fn real_tokenizer_dir() -> PathBuf {
-    let shared = std::env::var_os("AUDIOLDM_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    let dir = shared.join("audioldm-s-full-v2-hf/tokenizer");
-    assert!(
-        dir.join("tokenizer.json").is_file(),
-        "the real tokenizer is not at {}: set AUDIOLDM_SHARED to the shared reference folder \
-         (the one holding audioldm-s-full-v2-hf/)",
-        dir.display()
-    );
-    dir
+    fixtures().join("audioldm-s-full-v2/tokenizer")
 }
 
 fn goldens() -> Checkpoint {

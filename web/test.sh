@@ -50,15 +50,9 @@ command -v node >/dev/null || missing "node is not on PATH (Debian: nodejs)"
     missing "playwright-core is not installed (npm ci --prefix web/e2e)"
 
 # The files the tests fetch over HTTP (the runner serves them, see web/test-runner.sh): the tiny
-# model and the real tokenizer of the shared reference folder (AUDIOLDM_SHARED, else ../shared),
-# copied under target/ for the run, never into the project.
-shared="${AUDIOLDM_SHARED:-$root/../shared}"
-real_tokenizer="$shared/audioldm-s-full-v2-hf/tokenizer"
-if [ ! -f "$real_tokenizer/tokenizer.json" ]; then
-    echo "web/test.sh: the real tokenizer is not at $real_tokenizer: set AUDIOLDM_SHARED to the" \
-        "shared reference folder (the one holding audioldm-s-full-v2-hf/)" >&2
-    exit 1
-fi
+# model and the real tokenizer of cvssp/audioldm-s-full-v2 (both test fixtures), copied under
+# target/ for the run.
+real_tokenizer="$root/tests/fixtures/audioldm-s-full-v2/tokenizer"
 export WEB_TEST_SERVED="$CARGO_TARGET_DIR/served"
 rm -rf "$WEB_TEST_SERVED"
 mkdir -p "$WEB_TEST_SERVED"

@@ -2,14 +2,13 @@
 # Prepares, on this machine, everything the GPU measurement (scripts/device/measure.sh) carries to
 # the lent machine, under .device/ (git-ignored; pass `.device` as the run's carry):
 #   pipeline-bench, kernels-bench  release benchmark binaries, stripped
-#   configs/                       the real audioldm-s-full-v2 configs and tokenizer (from ../shared)
+#   configs/                       the real audioldm-s-full-v2 configs and tokenizer (test fixtures)
 #   whl/                           diffusers (the only package the device's image lacks)
 #   gl/                            the Vulkan loader's Debian package
 # The full-size random model is made there from the configs (no weights travel). 64 MiB may
 # travel in all; the sizes are printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-shared="${AUDIOLDM_SHARED:-../shared}"
 rm -rf .device && mkdir -p .device/whl .device/gl
 
 cargo bench --locked --no-run --bench pipeline --bench kernels
@@ -19,7 +18,7 @@ for bench in pipeline kernels; do
     strip ".device/$bench-bench"
 done
 
-cp -r "$shared/audioldm-s-full-v2-hf" .device/configs
+cp -r tests/fixtures/audioldm-s-full-v2 .device/configs
 
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux2014_x86_64 --platform any -d .device/whl diffusers==0.42.1

@@ -5,7 +5,7 @@ made by make_clap_reference.py). Writes tests/fixtures/tiny-clap-pipeline-golden
 
     python make_clap_pipeline_reference.py
 
-Ranked candidates (REFERENCE.md section 7, mirrored on diffusers' AudioLDM2Pipeline.score_waveforms):
+Ranked candidates (the original AudioLDM's ldm.py generate_sample, mirrored on diffusers' AudioLDM2Pipeline.score_waveforms):
 candidate k is diffusers' AudioLDMPipeline run of PROMPT with initial latents
 np.random.RandomState(SEED + k).standard_normal(shape).astype(float32) (the project's noise contract;
 eta 0, so no other draw). Its 16 kHz waveform is resampled to 48 kHz with
@@ -16,7 +16,7 @@ very same input), then ClapFeatureExtractor (all candidates in one call, after n
 prompt's CLAP text embedding uses the pipeline's tokenizer (the tiny CLAP folder has none; the Rust
 side falls back to the pipeline's the same way). Scores are F.cosine_similarity(audio, text).
 
-Variations (REFERENCE.md section 6.4): the clip is `clip_48k` of tiny-clap-goldens.safetensors (2.3 s
+Variations (the original's pipeline.py text_to_audio with original_audio_file_path): the clip is `clip_48k` of tiny-clap-goldens.safetensors (2.3 s
 at 48 kHz, int16 / 32768). Its CLAP audio embedding e_audio (features after np.random.seed(SEED); no
 crop) conditions AudioLDMPipeline through `prompt_embeds`, guided against the empty prompt as diffusers
 does when `negative_prompt` is None; duration = the clip's (len / 48000 s); initial latents from

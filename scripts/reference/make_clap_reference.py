@@ -3,14 +3,13 @@
 for the Rust parity tests of CLAP's audio front end (`ClapFeatureExtractor`) and audio tower.
 
     python make_clap_reference.py          # tiny CLAP -> tests/fixtures/tiny-clap (+ tiny-clap-goldens.safetensors)
-    python make_clap_reference.py --full --configs ../shared/audioldm-s-full-v2-hf
-                                           # full-size random CLAP -> target/reference/clap-full (not committed)
+    python make_clap_reference.py --full   # full-size random CLAP -> target/reference/clap-full (not committed)
 
 Tiny model. The text tower has exactly the config of the tiny AudioLDM text encoder
 (tests/fixtures/tiny/text_encoder, projection_dim 24 = the tiny UNet's class-embedding input) and, by
 default, its very weights, so the tiny CLAP is a consistent "companion" of the tiny pipeline: its
 normalised text embedding of a prompt is the pipeline's. The audio tower keeps what bites in
-HTSAT-tiny (REFERENCE.md section 7): spec_size 256 (the real 1001 x 64 log-mel is bicubic-resized to
+HTSAT-tiny (transformers' ClapAudioConfig defaults for the real checkpoint): spec_size 256 (the real 1001 x 64 log-mel is bicubic-resized to
 1024 x 64 and folded into a 256 x 256 image), patch 4 / stride 4, window 8, four stages of depth 2
 (shifted windows with their mask in stages 0-2; in stage 3 the grid is 8 x 8 = one window, so
 transformers turns the shift off there exactly as in HTSAT-tiny), patch merging between stages, odd
@@ -419,7 +418,7 @@ def check_text_companion(g, tiny_goldens: Path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="full-size random CLAP (HTSAT-tiny + the real text config)")
-    parser.add_argument("--configs", type=Path, default=ROOT.parent / "shared" / "audioldm-s-full-v2-hf")
+    parser.add_argument("--configs", type=Path, default=ROOT / "tests" / "fixtures" / "audioldm-s-full-v2")
     parser.add_argument(
         "--text-weights",
         type=Path,

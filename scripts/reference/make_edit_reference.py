@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Audio-to-audio reference: style transfer, inpainting, super-resolution and continuation on
-diffusers' AudioLDM parts, following the original AudioLDM repo (REFERENCE.md section 6) and the
+diffusers' AudioLDM parts, following the original AudioLDM repo (audioldm/pipeline.py, ldm.py) and the
 project's noise contract (src/pipeline/edit.rs, ARCHITECTURE.md). Writes the input clips and
 golden tensors for the Rust parity tests.
 
@@ -72,7 +72,7 @@ def read_pcm16(path: Path) -> tuple[np.ndarray, int]:
 
 
 def lengths(pipe: AudioLDMPipeline, duration: float):
-    """diffusers' AudioLDMPipeline lengths (REFERENCE.md section 2.3)."""
+    """diffusers' AudioLDMPipeline lengths (its __call__ and prepare_latents)."""
     factor = np.prod(pipe.vocoder.config.upsample_rates) / pipe.vocoder.config.sampling_rate
     scale = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     height = int(duration / factor)
@@ -89,7 +89,7 @@ def lengths(pipe: AudioLDMPipeline, duration: float):
 
 
 def wav_to_fbank(wav: np.ndarray, frames: int, n_mels: int) -> np.ndarray:
-    """The original's front end on a 16 kHz clip (REFERENCE.md section 6.1): [frames, n_mels]."""
+    """The original's front end (audioldm/audio/tools.py wav_to_fbank) on a 16 kHz clip: [frames, n_mels]."""
     w = wav.astype(np.float32)
     w = w - np.mean(w)
     w = w / (np.max(np.abs(w)) + np.float32(1e-8))

@@ -2,10 +2,9 @@
 """Builds AudioLDM pipelines with random weights and writes golden tensors for the Rust parity tests.
 
     python make_reference.py                      # tiny models + goldens -> tests/fixtures/tiny
-    python make_reference.py --full --configs ../shared/audioldm-s-full-v2-hf
-                                                  # full-size random s-full-v2 -> target/reference/full
+    python make_reference.py --full               # full-size random s-full-v2 -> target/reference/full
 
-The tiny models keep what bites in the real configs (see REFERENCE.md section 0.2): 8 attention heads
+The tiny models keep what bites in the real configs: 8 attention heads
 as diffusers reads `attention_head_dim`, the text embedding as a concatenated class embedding,
 GEGLU feed-forwards, LayerNorm eps 1e-12 in the text encoder, an odd latent length (25 -> 13 -> 7
 -> 4), the vocoder's 5-4-2-2-2 up-sampling, a projection size unlike the token limit (so the
@@ -43,7 +42,7 @@ GUIDANCE = 2.5
 STEPS = 3
 TIMESTEP = 501
 
-# Real scheduler settings of cvssp/audioldm-s-full-v2 (REFERENCE.md section 1.3).
+# Real scheduler settings of cvssp/audioldm-s-full-v2 (its scheduler/scheduler_config.json).
 SCHEDULER = dict(
     num_train_timesteps=1000,
     beta_start=0.0015,
@@ -335,7 +334,7 @@ def goldens(pipe: AudioLDMPipeline, duration: float, seed: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="full-size random s-full-v2 from the real configs")
-    parser.add_argument("--configs", type=Path, default=ROOT.parent / "shared" / "audioldm-s-full-v2-hf")
+    parser.add_argument("--configs", type=Path, default=ROOT / "tests" / "fixtures" / "audioldm-s-full-v2")
     parser.add_argument("--out", type=Path, help="output folder")
     parser.add_argument("--duration", type=float, help="seconds of audio for the goldens")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Token ids of the real AudioLDM tokenizer for the Rust tokenizer test (tests/model_text.rs).
 
-    python tokenizer_ids.py [--shared ../shared] [--out tests/fixtures/real-tokenizer-ids.json]
+    python tokenizer_ids.py [--tokenizer DIR] [--out tests/fixtures/real-tokenizer-ids.json]
 
 Tokenises each prompt as the pipeline does (`padding="max_length", truncation=True` at
 `model_max_length` = 512, or at a smaller `max_length` for a few cases, as diffusers does for the
 negative prompt at the projection size) with the pinned transformers (requirements.txt) and stores
-the ids without the pads. Only the small JSON is committed; the tokenizer files stay in the shared
-folder.
+the ids without the pads. The tokenizer is the real one, committed with the checkpoint's configs in
+tests/fixtures/audioldm-s-full-v2/tokenizer.
 """
 
 import argparse
@@ -53,10 +53,10 @@ CASES = [
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    parser.add_argument("--tokenizer", type=Path, default=ROOT / "tests" / "fixtures" / "audioldm-s-full-v2" / "tokenizer")
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "real-tokenizer-ids.json")
     args = parser.parse_args()
-    tok = RobertaTokenizerFast.from_pretrained(args.shared / "audioldm-s-full-v2-hf" / "tokenizer")
+    tok = RobertaTokenizerFast.from_pretrained(args.tokenizer)
     cases = []
     for text, max_length in CASES:
         max_length = max_length or tok.model_max_length

@@ -1,8 +1,8 @@
-//! The log-mel front end AudioLDM's VAE and HiFi-GAN were trained on (REFERENCE.md section 6.1,
-//! the original repo's `TacotronSTFT`): 16 kHz, a 1024-point STFT with a periodic Hann window and
-//! hop 160 over a reflect-padded signal, the magnitude (not power) of bins 0..=512, a Slaney-scale
-//! Slaney-normalised mel filterbank of 64 bands from 0 to 8 kHz (librosa's default `mel`), and
-//! `ln(max(x, 1e-5))`.
+//! The log-mel front end AudioLDM's VAE and HiFi-GAN were trained on (the original repo's
+//! `audioldm/audio/stft.py` `TacotronSTFT` and `audio/tools.py`): 16 kHz, a 1024-point STFT with
+//! a periodic Hann window and hop 160 over a reflect-padded signal, the magnitude (not power) of
+//! bins 0..=512, a Slaney-scale Slaney-normalised mel filterbank of 64 bands from 0 to 8 kHz
+//! (librosa's default `mel`), and `ln(max(x, 1e-5))`.
 
 use std::sync::Arc;
 
@@ -100,7 +100,7 @@ impl MelFrontEnd {
         }
     }
 
-    /// The original AudioLDM's `wav_to_fbank` on a 16 kHz clip (REFERENCE.md section 6.1), the
+    /// The original AudioLDM's `wav_to_fbank` (`audioldm/audio/tools.py`) on a 16 kHz clip, the
     /// input of every audio-to-audio mode: remove the mean and scale to peak 0.5
     /// (`normalize_wav`), zero-pad at the end to `frames * HOP` samples, scale to peak exactly 0.5
     /// and clip to [-1, 1], take the log-mel and cut or zero-pad it to `frames`. A longer clip is

@@ -2,7 +2,8 @@
 //! embedding space, with the feature extractor of its folder (`config.json`,
 //! `preprocessor_config.json`, `model.safetensors`). AudioLDM's UNet was trained on the audio
 //! embeddings of this space and is steered by the text ones; the cosine similarity of the two
-//! ranks generated clips against their prompt (REFERENCE.md section 7).
+//! ranks generated clips against their prompt (the original AudioLDM's `audioldm/ldm.py`,
+//! `generate_sample`, with `n_candidate_gen_per_text`).
 
 use std::path::Path;
 

@@ -1,5 +1,6 @@
 //! The audio branch of CLAP, transformers' `ClapAudioModel` with its projection (HTSAT, a Swin
-//! transformer over a log-mel image; REFERENCE.md section 7), for `enable_fusion = False`.
+//! transformer over a log-mel image; transformers `models/clap/modeling_clap.py`), for
+//! `enable_fusion = False`.
 //!
 //! ```text
 //! x [B, 1, T, 64]  (clap_features: T = 1001 frames of 64 mel bins)

@@ -1,5 +1,6 @@
 //! The text branch of CLAP, transformers' `ClapTextModelWithProjection`: a RoBERTa encoder whose
-//! pooled `<s>` token goes through a two-layer projection (REFERENCE.md §3.3).
+//! pooled `<s>` token goes through a two-layer projection (transformers
+//! `models/clap/modeling_clap.py`, `ClapTextModelWithProjection` and `ClapProjectionLayer`).
 //!
 //! ```text
 //! x = LayerNorm(word[ids] + token_type[0] + position[pos])            eps 1e-12
@@ -18,7 +19,8 @@
 //! [`ClapTextModelWithProjection::encode_prompts`] reproduces diffusers' `_encode_prompt`:
 //! `[negatives…, prompts…]`, each L2-normalised, the prompt cut at the tokenizer's
 //! `model_max_length` and the negative prompt at `projection_dim` tokens (diffusers pads and
-//! truncates it to `prompt_embeds.shape[1]`, the embedding width, REFERENCE.md §0.2 trap 9).
+//! truncates it to `prompt_embeds.shape[1]`, the embedding width, in
+//! `AudioLDMPipeline._encode_prompt`).
 
 use std::path::Path;
 

@@ -292,7 +292,7 @@ mod tests {
         DdimScheduler::new(config, Path::new("test")).unwrap()
     }
 
-    /// Values diffusers computes (REFERENCE.md section 5.1).
+    /// Values diffusers' `DDIMScheduler` (`schedulers/scheduling_ddim.py`) computes.
     #[test]
     fn schedule_matches_diffusers() {
         let s = audioldm();

@@ -1,6 +1,6 @@
 //! DPM-Solver++ 2M, as diffusers' `DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`
-//! runs it on the AudioLDM checkpoints (REFERENCE.md section 5.2): `dpmsolver++`, order 2,
-//! midpoint, `lower_order_final`, final sigma zero, epsilon prediction, no thresholding. Like
+//! runs it on the AudioLDM checkpoints (`schedulers/scheduling_dpmsolver_multistep.py`):
+//! `dpmsolver++`, order 2, midpoint, `lower_order_final`, final sigma zero, epsilon prediction, no thresholding. Like
 //! DDIM, a step is `x' = a x + b x0 + c ε + d x0_prev` on the GPU; this file computes the
 //! scalars, in f32 as diffusers does (its sigma table is f32).
 //!
@@ -160,7 +160,7 @@ mod tests {
         DpmSolver::new(&DdimScheduler::new(config, Path::new("test")).unwrap())
     }
 
-    /// REFERENCE.md section 5.2: the real config names no spacing, so DPM's linspace applies.
+    /// The real scheduler config names no `timestep_spacing`, so DPM's default linspace applies.
     #[test]
     fn linspace_timesteps_and_sigmas_match_diffusers() {
         let dpm = audioldm(None);

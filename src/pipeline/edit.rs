@@ -1,6 +1,7 @@
 //! Audio-to-audio: the zero-shot manipulations of the AudioLDM paper on a source clip (style
 //! transfer, inpainting, super-resolution, continuation), as the original repo runs them
-//! (REFERENCE.md section 6) on diffusers' parts. Every mode is the text-to-audio denoising loop
+//! (`audioldm/pipeline.py` `style_transfer` and `super_resolution_and_inpainting`, `ldm.py`
+//! `generate_sample_masked`) on diffusers' parts. Every mode is the text-to-audio denoising loop
 //! with another start, a subset of its timesteps, or a known region held by a mask.
 //!
 //! # Noise contract
@@ -325,8 +326,9 @@ impl Pipeline {
         Ok(prepared)
     }
 
-    /// The VAE posterior sample of the clip's log-mel, times the scaling factor (REFERENCE.md
-    /// section 6.2 step 3, its clip of outliers included), with the noise of `seed + 2`. Stops
+    /// The VAE posterior sample of the clip's log-mel, times the scaling factor (the original's
+    /// `style_transfer`: `get_first_stage_encoding(encode_first_stage(mel))`, its clip of outliers
+    /// included), with the noise of `seed + 2`. Stops
     /// with [`Error::Cancelled`] between submits once `cancel` is set.
     async fn encode_source(
         &self,

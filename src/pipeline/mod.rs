@@ -224,7 +224,8 @@ pub enum Event {
     Failed(String),
 }
 
-/// The latent and audio sizes a duration maps to (REFERENCE.md section 2.3).
+/// The latent and audio sizes a duration maps to, as diffusers' `AudioLDMPipeline.__call__` and
+/// `prepare_latents` compute them (`pipelines/audioldm/pipeline_audioldm.py`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lengths {
     pub mel_frames: usize,

@@ -1,6 +1,7 @@
 //! Ranked candidates, as the original AudioLDM keeps the best of `n_candidate_gen_per_text`
-//! clips (REFERENCE.md section 7): every candidate is scored by the cosine similarity of its
-//! CLAP audio embedding and the prompt's CLAP text embedding, from one CLAP model.
+//! clips (`audioldm/ldm.py` `generate_sample`): every candidate is scored by the cosine
+//! similarity of its CLAP audio embedding and the prompt's CLAP text embedding, from one CLAP
+//! model.
 //!
 //! # Seeds
 //! Candidate `k` (0-based) is the text-to-audio run of the request with seed `seed + k` (wrapping
