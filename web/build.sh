@@ -16,6 +16,11 @@ if [ "$have" != "$want" ]; then
         "cargo install wasm-bindgen-cli --version $want" >&2
     exit 1
 fi
+if [ ! -d "$(rustc --print sysroot)/lib/rustlib/wasm32-unknown-unknown" ]; then
+    echo "web/build.sh: the wasm32-unknown-unknown target is not installed:" \
+        "rustup target add wasm32-unknown-unknown (or bash scripts/setup.sh --tests)" >&2
+    exit 1
+fi
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 profile="${WEB_PROFILE:-release}"
 dist="${WEB_DIST:-$root/web/dist}"
