@@ -61,8 +61,8 @@ fn full_size_pipeline_matches_diffusers() {
 #[test]
 #[ignore = "needs the full-size reference from make_reference.py --full; minutes on lavapipe"]
 fn full_size_f16_arithmetic_within_1e2() {
-    use audioldm::gpu::{Context, KernelVariants};
-    let ctx = Context::new_blocking().expect("a context");
+    use audioldm::gpu::KernelVariants;
+    let ctx = common::new_ctx();
     ctx.set_variants(KernelVariants {
         tiles: true,
         f16_math: false,
@@ -148,7 +148,7 @@ fn peak_rss_mib() -> f64 {
 #[test]
 #[ignore = "needs the full-size reference from make_reference.py --full; tens of minutes on lavapipe"]
 fn full_size_long_clips_under_webgpu_default_limits() {
-    use audioldm::gpu::{Context, LimitsProfile};
+    use audioldm::gpu::LimitsProfile;
     // AUDIOLDM_LONG_CLIPS="30,60" by default: the durations to make, in seconds.
     let durations: Vec<f64> = std::env::var("AUDIOLDM_LONG_CLIPS")
         .unwrap_or_else(|_| "30,60".into())
@@ -159,7 +159,7 @@ fn full_size_long_clips_under_webgpu_default_limits() {
                 .expect("AUDIOLDM_LONG_CLIPS: seconds, comma-separated")
         })
         .collect();
-    let ctx = Context::with_limits_blocking(LimitsProfile::WebGpuDefault).expect("device");
+    let ctx = common::ctx_with_limits(LimitsProfile::WebGpuDefault);
     let pipeline = Pipeline::load(&ctx, &model_dir(), Precision::default()).expect("load");
     for duration in durations {
         let started = std::time::Instant::now();
@@ -192,14 +192,14 @@ fn full_size_long_clips_under_webgpu_default_limits() {
 #[ignore = "needs the full-size reference from make_reference.py --full; hours on lavapipe"]
 fn full_size_long_edit_under_webgpu_default_limits() {
     use audioldm::audio::Audio;
-    use audioldm::gpu::{Context, LimitsProfile};
+    use audioldm::gpu::LimitsProfile;
     use audioldm::pipeline::edit::{EditRequest, Mode};
     // AUDIOLDM_LONG_EDIT seconds of source clip (60 by default): the VAE encoder's widest
     // activation at 60 s (128 x 6000 x 64 floats) must split under the 128 MiB binding.
     let duration: f64 = std::env::var("AUDIOLDM_LONG_EDIT")
         .map(|d| d.trim().parse().expect("AUDIOLDM_LONG_EDIT: seconds"))
         .unwrap_or(60.0);
-    let ctx = Context::with_limits_blocking(LimitsProfile::WebGpuDefault).expect("device");
+    let ctx = common::ctx_with_limits(LimitsProfile::WebGpuDefault);
     let pipeline = Pipeline::load(&ctx, &model_dir(), Precision::default()).expect("load");
     let samples = (duration * 16_000.0) as usize;
     // A chirp from 100 Hz to 4 kHz: content in every part of the mel.

@@ -311,7 +311,7 @@ fn reading_a_staged_run_leaves_the_next_run_going() {
     // microseconds.
     const N: usize = 384;
     // A device of its own: the other tests' submissions must not decide when its queue is done.
-    let own = audioldm::gpu::Context::new_blocking().unwrap();
+    let own = common::new_ctx();
     let ctx = &own;
     let mut g = Graph::new(ctx);
     let a = Tensor::from_f32(ctx, [N, N], DType::F32, &random(71, N * N)).unwrap();

@@ -333,7 +333,7 @@ fn shape_mismatch_is_an_error_naming_the_op_and_shapes() {
 /// key splits, and at AudioLDM's sizes (head dim 512: 16 KiB of tiles).
 #[test]
 fn workgroup_memory_tiles_match_reference() {
-    let gpu = Context::new_blocking().expect("a context");
+    let gpu = new_ctx();
     gpu.set_variants(KernelVariants {
         tiles: true,
         ..KernelVariants::default()

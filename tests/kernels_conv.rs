@@ -435,13 +435,12 @@ fn group_norm_fused_into_the_convolution_input_matches_the_two_ops() {
 /// by more than f32's (its inputs were rounded to f16).
 #[test]
 fn f16_tiles_that_do_not_compile_fall_back_to_a_kernel_reading_the_f16_input() {
-    use audioldm::gpu::{Context, KernelVariants, LimitsProfile};
+    use audioldm::gpu::{KernelVariants, LimitsProfile};
     let limits = wgpu::Limits {
         max_compute_workgroup_size_y: 8,
         ..ctx().limits().clone()
     };
-    let small = Context::with_limits_blocking(LimitsProfile::Custom(Box::new(limits)))
-        .expect("a context with workgroups at most 8 high");
+    let small = ctx_with_limits(LimitsProfile::Custom(Box::new(limits)));
     small
         .set_variants(KernelVariants {
             tiles: true,

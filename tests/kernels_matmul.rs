@@ -360,8 +360,8 @@ fn auto_matmul(ctx: &audioldm::gpu::Context, seed: u64) -> (Graph, audioldm::gpu
 /// result within 1e-5 either way), and f16 arithmetic is refused where SHADER_F16 is missing.
 #[test]
 fn auto_follows_the_contexts_kernel_variants() {
-    use audioldm::gpu::{Context, KernelVariants};
-    let gpu = Context::new_blocking().expect("a second context");
+    use audioldm::gpu::KernelVariants;
+    let gpu = new_ctx();
     gpu.set_variants(KernelVariants {
         tiles: true,
         ..KernelVariants::default()
@@ -408,13 +408,12 @@ fn auto_follows_the_contexts_kernel_variants() {
 /// own choice (`for_adapter`) never picks the tiles.
 #[test]
 fn a_variant_that_does_not_compile_falls_back_to_the_portable_kernel() {
-    use audioldm::gpu::{Context, KernelVariants, LimitsProfile};
+    use audioldm::gpu::{KernelVariants, LimitsProfile};
     let limits = wgpu::Limits {
         max_compute_workgroup_size_y: 8,
         ..ctx().limits().clone()
     };
-    let small = Context::with_limits_blocking(LimitsProfile::Custom(Box::new(limits.clone())))
-        .expect("a context with workgroups at most 8 high");
+    let small = ctx_with_limits(LimitsProfile::Custom(Box::new(limits.clone())));
     let gpu_info = wgpu::AdapterInfo {
         device_type: wgpu::DeviceType::DiscreteGpu,
         ..ctx().adapter_info().clone()

@@ -15,7 +15,7 @@ use common::*;
 fn contexts() -> Vec<(&'static str, &'static Context)> {
     static SUBGROUPS: OnceLock<Option<Context>> = OnceLock::new();
     let subgroups = SUBGROUPS.get_or_init(|| {
-        let ctx = Context::new_blocking().expect("a context");
+        let ctx = new_ctx();
         match ctx.set_variants(KernelVariants {
             subgroups: true,
             ..ctx.variants()

@@ -17,8 +17,7 @@ fn small_binding_ctx(bytes: u64) -> Context {
         max_storage_buffer_binding_size: bytes,
         ..wgpu::Limits::default()
     };
-    Context::with_limits_blocking(LimitsProfile::Custom(Box::new(limits)))
-        .expect("a device with small bindings")
+    common::ctx_with_limits(LimitsProfile::Custom(Box::new(limits)))
 }
 
 fn upload(ctx: &Context, g: &mut Graph, shape: &[usize], seed: u64) -> Var {
@@ -49,7 +48,7 @@ fn profiles_are_parsed_and_reported() {
         "{err}"
     );
 
-    let ctx = Context::with_limits_blocking(LimitsProfile::WebGpuDefault).expect("device");
+    let ctx = common::ctx_with_limits(LimitsProfile::WebGpuDefault);
     assert_eq!(ctx.limits_profile().name(), "webgpu-default");
     assert_eq!(ctx.max_binding_bytes(), 128 << 20);
     assert_eq!(ctx.limits().max_buffer_size, 256 << 20);
@@ -68,15 +67,14 @@ fn profiles_are_parsed_and_reported() {
 }
 
 fn ctx_limits_of_adapter() -> wgpu::Limits {
-    Context::with_limits_blocking(LimitsProfile::Adapter)
-        .expect("device")
+    common::ctx_with_limits(LimitsProfile::Adapter)
         .limits()
         .clone()
 }
 
 #[test]
 fn tiny_pipeline_under_webgpu_default_limits_matches_diffusers() {
-    let ctx = Context::with_limits_blocking(LimitsProfile::WebGpuDefault).expect("device");
+    let ctx = common::ctx_with_limits(LimitsProfile::WebGpuDefault);
     let pipeline =
         Pipeline::load(&ctx, &fixtures().join("tiny"), Precision::default()).expect("load");
     let request = tiny_request();
@@ -207,7 +205,7 @@ fn what_cannot_be_split_is_a_clear_error() {
 #[test]
 fn gpu_memory_is_reported_per_network_and_stage() {
     // A context of its own, so that no other test's buffers are counted.
-    let ctx = Context::with_limits_blocking(LimitsProfile::Adapter).expect("device");
+    let ctx = common::ctx_with_limits(LimitsProfile::Adapter);
     assert_eq!(ctx.gpu_memory().live, 0);
     let pipeline =
         Pipeline::load(&ctx, &fixtures().join("tiny"), Precision::default()).expect("load");
@@ -328,7 +326,7 @@ fn long_attention_merges_its_key_splits_per_window_of_queries_bit_for_bit() {
 fn low_memory_makes_the_same_clip_and_holds_one_network_at_a_time() {
     use audioldm::pipeline::Residency;
     let run = |residency: Residency| {
-        let ctx = Context::with_limits_blocking(LimitsProfile::Adapter).expect("device");
+        let ctx = common::ctx_with_limits(LimitsProfile::Adapter);
         let pipeline = Pipeline::load_with(
             &ctx,
             &fixtures().join("tiny"),

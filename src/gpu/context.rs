@@ -295,8 +295,14 @@ impl Context {
 
     /// Creates a device on the adapter the environment asks for, with the limits of `profile`.
     pub async fn with_limits(profile: LimitsProfile) -> Result<Self> {
-        let instance = wgpu::Instance::new(instance_descriptor());
-        let adapter = choose_adapter(&instance).await?;
+        Self::from_instance(&wgpu::Instance::new(instance_descriptor()), profile).await
+    }
+
+    /// Creates a device from `instance` on the adapter the environment asks for, with the limits
+    /// of `profile`: for an instance made with flags of the caller's (the tests turn the Vulkan
+    /// validation layer on whatever the build).
+    pub async fn from_instance(instance: &wgpu::Instance, profile: LimitsProfile) -> Result<Self> {
+        let adapter = choose_adapter(instance).await?;
         let info = adapter.get_info();
         let (device, queue) = adapter
             .request_device(&device_descriptor(&adapter, &profile)?)
@@ -695,6 +701,18 @@ impl Context {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+
+    /// The keys of every pipeline compiled so far, by all handles on this device: what the ops
+    /// really requested (`tests/shader_backends.rs` translates each for every backend).
+    pub fn compiled_kernels(&self) -> Vec<KernelKey> {
+        self.inner
+            .kernels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 

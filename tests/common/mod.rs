@@ -4,6 +4,7 @@
 pub mod real_tokenizer;
 pub mod reference;
 pub mod tiny;
+pub mod validation;
 
 #[allow(unused_imports)]
 pub use reference::{f16_round, max_abs_err, max_rel_err};
@@ -12,25 +13,38 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use audioldm::gpu::{Context, Graph, Tensor, Var};
+use audioldm::gpu::{Context, Graph, LimitsProfile, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// The process's GPU context. There is no skip: a machine without an adapter fails the tests
-/// (CI installs lavapipe, a software Vulkan adapter).
+/// The process's GPU context, under the Vulkan validation layer ([`validation`]; every call checks
+/// what it reported). There is no skip: a machine without an adapter fails the tests (CI installs
+/// lavapipe, a software Vulkan adapter).
 pub fn ctx() -> &'static Context {
     static CTX: OnceLock<Context> = OnceLock::new();
-    CTX.get_or_init(|| match Context::new_blocking() {
-        Ok(ctx) => {
-            let info = ctx.adapter_info();
-            eprintln!(
-                "adapter: {} ({:?}, {:?})",
-                info.name, info.backend, info.device_type
-            );
-            ctx
-        }
-        Err(e) => panic!("GPU tests need a GPU adapter: {e}"),
-    })
+    let ctx = CTX.get_or_init(|| {
+        let ctx = new_ctx();
+        let info = ctx.adapter_info();
+        eprintln!(
+            "adapter: {} ({:?}, {:?})",
+            info.name, info.backend, info.device_type
+        );
+        ctx
+    });
+    validation::check();
+    ctx
+}
+
+/// A context of the test's own (other kernel variants), as [`ctx`]'s: the environment's adapter
+/// and limits profile, under the validation layer.
+pub fn new_ctx() -> Context {
+    let profile = LimitsProfile::from_env().unwrap_or_else(|e| panic!("{e}"));
+    validation::context(profile)
+}
+
+/// A context of the test's own with `profile`'s limits, under the validation layer.
+pub fn ctx_with_limits(profile: LimitsProfile) -> Context {
+    validation::context(profile)
 }
 
 /// The committed test fixtures.
@@ -63,6 +77,7 @@ pub fn assert_close(name: &str, got: &[f32], want: &[f64], tol: f64) {
     let err = max_rel_err(got, want);
     println!("{name}: max rel err {err:.3e} (tol {tol:.0e})");
     assert!(err <= tol, "{name}: max rel err {err:.3e} > {tol:.0e}");
+    validation::check();
 }
 
 pub fn f64s(v: &[f32]) -> Vec<f64> {
@@ -80,7 +95,9 @@ pub fn run(mut g: Graph, out: Var) -> Vec<f32> {
     g.output(out).expect("output");
     let mut exe = g.build().expect("build");
     exe.run().expect("run");
-    exe.read(out).expect("read")
+    let got = exe.read(out).expect("read");
+    validation::check();
+    got
 }
 
 // ---- modified copies of fixture folders, for loading-error tests ----
