@@ -4,6 +4,7 @@ a few small files made here. Run from the repository root with the reference ven
     .venv/bin/python fuzz/make_corpus.py
 (needs numpy, safetensors and soundfile; the files are small and committed)."""
 
+import base64
 import io
 import json
 import zipfile
@@ -45,7 +46,21 @@ def main():
     for i, part in enumerate(["unet", "vae", "vocoder", "text_encoder"]):
         put("config", f"{part}.json", bytes([i]) + (FIXTURES / "tiny" / part / "config.json").read_bytes())
     put("scheduler", "scheduler_config.json", (FIXTURES / "tiny" / "scheduler" / "scheduler_config.json").read_bytes())
-    put("tokenizer", "tokenizer.json", (FIXTURES / "tiny" / "tokenizer" / "tokenizer.json").read_bytes())
+    tokenizer_json = (FIXTURES / "tiny" / "tokenizer" / "tokenizer.json").read_bytes()
+    put("tokenizer", "tokenizer.json", tokenizer_json)
+    # SentencePiece charsmaps (base64 of: u32 trie size in bytes, the trie's u32 words, the
+    # normalised strings): one that maps "A" to "a", and one that claims a 4 GiB trie, for which
+    # the tokenizers crate would reserve 8 GiB (an abort where that cannot be had) had the loader
+    # not refused it first.
+    def with_charsmap(trie_bytes: int, words: list, strings: bytes) -> bytes:
+        blob = trie_bytes.to_bytes(4, "little") + b"".join(w.to_bytes(4, "little") for w in words) + strings
+        value = json.loads(tokenizer_json)
+        value["normalizer"] = {"type": "Precompiled", "precompiled_charsmap": base64.b64encode(blob).decode()}
+        return json.dumps(value, ensure_ascii=False, indent=2).encode()
+    a_to_lowercase = [0] * 257
+    a_to_lowercase[0x41] = 0x41 | (1 << 8) | (0x141 << 10)
+    put("tokenizer", "precompiled.json", with_charsmap(257 * 4, a_to_lowercase, b"a\0"))
+    put("tokenizer", "huge-trie.json", with_charsmap(2**32 - 4, [0, 0], b""))
     # audio: the selector byte (wav, flac, mp3, ogg), then a short chirp in that format.
     t = np.arange(1600) / 8000.0
     chirp = (0.5 * np.sin(2 * np.pi * (200 + 1500 * t) * t)).astype(np.float32)

@@ -18,6 +18,13 @@ pub enum Error {
     Tokenizer(String),
     #[error("{0}")]
     Input(String),
+    /// An input clip too quiet to work from (see [`crate::audio::check_audible`]).
+    #[error(
+        "{clip} is silent: its peak is {peak_dbfs:.1} dBFS, below the {threshold} dBFS \
+         threshold: there is no sound to work from",
+        threshold = crate::audio::SILENCE_DBFS
+    )]
+    Silent { clip: String, peak_dbfs: f64 },
     #[error("{stage} produced a non-finite value (NaN or infinity)")]
     NonFinite { stage: String },
     #[error("cancelled")]

@@ -437,6 +437,7 @@ fn edit(input: PathBuf, prompt: String, mode: Mode, options: &Options) -> audiol
         source_name: file_name(&input),
         mode,
     };
+    edit.check()?;
     produce(options, None, |pipeline, _, cancel, on_event| {
         let output = pipeline.edit(&edit, cancel, on_event)?;
         Ok(Produced::clip(output, edit.describe(&options.model)))

@@ -782,6 +782,78 @@ fn ranked_candidates_and_variations_through_the_widgets() {
     );
 }
 
+/// A dropped clip of dither alone (16-bit TPDF, ±1 LSB: -90.3 dBFS, what `sox -n -r 16000 -b 16
+/// x.wav trim 0 1` writes) is refused at once by every edit and by "Variations", with the one
+/// message the CLI and the library give, and nothing runs.
+#[test]
+fn a_dithered_input_clip_is_refused_by_every_mode_with_one_message() {
+    let dir = data_dir("dither");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let dither: Vec<f32> = (0..16_000)
+        .map(|_| ((uniform() - uniform()).round() / 32768.0) as f32)
+        .collect();
+    let wav = dir.join("dither.wav");
+    audioldm::audio::wav::write_wav(
+        &wav,
+        &dither,
+        16_000,
+        audioldm::audio::wav::WavFormat::Pcm16,
+        None,
+    )
+    .expect("write the dither");
+    let mut harness = tall_harness(&dir);
+    set_up_tiny_run(&mut harness, 2.0);
+    harness.input_mut().dropped_files.push(dropped(&wav));
+    harness.run();
+    let input = harness.state().input_clip().expect("the dropped clip");
+    let expected = audioldm::Error::Silent {
+        clip: "dither.wav".into(),
+        peak_dbfs: audioldm::audio::peak_dbfs(&input.audio.samples),
+    }
+    .to_string();
+    assert!(expected.contains("-90.3 dBFS"), "{expected}");
+    let mut refusals = 0;
+    for mode in [
+        "Style transfer",
+        "Inpaint",
+        "Super-resolution",
+        "Extend",
+        "Variations",
+    ] {
+        if mode == "Variations" {
+            harness.get_by_label("Variations").click();
+        } else {
+            harness.get_by_label(mode).click();
+            harness.run();
+            if mode == "Inpaint" {
+                drag_on_input_spectrogram(&mut harness, 0.2, 0.4);
+            }
+            harness.get_by_label("Generate edit").click();
+        }
+        harness.run();
+        refusals += 1;
+        let app = harness.state();
+        assert!(!app.is_running(), "{mode}");
+        let errors: Vec<&str> = app
+            .messages()
+            .iter()
+            .filter(|m| m.severity == Severity::Error)
+            .map(|m| m.text.as_str())
+            .collect();
+        assert_eq!(errors.len(), refusals, "{mode}: {errors:?}");
+        assert_eq!(errors.last(), Some(&expected.as_str()), "{mode}");
+        assert!(app.history().is_empty(), "{mode}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A local model has no CLAP companion: with the CLAP field empty, ranked candidates say what is
 /// missing and name the field, and nothing enters the history.
 #[test]

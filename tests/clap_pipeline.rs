@@ -188,6 +188,21 @@ fn clip_48k() -> Audio {
     }
 }
 
+/// One second of 16-bit TPDF dither alone at 16 kHz (±1 LSB, peak -90.3 dBFS): what
+/// `sox -n -r 16000 -b 16 x.wav trim 0 1` writes.
+fn dither() -> Vec<f32> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..16_000)
+        .map(|_| ((uniform() - uniform()).round() / 32768.0) as f32)
+        .collect()
+}
+
 fn variation(prompt: &str, mix: f32) -> VariationRequest {
     VariationRequest {
         request: Request {
@@ -300,7 +315,42 @@ fn bad_candidates_and_variations_are_refused() {
     let mut silent = variation("", 0.5);
     silent.source.samples.iter_mut().for_each(|s| *s *= 1e-6);
     let err = vary(silent);
-    assert!(err.contains("is silent"), "{err}");
+    assert!(err.contains("clip.wav is silent"), "{err}");
+    // Dither alone (±1 LSB of 16 bits, -90.3 dBFS): the message every input clip gets (the
+    // edits give it too); ranking given clips refuses it as well. A -70 dBFS clip passes.
+    let mut dithered = variation("", 0.5);
+    dithered.source = Audio {
+        sample_rate: 16_000,
+        samples: dither(),
+    };
+    let expected = audioldm::Error::Silent {
+        clip: "clip.wav".into(),
+        peak_dbfs: audioldm::audio::peak_dbfs(&dithered.source.samples),
+    }
+    .to_string();
+    assert!(expected.contains("-90.3 dBFS"), "{expected}");
+    assert_eq!(dithered.check().unwrap_err().to_string(), expected);
+    assert_eq!(vary(dithered.clone()), expected);
+    let err = scorer()
+        .score("rain", &[clip_48k(), dithered.source.clone()], 0)
+        .unwrap_err();
+    assert!(matches!(err, audioldm::Error::Silent { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        expected.replacen("clip.wav", "clip 2 of 2", 1)
+    );
+    let mut quiet = variation("", 0.5);
+    let gain = 10f64.powf((-70.0 - audioldm::audio::peak_dbfs(&quiet.source.samples)) / 20.0);
+    quiet
+        .source
+        .samples
+        .iter_mut()
+        .for_each(|s| *s *= gain as f32);
+    quiet.check().expect("a -70 dBFS clip varies");
+    let scores = scorer()
+        .score("rain", &[quiet.source.clone()], 0)
+        .expect("a -70 dBFS clip is scored");
+    assert!(scores.scores[0].is_finite());
     let mut short = variation("", 0.5);
     short.source.samples.truncate(400);
     short.request.duration_s = Some(1.0);

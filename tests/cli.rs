@@ -183,6 +183,70 @@ fn bad_input_fails_before_the_model_is_loaded() {
     assert!(!out.exists(), "nothing written");
 }
 
+/// A clip of dither alone (16-bit TPDF, ±1 LSB: -90.3 dBFS, what `sox -n -r 16000 -b 16 x.wav
+/// trim 0 1` writes) is refused by every command that takes a clip, with one message naming its
+/// peak and the threshold, before the model is looked at; a -70 dBFS clip passes that check.
+#[test]
+fn every_command_that_takes_a_clip_refuses_dither_with_one_message() {
+    use audioldm::audio::wav::{WavFormat, write_wav};
+    let dir = scratch("dither");
+    let missing_model = dir.join("no-model");
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let dither: Vec<f32> = (0..16_000)
+        .map(|_| ((uniform() - uniform()).round() / 32768.0) as f32)
+        .collect();
+    let dithered = dir.join("dither.wav");
+    write_wav(&dithered, &dither, 16_000, WavFormat::Pcm16, None).unwrap();
+    let quiet = dir.join("quiet.wav");
+    let amplitude = 10f64.powf(-70.0 / 20.0);
+    let tone: Vec<f32> = (0..16_000)
+        .map(|i| (amplitude * (i as f64 * 440.0 * std::f64::consts::TAU / 16_000.0).sin()) as f32)
+        .collect();
+    write_wav(&quiet, &tone, 16_000, WavFormat::Pcm16, None).unwrap();
+    let decoded = audioldm::audio::decode::decode_file(&dithered, 60.0).unwrap();
+    let expected = audioldm::Error::Silent {
+        clip: "dither.wav".into(),
+        peak_dbfs: audioldm::audio::peak_dbfs(&decoded.samples),
+    }
+    .to_string();
+    assert!(expected.contains("-90.3 dBFS"), "{expected}");
+    let commands: [&[&str]; 5] = [
+        &["vary"],
+        &["transfer", "rain"],
+        &["inpaint", "rain", "--range", "0.1:0.2"],
+        &["superres", "rain"],
+        &["extend", "rain", "--seconds", "0.3"],
+    ];
+    for command in commands {
+        for (input, silent) in [(&dithered, true), (&quiet, false)] {
+            let mut args = vec![command[0], path(input)];
+            args.extend_from_slice(&command[1..]);
+            args.extend_from_slice(&["--model", path(&missing_model)]);
+            let output = audioldm(&args);
+            assert!(!output.status.success());
+            let err = stderr(&output);
+            if silent {
+                assert!(
+                    err.contains(&format!("error: {expected}\n")),
+                    "{args:?}: {err}"
+                );
+                assert!(
+                    !err.contains("no-model"),
+                    "{args:?} looked at the model: {err}"
+                );
+            } else {
+                assert!(!err.contains("is silent"), "{args:?}: {err}");
+            }
+        }
+    }
+}
+
 /// The reference's settings and tensors for CLAP in the pipeline
 /// (`scripts/reference/make_clap_pipeline_reference.py`).
 fn clap_golden(name: &str) -> Vec<f32> {

@@ -341,6 +341,79 @@ fn the_known_region_shows_from_the_first_preview_and_the_seed_decides() {
     assert_eq!(a.audio.samples, again.audio.samples);
 }
 
+/// One second of 16-bit TPDF dither alone at 16 kHz (±1 LSB, peak -90.3 dBFS): what
+/// `sox -n -r 16000 -b 16 x.wav trim 0 1` writes.
+fn dither() -> Vec<f32> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..16_000)
+        .map(|_| ((uniform() - uniform()).round() / 32768.0) as f32)
+        .collect()
+}
+
+/// Every mode, with parameters that suit a 0.5 s clip.
+fn modes() -> [Mode; 4] {
+    [
+        Mode::StyleTransfer { strength: 0.5 },
+        Mode::Inpaint {
+            ranges: vec![(0.1, 0.2)],
+        },
+        Mode::SuperResolution {
+            cutoff_hz: Some(4000.0),
+        },
+        Mode::Extend { seconds: 0.3 },
+    ]
+}
+
+/// Dither alone is refused by every mode with the one message every input clip gets (variations
+/// and CLAP scores give it too), before any GPU work; a quiet clip (-70 dBFS) is edited.
+#[test]
+fn every_edit_refuses_dither_with_the_one_silence_message() {
+    let p = pipeline();
+    let source = Audio {
+        sample_rate: 16_000,
+        samples: dither()[..8000].to_vec(),
+    };
+    let expected = Error::Silent {
+        clip: "chirp.wav".into(),
+        peak_dbfs: audioldm::audio::peak_dbfs(&source.samples),
+    }
+    .to_string();
+    assert!(expected.contains("below the -80 dBFS"), "{expected}");
+    // The chirp scaled to peak -70 dBFS.
+    let chirp = clip16();
+    let gain = 10f64.powf((-70.0 - audioldm::audio::peak_dbfs(&chirp.samples)) / 20.0) as f32;
+    let quiet = Audio {
+        samples: chirp.samples.iter().map(|s| s * gain).collect(),
+        ..chirp
+    };
+    let quiet_peak = audioldm::audio::peak_dbfs(&quiet.samples);
+    assert!((-70.01..-69.99).contains(&quiet_peak), "{quiet_peak}");
+    for mode in modes() {
+        let request = edit(source.clone(), mode.clone(), 0.0);
+        let err = request.check().unwrap_err();
+        assert!(matches!(err, Error::Silent { .. }), "{mode:?}: {err:?}");
+        assert_eq!(err.to_string(), expected, "{mode:?}");
+        assert_eq!(edit_error(&p, &request), expected, "{mode:?}");
+        edit(quiet.clone(), mode.clone(), 0.0)
+            .check()
+            .unwrap_or_else(|e| panic!("{mode:?}: a -70 dBFS clip is refused: {e}"));
+    }
+    let made = p
+        .edit(
+            &edit(quiet, Mode::StyleTransfer { strength: 0.5 }, 0.0),
+            &AtomicBool::new(false),
+            |_| {},
+        )
+        .expect("a -70 dBFS clip is edited");
+    assert!(made.audio.samples.iter().all(|s| s.is_finite()));
+}
+
 fn edit_error(p: &Pipeline, request: &EditRequest) -> String {
     let err = p
         .edit(request, &AtomicBool::new(false), |_| {})
@@ -357,7 +430,7 @@ fn bad_clips_and_parameters_are_clear_errors() {
         samples: vec![0.0; 8000],
     };
     let err = edit_error(&p, &edit(silent, transfer.clone(), 0.0));
-    assert!(err.contains("silent"), "{err}");
+    assert!(err.contains("chirp.wav is silent"), "{err}");
     let empty = Audio {
         sample_rate: 16_000,
         samples: Vec::new(),

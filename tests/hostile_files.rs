@@ -293,6 +293,206 @@ fn malformed_tokenizer_files_are_errors() {
     }
 }
 
+/// A SentencePiece charsmap as `tokenizer.json` holds it: base64 of a little-endian u32 trie size
+/// in bytes, the trie's u32 words, then the normalised strings.
+fn charsmap(declared_trie_bytes: u32, trie: &[u32], normalized: &[u8]) -> String {
+    let mut blob = declared_trie_bytes.to_le_bytes().to_vec();
+    blob.extend(trie.iter().flat_map(|w| w.to_le_bytes()));
+    blob.extend_from_slice(normalized);
+    base64::encode(blob)
+}
+
+/// A real one: a double array that maps "A" to "a" and nothing else (257 words: the root, whose
+/// offset 0 sends byte `c` to word `c`, each labelled 0 so that no byte matches but `A`, whose word
+/// has label 0x41, a leaf flag and offset 0x141, which leads to word 256 holding value 0: the
+/// offset of "a\0" in the strings).
+fn a_to_lowercase() -> String {
+    let mut trie = vec![0u32; 257];
+    trie[0x41] = 0x41 | (1 << 8) | (0x141 << 10);
+    charsmap(257 * 4, &trie, b"a\0")
+}
+
+/// The tiny fixture's `tokenizer.json` with `normalizer` set, in a folder with its config.
+fn tokenizer_with_normalizer(case: &str, normalizer: Value) -> PathBuf {
+    let real = std::fs::read(fixture("tokenizer/tokenizer.json")).unwrap();
+    let mut value: Value = serde_json::from_slice(&real).unwrap();
+    value["normalizer"] = normalizer;
+    tokenizer_folder(case, &serde_json::to_vec(&value).unwrap())
+}
+
+fn tokenizer_folder(case: &str, text: &[u8]) -> PathBuf {
+    let dir = tokenizer_dir(case, text);
+    std::fs::copy(
+        fixture("tokenizer/tokenizer_config.json"),
+        dir.join("tokenizer_config.json"),
+    )
+    .unwrap();
+    dir
+}
+
+/// 4 GiB less a word: the tokenizers crate (spm_precompiled) would reserve `declared / 4` words of
+/// 8 bytes, 8 GiB, before reading the trie, and an allocation that fails aborts the process.
+const HUGE_TRIE: u32 = u32::MAX - 3;
+
+fn huge_trie() -> Value {
+    json!({"type": "Precompiled", "precompiled_charsmap": charsmap(HUGE_TRIE, &[0, 0], b"")})
+}
+
+/// A charsmap that declares more trie than it holds is refused before the tokenizers crate sees
+/// the file, wherever the crate would build it (the normaliser, one inside a `Sequence`, a
+/// `normalizer` key that a later one repeats); a charsmap that holds its trie loads and
+/// normalises.
+#[test]
+fn a_charsmap_that_claims_more_trie_than_it_holds_is_refused() {
+    let sequence = |inner: Value| json!({"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "Sequence", "normalizers": [inner]}]});
+    let mut cases = vec![
+        (
+            "huge-trie",
+            huge_trie(),
+            "declares a trie of 4294967292 bytes but holds 8 after",
+        ),
+        (
+            "huge-trie-in-a-sequence",
+            sequence(huge_trie()),
+            "declares a trie of 4294967292 bytes",
+        ),
+        (
+            "trie-past-the-end",
+            json!({"type": "Precompiled", "precompiled_charsmap": charsmap(16, &[0, 0, 0], b"")}),
+            "declares a trie of 16 bytes but holds 12 after",
+        ),
+        (
+            "trie-of-part-words",
+            json!({"type": "Precompiled", "precompiled_charsmap": charsmap(6, &[0, 0], b"")}),
+            "declares a trie of 6 bytes, not whole 4-byte words",
+        ),
+        (
+            "no-trie-size",
+            json!({"type": "Precompiled", "precompiled_charsmap": "AAA="}),
+            "holds 2 bytes, too few",
+        ),
+        (
+            "charsmap-not-base64",
+            json!({"type": "Precompiled", "precompiled_charsmap": "not base64!"}),
+            "is not base64",
+        ),
+    ];
+    // The crate builds every `normalizer` entry it meets, the first of two as well.
+    let real = std::fs::read(fixture("tokenizer/tokenizer.json")).unwrap();
+    let compact = serde_json::to_string(&serde_json::from_slice::<Value>(&real).unwrap()).unwrap();
+    let repeated = compact.replacen(
+        "\"normalizer\":null",
+        &format!("\"normalizer\":{},\"normalizer\":null", huge_trie()),
+        1,
+    );
+    assert_ne!(repeated, compact);
+    let repeated_dir = tokenizer_folder("huge-trie-repeated-key", repeated.as_bytes());
+    for (case, normalizer, words) in cases.drain(..) {
+        let dir = tokenizer_with_normalizer(case, normalizer);
+        let err = TextTokenizer::from_dir(&dir).unwrap_err().to_string();
+        println!("{case}: {err}");
+        assert!(
+            err.contains(dir.join("tokenizer.json").to_str().unwrap()),
+            "{case}: {err}"
+        );
+        assert!(err.contains(words), "{case}: {err}");
+        assert!(!err.contains("tokenizers library failed"), "{case}: {err}");
+    }
+    let err = TextTokenizer::from_dir(&repeated_dir)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("declares a trie of 4294967292 bytes"), "{err}");
+
+    // A charsmap that holds what it declares loads, and maps "A" to "a", alone or in a sequence.
+    let plain = TextTokenizer::from_dir(&fixture("tokenizer")).unwrap();
+    assert_ne!(
+        plain.encode("A dog", 16).unwrap(),
+        plain.encode("a dog", 16).unwrap()
+    );
+    for (case, normalizer) in [
+        (
+            "real-charsmap",
+            json!({"type": "Precompiled", "precompiled_charsmap": a_to_lowercase()}),
+        ),
+        (
+            "real-charsmap-in-a-sequence",
+            sequence(json!({"type": "Precompiled", "precompiled_charsmap": a_to_lowercase()})),
+        ),
+    ] {
+        let tokenizer = TextTokenizer::from_dir(&tokenizer_with_normalizer(case, normalizer))
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(
+            tokenizer.encode("A dog", 16).unwrap(),
+            plain.encode("a dog", 16).unwrap(),
+            "{case}"
+        );
+    }
+}
+
+/// The environment variable that makes [`a_huge_trie_claim_is_an_error_under_a_4_gib_address_space`]
+/// the child: the folder to load, and how (`bounded`: the pipeline's loader; `crate`: the tokenizers
+/// crate alone, as the loader handed it the file before the bound).
+const CHILD: &str = "AUDIOLDM_HOSTILE_TOKENIZER_CHILD";
+
+/// Where memory cannot be overcommitted, an allocation the system cannot give aborts the process,
+/// which no `catch_unwind` holds. Under a 4 GiB address-space limit, loading a `tokenizer.json`
+/// whose charsmap claims a 4 GiB trie through the tokenizers crate alone aborts ("memory
+/// allocation of 8589934584 bytes failed"): the control. The pipeline's loader, in the same
+/// limit, returns the error and the process exits normally.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_huge_trie_claim_is_an_error_under_a_4_gib_address_space() {
+    if let Ok(child) = std::env::var(CHILD) {
+        let (how, dir) = child.split_once(':').expect("how:folder");
+        let dir = Path::new(dir);
+        match how {
+            "bounded" => match TextTokenizer::from_dir(dir) {
+                Ok(_) => panic!("the huge trie loaded"),
+                Err(e) => println!("refused: {e}"),
+            },
+            _ => {
+                let bytes = std::fs::read(dir.join("tokenizer.json")).unwrap();
+                let loaded = tokenizers::Tokenizer::from_bytes(&bytes).map(|_| ());
+                println!("the crate returned: {loaded:?}");
+            }
+        }
+        return;
+    }
+    let dir = tokenizer_with_normalizer("huge-trie-child", huge_trie());
+    let run = |how: &str| {
+        let output = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -c 0; ulimit -v 4194304 && exec \"$0\" \"$@\"")
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "a_huge_trie_claim_is_an_error_under_a_4_gib_address_space",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, format!("{how}:{}", dir.display()))
+            .output()
+            .expect("run the child");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        println!("{how}: {}\n{text}", output.status);
+        (output.status, text)
+    };
+    let (status, text) = run("crate");
+    assert!(!status.success(), "the control did not abort: {text}");
+    assert!(text.contains("memory allocation of"), "{text}");
+    let (status, text) = run("bounded");
+    assert!(status.success(), "{status}: {text}");
+    assert!(
+        text.contains("refused: tokenizer: ")
+            && text.contains("declares a trie of 4294967292 bytes"),
+        "{text}"
+    );
+}
+
 #[test]
 fn special_and_oversized_files_are_refused() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-special");

@@ -481,6 +481,11 @@ impl AudioLdmApp {
     }
 
     fn submit_edit(&mut self, settings: Settings, edit: EditRequest) {
+        // Refused at once, as a variation's clip is, not after the model loads.
+        if let Err(e) = edit.check() {
+            self.error(e.to_string());
+            return;
+        }
         let edit = Box::new(edit);
         self.submit(settings, Task::Edit(edit.clone()), Some(edit));
     }

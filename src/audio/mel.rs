@@ -10,7 +10,7 @@ use realfft::{RealFftPlanner, RealToComplex};
 
 use super::resample::resample;
 use super::{Audio, Mel};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub const SAMPLE_RATE: u32 = 16_000;
 pub const N_FFT: usize = 1024;
@@ -105,17 +105,16 @@ impl MelFrontEnd {
     /// (`normalize_wav`), zero-pad at the end to `frames * HOP` samples, scale to peak exactly 0.5
     /// and clip to [-1, 1], take the log-mel and cut or zero-pad it to `frames`. A longer clip is
     /// not cut before the mel (the original's pad does nothing there), so its normalisation sees
-    /// the whole clip. A silent clip is an error: its peak cannot be scaled to 0.5.
+    /// the whole clip. A silent clip ([`super::check_audible`]) is an error: scaling it would make
+    /// its noise the input.
     pub fn wav_to_fbank(&self, samples: &[f32], frames: usize) -> Result<Mel> {
         let mean = samples.iter().map(|&v| v as f64).sum::<f64>() / samples.len().max(1) as f64;
         let mut wav: Vec<f32> = samples.iter().map(|&v| v - mean as f32).collect();
+        // The rule every input clip meets, on what is scaled up: its callers check the clip as
+        // given, but a constant offset is no sound, and a clip whose sound was all above 8 kHz
+        // is silent only now.
+        super::check_audible(&wav, "the clip at 16 kHz")?;
         let peak = wav.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        if peak == 0.0 || !peak.is_finite() {
-            return Err(Error::Input(
-                "the clip is silent (or holds no finite samples): there is nothing to transform"
-                    .into(),
-            ));
-        }
         let denominator = peak + 1e-8;
         wav.iter_mut().for_each(|v| *v = *v / denominator * 0.5);
         if wav.len() < frames * HOP {

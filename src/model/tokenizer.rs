@@ -134,6 +134,103 @@ fn isolated<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
     })
 }
 
+/// Checks the SentencePiece normalisers (`"type": "Precompiled"`) of a `tokenizer.json` before
+/// the tokenizers crate reads it. Their `precompiled_charsmap` is base64 of a blob: a
+/// little-endian u32 trie size in bytes, the trie (u32 words), then the normalised strings. The
+/// crate (`spm_precompiled::Precompiled::from`) reserves `trie_size / 4` words of 8 bytes before
+/// reading any, so a blob that declares a 4 GiB trie has it ask for 8 GiB whatever the file
+/// holds; where that cannot be had (a 4 GiB address-space limit, no overcommit) the allocator
+/// aborts the process, which no `catch_unwind` holds. Refused here: a blob too short for its
+/// header, and a trie that is not whole words or larger than the bytes after the header. What
+/// the crate then reserves is at most twice the blob, itself bounded by the file's size.
+///
+/// Every `normalizer` entry of the top-level object is checked as the crate reads them: in
+/// order, each (a repeated key included: the crate builds each one), and every charsmap within
+/// it (a `Sequence` nests normalisers). A file that is not JSON, or whose top level is not an
+/// object, is left to the crate to refuse: it stops where this parse stops, having built only the
+/// normalisers checked before that point.
+fn check_precompiled_charsmaps(json: &[u8]) -> std::result::Result<(), String> {
+    use serde::de::{Deserializer as _, Error as _, IgnoredAny, MapAccess, Visitor};
+
+    struct Normalizers<'a>(&'a mut Option<String>);
+
+    impl<'de> Visitor<'de> for Normalizers<'_> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a tokenizer.json object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+            while let Some(key) = map.next_key::<String>()? {
+                if key != "normalizer" {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                let normalizer: Value = map.next_value()?;
+                if let Err(problem) = check_charsmaps_in(&normalizer) {
+                    *self.0 = Some(problem);
+                    return Err(A::Error::custom("refused"));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    let mut problem = None;
+    let _ = serde_json::Deserializer::from_slice(json).deserialize_map(Normalizers(&mut problem));
+    problem.map_or(Ok(()), Err)
+}
+
+/// Every `precompiled_charsmap` string within `normalizer` (see [`check_precompiled_charsmaps`]).
+fn check_charsmaps_in(normalizer: &Value) -> std::result::Result<(), String> {
+    let mut pending = vec![normalizer];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Array(items) => pending.extend(items),
+            Value::Object(fields) => {
+                if let Some(Value::String(charsmap)) = fields.get("precompiled_charsmap") {
+                    check_charsmap(charsmap)?;
+                }
+                pending.extend(fields.values());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// One `precompiled_charsmap`, decoded as the tokenizers crate decodes it (`base64` 0.13).
+fn check_charsmap(charsmap: &str) -> std::result::Result<(), String> {
+    let blob = base64::decode(charsmap).map_err(|e| {
+        format!("the precompiled_charsmap of its Precompiled normalizer is not base64 ({e})")
+    })?;
+    let Some((header, rest)) = blob.split_first_chunk::<4>() else {
+        return Err(format!(
+            "the precompiled_charsmap of its Precompiled normalizer holds {} bytes, too few for \
+             the 4-byte trie size it starts with",
+            blob.len()
+        ));
+    };
+    let declared = u32::from_le_bytes(*header);
+    if declared % 4 != 0 {
+        return Err(format!(
+            "the precompiled_charsmap of its Precompiled normalizer declares a trie of {declared} \
+             bytes, not whole 4-byte words: the file is damaged"
+        ));
+    }
+    if declared as usize > rest.len() {
+        return Err(format!(
+            "the precompiled_charsmap of its Precompiled normalizer declares a trie of {declared} \
+             bytes but holds {} after its 4-byte header: the file is damaged (the tokenizers \
+             library would reserve {} bytes for that trie before reading it)",
+            rest.len(),
+            u64::from(declared / 4) * 8
+        ));
+    }
+    Ok(())
+}
+
 impl TextTokenizer {
     /// Loads the tokenizer of a pipeline's `tokenizer/` folder: `tokenizer.json`, or else
     /// `vocab.json` + `merges.txt`.
@@ -150,6 +247,8 @@ impl TextTokenizer {
         let (vocab, merges) = (dir.join("vocab.json"), dir.join("merges.txt"));
         let inner = if crate::untrusted::is_file(&json) {
             let bytes = crate::untrusted::read_bounded(&json, MAX_TOKENIZER_BYTES)?;
+            // An allocation the crate cannot make aborts the process: refused before it tries.
+            check_precompiled_charsmaps(&bytes).map_err(|e| tok_err(&json, e))?;
             // The tokenizers crate panics on some malformed files: held here as an error.
             isolated(&json, || Tokenizer::from_bytes(&bytes))?.map_err(|e| {
                 let e = e.to_string();

@@ -85,6 +85,26 @@ impl EditRequest {
         settings.insert("source".into(), self.source_name.clone().into());
         serde_json::Value::Object(settings).to_string()
     }
+
+    /// The checks that need no model, which the front ends run before loading one: the request
+    /// leaves the length and latents to the clip, and the clip holds audio that is not silent
+    /// ([`crate::audio::check_audible`], the rule every input clip meets).
+    pub fn check(&self) -> Result<()> {
+        if self.request.init_latents.is_some() || self.request.duration_s.is_some() {
+            return Err(Error::Input(
+                "an edit takes its length and its latents from the source clip: leave the \
+                 duration and the initial latents unset"
+                    .into(),
+            ));
+        }
+        if self.source.samples.is_empty() || self.source.sample_rate == 0 {
+            return Err(Error::Input(format!(
+                "{}: the source clip holds no audio",
+                self.source_name
+            )));
+        }
+        self.source.check_audible(&self.source_name)
+    }
 }
 
 /// What the edit holds fixed, resolved against the clip and the model before any GPU work.
@@ -123,14 +143,8 @@ impl Pipeline {
         cancel: &AtomicBool,
         mut on_event: impl FnMut(Event),
     ) -> Result<Output> {
+        edit.check()?;
         let request = &edit.request;
-        if request.init_latents.is_some() || request.duration_s.is_some() {
-            return Err(Error::Input(
-                "an edit takes its length and its latents from the source clip: leave the \
-                 duration and the initial latents unset"
-                    .into(),
-            ));
-        }
         self.check_request(request)?;
         if request.scheduler != super::SchedulerKind::Ddim {
             return Err(Error::Input(format!(
@@ -214,9 +228,6 @@ impl Pipeline {
     /// Resamples the clip and resolves the mode against it: lengths, mask, first step.
     fn prepare(&self, edit: &EditRequest) -> Result<Prepared> {
         let source = &edit.source;
-        if source.samples.is_empty() || source.sample_rate == 0 {
-            return Err(Error::Input("the source clip holds no audio".into()));
-        }
         let unusable = |duration: f64, e: &dyn std::fmt::Display| {
             Error::Input(format!(
                 "the source clip cannot be edited as it is ({duration:.2} s): {e}"

@@ -133,7 +133,8 @@ impl ClapScorer {
         self.model.embed_audio_async(&self.ctx, clips, seed).await
     }
 
-    /// Scores `clips` against `prompt`.
+    /// Scores `clips` against `prompt`. The clips are input: each must meet the rule every input
+    /// clip meets ([`crate::audio::check_audible`]), checked before the GPU runs.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn score(&self, prompt: &str, clips: &[Audio], seed: u32) -> Result<Scores> {
         pollster::block_on(self.score_async(prompt, clips, seed))
@@ -141,6 +142,15 @@ impl ClapScorer {
 
     /// [`Self::score`] without blocking.
     pub async fn score_async(&self, prompt: &str, clips: &[Audio], seed: u32) -> Result<Scores> {
+        for (k, clip) in clips.iter().enumerate() {
+            clip.check_audible(&format!("clip {} of {}", k + 1, clips.len()))?;
+        }
+        self.score_made(prompt, clips, seed).await
+    }
+
+    /// Scores clips the pipeline made (a ranked run's candidates): a quiet candidate is scored,
+    /// not refused.
+    async fn score_made(&self, prompt: &str, clips: &[Audio], seed: u32) -> Result<Scores> {
         let audio_embeds = self.embed_clips_async(clips, seed).await?;
         let text_embed = self.embed_prompt_async(prompt).await?;
         let scores = audio_embeds
@@ -240,7 +250,7 @@ impl Pipeline {
         on_event(Event::Scoring);
         let clips: Vec<Audio> = outputs.iter().map(|o| o.audio.clone()).collect();
         let scores = scorer
-            .score_async(&request.prompt, &clips, request.seed)
+            .score_made(&request.prompt, &clips, request.seed)
             .await?;
         Ok(Candidates {
             outputs,

@@ -18,9 +18,6 @@ use super::{Event, MAX_DURATION_S, Output, Pipeline, Request};
 use crate::audio::Audio;
 use crate::error::{Error, Result};
 
-/// A clip whose peak is below this (-80 dBFS) is silence: it has no sound to vary.
-pub const SILENCE_PEAK: f32 = 1e-4;
-
 /// A variation of a clip. `request` gives the optional prompt to blend in (empty: none), the
 /// negative prompt, steps, guidance, seed, eta and the duration (`None`: the clip's, at most
 /// [`MAX_DURATION_S`]); its `init_latents` and `conditioning` must be `None`.
@@ -75,7 +72,8 @@ impl VariationRequest {
         serde_json::Value::Object(settings).to_string()
     }
 
-    /// The checks that need no model: mix, clip, request fields.
+    /// The checks that need no model: mix, request fields, and the clip
+    /// ([`crate::audio::check_audible`]).
     pub fn check(&self) -> Result<()> {
         if !(self.mix.is_finite() && (0.0..=1.0).contains(&self.mix)) {
             return Err(Error::Input(format!(
@@ -90,24 +88,8 @@ impl VariationRequest {
                     .into(),
             ));
         }
-        if self.source.samples.iter().any(|s| !s.is_finite()) {
-            return Err(Error::Input(format!(
-                "{}: the clip holds non-finite samples (NaN or infinity)",
-                self.source_name
-            )));
-        }
-        let peak = self
-            .source
-            .samples
-            .iter()
-            .fold(0.0f32, |m, &s| m.max(s.abs()));
-        if peak < SILENCE_PEAK {
-            return Err(Error::Input(format!(
-                "{} is silent (its peak is {:.1} dBFS): there is no sound to make variations of",
-                self.source_name,
-                20.0 * f64::from(peak.max(1e-12)).log10()
-            )));
-        }
+        // The one rule for every input clip: finite, and not silent.
+        self.source.check_audible(&self.source_name)?;
         Ok(())
     }
 }
