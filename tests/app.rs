@@ -3,6 +3,9 @@
 //! renderer's device here too.
 #![cfg(feature = "app")]
 
+#[path = "common/clips.rs"]
+mod clips;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -789,16 +792,7 @@ fn ranked_candidates_and_variations_through_the_widgets() {
 fn a_dithered_input_clip_is_refused_by_every_mode_with_one_message() {
     let dir = data_dir("dither");
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let dither: Vec<f32> = (0..16_000)
-        .map(|_| ((uniform() - uniform()).round() / 32768.0) as f32)
-        .collect();
+    let dither = clips::dither();
     let wav = dir.join("dither.wav");
     audioldm::audio::wav::write_wav(
         &wav,

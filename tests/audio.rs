@@ -1,6 +1,9 @@
 //! The audio layer: the log-mel front end against librosa's filterbank values and a direct DFT,
 //! resampling, decoding (and its errors), and playback without a sound card.
 
+#[path = "common/clips.rs"]
+mod clips;
+
 use std::f64::consts::PI;
 
 use audioldm::audio::Audio;
@@ -386,35 +389,12 @@ fn hostile_audio_files_are_refused_before_they_cost_anything() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// One second of 16-bit TPDF dither alone at 16 kHz (±1 LSB, peak -90.3 dBFS): what
-/// `sox -n -r 16000 -b 16 x.wav trim 0 1` writes.
-fn dither() -> Vec<f32> {
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    (0..16_000)
-        .map(|_| ((uniform() - uniform()).round() / 32768.0) as f32)
-        .collect()
-}
-
-/// A 440 Hz sine at `dbfs` peak, 0.5 s at 16 kHz.
-fn sine_at(dbfs: f64) -> Vec<f32> {
-    let amplitude = 10f64.powf(dbfs / 20.0);
-    (0..8000)
-        .map(|i| (amplitude * (i as f64 * 440.0 * 2.0 * PI / 16_000.0).sin()) as f32)
-        .collect()
-}
-
 #[test]
 fn one_silence_rule_refuses_dither_and_accepts_a_quiet_clip() {
     use audioldm::Error;
     use audioldm::audio::{SILENCE_DBFS, check_audible, peak_dbfs};
     assert_eq!(SILENCE_DBFS, -80.0);
-    let dither = dither();
+    let dither = clips::dither();
     let peak = peak_dbfs(&dither);
     assert!((-90.5..-90.0).contains(&peak), "{peak}");
     let err = check_audible(&dither, "dither.wav").unwrap_err();
@@ -439,10 +419,10 @@ fn one_silence_rule_refuses_dither_and_accepts_a_quiet_clip() {
         message
     );
     // Quiet but there: -70 dBFS passes; the threshold sits at -80 dBFS.
-    check_audible(&sine_at(-70.0), "quiet.wav").expect("a -70 dBFS clip is sound");
-    check_audible(&sine_at(-79.9), "quiet.wav").expect("just above the threshold");
+    check_audible(&clips::sine_at(-70.0, 8000), "quiet.wav").expect("a -70 dBFS clip is sound");
+    check_audible(&clips::sine_at(-79.9, 8000), "quiet.wav").expect("just above the threshold");
     assert!(matches!(
-        check_audible(&sine_at(-80.1), "quiet.wav"),
+        check_audible(&clips::sine_at(-80.1, 8000), "quiet.wav"),
         Err(Error::Silent { .. })
     ));
     // Digital silence.
@@ -452,7 +432,7 @@ fn one_silence_rule_refuses_dither_and_accepts_a_quiet_clip() {
             .starts_with("zeros.wav is silent: its peak is -inf dBFS"),
         "{err}"
     );
-    let mut nan = sine_at(-6.0);
+    let mut nan = clips::sine_at(-6.0, 8000);
     nan[3] = f32::NAN;
     let err = check_audible(&nan, "nan.wav").unwrap_err().to_string();
     assert!(err.contains("non-finite"), "{err}");
@@ -461,7 +441,7 @@ fn one_silence_rule_refuses_dither_and_accepts_a_quiet_clip() {
     let err = front_end.wav_to_fbank(&dither, 52).unwrap_err();
     assert!(matches!(err, Error::Silent { .. }), "{err:?}");
     front_end
-        .wav_to_fbank(&sine_at(-70.0), 52)
+        .wav_to_fbank(&clips::sine_at(-70.0, 8000), 52)
         .expect("a quiet clip is scaled up");
     // It removes the mean first: a constant offset with dither on it is no sound either.
     let offset: Vec<f32> = dither.iter().map(|s| s + 0.25).collect();

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::clips;
+
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
@@ -188,21 +190,6 @@ fn clip_48k() -> Audio {
     }
 }
 
-/// One second of 16-bit TPDF dither alone at 16 kHz (±1 LSB, peak -90.3 dBFS): what
-/// `sox -n -r 16000 -b 16 x.wav trim 0 1` writes.
-fn dither() -> Vec<f32> {
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    (0..16_000)
-        .map(|_| ((uniform() - uniform()).round() / 32768.0) as f32)
-        .collect()
-}
-
 fn variation(prompt: &str, mix: f32) -> VariationRequest {
     VariationRequest {
         request: Request {
@@ -321,7 +308,7 @@ fn bad_candidates_and_variations_are_refused() {
     let mut dithered = variation("", 0.5);
     dithered.source = Audio {
         sample_rate: 16_000,
-        samples: dither(),
+        samples: clips::dither(),
     };
     let expected = audioldm::Error::Silent {
         clip: "clip.wav".into(),

@@ -1,6 +1,9 @@
 //! The command line's edit commands on the tiny fixture model: the WAV they write, its comment,
 //! `--dump`, and the errors that must come before any model work.
 
+#[path = "common/clips.rs"]
+mod clips;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -191,23 +194,11 @@ fn every_command_that_takes_a_clip_refuses_dither_with_one_message() {
     use audioldm::audio::wav::{WavFormat, write_wav};
     let dir = scratch("dither");
     let missing_model = dir.join("no-model");
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    let dither: Vec<f32> = (0..16_000)
-        .map(|_| ((uniform() - uniform()).round() / 32768.0) as f32)
-        .collect();
+    let dither = clips::dither();
     let dithered = dir.join("dither.wav");
     write_wav(&dithered, &dither, 16_000, WavFormat::Pcm16, None).unwrap();
     let quiet = dir.join("quiet.wav");
-    let amplitude = 10f64.powf(-70.0 / 20.0);
-    let tone: Vec<f32> = (0..16_000)
-        .map(|i| (amplitude * (i as f64 * 440.0 * std::f64::consts::TAU / 16_000.0).sin()) as f32)
-        .collect();
+    let tone = clips::sine_at(-70.0, 16_000);
     write_wav(&quiet, &tone, 16_000, WavFormat::Pcm16, None).unwrap();
     let decoded = audioldm::audio::decode::decode_file(&dithered, 60.0).unwrap();
     let expected = audioldm::Error::Silent {

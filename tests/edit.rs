@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::clips;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -341,21 +343,6 @@ fn the_known_region_shows_from_the_first_preview_and_the_seed_decides() {
     assert_eq!(a.audio.samples, again.audio.samples);
 }
 
-/// One second of 16-bit TPDF dither alone at 16 kHz (±1 LSB, peak -90.3 dBFS): what
-/// `sox -n -r 16000 -b 16 x.wav trim 0 1` writes.
-fn dither() -> Vec<f32> {
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
-    (0..16_000)
-        .map(|_| ((uniform() - uniform()).round() / 32768.0) as f32)
-        .collect()
-}
-
 /// Every mode, with parameters that suit a 0.5 s clip.
 fn modes() -> [Mode; 4] {
     [
@@ -377,7 +364,7 @@ fn every_edit_refuses_dither_with_the_one_silence_message() {
     let p = pipeline();
     let source = Audio {
         sample_rate: 16_000,
-        samples: dither()[..8000].to_vec(),
+        samples: clips::dither()[..8000].to_vec(),
     };
     let expected = Error::Silent {
         clip: "chirp.wav".into(),

@@ -1,6 +1,7 @@
 //! Shared by the kernel tests: one GPU context, seeded inputs, error measures.
 #![allow(dead_code)]
 
+pub mod clips;
 pub mod real_tokenizer;
 pub mod reference;
 pub mod tiny;
