@@ -47,10 +47,11 @@ fi
 version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' \
     "$root/Cargo.lock")
 if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $version" ]; then
-    cargo install --quiet wasm-bindgen-cli --version "$version"
+    # --force: a binary that is missing or of another version replaces cargo's record of it.
+    cargo install --quiet --force wasm-bindgen-cli --version "$version"
 fi
 
 # playwright-core for the web build's end-to-end test (web/e2e), at the version its lock pins.
 if [ ! -d "$root/web/e2e/node_modules/playwright-core" ]; then
-    npm ci --prefix "$root/web/e2e" --no-audit --no-fund --silent
+    npm ci --prefix "$root/web/e2e" --no-audit --no-fund --loglevel=error
 fi
