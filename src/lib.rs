@@ -9,6 +9,7 @@
 pub mod app;
 pub mod audio;
 pub mod checkpoint;
+pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod hub;

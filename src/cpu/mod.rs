@@ -1,0 +1,45 @@
+//! The CPU backend's kernels: what the WGSL kernels compute, in Rust over host slices, for machines
+//! whose only adapter is a software rasteriser (or none). Products go through faer's GEMM on
+//! rayon's threads (`RAYON_NUM_THREADS` is honoured); elementwise work stays in the compiler's
+//! hands. Like the rest of the engine it knows nothing of AudioLDM.
+//!
+//! So far: [`gemm`]. The graph does not lower to these kernels yet (issue 23); each is tested
+//! against the same f64 references as its GPU kernel (`tests/cpu_kernels.rs`).
+
+pub mod gemm;
+
+use crate::gpu::Activation;
+
+pub use gemm::{Epilogue, MatSlice, gemm};
+
+/// Below this many multiply-adds a product runs on the calling thread: splitting it costs more
+/// than it saves.
+const PARALLEL_MACS: usize = 1 << 18;
+
+/// How faer splits a product of `macs` multiply-adds.
+fn parallelism(macs: usize) -> faer::Par {
+    #[cfg(not(target_arch = "wasm32"))]
+    if macs >= PARALLEL_MACS && rayon::current_num_threads() > 1 {
+        return faer::Par::rayon(rayon::current_num_threads());
+    }
+    let _ = (macs, PARALLEL_MACS);
+    faer::Par::Seq
+}
+
+/// `act(x)`, as `_activation.wgsl` computes it (GELU is the exact erf form).
+pub fn activate(x: f32, act: Activation) -> f32 {
+    match act {
+        Activation::None => x,
+        Activation::Relu => x.max(0.0),
+        Activation::LeakyRelu(slope) => {
+            if x >= 0.0 {
+                x
+            } else {
+                x * slope
+            }
+        }
+        Activation::Silu => x / (1.0 + (-x).exp()),
+        Activation::Gelu => 0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2)),
+        Activation::Tanh => x.tanh(),
+    }
+}
