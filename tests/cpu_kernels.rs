@@ -3,9 +3,9 @@
 
 mod common;
 
-use audioldm::cpu::{Epilogue, MatSlice, gemm};
+use audioldm::cpu::{self, Conv2d, ConvTranspose1d, Epilogue, MatSlice, gemm};
 use audioldm::gpu::Activation;
-use common::reference::{act_ref, matmul_ref, max_rel_err};
+use common::reference::{act_ref, conv_transpose1d_ref, conv2d_ref, matmul_ref, max_rel_err};
 
 fn random(seed: u64, n: usize) -> Vec<f32> {
     common::random(seed, n)
@@ -184,4 +184,188 @@ fn gemm_refuses_views_outside_their_data() {
     )
     .expect_err("output one short");
     assert!(err.to_string().contains("output holds 29"), "{err}");
+}
+
+/// conv2d against PyTorch's definition: odd sizes, strides, dilations, the VAE down-sampler's
+/// one-sided padding, a height-1 case (conv1d), the input leaky ReLU and the whole epilogue.
+#[test]
+fn conv2d_matches_the_reference() {
+    let cases = [
+        // b, cin, h, w, cout, kh, kw, stride, pad [t, b, l, r], dilation
+        (1, 3, 7, 9, 5, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1]),
+        (2, 8, 13, 11, 7, 3, 3, [2, 2], [0, 1, 0, 1], [1, 1]),
+        (1, 5, 1, 97, 6, 1, 7, [1, 1], [0, 0, 9, 9], [1, 3]),
+        (1, 16, 10, 16, 32, 1, 1, [1, 1], [0; 4], [1, 1]),
+        (1, 4, 40, 30, 3, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1]),
+        // 576-deep columns: tiles of 455 of the 630 positions, the last one partial.
+        (1, 64, 30, 21, 8, 3, 3, [1, 1], [1, 1, 1, 1], [1, 1]),
+    ];
+    for (i, &(b, cin, h, w, cout, kh, kw, stride, pad, dil)) in cases.iter().enumerate() {
+        let reference = common::reference::Conv {
+            b,
+            cin,
+            h,
+            w,
+            cout,
+            kh,
+            kw,
+            stride,
+            pad,
+            dil,
+        };
+        let conv = Conv2d {
+            batch: b,
+            cin,
+            h,
+            w,
+            cout,
+            kh,
+            kw,
+            stride,
+            padding: pad,
+            dilation: dil,
+            input_leaky_relu: (i % 2 == 1).then_some(0.1),
+        };
+        let seed = 100 + 10 * i as u64;
+        let x = random(seed, b * cin * h * w);
+        let weight = random(seed + 1, cout * cin * kh * kw);
+        let bias = random(seed + 2, cout);
+        let (plain, oh, ow) = conv2d_ref(&reference, &x, &weight, &bias, conv.input_leaky_relu);
+        assert_eq!(conv.out_hw().expect("fits"), (oh, ow));
+        let residual = random(seed + 3, plain.len());
+        let act = Activation::Silu;
+        let mut got = vec![0.0; plain.len()];
+        cpu::conv2d(
+            &mut got,
+            &x,
+            &weight,
+            &conv,
+            Epilogue {
+                bias: Some(&bias),
+                act,
+                residual: Some(&residual),
+            },
+        )
+        .expect("conv2d");
+        let want: Vec<f64> = plain
+            .iter()
+            .zip(&residual)
+            .map(|(&v, &r)| act_ref(v, act) + f64::from(r))
+            .collect();
+        let err = max_rel_err(&got, &want);
+        println!("conv2d case {i} ({cin}->{cout}, {h}x{w}, k {kh}x{kw}): max rel err {err:.2e}");
+        assert!(err <= 1e-5, "case {i}: {err:.2e}");
+    }
+}
+
+/// conv_transpose1d against PyTorch's definition, with HiFi-GAN's up-sampling shapes (kernel
+/// twice the stride, padding half the difference) and odd ones.
+#[test]
+fn conv_transpose1d_matches_the_reference() {
+    let cases = [
+        // b, cin, len, cout, k, stride, padding, output_padding
+        (1, 16, 25, 8, 16, 8, 4, 0),
+        (2, 6, 13, 5, 4, 2, 1, 0),
+        (1, 3, 7, 4, 5, 3, 2, 1),
+        (1, 9, 31, 7, 3, 1, 0, 0),
+    ];
+    for (i, &(b, cin, len, cout, k, stride, padding, output_padding)) in cases.iter().enumerate() {
+        let seed = 200 + 10 * i as u64;
+        let x = random(seed, b * cin * len);
+        let weight = random(seed + 1, cin * cout * k);
+        let bias = random(seed + 2, cout);
+        let slope = 0.1;
+        let want = conv_transpose1d_ref(
+            &x,
+            &weight,
+            &bias,
+            b,
+            cin,
+            len,
+            cout,
+            k,
+            stride,
+            padding,
+            output_padding,
+            slope,
+        );
+        let conv = ConvTranspose1d {
+            batch: b,
+            cin,
+            len,
+            cout,
+            k,
+            stride,
+            padding,
+            output_padding,
+            input_leaky_relu: Some(slope),
+        };
+        assert_eq!(conv.out_len().expect("fits") * b * cout, want.len());
+        let mut got = vec![0.0; want.len()];
+        cpu::conv_transpose1d(
+            &mut got,
+            &x,
+            &weight,
+            &conv,
+            Epilogue {
+                bias: Some(&bias),
+                ..Epilogue::default()
+            },
+        )
+        .expect("conv_transpose1d");
+        let err = max_rel_err(&got, &want);
+        println!(
+            "conv_transpose1d case {i} ({cin}->{cout}, len {len}, k {k}, stride {stride}): max rel err {err:.2e}"
+        );
+        assert!(err <= 1e-5, "case {i}: {err:.2e}");
+    }
+}
+
+/// Sizes that do not fit are errors naming the op.
+#[test]
+fn convolutions_refuse_what_does_not_fit() {
+    let conv = Conv2d {
+        batch: 1,
+        cin: 2,
+        h: 2,
+        w: 2,
+        cout: 1,
+        kh: 3,
+        kw: 3,
+        stride: [1, 1],
+        padding: [0; 4],
+        dilation: [1, 1],
+        input_leaky_relu: None,
+    };
+    let err = conv.out_hw().expect_err("3x3 over 2x2");
+    assert!(err.to_string().starts_with("conv2d: a 3x3 kernel"), "{err}");
+    let fits = Conv2d {
+        padding: [1; 4],
+        ..conv
+    };
+    let err = cpu::conv2d(
+        &mut [0.0; 4],
+        &[0.0; 7],
+        &[0.0; 18],
+        &fits,
+        Epilogue::default(),
+    )
+    .expect_err("input one short");
+    assert!(
+        err.to_string().contains("the input holds 7 values, not 8"),
+        "{err}"
+    );
+    let t = ConvTranspose1d {
+        batch: 1,
+        cin: 1,
+        len: 1,
+        cout: 1,
+        k: 2,
+        stride: 1,
+        padding: 1,
+        output_padding: 0,
+        input_leaky_relu: None,
+    };
+    let err = t.out_len().expect_err("no output");
+    assert!(err.to_string().starts_with("conv_transpose1d:"), "{err}");
 }

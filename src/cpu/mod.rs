@@ -3,13 +3,16 @@
 //! rayon's threads (`RAYON_NUM_THREADS` is honoured); elementwise work stays in the compiler's
 //! hands. Like the rest of the engine it knows nothing of AudioLDM.
 //!
-//! So far: [`gemm`]. The graph does not lower to these kernels yet (issue 23); each is tested
+//! So far: [`gemm`], [`conv2d`] (and so `conv1d`, a height-1 `conv2d`) and [`conv_transpose1d`].
+//! The graph does not lower to these kernels yet (issue 23); each is tested
 //! against the same f64 references as its GPU kernel (`tests/cpu_kernels.rs`).
 
+pub mod conv;
 pub mod gemm;
 
 use crate::gpu::Activation;
 
+pub use conv::{Conv2d, ConvTranspose1d, conv_transpose1d, conv2d};
 pub use gemm::{Epilogue, MatSlice, gemm};
 
 /// Below this many multiply-adds a product runs on the calling thread: splitting it costs more
@@ -24,6 +27,19 @@ fn parallelism(macs: usize) -> faer::Par {
     }
     let _ = (macs, PARALLEL_MACS);
     faer::Par::Seq
+}
+
+/// `f(0), ..., f(n - 1)`, on rayon's threads where there are any.
+fn par_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        (0..n).into_par_iter().map(f).collect()
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        (0..n).map(f).collect()
+    }
 }
 
 /// `act(x)`, as `_activation.wgsl` computes it (GELU is the exact erf form).
