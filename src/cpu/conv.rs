@@ -79,19 +79,14 @@ pub fn conv2d(
     let (oh, ow) = c.out_hw()?;
     let positions = oh * ow;
     let depth = c.cin * c.kh * c.kw;
-    let sizes = [
-        ("input", x.len(), c.batch * c.cin * c.h * c.w),
-        ("weight", weight.len(), c.cout * depth),
-        ("output", out.len(), c.batch * c.cout * positions),
-    ];
-    for (what, got, want) in sizes {
-        if got != want {
-            return Err(shape_error(
-                "conv2d",
-                format!("the {what} holds {got} values, not {want}"),
-            ));
-        }
-    }
+    check_sizes(
+        "conv2d",
+        [
+            ("input", x.len(), c.batch * c.cin * c.h * c.w),
+            ("weight", weight.len(), c.cout * depth),
+            ("output", out.len(), c.batch * c.cout * positions),
+        ],
+    )?;
     check_epilogue("conv2d", &epilogue, c.cout, out.len())?;
     if out.is_empty() {
         return Ok(());
@@ -205,19 +200,14 @@ pub fn conv_transpose1d(
     epilogue: Epilogue<'_>,
 ) -> Result<()> {
     let lout = c.out_len()?;
-    let sizes = [
-        ("input", x.len(), c.batch * c.cin * c.len),
-        ("weight", weight.len(), c.cin * c.cout * c.k),
-        ("output", out.len(), c.batch * c.cout * lout),
-    ];
-    for (what, got, want) in sizes {
-        if got != want {
-            return Err(shape_error(
-                "conv_transpose1d",
-                format!("the {what} holds {got} values, not {want}"),
-            ));
-        }
-    }
+    check_sizes(
+        "conv_transpose1d",
+        [
+            ("input", x.len(), c.batch * c.cin * c.len),
+            ("weight", weight.len(), c.cin * c.cout * c.k),
+            ("output", out.len(), c.batch * c.cout * lout),
+        ],
+    )?;
     check_epilogue("conv_transpose1d", &epilogue, c.cout, out.len())?;
     for b in 0..c.batch {
         let mut xb = x[b * c.cin * c.len..(b + 1) * c.cin * c.len].to_vec();
@@ -256,6 +246,17 @@ pub fn conv_transpose1d(
     }
     apply_channel_epilogue(out, lout, c.cout, &epilogue);
     Ok(())
+}
+
+/// Fails unless each named slice holds the values its shape says: (what, held, wanted).
+fn check_sizes(op: &str, sizes: [(&str, usize, usize); 3]) -> Result<()> {
+    match sizes.iter().find(|(_, got, want)| got != want) {
+        Some((what, got, want)) => Err(shape_error(
+            op,
+            format!("the {what} holds {got} values, not {want}"),
+        )),
+        None => Ok(()),
+    }
 }
 
 fn check_epilogue(op: &str, epilogue: &Epilogue<'_>, channels: usize, len: usize) -> Result<()> {
