@@ -369,3 +369,77 @@ fn convolutions_refuse_what_does_not_fit() {
     let err = t.out_len().expect_err("no output");
     assert!(err.to_string().starts_with("conv_transpose1d:"), "{err}");
 }
+
+/// GroupNorm (with and without affine and SiLU), LayerNorm, softmax and L2 normalisation against
+/// the references, including a group of mean 100 and spread 0.01 (precision of the variance).
+#[test]
+fn normalisations_match_the_reference() {
+    use audioldm::cpu::norm;
+    use common::reference::{group_norm_ref, l2_ref, layer_norm_ref, softmax_ref};
+    let cases = [(2, 64, 37, 32), (1, 6, 250, 3), (3, 10, 1, 5)];
+    for (i, &(b, c, s, groups)) in cases.iter().enumerate() {
+        let seed = 300 + 10 * i as u64;
+        let x = random(seed, b * c * s);
+        let gamma = random(seed + 1, c);
+        let beta = random(seed + 2, c);
+        for (affine, silu) in [(false, false), (true, true)] {
+            let (g, bt) = if affine {
+                (Some(&gamma[..]), Some(&beta[..]))
+            } else {
+                (None, None)
+            };
+            let want = group_norm_ref(&x, &[b, c, s], groups, g, bt, 1e-6, silu);
+            let mut got = vec![0.0; x.len()];
+            norm::group_norm(&mut got, &x, (b, c, s), groups, g, bt, 1e-6, silu).expect("gn");
+            let err = max_rel_err(&got, &want);
+            println!("group_norm {b}x{c}x{s} G{groups} affine {affine} silu {silu}: {err:.2e}");
+            assert!(err <= 1e-5, "{err:.2e}");
+        }
+    }
+    let far: Vec<f32> = random(400, 640 * 50)
+        .iter()
+        .map(|v| 100.0 + 0.01 * v)
+        .collect();
+    let want = group_norm_ref(&far, &[1, 640, 50], 32, None, None, 1e-6, false);
+    let mut got = vec![0.0; far.len()];
+    norm::group_norm(&mut got, &far, (1, 640, 50), 32, None, None, 1e-6, false).expect("gn");
+    let err = max_rel_err(&got, &want);
+    println!("group_norm of mean 100, spread 0.01: {err:.2e}");
+    assert!(err <= 1e-4, "{err:.2e}");
+
+    for &(rows, d) in &[(77, 768), (5, 3), (400, 129)] {
+        let x = random(500 + d as u64, rows * d);
+        let gamma = random(501, d);
+        let beta = random(502, d);
+        let mut got = vec![0.0; x.len()];
+        norm::layer_norm(&mut got, &x, d, &gamma, &beta, 1e-12).expect("ln");
+        let err = max_rel_err(&got, &layer_norm_ref(&x, d, &gamma, &beta, 1e-12));
+        println!("layer_norm {rows}x{d}: {err:.2e}");
+        assert!(err <= 1e-5, "{err:.2e}");
+        norm::softmax(&mut got, &x, d, 0.125).expect("softmax");
+        let err = max_rel_err(&got, &softmax_ref(&x, d, 0.125));
+        println!("softmax {rows}x{d}: {err:.2e}");
+        assert!(err <= 1e-5, "{err:.2e}");
+        norm::l2_normalize(&mut got, &x, d, 1e-12).expect("l2");
+        let err = max_rel_err(&got, &l2_ref(&x, d, 1e-12));
+        println!("l2_normalize {rows}x{d}: {err:.2e}");
+        assert!(err <= 1e-5, "{err:.2e}");
+    }
+    let err = norm::group_norm(
+        &mut [0.0; 6],
+        &[0.0; 6],
+        (1, 6, 1),
+        4,
+        None,
+        None,
+        1e-6,
+        false,
+    )
+    .expect_err("6 channels, 4 groups");
+    assert!(
+        err.to_string().starts_with("group_norm: 6 channels"),
+        "{err}"
+    );
+    let err = norm::softmax(&mut [0.0; 7], &[0.0; 7], 3, 1.0).expect_err("7 values, rows of 3");
+    assert!(err.to_string().contains("not rows of 3"), "{err}");
+}

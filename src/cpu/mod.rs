@@ -3,12 +3,14 @@
 //! rayon's threads (`RAYON_NUM_THREADS` is honoured); elementwise work stays in the compiler's
 //! hands. Like the rest of the engine it knows nothing of AudioLDM.
 //!
-//! So far: [`gemm`], [`conv2d`] (and so `conv1d`, a height-1 `conv2d`) and [`conv_transpose1d`].
+//! So far: [`gemm`], [`conv2d`] (and so `conv1d`, a height-1 `conv2d`), [`conv_transpose1d`] and
+//! the normalisations ([`norm`]).
 //! The graph does not lower to these kernels yet (issue 23); each is tested
 //! against the same f64 references as its GPU kernel (`tests/cpu_kernels.rs`).
 
 pub mod conv;
 pub mod gemm;
+pub mod norm;
 
 use crate::gpu::Activation;
 
@@ -39,6 +41,21 @@ fn par_map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
     #[cfg(target_arch = "wasm32")]
     {
         (0..n).map(f).collect()
+    }
+}
+
+/// `f(i, chunk)` for each `size`-long chunk `i` of `out`, on rayon's threads where there are any.
+fn par_chunks(out: &mut [f32], size: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        out.par_chunks_mut(size)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        out.chunks_mut(size).enumerate().for_each(|(i, c)| f(i, c));
     }
 }
 
