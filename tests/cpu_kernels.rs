@@ -443,3 +443,62 @@ fn normalisations_match_the_reference() {
     let err = norm::softmax(&mut [0.0; 7], &[0.0; 7], 3, 1.0).expect_err("7 values, rows of 3");
     assert!(err.to_string().contains("not rows of 3"), "{err}");
 }
+
+/// Attention against the reference: odd sizes, more queries and keys than a block (so the online
+/// softmax rescales across key blocks), head widths unlike the value widths, and the UNet's 8
+/// heads of 40 over 1000 tokens.
+#[test]
+fn attention_matches_the_reference() {
+    use audioldm::cpu::{Attention, attention};
+    use common::reference::AttentionProblem;
+    let cases = [
+        AttentionProblem::new(1, 1, 1, 1, 1, 1),
+        AttentionProblem::new(2, 3, 70, 1100, 9, 5),
+        AttentionProblem::new(1, 8, 1000, 77, 40, 40),
+        AttentionProblem::new(1, 2, 130, 600, 64, 64),
+    ];
+    for (i, p) in cases.iter().enumerate() {
+        let seed = 600 + 10 * i as u64;
+        let q = random(seed, p.batch * p.tq * p.heads * p.d);
+        let k = random(seed + 1, p.batch * p.tk * p.heads * p.d);
+        // Large keys make the scores' max move between key blocks.
+        let k: Vec<f32> = k.iter().map(|x| 4.0 * x).collect();
+        let v = random(seed + 2, p.batch * p.tk * p.heads * p.dv);
+        let (h, d, dv, tq, tk) = (p.heads, p.d, p.dv, p.tq, p.tk);
+        let want = p.reference(
+            (&q, &|b, t, hh| (b * tq + t) * h * d + hh * d),
+            (&k, &|b, t, hh| (b * tk + t) * h * d + hh * d),
+            (&v, &|b, t, hh| (b * tk + t) * h * dv + hh * dv),
+        );
+        let mut got = vec![0.0; want.len()];
+        let a = Attention {
+            batch: p.batch,
+            heads: h,
+            tq,
+            tk,
+            d,
+            dv,
+            scale: p.scale,
+        };
+        attention(&mut got, &q, &k, &v, &a).expect("attention");
+        let err = max_rel_err(&got, &want);
+        println!("cpu {}: max rel err {err:.2e}", p.name());
+        assert!(err <= 1e-5, "{}: {err:.2e}", p.name());
+    }
+    let a = Attention {
+        batch: 1,
+        heads: 2,
+        tq: 3,
+        tk: 4,
+        d: 5,
+        dv: 5,
+        scale: 1.0,
+    };
+    let err = attention(&mut [0.0; 30], &[0.0; 29], &[0.0; 40], &[0.0; 40], &a)
+        .expect_err("queries one short");
+    assert!(
+        err.to_string()
+            .contains("the queries hold 29 values, not 30"),
+        "{err}"
+    );
+}

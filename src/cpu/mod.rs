@@ -3,17 +3,19 @@
 //! rayon's threads (`RAYON_NUM_THREADS` is honoured); elementwise work stays in the compiler's
 //! hands. Like the rest of the engine it knows nothing of AudioLDM.
 //!
-//! So far: [`gemm`], [`conv2d`] (and so `conv1d`, a height-1 `conv2d`), [`conv_transpose1d`] and
-//! the normalisations ([`norm`]).
+//! So far: [`gemm`], [`conv2d`] (and so `conv1d`, a height-1 `conv2d`), [`conv_transpose1d`],
+//! [`attention`] and the normalisations ([`norm`]).
 //! The graph does not lower to these kernels yet (issue 23); each is tested
 //! against the same f64 references as its GPU kernel (`tests/cpu_kernels.rs`).
 
+pub mod attention;
 pub mod conv;
 pub mod gemm;
 pub mod norm;
 
 use crate::gpu::Activation;
 
+pub use attention::{Attention, attention};
 pub use conv::{Conv2d, ConvTranspose1d, conv_transpose1d, conv2d};
 pub use gemm::{Epilogue, MatSlice, gemm};
 
