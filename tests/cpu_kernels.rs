@@ -502,3 +502,101 @@ fn attention_matches_the_reference() {
         "{err}"
     );
 }
+
+/// The elementwise ops against direct f64 computation: every activation after a scale, sums and
+/// products with `b` broadcast from the trailing dims and over size-1 dims, and GEGLU.
+#[test]
+fn elementwise_ops_match_the_reference() {
+    use audioldm::cpu::elementwise::{Combine, binary, geglu, unary};
+    let x = random(700, 40_000);
+    for act in [
+        Activation::None,
+        Activation::LeakyRelu(0.2),
+        Activation::Gelu,
+    ] {
+        let mut got = vec![0.0; x.len()];
+        unary(&mut got, &x, act, 1.5, -0.25).expect("unary");
+        let want: Vec<f64> = x
+            .iter()
+            .map(|&v| act_ref(1.5 * f64::from(v) - 0.25, act))
+            .collect();
+        let err = max_rel_err(&got, &want);
+        println!("unary {act:?}: {err:.2e}");
+        assert!(err <= 1e-6, "{err:.2e}");
+    }
+    let a_dims = [2, 5, 7, 3];
+    let a = random(701, 2 * 5 * 7 * 3);
+    for b_dims in [
+        vec![2, 5, 7, 3],
+        vec![7, 3],
+        vec![5, 1, 3],
+        vec![1],
+        vec![2, 1, 1, 1],
+    ] {
+        let b = random(702, b_dims.iter().product());
+        let b_at = |idx: [usize; 4]| {
+            // The reference's own broadcast: align trailing dims, index 0 where b has a 1.
+            let lead = 4 - b_dims.len();
+            let mut at = 0;
+            for (i, &n) in b_dims.iter().enumerate() {
+                at = at * n + if n == 1 { 0 } else { idx[lead + i] };
+            }
+            f64::from(b[at])
+        };
+        for combine in [
+            Combine::Axpby {
+                alpha: 0.5,
+                beta: -2.0,
+            },
+            Combine::Mul,
+        ] {
+            let mut got = vec![0.0; a.len()];
+            binary(&mut got, (&a, &a_dims), (&b, &b_dims), combine).expect("binary");
+            let mut want = Vec::with_capacity(a.len());
+            for i0 in 0..2 {
+                for i1 in 0..5 {
+                    for i2 in 0..7 {
+                        for i3 in 0..3 {
+                            let av = f64::from(a[((i0 * 5 + i1) * 7 + i2) * 3 + i3]);
+                            let bv = b_at([i0, i1, i2, i3]);
+                            want.push(match combine {
+                                Combine::Axpby { alpha, beta } => {
+                                    f64::from(alpha) * av + f64::from(beta) * bv
+                                }
+                                Combine::Mul => av * bv,
+                            });
+                        }
+                    }
+                }
+            }
+            let err = max_rel_err(&got, &want);
+            println!("binary {b_dims:?} onto {a_dims:?} {combine:?}: {err:.2e}");
+            assert!(err <= 1e-6, "{err:.2e}");
+        }
+    }
+    let err = binary(
+        &mut [0.0; 6],
+        (&[0.0; 6], &[2, 3]),
+        (&[0.0; 2], &[2]),
+        Combine::Mul,
+    )
+    .expect_err("[2] onto [2, 3]");
+    assert!(
+        err.to_string().contains("cannot broadcast [2] onto [2, 3]"),
+        "{err}"
+    );
+
+    let h = 37;
+    let x = random(703, 11 * 2 * h);
+    let mut got = vec![0.0; 11 * h];
+    geglu(&mut got, &x, h).expect("geglu");
+    let want: Vec<f64> = (0..11 * h)
+        .map(|i| {
+            let (r, j) = (i / h, i % h);
+            f64::from(x[2 * h * r + j]) * act_ref(f64::from(x[2 * h * r + h + j]), Activation::Gelu)
+        })
+        .collect();
+    let err = max_rel_err(&got, &want);
+    println!("geglu: {err:.2e}");
+    assert!(err <= 1e-6, "{err:.2e}");
+}

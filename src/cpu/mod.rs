@@ -4,12 +4,13 @@
 //! hands. Like the rest of the engine it knows nothing of AudioLDM.
 //!
 //! So far: [`gemm`], [`conv2d`] (and so `conv1d`, a height-1 `conv2d`), [`conv_transpose1d`],
-//! [`attention`] and the normalisations ([`norm`]).
+//! [`attention`], the normalisations ([`norm`]) and the elementwise ops ([`elementwise`]).
 //! The graph does not lower to these kernels yet (issue 23); each is tested
 //! against the same f64 references as its GPU kernel (`tests/cpu_kernels.rs`).
 
 pub mod attention;
 pub mod conv;
+pub mod elementwise;
 pub mod gemm;
 pub mod norm;
 
