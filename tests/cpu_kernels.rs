@@ -7,10 +7,6 @@ use audioldm::cpu::{self, Conv2d, ConvTranspose1d, Epilogue, MatSlice, gemm};
 use audioldm::gpu::Activation;
 use common::reference::{act_ref, conv_transpose1d_ref, conv2d_ref, matmul_ref, max_rel_err};
 
-fn random(seed: u64, n: usize) -> Vec<f32> {
-    common::random(seed, n)
-}
-
 /// Plain and batched products of shapes that divide no block size, with every activation, a
 /// bias and a residual.
 #[test]
@@ -33,10 +29,10 @@ fn gemm_matches_the_reference_with_its_epilogue() {
     .enumerate()
     {
         let seed = 10 * case as u64;
-        let a = random(seed, batch * m * k);
-        let b = random(seed + 1, batch * k * n);
-        let bias = random(seed + 2, n);
-        let residual = random(seed + 3, batch * m * n);
+        let a = common::random(seed, batch * m * k);
+        let b = common::random(seed + 1, batch * k * n);
+        let bias = common::random(seed + 2, n);
+        let residual = common::random(seed + 3, batch * m * n);
         let product = matmul_ref(&a, &b, batch, m, k, n, true);
         for act in acts {
             let alpha = 0.75;
@@ -75,8 +71,8 @@ fn gemm_matches_the_reference_with_its_epilogue() {
 fn gemm_reads_strided_views() {
     let (batch, m, k, n) = (4, 19, 33, 23);
     // A stored as [batch, k, m] (so read transposed), after 5 values of padding.
-    let stored_a = random(1, 5 + batch * k * m);
-    let b = random(2, 3 + k * n);
+    let stored_a = common::random(1, 5 + batch * k * m);
+    let b = common::random(2, 3 + k * n);
     let a_view = MatSlice {
         data: &stored_a,
         offset: 5,
@@ -134,8 +130,8 @@ fn gemm_reads_strided_views() {
 /// errors naming the op, not out-of-bounds reads.
 #[test]
 fn gemm_refuses_views_outside_their_data() {
-    let a = random(1, 6 * 4);
-    let b = random(2, 4 * 5);
+    let a = common::random(1, 6 * 4);
+    let b = common::random(2, 4 * 5);
     let mut out = vec![0.0; 6 * 5];
     let dims = (1, 6, 4, 5);
     let short = MatSlice::row_major(&a[..23], 6, 4);
@@ -227,12 +223,12 @@ fn conv2d_matches_the_reference() {
             input_leaky_relu: (i % 2 == 1).then_some(0.1),
         };
         let seed = 100 + 10 * i as u64;
-        let x = random(seed, b * cin * h * w);
-        let weight = random(seed + 1, cout * cin * kh * kw);
-        let bias = random(seed + 2, cout);
+        let x = common::random(seed, b * cin * h * w);
+        let weight = common::random(seed + 1, cout * cin * kh * kw);
+        let bias = common::random(seed + 2, cout);
         let (plain, oh, ow) = conv2d_ref(&reference, &x, &weight, &bias, conv.input_leaky_relu);
         assert_eq!(conv.out_hw().expect("fits"), (oh, ow));
-        let residual = random(seed + 3, plain.len());
+        let residual = common::random(seed + 3, plain.len());
         let act = Activation::Silu;
         let mut got = vec![0.0; plain.len()];
         cpu::conv2d(
@@ -271,9 +267,9 @@ fn conv_transpose1d_matches_the_reference() {
     ];
     for (i, &(b, cin, len, cout, k, stride, padding, output_padding)) in cases.iter().enumerate() {
         let seed = 200 + 10 * i as u64;
-        let x = random(seed, b * cin * len);
-        let weight = random(seed + 1, cin * cout * k);
-        let bias = random(seed + 2, cout);
+        let x = common::random(seed, b * cin * len);
+        let weight = common::random(seed + 1, cin * cout * k);
+        let bias = common::random(seed + 2, cout);
         let slope = 0.1;
         let want = conv_transpose1d_ref(
             &x,
@@ -379,9 +375,9 @@ fn normalisations_match_the_reference() {
     let cases = [(2, 64, 37, 32), (1, 6, 250, 3), (3, 10, 1, 5)];
     for (i, &(b, c, s, groups)) in cases.iter().enumerate() {
         let seed = 300 + 10 * i as u64;
-        let x = random(seed, b * c * s);
-        let gamma = random(seed + 1, c);
-        let beta = random(seed + 2, c);
+        let x = common::random(seed, b * c * s);
+        let gamma = common::random(seed + 1, c);
+        let beta = common::random(seed + 2, c);
         for (affine, silu) in [(false, false), (true, true)] {
             let (g, bt) = if affine {
                 (Some(&gamma[..]), Some(&beta[..]))
@@ -396,7 +392,7 @@ fn normalisations_match_the_reference() {
             assert!(err <= 1e-5, "{err:.2e}");
         }
     }
-    let far: Vec<f32> = random(400, 640 * 50)
+    let far: Vec<f32> = common::random(400, 640 * 50)
         .iter()
         .map(|v| 100.0 + 0.01 * v)
         .collect();
@@ -408,9 +404,9 @@ fn normalisations_match_the_reference() {
     assert!(err <= 1e-4, "{err:.2e}");
 
     for &(rows, d) in &[(77, 768), (5, 3), (400, 129)] {
-        let x = random(500 + d as u64, rows * d);
-        let gamma = random(501, d);
-        let beta = random(502, d);
+        let x = common::random(500 + d as u64, rows * d);
+        let gamma = common::random(501, d);
+        let beta = common::random(502, d);
         let mut got = vec![0.0; x.len()];
         norm::layer_norm(&mut got, &x, d, &gamma, &beta, 1e-12).expect("ln");
         let err = max_rel_err(&got, &layer_norm_ref(&x, d, &gamma, &beta, 1e-12));
@@ -459,11 +455,11 @@ fn attention_matches_the_reference() {
     ];
     for (i, p) in cases.iter().enumerate() {
         let seed = 600 + 10 * i as u64;
-        let q = random(seed, p.batch * p.tq * p.heads * p.d);
-        let k = random(seed + 1, p.batch * p.tk * p.heads * p.d);
+        let q = common::random(seed, p.batch * p.tq * p.heads * p.d);
+        let k = common::random(seed + 1, p.batch * p.tk * p.heads * p.d);
         // Large keys make the scores' max move between key blocks.
         let k: Vec<f32> = k.iter().map(|x| 4.0 * x).collect();
-        let v = random(seed + 2, p.batch * p.tk * p.heads * p.dv);
+        let v = common::random(seed + 2, p.batch * p.tk * p.heads * p.dv);
         let (h, d, dv, tq, tk) = (p.heads, p.d, p.dv, p.tq, p.tk);
         let want = p.reference(
             (&q, &|b, t, hh| (b * tq + t) * h * d + hh * d),
@@ -508,7 +504,7 @@ fn attention_matches_the_reference() {
 #[test]
 fn elementwise_ops_match_the_reference() {
     use audioldm::cpu::elementwise::{Combine, binary, geglu, unary};
-    let x = random(700, 40_000);
+    let x = common::random(700, 40_000);
     for act in [
         Activation::None,
         Activation::LeakyRelu(0.2),
@@ -525,7 +521,7 @@ fn elementwise_ops_match_the_reference() {
         assert!(err <= 1e-6, "{err:.2e}");
     }
     let a_dims = [2, 5, 7, 3];
-    let a = random(701, 2 * 5 * 7 * 3);
+    let a = common::random(701, 2 * 5 * 7 * 3);
     for b_dims in [
         vec![2, 5, 7, 3],
         vec![7, 3],
@@ -533,7 +529,7 @@ fn elementwise_ops_match_the_reference() {
         vec![1],
         vec![2, 1, 1, 1],
     ] {
-        let b = random(702, b_dims.iter().product());
+        let b = common::random(702, b_dims.iter().product());
         let b_at = |idx: [usize; 4]| {
             // The reference's own broadcast: align trailing dims, index 0 where b has a 1.
             let lead = 4 - b_dims.len();
@@ -587,7 +583,7 @@ fn elementwise_ops_match_the_reference() {
     );
 
     let h = 37;
-    let x = random(703, 11 * 2 * h);
+    let x = common::random(703, 11 * 2 * h);
     let mut got = vec![0.0; 11 * h];
     geglu(&mut got, &x, h).expect("geglu");
     let want: Vec<f64> = (0..11 * h)

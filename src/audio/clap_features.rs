@@ -1,7 +1,7 @@
 //! CLAP's audio front end, as transformers' `ClapFeatureExtractor` computes it for the HTSAT
-//! audio tower (`models/clap/feature_extraction_clap.py`): a clip at the extractor's rate (48 kHz) is repeat-padded
-//! or cropped to `max_length_s`, then a centred, reflect-padded STFT (periodic Hann window of
-//! `fft_window_size`, hop `hop_length`) gives power spectra, a Slaney mel filterbank
+//! audio tower (`models/clap/feature_extraction_clap.py`): a clip at the extractor's rate (48 kHz)
+//! is repeat-padded or cropped to `max_length_s`, then a centred, reflect-padded STFT (periodic
+//! Hann window of `fft_window_size`, hop `hop_length`) gives power spectra, a Slaney mel filterbank
 //! (`frequency_min`..`frequency_max`, `feature_size` bands) and `10 log10(max(x, 1e-10))` the
 //! log-mel image `[frames, feature_size]` (1001 x 64 for 10 s).
 //!

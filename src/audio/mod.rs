@@ -32,6 +32,11 @@ impl Audio {
             self.samples.len() as f64 / self.sample_rate as f64
         }
     }
+
+    /// [`check_audible`] on this clip.
+    pub fn check_audible(&self, name: &str) -> crate::error::Result<()> {
+        check_audible(&self.samples, name)
+    }
 }
 
 /// The quietest an input clip may be: a clip whose peak is below -80 dBFS holds no sound to work
@@ -67,11 +72,4 @@ pub fn check_audible(samples: &[f32], name: &str) -> crate::error::Result<()> {
         });
     }
     Ok(())
-}
-
-impl Audio {
-    /// [`check_audible`] on this clip.
-    pub fn check_audible(&self, name: &str) -> crate::error::Result<()> {
-        check_audible(&self.samples, name)
-    }
 }

@@ -57,13 +57,7 @@ pub fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], a: &Attention
         let (b, h) = (bh / heads, bh % heads);
         let q0 = qb * QUERY_BLOCK;
         let rows = QUERY_BLOCK.min(tq - q0);
-        let queries = MatSlice {
-            data: q,
-            offset: (b * tq + q0) * heads * d + h * d,
-            sb: 0,
-            sr: heads * d,
-            sc: 1,
-        };
+        let queries = head_rows(q, b * tq + q0, (h, d), heads);
         block(queries, rows, (k, v), (b, h), a).map(|o| (b, h, q0, o))
     });
     let width = heads * dv;
@@ -75,6 +69,18 @@ pub fn attention(out: &mut [f32], q: &[f32], k: &[f32], v: &[f32], a: &Attention
         }
     }
     Ok(())
+}
+
+/// The rows of head `h` (of `width` values each) from row `first` on, in `data` whose rows hold
+/// `heads` heads side by side.
+fn head_rows(data: &[f32], first: usize, (h, width): (usize, usize), heads: usize) -> MatSlice<'_> {
+    MatSlice {
+        data,
+        offset: first * heads * width + h * width,
+        sb: 0,
+        sr: heads * width,
+        sc: 1,
+    }
 }
 
 /// The output `[rows, dv]` of one block of queries of head `h` in batch `b`.
@@ -95,13 +101,7 @@ fn block(
         let cols = KEY_BLOCK.min(tk - k0);
         let scores = &mut scores[..rows * cols];
         // K^T of the key block: element (dim, key) of the head's columns.
-        let keys_t = MatSlice {
-            data: k,
-            offset: (b * tk + k0) * heads * d + h * d,
-            sb: 0,
-            sr: 1,
-            sc: heads * d,
-        };
+        let keys_t = head_rows(k, b * tk + k0, (h, d), heads).t();
         gemm(
             scores,
             queries,
@@ -125,13 +125,7 @@ fn block(
                 .iter_mut()
                 .for_each(|o| *o *= rescale);
         }
-        let values = MatSlice {
-            data: v,
-            offset: (b * tk + k0) * heads * dv + h * dv,
-            sb: 0,
-            sr: heads * dv,
-            sc: 1,
-        };
+        let values = head_rows(v, b * tk + k0, (h, dv), heads);
         gemm(
             &mut update,
             MatSlice::row_major(scores, rows, cols),

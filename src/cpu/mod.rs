@@ -22,15 +22,23 @@ pub use gemm::{Epilogue, MatSlice, gemm};
 
 /// Below this many multiply-adds a product runs on the calling thread: splitting it costs more
 /// than it saves.
+#[cfg(not(target_arch = "wasm32"))]
 const PARALLEL_MACS: usize = 1 << 18;
 
 /// How faer splits a product of `macs` multiply-adds.
+#[cfg(not(target_arch = "wasm32"))]
 fn parallelism(macs: usize) -> faer::Par {
-    #[cfg(not(target_arch = "wasm32"))]
-    if macs >= PARALLEL_MACS && rayon::current_num_threads() > 1 {
-        return faer::Par::rayon(rayon::current_num_threads());
+    let threads = rayon::current_num_threads();
+    if macs >= PARALLEL_MACS && threads > 1 {
+        faer::Par::rayon(threads)
+    } else {
+        faer::Par::Seq
     }
-    let _ = (macs, PARALLEL_MACS);
+}
+
+/// A page has no threads for faer here: every product runs on the calling thread.
+#[cfg(target_arch = "wasm32")]
+fn parallelism(_macs: usize) -> faer::Par {
     faer::Par::Seq
 }
 

@@ -1,7 +1,7 @@
 //! DPM-Solver++ 2M, as diffusers' `DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`
 //! runs it on the AudioLDM checkpoints (`schedulers/scheduling_dpmsolver_multistep.py`):
-//! `dpmsolver++`, order 2, midpoint, `lower_order_final`, final sigma zero, epsilon prediction, no thresholding. Like
-//! DDIM, a step is `x' = a x + b x0 + c ε + d x0_prev` on the GPU; this file computes the
+//! `dpmsolver++`, order 2, midpoint, `lower_order_final`, final sigma zero, epsilon prediction,
+//! no thresholding. Like DDIM, a step is `x' = a x + b x0 + c ε + d x0_prev` on the GPU; this file computes the
 //! scalars, in f32 as diffusers does (its sigma table is f32).
 //!
 //! The timestep spacing is the scheduler config's `timestep_spacing` when the file names one

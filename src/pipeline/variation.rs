@@ -2,8 +2,8 @@
 //! of a prompt's text embedding, as the original AudioLDM's `text_to_audio(original_audio_file_path
 //! = ...)` does (`audioldm/pipeline.py`, `embed_mode="audio"`). AudioLDM's UNet was trained on
 //! CLAP audio embeddings, so the clip's embedding (from the CLAP model paired with the
-//! checkpoint) steers it toward "more sounds like this one". With a prompt, the condition is the normalised blend
-//! `normalize((1 - mix) * e_audio + mix * e_text)`, `e_text` being the prompt's embedding from
+//! checkpoint) steers it toward "more sounds like this one". With a prompt, the condition is the
+//! normalised blend `normalize((1 - mix) * e_audio + mix * e_text)`, `e_text` being the prompt's embedding from
 //! the pipeline's own text encoder (what text-to-audio conditions on). Guidance is against the
 //! negative prompt's embedding (the empty prompt's by default), as in text-to-audio.
 //!
