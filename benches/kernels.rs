@@ -4,11 +4,11 @@
 
 use std::time::Instant;
 
-use audioldm::gpu::ops::conv::{
+use audioldm::engine::ops::conv::{
     Conv2dOptions, ConvKernel, ConvTranspose1dOptions, conv_transpose1d_weight_shape,
 };
-use audioldm::gpu::ops::matmul::{Gemm, MatView, MatmulKernel};
-use audioldm::gpu::{Activation, Context, DType, Graph, KernelVariants, Result, Tensor, Var};
+use audioldm::engine::ops::matmul::{Gemm, MatView, MatmulKernel};
+use audioldm::engine::{Activation, Context, DType, Graph, KernelVariants, Result, Tensor, Var};
 
 fn tensor(ctx: &Context, shape: &[usize], seed: u32) -> Result<Tensor> {
     let n: usize = shape.iter().product();

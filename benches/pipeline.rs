@@ -46,7 +46,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use audioldm::audio::Audio;
-use audioldm::gpu::{Context, LimitsProfile};
+use audioldm::engine::{Context, LimitsProfile};
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::ranking::ClapScorer;
 use audioldm::pipeline::{Event, Pipeline, Request, Residency, noise};

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::checkpoint::CheckpointError;
-use crate::gpu::GpuError;
+use crate::engine::GpuError;
 
 /// Errors of the model and pipeline layers, each saying what the user can do about it.
 #[derive(Debug, Error)]

@@ -1,6 +1,6 @@
 //! AudioLDM text-to-audio on any GPU: WGSL compute shaders through wgpu.
 //!
-//! Layers, each importing only those below it: [`gpu`] (the engine, which knows nothing of
+//! Layers, each importing only those below it: [`engine`] (the engine, which knows nothing of
 //! AudioLDM), [`checkpoint`] (weights), [`model`] (the four networks), [`pipeline`] (text to
 //! audio, shared by the front ends) and [`app`] (the desktop front end); [`audio`] and [`hub`] sit
 //! beside them.
@@ -9,9 +9,8 @@
 pub mod app;
 pub mod audio;
 pub mod checkpoint;
-pub mod cpu;
+pub mod engine;
 pub mod error;
-pub mod gpu;
 pub mod hub;
 pub mod model;
 #[cfg(target_arch = "wasm32")]

@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use audioldm::audio::decode::decode_file;
 use audioldm::audio::wav::{WavFormat, write_wav};
-use audioldm::gpu::{Context, LimitsProfile};
+use audioldm::engine::{Context, DeviceChoice, LimitsProfile};
 use audioldm::hub::{self, DEFAULT_MODEL};
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::edit::{EditRequest, Mode};
@@ -37,6 +37,27 @@ enum Format {
     Pcm16,
     /// 32-bit float
     F32,
+}
+
+/// What runs the networks.
+#[derive(Clone, Copy, ValueEnum)]
+enum Device {
+    /// A real GPU where there is one, else the CPU backend (faster than a software adapter).
+    Auto,
+    /// The GPU adapter wgpu finds, even a software one (lavapipe, SwiftShader, WARP).
+    Gpu,
+    /// The CPU backend: the processor's cores (RAYON_NUM_THREADS sets how many).
+    Cpu,
+}
+
+impl From<Device> for DeviceChoice {
+    fn from(device: Device) -> Self {
+        match device {
+            Device::Auto => DeviceChoice::Auto,
+            Device::Gpu => DeviceChoice::Gpu,
+            Device::Cpu => DeviceChoice::Cpu,
+        }
+    }
 }
 
 /// The limits the GPU device is created with.
@@ -211,11 +232,16 @@ struct Options {
     /// Never touch the network: use the Hugging Face cache only.
     #[arg(long)]
     offline: bool,
+    /// What runs the networks: a real GPU where there is one, else the processor (auto); the
+    /// GPU adapter, even a software one (gpu); the processor (cpu).
+    #[arg(long, value_enum, env = "AUDIOLDM_DEVICE", default_value_t = Device::Auto)]
+    device: Device,
     /// GPU limits to create the device with.
     #[arg(long, value_enum, env = "AUDIOLDM_LIMITS", default_value_t = Limits::Adapter)]
     limits: Limits,
-    /// Keep only the network the current stage needs on the GPU: each is uploaded from its
-    /// checkpoint when its stage starts (less memory, a little slower).
+    /// Keep only the network the current stage needs in memory: each is loaded from its
+    /// checkpoint when its stage starts (less memory, a little slower; on the CPU backend the
+    /// saving is host memory).
     #[arg(long)]
     low_memory: bool,
 }
@@ -573,15 +599,12 @@ fn produce(
         )?),
         None => None,
     };
-    let ctx = Context::with_limits_blocking(options.limits.into())?;
-    let info = ctx.adapter_info();
-    eprintln!(
-        "GPU: {} ({:?}, {:?}), {} limits",
-        info.name,
-        info.backend,
-        info.device_type,
-        ctx.limits_profile()
-    );
+    let ctx = Context::for_device_blocking(options.device.into(), options.limits.into())?;
+    if ctx.is_cpu() {
+        eprintln!("{}", ctx.backend_name());
+    } else {
+        eprintln!("{}, {} limits", ctx.backend_name(), ctx.limits_profile());
+    }
     let pipeline = Pipeline::load_with(
         &ctx,
         &dir,
@@ -637,7 +660,7 @@ fn produce(
         &output.audio.samples,
         output.audio.sample_rate,
         wav_format,
-        Some(&settings),
+        Some(&with_backend(&settings, &ctx)),
     )?;
     for (path, samples, settings) in &clips {
         write_wav(
@@ -645,7 +668,7 @@ fn produce(
             samples,
             output.audio.sample_rate,
             wav_format,
-            Some(settings),
+            Some(&with_backend(settings, &ctx)),
         )?;
         eprintln!("wrote {}", path.display());
     }
@@ -661,6 +684,17 @@ fn produce(
     );
     eprintln!("{}", pipeline.memory_report());
     Ok(())
+}
+
+/// A clip's settings (a JSON object) with what ran it added as `backend`.
+fn with_backend(settings: &str, ctx: &Context) -> String {
+    match serde_json::from_str::<serde_json::Value>(settings) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.insert("backend".into(), ctx.backend_name().into());
+            serde_json::Value::Object(map).to_string()
+        }
+        _ => settings.to_string(),
+    }
 }
 
 /// Fails now, not after minutes of generation, when `path` cannot be written: its folder is

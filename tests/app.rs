@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use audioldm::app::{AppOptions, AudioLdmApp, Phase, Severity, wgpu_setup};
-use audioldm::gpu::LimitsProfile;
+use audioldm::engine::LimitsProfile;
 use audioldm::pipeline::Residency;
 use eframe::egui;
 use egui_kittest::kittest::Queryable;
@@ -634,9 +634,9 @@ fn style_transfer_and_inpainting_through_the_widgets() {
 
 #[test]
 fn running_out_of_gpu_memory_says_how_to_need_less() {
-    use audioldm::gpu::{DType, GpuError, Tensor};
+    use audioldm::engine::{DType, GpuError, Tensor};
     // A real out-of-memory error of the engine: a tensor over the device's largest buffer.
-    let ctx = audioldm::gpu::Context::new_blocking().expect("a GPU adapter");
+    let ctx = audioldm::engine::Context::new_blocking().expect("a GPU adapter");
     let too_many = (ctx.limits().max_buffer_size / 4 + 1) as usize;
     let err = audioldm::Error::from(Tensor::empty(&ctx, [too_many], DType::F32).unwrap_err());
     assert!(matches!(

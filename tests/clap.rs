@@ -180,7 +180,7 @@ fn check_stages(
     goldens: &Checkpoint,
     tolerance: f64,
 ) -> (usize, f64) {
-    use audioldm::gpu::{DType, Graph, Tensor};
+    use audioldm::engine::{DType, Graph, Tensor};
     use audioldm::model::clap_audio::Taps;
     let ctx = common::ctx();
     let (_, features) = goldens.f32_any("features_short").unwrap();
@@ -267,7 +267,7 @@ fn full_size_audio_tower_matches_transformers() {
 
 #[test]
 fn audio_tower_embeds_a_batch_as_each_clip_alone() {
-    use audioldm::gpu::{DType, Graph, Tensor};
+    use audioldm::engine::{DType, Graph, Tensor};
     use audioldm::model::clap_audio::Taps;
     let ctx = common::ctx();
     let model = tiny_audio_model();

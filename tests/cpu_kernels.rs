@@ -3,8 +3,8 @@
 
 mod common;
 
-use audioldm::cpu::{self, Conv2d, ConvTranspose1d, Epilogue, MatSlice, gemm};
-use audioldm::gpu::Activation;
+use audioldm::engine::Activation;
+use audioldm::engine::cpu::{self, Conv2d, ConvTranspose1d, Epilogue, MatSlice, gemm};
 use common::reference::{act_ref, conv_transpose1d_ref, conv2d_ref, matmul_ref, max_rel_err};
 
 /// Plain and batched products of shapes that divide no block size, with every activation, a
@@ -370,7 +370,7 @@ fn convolutions_refuse_what_does_not_fit() {
 /// the references, including a group of mean 100 and spread 0.01 (precision of the variance).
 #[test]
 fn normalisations_match_the_reference() {
-    use audioldm::cpu::norm;
+    use audioldm::engine::cpu::norm;
     use common::reference::{group_norm_ref, l2_ref, layer_norm_ref, softmax_ref};
     let cases = [(2, 64, 37, 32), (1, 6, 250, 3), (3, 10, 1, 5)];
     for (i, &(b, c, s, groups)) in cases.iter().enumerate() {
@@ -445,7 +445,7 @@ fn normalisations_match_the_reference() {
 /// heads of 40 over 1000 tokens.
 #[test]
 fn attention_matches_the_reference() {
-    use audioldm::cpu::{Attention, attention};
+    use audioldm::engine::cpu::{Attention, attention};
     use common::reference::AttentionProblem;
     let cases = [
         AttentionProblem::new(1, 1, 1, 1, 1, 1),
@@ -503,7 +503,7 @@ fn attention_matches_the_reference() {
 /// products with `b` broadcast from the trailing dims and over size-1 dims, and GEGLU.
 #[test]
 fn elementwise_ops_match_the_reference() {
-    use audioldm::cpu::elementwise::{Combine, binary, geglu, unary};
+    use audioldm::engine::cpu::elementwise::{Combine, binary, geglu, unary};
     let x = common::random(700, 40_000);
     for act in [
         Activation::None,
@@ -595,4 +595,338 @@ fn elementwise_ops_match_the_reference() {
     let err = max_rel_err(&got, &want);
     println!("geglu: {err:.2e}");
     assert!(err <= 1e-6, "{err:.2e}");
+}
+
+/// Row-major coordinates of element `i` of `dims`.
+fn coords(mut i: usize, dims: &[usize]) -> Vec<usize> {
+    let mut c = vec![0; dims.len()];
+    for d in (0..dims.len()).rev() {
+        c[d] = i % dims[d];
+        i /= dims[d];
+    }
+    c
+}
+
+/// Row-major index of `coords` in `dims`.
+fn index(coords: &[usize], dims: &[usize]) -> usize {
+    coords.iter().zip(dims).fold(0, |at, (&c, &n)| at * n + c)
+}
+
+/// Permutes of rank 1 to 4, identity and full reversal included, element by element against
+/// `out[c] = x[c permuted back]`: exact.
+#[test]
+fn permute_matches_the_reference() {
+    use audioldm::engine::cpu::layout::permute;
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[7], &[0]),
+        (&[3, 5, 7], &[0, 1, 2]),
+        (&[3, 5, 7], &[2, 1, 0]),
+        (&[3, 5, 7], &[0, 2, 1]),
+        (&[3, 5, 7], &[1, 0, 2]),
+        (&[3, 1, 7], &[2, 0, 1]),
+        (&[2, 3, 5, 7], &[0, 1, 2, 3]),
+        (&[2, 3, 5, 7], &[3, 2, 1, 0]),
+        (&[2, 3, 5, 7], &[0, 2, 1, 3]),
+        (&[2, 3, 5, 7], &[1, 3, 0, 2]),
+        (&[2, 77, 8, 40], &[0, 2, 1, 3]),
+        (&[130, 257], &[1, 0]),
+    ];
+    for (i, &(dims, perm)) in cases.iter().enumerate() {
+        let n: usize = dims.iter().product();
+        let x = common::random(800 + i as u64, n);
+        let out_dims: Vec<usize> = perm.iter().map(|&p| dims[p]).collect();
+        let want: Vec<f32> = (0..n)
+            .map(|o| {
+                let oc = coords(o, &out_dims);
+                let mut ic = vec![0; dims.len()];
+                for (d, &p) in perm.iter().enumerate() {
+                    ic[p] = oc[d];
+                }
+                x[index(&ic, dims)]
+            })
+            .collect();
+        let mut got = vec![0.0; n];
+        permute(&x, dims, perm, &mut got).expect("permute");
+        assert_eq!(got, want, "permute {dims:?} by {perm:?}");
+    }
+    let err = permute(&[0.0; 6], &[2, 3], &[1, 1], &mut [0.0; 6]).expect_err("not a permutation");
+    assert!(
+        err.to_string().starts_with("permute: [1, 1] is not"),
+        "{err}"
+    );
+    let err = permute(&[0.0; 6], &[2, 3], &[1, 0], &mut [0.0; 5]).expect_err("output one short");
+    assert!(
+        err.to_string().contains("the output holds 5 values, not 6"),
+        "{err}"
+    );
+    let err = permute(&[0.0; 5], &[2, 3], &[1, 0], &mut [0.0; 6]).expect_err("input one short");
+    assert!(err.to_string().contains("input holds 5"), "{err}");
+    let err = permute(&[], &[usize::MAX, 3], &[1, 0], &mut []).expect_err("overflowing dims");
+    assert!(err.to_string().starts_with("permute:"), "{err}");
+}
+
+/// Slices at the start, middle and end of every axis (whole axis and one element included),
+/// against per-element indexing: exact.
+#[test]
+fn slice_matches_the_reference() {
+    use audioldm::engine::cpu::layout::slice;
+    for (case, dims) in [vec![5usize, 7, 3], vec![2, 3, 5, 7], vec![1, 9]]
+        .iter()
+        .enumerate()
+    {
+        let n: usize = dims.iter().product();
+        let x = common::random(900 + case as u64, n);
+        for axis in 0..dims.len() {
+            let len = dims[axis];
+            let mut ranges = vec![(0, len), (0, 1), (len - 1, len), (len / 2, len / 2 + 1)];
+            if len >= 3 {
+                ranges.extend([(1, len - 1), (0, len - 1), (1, len)]);
+            }
+            for (start, end) in ranges {
+                let mut out_dims = dims.clone();
+                out_dims[axis] = end - start;
+                let m: usize = out_dims.iter().product();
+                let want: Vec<f32> = (0..m)
+                    .map(|o| {
+                        let mut c = coords(o, &out_dims);
+                        c[axis] += start;
+                        x[index(&c, dims)]
+                    })
+                    .collect();
+                let mut got = vec![0.0; m];
+                slice(&x, dims, axis, start, end, &mut got).expect("slice");
+                assert_eq!(got, want, "slice {start}..{end} of axis {axis} of {dims:?}");
+            }
+        }
+    }
+    let x = [0.0; 6];
+    for (axis, start, end) in [(2, 0, 1), (1, 2, 2), (1, 2, 4), (0, 1, 0)] {
+        let err = slice(&x, &[2, 3], axis, start, end, &mut [0.0; 6]).expect_err("bad range");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("slice: cannot take {start}..{end} of axis {axis}")),
+            "{err}"
+        );
+    }
+    let err = slice(&x, &[2, 3], 1, 0, 2, &mut [0.0; 6]).expect_err("output too long");
+    assert!(
+        err.to_string().contains("the output holds 6 values, not 4"),
+        "{err}"
+    );
+    let err = slice(&x[..5], &[2, 3], 1, 0, 2, &mut [0.0; 4]).expect_err("input one short");
+    assert!(err.to_string().contains("input holds 5"), "{err}");
+}
+
+/// Concat along every axis of rank-3 and rank-4 tensors, against per-element indexing: exact.
+#[test]
+fn concat_matches_the_reference() {
+    use audioldm::engine::cpu::layout::concat;
+    for (case, dims) in [vec![3usize, 5, 7], vec![2, 3, 1, 5], vec![4]]
+        .iter()
+        .enumerate()
+    {
+        for axis in 0..dims.len() {
+            let (mut a_dims, mut b_dims) = (dims.clone(), dims.clone());
+            a_dims[axis] += 1;
+            b_dims[axis] = 2;
+            let a = common::random(1000 + 10 * case as u64, a_dims.iter().product());
+            let b = common::random(1001 + 10 * case as u64, b_dims.iter().product());
+            let mut out_dims = a_dims.clone();
+            out_dims[axis] += b_dims[axis];
+            let m: usize = out_dims.iter().product();
+            let want: Vec<f32> = (0..m)
+                .map(|o| {
+                    let mut c = coords(o, &out_dims);
+                    if c[axis] < a_dims[axis] {
+                        a[index(&c, &a_dims)]
+                    } else {
+                        c[axis] -= a_dims[axis];
+                        b[index(&c, &b_dims)]
+                    }
+                })
+                .collect();
+            let mut got = vec![0.0; m];
+            concat(&a, &a_dims, &b, &b_dims, axis, &mut got).expect("concat");
+            assert_eq!(got, want, "concat {a_dims:?} and {b_dims:?} along {axis}");
+        }
+    }
+    let err = concat(&[0.0; 6], &[2, 3], &[0.0; 6], &[3, 2], 0, &mut [0.0; 12])
+        .expect_err("mismatched dims");
+    assert!(
+        err.to_string()
+            .starts_with("concat: cannot join [2, 3] and [3, 2] along axis 0"),
+        "{err}"
+    );
+    let err = concat(&[0.0; 6], &[2, 3], &[0.0; 3], &[1, 3], 2, &mut [0.0; 9])
+        .expect_err("axis out of range");
+    assert!(err.to_string().starts_with("concat: cannot join"), "{err}");
+    let err = concat(&[0.0; 6], &[2, 3], &[0.0; 3], &[1, 3], 0, &mut [0.0; 8])
+        .expect_err("output one short");
+    assert!(
+        err.to_string().contains("the output holds 8 values, not 9"),
+        "{err}"
+    );
+    let err = concat(&[0.0; 6], &[2, 3], &[0.0; 2], &[1, 3], 0, &mut [0.0; 8])
+        .expect_err("second input one short");
+    assert!(err.to_string().contains("second input holds 2"), "{err}");
+}
+
+/// Nearest resizing by 2x, by non-integer ratios both ways and where the f32 scale rounds down
+/// (26 -> 44 reads row 12 at row 22), against PyTorch's index formula written out here: exact.
+#[test]
+fn upsample_nearest_matches_the_reference() {
+    use audioldm::engine::cpu::layout::upsample_nearest;
+    let source = |dst: usize, input: usize, output: usize| {
+        let scale = input as f32 / output as f32;
+        ((dst as f32 * scale).floor() as usize).min(input - 1)
+    };
+    let cases: &[([usize; 4], usize, usize)] = &[
+        ([1, 1, 8, 8], 16, 16),
+        ([2, 3, 5, 7], 10, 14),
+        ([1, 2, 63, 5], 125, 9),
+        ([2, 1, 32, 7], 63, 13),
+        ([3, 2, 9, 10], 4, 7),
+        ([1, 2, 26, 2], 44, 82),
+        ([1, 1, 1, 1], 3, 2),
+        ([1, 4, 5, 6], 5, 6),
+        ([2, 8, 64, 40], 128, 80),
+    ];
+    for (i, &(dims, out_h, out_w)) in cases.iter().enumerate() {
+        let [b, c, h, w] = dims;
+        let x = common::random(1100 + i as u64, b * c * h * w);
+        let mut want = Vec::with_capacity(b * c * out_h * out_w);
+        for plane in 0..b * c {
+            for oy in 0..out_h {
+                for ox in 0..out_w {
+                    let (sy, sx) = (source(oy, h, out_h), source(ox, w, out_w));
+                    want.push(x[(plane * h + sy) * w + sx]);
+                }
+            }
+        }
+        let mut got = vec![0.0; want.len()];
+        upsample_nearest(&x, &dims, out_h, out_w, &mut got).expect("upsample");
+        assert_eq!(got, want, "upsample_nearest {dims:?} -> {out_h}x{out_w}");
+    }
+    let err = upsample_nearest(&[0.0; 24], &[2, 3, 4], 8, 8, &mut [0.0; 384]).expect_err("rank 3");
+    assert!(
+        err.to_string()
+            .starts_with("upsample_nearest: input [2, 3, 4] is not [B, C, H, W]"),
+        "{err}"
+    );
+    let err =
+        upsample_nearest(&[0.0; 4], &[1, 1, 2, 2], 0, 8, &mut []).expect_err("zero output height");
+    assert!(
+        err.to_string()
+            .starts_with("upsample_nearest: cannot resize"),
+        "{err}"
+    );
+    let err = upsample_nearest(&[0.0; 4], &[1, 1, 2, 2], 4, 4, &mut [0.0; 15])
+        .expect_err("output one short");
+    assert!(
+        err.to_string()
+            .contains("the output holds 15 values, not 16"),
+        "{err}"
+    );
+}
+
+/// Rows gathered for repeated and unordered ids, first and last rows included: exact. An id past
+/// the table is an error naming it (where the GPU op writes zeros), and nothing is written.
+#[test]
+fn embedding_matches_the_reference() {
+    use audioldm::engine::cpu::embedding::embedding;
+    let (rows, dim) = (37, 13);
+    let table = common::random(1200, rows * dim);
+    let ids = [0u32, 5, 5, 36, 1, 0, 36, 17, 5];
+    let want: Vec<f32> = (0..ids.len() * dim)
+        .map(|i| table[ids[i / dim] as usize * dim + i % dim])
+        .collect();
+    let mut got = vec![0.0; want.len()];
+    embedding(&ids, &table, rows, dim, &mut got).expect("embedding");
+    assert_eq!(got, want);
+
+    let mut out = vec![7.0; 3 * dim];
+    let err = embedding(&[3, 37, 2], &table, rows, dim, &mut out).expect_err("id 37 of 37 rows");
+    assert!(
+        err.to_string().starts_with("embedding: id 37 (position 1)"),
+        "{err}"
+    );
+    assert!(out.iter().all(|&v| v == 7.0), "written before failing");
+    let err = embedding(&[0], &table, rows, dim, &mut [0.0; 12]).expect_err("output one short");
+    assert!(
+        err.to_string()
+            .contains("the output holds 12 values, not 13"),
+        "{err}"
+    );
+    let err = embedding(&[0], &table[1..], rows, dim, &mut [0.0; 13]).expect_err("table short");
+    assert!(err.to_string().contains("the table holds"), "{err}");
+    let err = embedding(&[0], &[], 0, dim, &mut [0.0; 13]).expect_err("empty table");
+    assert!(
+        err.to_string()
+            .starts_with("embedding: table [0, 13] is empty"),
+        "{err}"
+    );
+}
+
+/// Timestep embeddings with both flip settings, even and odd dims and a shift of 0 and 1, against
+/// diffusers' formula written out in f64 (with PyTorch's f32 frequencies and f32 `t * f`).
+#[test]
+fn timestep_embedding_matches_the_reference() {
+    use audioldm::engine::cpu::embedding::timestep_embedding;
+    for (dim, shift, t) in [
+        (320, 0.0f32, 981.0f32),
+        (129, 1.0, 17.0),
+        (7, 0.0, 0.5),
+        (2, 0.0, 999.0),
+    ] {
+        let half = dim / 2;
+        for flip in [false, true] {
+            let batch = 3;
+            let row: Vec<f64> = (0..dim)
+                .map(|c| {
+                    if c >= 2 * half {
+                        return 0.0;
+                    }
+                    let j = c % half;
+                    let f = (-(10000f64.ln()) * j as f64 / (half as f64 - f64::from(shift))).exp()
+                        as f32;
+                    let arg = f64::from(t * f);
+                    if (c < half) == flip {
+                        arg.cos()
+                    } else {
+                        arg.sin()
+                    }
+                })
+                .collect();
+            let want: Vec<f64> = row.iter().cycle().take(batch * dim).copied().collect();
+            let mut got = vec![f32::NAN; batch * dim];
+            timestep_embedding(t, batch, dim, flip, shift, 10000.0, &mut got).expect("timestep");
+            let err = max_rel_err(&got, &want);
+            println!("timestep_embedding dim {dim} shift {shift} t {t} flip {flip}: {err:.2e}");
+            assert!(err <= 1e-6, "{err:.2e}");
+            if dim % 2 == 1 {
+                assert!(
+                    got.chunks(dim).all(|r| r[dim - 1] == 0.0),
+                    "odd dim's last column"
+                );
+            }
+        }
+    }
+    let err = timestep_embedding(1.0, 2, 8, false, 0.0, 10000.0, &mut [0.0; 15])
+        .expect_err("output one short");
+    assert!(
+        err.to_string()
+            .contains("the output holds 15 values, not 16"),
+        "{err}"
+    );
+    let err = timestep_embedding(1.0, 1, 1, false, 0.0, 10000.0, &mut [0.0; 1]).expect_err("dim 1");
+    assert!(
+        err.to_string().starts_with("timestep_embedding: needs"),
+        "{err}"
+    );
+    let err = timestep_embedding(1.0, 1, 4, false, 2.0, 10000.0, &mut [0.0; 4])
+        .expect_err("shift equal to half");
+    assert!(err.to_string().contains("no finite frequencies"), "{err}");
+    let err =
+        timestep_embedding(1.0, 1, 4, false, 0.0, 0.0, &mut [0.0; 4]).expect_err("zero period");
+    assert!(err.to_string().contains("no finite frequencies"), "{err}");
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use audioldm::gpu::{Context, DType, GpuError, Graph, Tensor};
+use audioldm::engine::{Context, DType, GpuError, Graph, Tensor};
 use common::*;
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use audioldm::checkpoint::Checkpoint;
-use audioldm::gpu::Graph;
+use audioldm::engine::Graph;
 use audioldm::model::nn::{Loader, Precision};
 use audioldm::model::unet::UNet2DConditionModel;
 use audioldm::pipeline::{Pipeline, Request};
@@ -61,7 +61,7 @@ fn full_size_pipeline_matches_diffusers() {
 #[test]
 #[ignore = "needs the full-size reference from make_reference.py --full; minutes on lavapipe"]
 fn full_size_f16_arithmetic_within_1e2() {
-    use audioldm::gpu::KernelVariants;
+    use audioldm::engine::KernelVariants;
     let ctx = common::new_ctx();
     ctx.set_variants(KernelVariants {
         tiles: true,
@@ -80,7 +80,7 @@ fn full_size_f16_arithmetic_within_1e2() {
 /// The goldens' run (3 guided DDIM steps from injected latents) on `ctx`, each output within
 /// its tolerance: text embeddings, final latents, mel, waveform. Returns the pipeline.
 fn full_size_run_matches_diffusers(
-    ctx: &audioldm::gpu::Context,
+    ctx: &audioldm::engine::Context,
     precision: Precision,
     tol: [f64; 4],
 ) -> Pipeline {
@@ -148,7 +148,7 @@ fn peak_rss_mib() -> f64 {
 #[test]
 #[ignore = "needs the full-size reference from make_reference.py --full; tens of minutes on lavapipe"]
 fn full_size_long_clips_under_webgpu_default_limits() {
-    use audioldm::gpu::LimitsProfile;
+    use audioldm::engine::LimitsProfile;
     // AUDIOLDM_LONG_CLIPS="30,60" by default: the durations to make, in seconds.
     let durations: Vec<f64> = std::env::var("AUDIOLDM_LONG_CLIPS")
         .unwrap_or_else(|_| "30,60".into())
@@ -192,7 +192,7 @@ fn full_size_long_clips_under_webgpu_default_limits() {
 #[ignore = "needs the full-size reference from make_reference.py --full; hours on lavapipe"]
 fn full_size_long_edit_under_webgpu_default_limits() {
     use audioldm::audio::Audio;
-    use audioldm::gpu::LimitsProfile;
+    use audioldm::engine::LimitsProfile;
     use audioldm::pipeline::edit::{EditRequest, Mode};
     // AUDIOLDM_LONG_EDIT seconds of source clip (60 by default): the VAE encoder's widest
     // activation at 60 s (128 x 6000 x 64 floats) must split under the 128 MiB binding.

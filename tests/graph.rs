@@ -3,8 +3,8 @@
 
 mod common;
 
-use audioldm::gpu::ops::conv::{Conv2dOptions, conv_weight_layout};
-use audioldm::gpu::{Activation, DType, Executable, Graph, Scalar, Tensor, Var};
+use audioldm::engine::ops::conv::{Conv2dOptions, conv_weight_layout};
+use audioldm::engine::{Activation, DType, Executable, Graph, Scalar, Tensor, Var};
 use common::*;
 
 const B: usize = 2;

@@ -4,8 +4,8 @@ mod common;
 
 use std::time::Instant;
 
-use audioldm::gpu::ops::attention::{Attention, HeadView};
-use audioldm::gpu::{Context, DType, Graph, KernelVariants, Tensor};
+use audioldm::engine::ops::attention::{Attention, HeadView};
+use audioldm::engine::{Context, DType, Graph, KernelVariants, Tensor};
 use common::reference::AttentionProblem as Problem;
 use common::*;
 

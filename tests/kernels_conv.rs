@@ -3,11 +3,11 @@
 
 mod common;
 
-use audioldm::gpu::ops::conv::{
+use audioldm::engine::ops::conv::{
     Conv1dOptions, Conv2dOptions, ConvKernel, ConvTranspose1dOptions,
     conv_transpose1d_weight_layout, conv_weight_layout,
 };
-use audioldm::gpu::{Activation, DType, Graph, Tensor};
+use audioldm::engine::{Activation, DType, Graph, Tensor};
 use common::reference::*;
 use common::*;
 
@@ -356,7 +356,7 @@ fn conv_shape_errors_name_the_op_and_shapes() {
 /// fused graph has statistics and no GroupNorm output. Odd shapes, with and without SiLU.
 #[test]
 fn group_norm_fused_into_the_convolution_input_matches_the_two_ops() {
-    use audioldm::gpu::ops::conv::InputNorm;
+    use audioldm::engine::ops::conv::InputNorm;
     for (seed, &(b, cin, h, w, cout, groups, silu)) in [
         (2, 8, 9, 5, 6, 4, true),
         (1, 12, 7, 13, 5, 3, false),
@@ -435,7 +435,7 @@ fn group_norm_fused_into_the_convolution_input_matches_the_two_ops() {
 /// by more than f32's (its inputs were rounded to f16).
 #[test]
 fn f16_tiles_that_do_not_compile_fall_back_to_a_kernel_reading_the_f16_input() {
-    use audioldm::gpu::{KernelVariants, LimitsProfile};
+    use audioldm::engine::{KernelVariants, LimitsProfile};
     let limits = wgpu::Limits {
         max_compute_workgroup_size_y: 8,
         ..ctx().limits().clone()

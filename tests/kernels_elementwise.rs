@@ -2,7 +2,7 @@
 
 mod common;
 
-use audioldm::gpu::{Activation, Graph};
+use audioldm::engine::{Activation, Graph};
 use common::reference::act_ref;
 use common::*;
 

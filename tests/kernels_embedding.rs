@@ -3,7 +3,7 @@
 
 mod common;
 
-use audioldm::gpu::{DType, Graph, Tensor};
+use audioldm::engine::{DType, Graph, Tensor};
 use common::*;
 
 /// A table value that differs between neighbouring rows and is exact in f16.

@@ -2,7 +2,7 @@
 
 mod common;
 
-use audioldm::gpu::{DType, Graph, Tensor};
+use audioldm::engine::{DType, Graph, Tensor};
 use common::*;
 
 fn strides(dims: &[usize]) -> Vec<usize> {

@@ -2,8 +2,8 @@
 
 mod common;
 
-use audioldm::gpu::ops::matmul::MatmulKernel;
-use audioldm::gpu::{Activation, DType, Graph, Tensor};
+use audioldm::engine::ops::matmul::MatmulKernel;
+use audioldm::engine::{Activation, DType, Graph, Tensor};
 use common::reference::*;
 use common::*;
 
@@ -66,7 +66,7 @@ fn matmul_matches_reference_on_odd_shapes() {
 /// The vec4 kernel on a Linear weight [N, K] with a long K, f32 and f16, against the scalar one.
 #[test]
 fn vec4_linear_kernel_handles_long_reductions() {
-    use audioldm::gpu::ops::matmul::{Gemm, MatView};
+    use audioldm::engine::ops::matmul::{Gemm, MatView};
     for dtype in [DType::F32, DType::F16] {
         for &(m, k, n) in &[(9, 4096, 11), (17, 3072, 40)] {
             let x = random(21, m * k);
@@ -344,7 +344,10 @@ fn f16_arithmetic_tiles_stay_within_1e2() {
 
 /// A 37x70x29 `Auto` matmul of inputs drawn from `seed` and `seed + 1`, recorded on `ctx` and
 /// marked as output, with the f64 reference.
-fn auto_matmul(ctx: &audioldm::gpu::Context, seed: u64) -> (Graph, audioldm::gpu::Var, Vec<f64>) {
+fn auto_matmul(
+    ctx: &audioldm::engine::Context,
+    seed: u64,
+) -> (Graph, audioldm::engine::Var, Vec<f64>) {
     let (m, k, n) = (37, 70, 29);
     let a = random(seed, m * k);
     let b = random(seed + 1, k * n);
@@ -360,7 +363,7 @@ fn auto_matmul(ctx: &audioldm::gpu::Context, seed: u64) -> (Graph, audioldm::gpu
 /// result within 1e-5 either way), and f16 arithmetic is refused where SHADER_F16 is missing.
 #[test]
 fn auto_follows_the_contexts_kernel_variants() {
-    use audioldm::gpu::KernelVariants;
+    use audioldm::engine::KernelVariants;
     let gpu = new_ctx();
     gpu.set_variants(KernelVariants {
         tiles: true,
@@ -408,7 +411,7 @@ fn auto_follows_the_contexts_kernel_variants() {
 /// own choice (`for_adapter`) never picks the tiles.
 #[test]
 fn a_variant_that_does_not_compile_falls_back_to_the_portable_kernel() {
-    use audioldm::gpu::{KernelVariants, LimitsProfile};
+    use audioldm::engine::{KernelVariants, LimitsProfile};
     let limits = wgpu::Limits {
         max_compute_workgroup_size_y: 8,
         ..ctx().limits().clone()

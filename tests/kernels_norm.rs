@@ -6,7 +6,7 @@ mod common;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use audioldm::gpu::{Context, Graph, KernelVariants, Tensor};
+use audioldm::engine::{Context, Graph, KernelVariants, Tensor};
 use common::reference::*;
 use common::*;
 
@@ -41,7 +41,7 @@ fn contexts() -> Vec<(&'static str, &'static Context)> {
 
 /// Builds the graph with `out` as its output, runs it once and reads `out` back: every op on the
 /// kernel its context's variants chose (none fell back to the portable one).
-fn run(mut g: Graph, out: audioldm::gpu::Var) -> Vec<f32> {
+fn run(mut g: Graph, out: audioldm::engine::Var) -> Vec<f32> {
     g.output(out).expect("output");
     let mut exe = g.build().expect("build");
     assert_eq!(exe.stats().fallbacks, 0, "a kernel variant did not compile");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use audioldm::gpu::Graph;
+use audioldm::engine::Graph;
 use common::*;
 
 struct Config {

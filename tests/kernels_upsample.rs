@@ -2,7 +2,7 @@
 
 mod common;
 
-use audioldm::gpu::Graph;
+use audioldm::engine::Graph;
 use common::*;
 
 /// `F.interpolate(mode="nearest", size=out)`'s source index, as ATen computes it: the scale

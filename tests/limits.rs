@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::atomic::AtomicBool;
 
-use audioldm::gpu::{Context, DType, Graph, LimitsProfile, Tensor, Var};
+use audioldm::engine::{Context, DType, Graph, LimitsProfile, Tensor, Var};
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::Pipeline;
 use common::*;
@@ -105,7 +105,7 @@ fn tiny_pipeline_under_webgpu_default_limits_matches_diffusers() {
 /// convolution with a 1x1 shortcut as its residual, a stride-2 convolution with diffusers'
 /// asymmetric padding, and GroupNorm again. Returns every stage.
 fn chain(ctx: &Context, shape: [usize; 4], cout: usize) -> Vec<Vec<f32>> {
-    use audioldm::gpu::ops::conv::{Conv2dOptions, conv_weight_layout};
+    use audioldm::engine::ops::conv::{Conv2dOptions, conv_weight_layout};
     let [_, c, h, w] = shape;
     let mut g = Graph::new(ctx);
     let x = upload(ctx, &mut g, &shape, 1);
@@ -260,7 +260,7 @@ fn the_tiny_vae_decodes_at_parity_with_its_activations_split() {
         let small = small_binding_ctx(kib << 10);
         if gpu {
             small
-                .set_variants(audioldm::gpu::KernelVariants {
+                .set_variants(audioldm::engine::KernelVariants {
                     tiles: true,
                     f16_math: false,
                     fuse_norm: true,
@@ -282,7 +282,7 @@ fn the_tiny_vae_decodes_at_parity_with_its_activations_split() {
 
 #[test]
 fn long_attention_merges_its_key_splits_per_window_of_queries_bit_for_bit() {
-    use audioldm::gpu::ops::attention::{Attention, HeadView};
+    use audioldm::engine::ops::attention::{Attention, HeadView};
     // 300 queries over 70 keys in chunks of 16 (5 splits), one head of 24: the partial results
     // take 300 x 5 x 26 x 4 = 156 KB, over 128 KiB bindings: windows of 128 query rows.
     let run = |ctx: &Context| {

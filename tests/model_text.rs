@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use audioldm::Error;
 use audioldm::checkpoint::Checkpoint;
-use audioldm::gpu::{DType, Graph, Tensor};
+use audioldm::engine::{DType, Graph, Tensor};
 use audioldm::model::clap_text::{ClapTextConfig, ClapTextModelWithProjection};
 use audioldm::model::nn::{Embedding, Loader, Precision};
 use audioldm::model::tokenizer::TextTokenizer;

@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 
 use audioldm::checkpoint::Checkpoint;
-use audioldm::gpu::{DType, Graph, Tensor};
+use audioldm::engine::{DType, Graph, Tensor};
 use audioldm::model::nn::{Loader, Precision};
 use audioldm::model::unet::UNet2DConditionModel;
 use common::*;

@@ -208,7 +208,7 @@ fn a_missing_model_folder_is_a_clear_error() {
 /// tolerances, and with f16 arithmetic within 1e-2.
 #[test]
 fn every_kernel_variant_set_matches_diffusers() {
-    use audioldm::gpu::KernelVariants;
+    use audioldm::engine::KernelVariants;
     for f16_math in [false, true] {
         let variants = KernelVariants {
             tiles: true,
@@ -239,7 +239,7 @@ fn every_kernel_variant_set_matches_diffusers() {
 /// is the pipeline's own: other users of the context keep f32 arithmetic.
 #[test]
 fn f16_weights_compute_in_f16_only_with_the_gpu_kernels() {
-    use audioldm::gpu::KernelVariants;
+    use audioldm::engine::KernelVariants;
     for tiles in [true, false] {
         let ctx = new_ctx();
         ctx.set_variants(KernelVariants {

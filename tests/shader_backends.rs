@@ -35,8 +35,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use audioldm::audio::decode::decode_file;
-use audioldm::gpu::kernel::KernelKey;
-use audioldm::gpu::{KernelVariants, LimitsProfile};
+use audioldm::engine::kernel::KernelKey;
+use audioldm::engine::{KernelVariants, LimitsProfile};
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::edit::{EditRequest, Mode};
 use audioldm::pipeline::{Pipeline, Request, SchedulerKind};

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use audioldm::gpu::kernel::{SHADERS, preprocess};
+use audioldm::engine::kernel::{SHADERS, preprocess};
 
 /// Names a source tests with `#if NAME` and substitutes with `${NAME}`, following includes.
 fn names(source: &str, flags: &mut BTreeSet<String>, values: &mut BTreeSet<String>) {

@@ -29,8 +29,8 @@ use crate::audio::mel::MelFrontEnd;
 use crate::audio::playback::Player;
 use crate::audio::wav::{WavFormat, read_wav, write_wav};
 use crate::audio::{Audio, Mel};
-use crate::gpu::Context;
-use crate::gpu::context::{LimitsProfile, device_descriptor};
+use crate::engine::Context;
+use crate::engine::context::{LimitsProfile, device_descriptor};
 use crate::hub;
 use crate::model::nn::Precision;
 use crate::pipeline::Residency;
@@ -70,7 +70,7 @@ pub struct AppOptions {
 /// limits of `profile`.
 pub fn wgpu_setup(profile: &LimitsProfile) -> WgpuSetup {
     let mut setup = WgpuSetupCreateNew::without_display_handle();
-    setup.instance_descriptor = crate::gpu::context::instance_descriptor();
+    setup.instance_descriptor = crate::engine::context::instance_descriptor();
     let profile = profile.clone();
     setup.device_descriptor = Arc::new(move |adapter| {
         device_descriptor(adapter, &profile).unwrap_or_else(|e| {

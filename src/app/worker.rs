@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, channel};
 use futures_channel::mpsc::{UnboundedSender, unbounded};
 use futures_util::StreamExt;
 
-use crate::gpu::{Context, LimitsProfile};
+use crate::engine::{Context, LimitsProfile};
 use crate::hub;
 use crate::model::nn::Precision;
 use crate::pipeline::edit::EditRequest;

@@ -27,8 +27,8 @@
 use serde::Deserialize;
 
 use crate::checkpoint::{Checkpoint, Weights};
+use crate::engine::{Activation, Graph, Tensor, Var};
 use crate::error::{Error, Result};
-use crate::gpu::{Activation, Graph, Tensor, Var};
 use crate::model::nn::{LayerNorm, Linear, Loader};
 
 /// The mel image's side: the bicubic resize makes `SPEC_TIME` frames, folded into

@@ -27,8 +27,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::checkpoint::{Checkpoint, Weights};
+use crate::engine::{Activation, Context, Graph, Tensor, Var};
 use crate::error::{Error, Result};
-use crate::gpu::{Activation, Context, Graph, Tensor, Var};
 use crate::model::nn::{Embedding, LayerNorm, Linear, Loader};
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::{ConfigCheck, limits, load_config};

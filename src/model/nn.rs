@@ -2,12 +2,12 @@
 //! and recorded onto a [`Graph`] by `forward`.
 
 use crate::checkpoint::Weights;
-use crate::error::Result;
-use crate::gpu::ops::conv::{
-    Conv1dOptions, Conv2dOptions, ConvTranspose1dOptions, InputNorm,
-    conv_transpose1d_weight_layout, conv_weight_layout,
+use crate::engine::ops::conv::{
+    Conv1dOptions, Conv2dOptions, ConvTranspose1dOptions, InputNorm, conv_transpose1d_weight,
+    conv_weight,
 };
-use crate::gpu::{Activation, Context, DType, Graph, Tensor, Var};
+use crate::engine::{Activation, Context, DType, Graph, Tensor, Var};
+use crate::error::Result;
 
 /// How weights are stored on the GPU: f32 (the reference path) or f16 (half the memory).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +54,7 @@ impl Precision {
             );
             return ctx.clone();
         }
-        ctx.with_variants(crate::gpu::KernelVariants {
+        ctx.with_variants(crate::engine::KernelVariants {
             f16_math: true,
             ..variants
         })
@@ -143,7 +143,7 @@ impl Linear {
     }
 }
 
-/// `nn.Conv2d` (groups 1), weight re-laid out at load (see [`conv_weight_layout`]).
+/// `nn.Conv2d` (groups 1), weight laid out at load for the backend (see [`conv_weight`]).
 pub struct Conv2d {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
@@ -162,7 +162,7 @@ impl Conv2d {
         padding: usize,
     ) -> Result<Self> {
         let w = vb.f32("weight", &[cout, cin, kernel, kernel]).await?;
-        let (shape, laid) = conv_weight_layout(&w, cout, cin, kernel, kernel);
+        let (shape, laid) = conv_weight(l.ctx, &w, cout, cin, kernel, kernel);
         Ok(Self {
             weight: l.weight(&shape, &laid)?,
             bias: l.optional_bias(vb, true, cout).await?,
@@ -221,7 +221,7 @@ impl Conv2d {
     }
 }
 
-/// `nn.Conv1d` (groups 1), weight re-laid out at load (see [`conv_weight_layout`]).
+/// `nn.Conv1d` (groups 1), weight laid out at load for the backend (see [`conv_weight`]).
 pub struct Conv1d {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
@@ -239,7 +239,7 @@ impl Conv1d {
         padding: usize,
     ) -> Result<Self> {
         let w = vb.f32("weight", &[cout, cin, kernel]).await?;
-        let (shape, laid) = conv_weight_layout(&w, cout, cin, 1, kernel);
+        let (shape, laid) = conv_weight(l.ctx, &w, cout, cin, 1, kernel);
         Ok(Self {
             weight: l.weight(&shape, &laid)?,
             bias: l.optional_bias(vb, true, cout).await?,
@@ -272,7 +272,7 @@ impl Conv1d {
 }
 
 /// `nn.ConvTranspose1d` (groups 1), weight re-laid out at load for the phase-by-phase
-/// convolution (see [`conv_transpose1d_weight_layout`]).
+/// convolution (see [`conv_transpose1d_weight`]).
 pub struct ConvTranspose1d {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
@@ -290,7 +290,7 @@ impl ConvTranspose1d {
         padding: usize,
     ) -> Result<Self> {
         let w = vb.f32("weight", &[cin, cout, kernel]).await?;
-        let (shape, laid) = conv_transpose1d_weight_layout(&w, cin, cout, kernel, stride);
+        let (shape, laid) = conv_transpose1d_weight(l.ctx, &w, cin, cout, kernel, stride);
         Ok(Self {
             weight: l.weight(&shape, &laid)?,
             bias: l.optional_bias(vb, true, cout).await?,

@@ -9,8 +9,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::checkpoint::{Checkpoint, Weights};
+use crate::engine::{Activation, Coef, Graph, Var};
 use crate::error::{Error, Result};
-use crate::gpu::{Activation, Coef, Graph, Var};
 
 use super::nn::{Conv2d, GroupNorm, LayerNorm, Linear, Loader};
 use super::{ConfigCheck, limits, load_config};

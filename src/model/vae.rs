@@ -17,11 +17,11 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::checkpoint::{Checkpoint, Weights};
+use crate::engine::ops::attention::{Attention as AttentionOp, HeadView};
+use crate::engine::ops::conv::{Conv2dOptions, conv_weight};
+use crate::engine::ops::matmul::{Gemm, MatView, MatmulKernel};
+use crate::engine::{Activation, DType, Graph, Tensor, Var};
 use crate::error::{Error, Result};
-use crate::gpu::ops::attention::{Attention as AttentionOp, HeadView};
-use crate::gpu::ops::conv::{Conv2dOptions, conv_weight_layout};
-use crate::gpu::ops::matmul::{Gemm, MatView, MatmulKernel};
-use crate::gpu::{Activation, DType, Graph, Tensor, Var};
 
 use super::nn::{Conv2d, GroupNorm, Linear, Loader};
 use super::{ConfigCheck, limits, load_config};
@@ -712,7 +712,7 @@ impl AutoencoderKL {
             let b = vb.f32("bias", &[c2]).await?;
             let half = |i: usize| -> Result<Conv2d> {
                 let rows = &w[i * c * c2..(i + 1) * c * c2];
-                let (shape, laid) = conv_weight_layout(rows, c, c2, 1, 1);
+                let (shape, laid) = conv_weight(l.ctx, rows, c, c2, 1, 1);
                 Ok(Conv2d {
                     weight: l.weight(&shape, &laid)?,
                     bias: Some(Tensor::from_f32(

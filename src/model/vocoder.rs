@@ -17,8 +17,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::checkpoint::{Checkpoint, Weights};
+use crate::engine::{Activation, DType, Graph, Tensor, Var};
 use crate::error::{Error, Result};
-use crate::gpu::{Activation, DType, Graph, Tensor, Var};
 
 use super::nn::{Conv1d, ConvTranspose1d, Loader};
 use super::{ConfigCheck, limits, load_config};

@@ -23,8 +23,8 @@ use super::{Event, Lengths, MAX_DURATION_S, Output, Pipeline, Plan, Request, che
 use crate::audio::Audio;
 use crate::audio::mel::{F_MAX, F_MIN, MelFrontEnd, SAMPLE_RATE, mel_band_upper_edges};
 use crate::audio::resample::resample;
+use crate::engine::{DType, Graph, Tensor};
 use crate::error::{Error, Result};
-use crate::gpu::{DType, Graph, Tensor};
 use crate::model::vae::latent_std;
 
 /// What to do with the source clip.

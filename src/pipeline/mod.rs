@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub use crate::audio::{Audio, Mel};
+use crate::engine::{Context, DType, Executable, Graph, GraphStats, Profile, Scalar, Tensor, Var};
 use crate::error::{Error, Result};
-use crate::gpu::{Context, DType, Executable, Graph, GraphStats, Profile, Scalar, Tensor, Var};
 use crate::model::clap_text::ClapTextModelWithProjection;
 use crate::model::nn::{Loader, Precision};
 use crate::model::tokenizer::TextTokenizer;

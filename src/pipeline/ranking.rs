@@ -15,8 +15,8 @@ use std::sync::atomic::AtomicBool;
 
 use super::{Event, Output, Pipeline, Request};
 use crate::audio::Audio;
+use crate::engine::Context;
 use crate::error::{Error, Result};
-use crate::gpu::Context;
 use crate::model::clap::{ClapModel, cosine_similarity};
 use crate::model::nn::{Loader, Precision};
 use crate::model::tokenizer::TextTokenizer;

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use audioldm::gpu::{Context, Graph, LimitsProfile, Tensor, Var};
+use audioldm::engine::{Context, Graph, LimitsProfile, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -87,7 +87,8 @@ pub fn f64s(v: &[f32]) -> Vec<f64> {
 
 /// Uploads f32 data as an input of `g`, on `g`'s context.
 pub fn input(g: &mut Graph, shape: &[usize], data: &[f32]) -> Var {
-    let t = Tensor::from_f32(g.context(), shape, audioldm::gpu::DType::F32, data).expect("upload");
+    let t =
+        Tensor::from_f32(g.context(), shape, audioldm::engine::DType::F32, data).expect("upload");
     g.input(&t)
 }
 

@@ -3,7 +3,7 @@
 //! check the kernels against the same code.
 #![allow(dead_code)]
 
-use audioldm::gpu::Activation;
+use audioldm::engine::Activation;
 
 /// C[b] = A[b] (m x k) * B[b] (k x n), all row-major, in f64.
 pub fn matmul_ref(

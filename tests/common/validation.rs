@@ -12,7 +12,7 @@ use std::cell::Cell;
 use std::ffi::c_int;
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 
-use audioldm::gpu::{Context, LimitsProfile};
+use audioldm::engine::{Context, LimitsProfile};
 
 /// Where wgpu-hal's debug-utils messenger logs the layer's messages: errors and warnings at their
 /// own level, information at debug.
@@ -92,7 +92,7 @@ pub fn context(profile: LimitsProfile) -> Context {
     log::set_max_level(log::LevelFilter::Debug);
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         flags: wgpu::InstanceFlags::debugging(),
-        ..audioldm::gpu::context::instance_descriptor()
+        ..audioldm::engine::context::instance_descriptor()
     });
     log::set_max_level(log::LevelFilter::Warn);
     let status = lock(&STATUS_SEEN).take();

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use audioldm::gpu::{Context, GpuError, LimitsProfile};
+use audioldm::engine::{Context, GpuError, LimitsProfile};
 
 /// Why a page got no GPU context.
 #[derive(Debug)]

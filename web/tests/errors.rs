@@ -3,7 +3,7 @@
 
 mod common;
 
-use audioldm::gpu::{DType, GpuError, Tensor};
+use audioldm::engine::{DType, GpuError, Tensor};
 use common::ctx;
 use wasm_bindgen_test::{console_log, wasm_bindgen_test, wasm_bindgen_test_configure};
 

@@ -7,13 +7,13 @@
 
 mod common;
 
-use audioldm::gpu::ops::attention::{Attention, HeadView};
-use audioldm::gpu::ops::conv::{
+use audioldm::engine::ops::attention::{Attention, HeadView};
+use audioldm::engine::ops::conv::{
     Conv1dOptions, Conv2dOptions, ConvKernel, ConvTranspose1dOptions,
     conv_transpose1d_weight_layout, conv_weight_layout,
 };
-use audioldm::gpu::ops::matmul::{Gemm, MatView, MatmulKernel};
-use audioldm::gpu::{Activation, DType, Graph};
+use audioldm::engine::ops::matmul::{Gemm, MatView, MatmulKernel};
+use audioldm::engine::{Activation, DType, Graph};
 use common::reference::AttentionProblem as Problem;
 use common::reference::*;
 use common::*;

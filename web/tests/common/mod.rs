@@ -10,7 +10,7 @@ pub mod reference;
 
 use std::cell::RefCell;
 
-use audioldm::gpu::{Context, DType, Graph, Tensor, Var};
+use audioldm::engine::{Context, DType, Graph, Tensor, Var};
 use wasm_bindgen_test::console_log;
 
 #[allow(unused_imports)]
