@@ -1,4 +1,5 @@
-//! Fused multi-head attention against an f64 CPU reference.
+//! Fused multi-head attention against an f64 CPU reference, on the GPU and on the CPU backend.
+//! Key splits, the loop budget and the workgroup-memory variant are the GPU's and GPU-only.
 
 mod common;
 
@@ -34,11 +35,36 @@ impl Problem {
         self.check_on(ctx(), inputs, key_chunk, tol)
     }
 
+    /// The f64 reference of interleaved `[B, T, H*D]` inputs.
+    fn reference_of(&self, [q, k, v]: &[Vec<f32>; 3]) -> Vec<f64> {
+        let Problem { heads, d, dv, .. } = *self;
+        let rows = |t: usize, w: usize| {
+            move |b: usize, i: usize, h: usize| (b * t + i) * heads * w + h * w
+        };
+        self.reference(
+            (q, &rows(self.tq, d)),
+            (k, &rows(self.tk, d)),
+            (v, &rows(self.tk, dv)),
+        )
+    }
+
     /// [`Self::check_with`] on a context of the caller's (its kernel variants).
     fn check_on(
         &self,
         ctx: &Context,
+        inputs: &[Vec<f32>; 3],
+        key_chunk: Option<usize>,
+        tol: f64,
+    ) -> usize {
+        self.check_against(ctx, inputs, &self.reference_of(inputs), key_chunk, tol)
+    }
+
+    /// [`Self::check_on`] against a reference already computed.
+    fn check_against(
+        &self,
+        ctx: &Context,
         [q, k, v]: &[Vec<f32>; 3],
+        want: &[f64],
         key_chunk: Option<usize>,
         tol: f64,
     ) -> usize {
@@ -83,12 +109,14 @@ impl Problem {
         let mut exe = g.build().unwrap();
         exe.run().unwrap();
         let got = exe.read(out).unwrap();
-        let rows = |t: usize, w: usize| {
-            move |b: usize, i: usize, h: usize| (b * t + i) * heads * w + h * w
-        };
-        let want = self.reference((q, &rows(tq, d)), (k, &rows(tk, d)), (v, &rows(tk, dv)));
         let chunked = key_chunk.map_or(String::new(), |c| format!(" key_chunk={c}"));
-        assert_close(&format!("{}{chunked}", self.name()), &got, &want, tol);
+        let backend = if ctx.is_cpu() { "cpu" } else { "gpu" };
+        assert_close(
+            &format!("{}{chunked} on {backend}", self.name()),
+            &got,
+            want,
+            tol,
+        );
         if self.flops() > 1e8 {
             // A second replay, without pipeline compilation and upload.
             let start = Instant::now();
@@ -96,15 +124,29 @@ impl Problem {
             ctx.wait().unwrap();
             let t = start.elapsed();
             println!(
-                "  replay {t:.2?}: {:.2} GFLOP/s",
+                "  replay on {backend} {t:.2?}: {:.2} GFLOP/s",
                 self.flops() / t.as_secs_f64() / 1e9
             );
         }
         dispatches
     }
 
+    /// Seeded inputs on the GPU; returns the dispatches.
     fn check(&self, seed: u64, tol: f64) -> usize {
         self.check_with(&self.inputs(seed), None, tol)
+    }
+
+    /// Seeded inputs on both backends, against one reference.
+    fn check_both(&self, seed: u64, tol: f64) {
+        self.check_inputs_both(&self.inputs(seed), tol);
+    }
+
+    /// `inputs` on both backends, against one reference.
+    fn check_inputs_both(&self, inputs: &[Vec<f32>; 3], tol: f64) {
+        let want = self.reference_of(inputs);
+        for (_, ctx) in backends() {
+            self.check_against(ctx, inputs, &want, None, tol);
+        }
     }
 }
 
@@ -124,7 +166,7 @@ fn attention_matches_reference_on_odd_shapes() {
         (3, 4, 100, 77, 64, 64), // 77 CLAP text tokens
     ];
     for (seed, &(b, h, tq, tk, d, dv)) in cases.iter().enumerate() {
-        Problem::new(b, h, tq, tk, d, dv).check(seed as u64 * 10, 1e-5);
+        Problem::new(b, h, tq, tk, d, dv).check_both(seed as u64 * 10, 1e-5);
     }
 }
 
@@ -178,7 +220,13 @@ fn attention_is_stable_for_large_scores() {
             tk == 1 || max_score > 100.0,
             "scores too small to test: {max_score}"
         );
-        p.check_with(&[q, k, v], chunk, 1e-5);
+        match chunk {
+            // The CPU backend does not split keys: a split is the GPU's.
+            Some(_) => {
+                p.check_with(&[q, k, v], chunk, 1e-5);
+            }
+            None => p.check_inputs_both(&[q, k, v], 1e-5),
+        }
     }
 }
 
@@ -187,9 +235,9 @@ fn attention_is_stable_for_large_scores() {
 #[test]
 fn attention_matches_reference_at_audioldm_sizes() {
     let start = Instant::now();
-    Problem::new(2, 8, 500, 500, 32, 32).check(600, 1e-5);
-    Problem::new(1, 4, 1000, 1000, 80, 80).check(610, 1e-5);
-    Problem::new(1, 1, 1000, 1000, 512, 512).check(620, 1e-5);
+    Problem::new(2, 8, 500, 500, 32, 32).check_both(600, 1e-5);
+    Problem::new(1, 4, 1000, 1000, 80, 80).check_both(610, 1e-5);
+    Problem::new(1, 1, 1000, 1000, 512, 512).check_both(620, 1e-5);
     println!("AudioLDM-size attention: {:.2?}", start.elapsed());
 }
 
@@ -209,124 +257,141 @@ fn long_key_ranges_split_under_the_loop_limit() {
 /// The strided form reads Q, K and V straight out of one fused `[B, T, 3*H*D]` projection.
 #[test]
 fn strided_attention_reads_a_fused_qkv_projection() {
-    let (batch, heads, t, d) = (2, 3, 45, 16);
-    let width = heads * d;
-    let qkv = random(700, batch * t * 3 * width);
-    let mut g = Graph::new(ctx());
-    let vqkv = input(&mut g, &[batch, t, 3 * width], &qkv);
-    let view = |offset| HeadView {
-        var: vqkv,
-        offset,
-        sb: t * 3 * width,
-        st: 3 * width,
-        sh: d,
-    };
-    let p = Problem::new(batch, heads, t, t, d, d);
-    let out = g
-        .attention_strided(Attention {
-            q: view(0),
-            k: view(width),
-            v: view(2 * width),
-            batch,
-            heads,
-            tq: t,
-            tk: t,
-            d,
-            dv: d,
-            scale: p.scale,
-        })
-        .unwrap();
-    assert_eq!(g.dims(out), &[batch, t, width]);
-    let got = run(g, out);
-    let at = |part: usize| {
-        move |b: usize, i: usize, h: usize| (b * t + i) * 3 * width + part * width + h * d
-    };
-    let want = p.reference((&qkv, &at(0)), (&qkv, &at(1)), (&qkv, &at(2)));
-    assert_close("attention_strided fused qkv", &got, &want, 1e-5);
+    for (backend, ctx) in backends() {
+        let (batch, heads, t, d) = (2, 3, 45, 16);
+        let width = heads * d;
+        let qkv = random(700, batch * t * 3 * width);
+        let mut g = Graph::new(ctx);
+        let vqkv = input(&mut g, &[batch, t, 3 * width], &qkv);
+        let view = |offset| HeadView {
+            var: vqkv,
+            offset,
+            sb: t * 3 * width,
+            st: 3 * width,
+            sh: d,
+        };
+        let p = Problem::new(batch, heads, t, t, d, d);
+        let out = g
+            .attention_strided(Attention {
+                q: view(0),
+                k: view(width),
+                v: view(2 * width),
+                batch,
+                heads,
+                tq: t,
+                tk: t,
+                d,
+                dv: d,
+                scale: p.scale,
+            })
+            .unwrap();
+        assert_eq!(g.dims(out), &[batch, t, width]);
+        let got = run(g, out);
+        let at = |part: usize| {
+            move |b: usize, i: usize, h: usize| (b * t + i) * 3 * width + part * width + h * d
+        };
+        let want = p.reference((&qkv, &at(0)), (&qkv, &at(1)), (&qkv, &at(2)));
+        assert_close(
+            &format!("attention_strided fused qkv on {backend}"),
+            &got,
+            &want,
+            1e-5,
+        );
 
-    // [B, H, T, D] head-major tensors.
-    let q = random(710, batch * heads * t * d);
-    let mut g = Graph::new(ctx());
-    let vq = input(&mut g, &[batch, heads, t, d], &q);
-    let view = HeadView {
-        var: vq,
-        offset: 0,
-        sb: heads * t * d,
-        st: d,
-        sh: t * d,
-    };
-    let out = g
-        .attention_strided(Attention {
-            q: view,
-            k: view,
-            v: view,
-            batch,
-            heads,
-            tq: t,
-            tk: t,
-            d,
-            dv: d,
-            scale: 0.3,
-        })
-        .unwrap();
-    let got = run(g, out);
-    let at = |b: usize, i: usize, h: usize| ((b * heads + h) * t + i) * d;
-    let mut p = Problem::new(batch, heads, t, t, d, d);
-    p.scale = 0.3;
-    let want = p.reference((&q, &at), (&q, &at), (&q, &at));
-    assert_close("attention_strided [B, H, T, D]", &got, &want, 1e-5);
+        // [B, H, T, D] head-major tensors.
+        let q = random(710, batch * heads * t * d);
+        let mut g = Graph::new(ctx);
+        let vq = input(&mut g, &[batch, heads, t, d], &q);
+        let view = HeadView {
+            var: vq,
+            offset: 0,
+            sb: heads * t * d,
+            st: d,
+            sh: t * d,
+        };
+        let out = g
+            .attention_strided(Attention {
+                q: view,
+                k: view,
+                v: view,
+                batch,
+                heads,
+                tq: t,
+                tk: t,
+                d,
+                dv: d,
+                scale: 0.3,
+            })
+            .unwrap();
+        let got = run(g, out);
+        let at = |b: usize, i: usize, h: usize| ((b * heads + h) * t + i) * d;
+        let mut p = Problem::new(batch, heads, t, t, d, d);
+        p.scale = 0.3;
+        let want = p.reference((&q, &at), (&q, &at), (&q, &at));
+        assert_close(
+            &format!("attention_strided [B, H, T, D] on {backend}"),
+            &got,
+            &want,
+            1e-5,
+        );
+    }
 }
 
 #[test]
 fn shape_mismatch_is_an_error_naming_the_op_and_shapes() {
-    let mut g = Graph::new(ctx());
-    let q = input(&mut g, &[2, 5, 64], &random(1, 640));
-    let k = input(&mut g, &[2, 7, 32], &random(2, 448));
-    let v = input(&mut g, &[2, 7, 64], &random(3, 896));
-    let err = g.attention(q, k, v, 4, 0.125).unwrap_err().to_string();
-    assert!(
-        err.contains("attention") && err.contains("[2, 5, 64]") && err.contains("[2, 7, 32]"),
-        "{err}"
-    );
-    let v_short = input(&mut g, &[2, 6, 64], &random(4, 768));
-    let err = g
-        .attention(q, v, v_short, 4, 0.125)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("attention") && err.contains("[2, 7, 64]") && err.contains("[2, 6, 64]"),
-        "{err}"
-    );
-    let err = g.attention(q, v, v, 3, 0.125).unwrap_err().to_string();
-    assert!(
-        err.contains("attention") && err.contains("3 heads"),
-        "{err}"
-    );
-    let big = input(&mut g, &[1, 2, 1026], &random(5, 2052));
-    let err = g
-        .attention(big, big, big, 1, 0.125)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("attention") && err.contains("1026"), "{err}");
-    let err = g
-        .attention_strided(Attention {
-            q: HeadView::interleaved(q, 5, 4, 16),
-            k: HeadView::interleaved(v, 8, 4, 16),
-            v: HeadView::interleaved(v, 8, 4, 16),
-            batch: 2,
-            heads: 4,
-            tq: 5,
-            tk: 8,
-            d: 16,
-            dv: 16,
-            scale: 0.25,
-        })
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("attention_strided") && err.contains("[2, 7, 64]"),
-        "{err}"
-    );
+    for (backend, ctx) in backends() {
+        let mut g = Graph::new(ctx);
+        let q = input(&mut g, &[2, 5, 64], &random(1, 640));
+        let k = input(&mut g, &[2, 7, 32], &random(2, 448));
+        let v = input(&mut g, &[2, 7, 64], &random(3, 896));
+        let err = g.attention(q, k, v, 4, 0.125).unwrap_err().to_string();
+        assert!(
+            err.contains("attention") && err.contains("[2, 5, 64]") && err.contains("[2, 7, 32]"),
+            "{backend}: {err}"
+        );
+        let v_short = input(&mut g, &[2, 6, 64], &random(4, 768));
+        let err = g
+            .attention(q, v, v_short, 4, 0.125)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("attention") && err.contains("[2, 7, 64]") && err.contains("[2, 6, 64]"),
+            "{backend}: {err}"
+        );
+        let err = g.attention(q, v, v, 3, 0.125).unwrap_err().to_string();
+        assert!(
+            err.contains("attention") && err.contains("3 heads"),
+            "{backend}: {err}"
+        );
+        // The GPU kernel's largest head dim (the CPU backend has none).
+        if !ctx.is_cpu() {
+            let big = input(&mut g, &[1, 2, 1026], &random(5, 2052));
+            let err = g
+                .attention(big, big, big, 1, 0.125)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("attention") && err.contains("1026"), "{err}");
+        }
+        let err = g
+            .attention_strided(Attention {
+                q: HeadView::interleaved(q, 5, 4, 16),
+                k: HeadView::interleaved(v, 8, 4, 16),
+                v: HeadView::interleaved(v, 8, 4, 16),
+                batch: 2,
+                heads: 4,
+                tq: 5,
+                tk: 8,
+                d: 16,
+                dv: 16,
+                scale: 0.25,
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("attention_strided") && err.contains("[2, 7, 64]"),
+            "{backend}: {err}"
+        );
+    }
 }
 
 /// The GPU variant, blocks of keys and values staged in workgroup memory, on the odd shapes, with

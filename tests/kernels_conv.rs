@@ -1,17 +1,22 @@
 //! conv2d (implicit GEMM), conv1d and transposed conv1d against an f64 CPU reference that takes
-//! PyTorch's weight layouts, so the load-time re-layout is tested too.
+//! PyTorch's weight layouts, so the load-time re-layout is tested too; on the GPU and on the CPU
+//! backend, each given its weights as models load them (`conv_weight`,
+//! `conv_transpose1d_weight`). What is about a WGSL kernel (its choice, the fused GroupNorm, f16
+//! arithmetic) is GPU-only.
 
 mod common;
 
 use audioldm::engine::ops::conv::{
-    Conv1dOptions, Conv2dOptions, ConvKernel, ConvTranspose1dOptions,
-    conv_transpose1d_weight_layout, conv_weight_layout,
+    Conv1dOptions, Conv2dOptions, ConvKernel, ConvTranspose1dOptions, conv_transpose1d_weight,
+    conv_weight, conv_weight_layout,
 };
-use audioldm::engine::{Activation, DType, Graph, Tensor};
+use audioldm::engine::{Activation, Context, DType, Graph, Tensor};
 use common::reference::*;
 use common::*;
 
+#[allow(clippy::too_many_arguments)]
 fn run_conv2d(
+    (backend, ctx): (&str, &Context),
     c: &Conv,
     seed: u64,
     dtype: DType,
@@ -24,10 +29,10 @@ fn run_conv2d(
     let bias = random(seed + 2, c.cout);
     let (want, oh, ow) = conv2d_ref(c, &x, &wt, &bias, None);
     let residual = random(seed + 3, want.len());
-    let mut g = Graph::new(ctx());
+    let mut g = Graph::new(ctx);
     let vx = input(&mut g, &[c.b, c.cin, c.h, c.w], &x);
-    let (shape, laid) = conv_weight_layout(&wt, c.cout, c.cin, c.kh, c.kw);
-    let wten = Tensor::from_f32(ctx(), shape, dtype, &laid).unwrap();
+    let (shape, laid) = conv_weight(ctx, &wt, c.cout, c.cin, c.kh, c.kw);
+    let wten = Tensor::from_f32(ctx, shape, dtype, &laid).unwrap();
     let vw = g.weight(&wten);
     let vb = input(&mut g, &[c.cout], &bias);
     let vr = with_residual.then(|| input(&mut g, &[c.b, c.cout, oh, ow], &residual));
@@ -64,7 +69,7 @@ fn run_conv2d(
     let tol = if f16 { 1e-2 } else { 1e-5 };
     assert_close(
         &format!(
-            "conv2d {kernel:?} {dtype:?} {act:?} b{} {}x{}x{} -> {} k{}x{} s{:?} p{:?} d{:?}",
+            "conv2d {kernel:?} {dtype:?} {act:?} b{} {}x{}x{} -> {} k{}x{} s{:?} p{:?} d{:?} on {backend}",
             c.b, c.cin, c.h, c.w, c.cout, c.kh, c.kw, c.stride, c.pad, c.dil
         ),
         &got,
@@ -155,39 +160,50 @@ fn conv2d_matches_reference() {
             dil: [1, 1],
         },
     ];
-    for (i, c) in cases.iter().enumerate() {
-        for kernel in [
-            ConvKernel::Tiled,
-            ConvKernel::TiledWith { tm: 8, tn: 4 },
-            ConvKernel::Naive,
-            ConvKernel::Tiles { f16: false },
-            ConvKernel::Tiles { f16: true },
-        ] {
+    for backend in backends() {
+        // The CPU backend has one convolution and ignores the choice; f16 arithmetic is GPU-only.
+        let kernels: &[ConvKernel] = if backend.1.is_cpu() {
+            &[ConvKernel::Tiled]
+        } else {
+            &[
+                ConvKernel::Tiled,
+                ConvKernel::TiledWith { tm: 8, tn: 4 },
+                ConvKernel::Naive,
+                ConvKernel::Tiles { f16: false },
+                ConvKernel::Tiles { f16: true },
+            ]
+        };
+        for (i, c) in cases.iter().enumerate() {
+            for &kernel in kernels {
+                run_conv2d(
+                    backend,
+                    c,
+                    10 * i as u64,
+                    DType::F32,
+                    kernel,
+                    Activation::None,
+                    false,
+                );
+            }
             run_conv2d(
+                backend,
                 c,
                 10 * i as u64,
                 DType::F32,
-                kernel,
+                ConvKernel::Tiled,
+                Activation::Silu,
+                true,
+            );
+            run_conv2d(
+                backend,
+                c,
+                10 * i as u64,
+                DType::F16,
+                ConvKernel::Tiled,
                 Activation::None,
-                false,
+                true,
             );
         }
-        run_conv2d(
-            c,
-            10 * i as u64,
-            DType::F32,
-            ConvKernel::Tiled,
-            Activation::Silu,
-            true,
-        );
-        run_conv2d(
-            c,
-            10 * i as u64,
-            DType::F16,
-            ConvKernel::Tiled,
-            Activation::None,
-            true,
-        );
     }
 }
 
@@ -222,33 +238,35 @@ fn conv1d_with_dilation_and_input_activation() {
         };
         let (want, _, lout) = conv2d_ref(&c, &x, &wt, &bias, Some(0.1));
         let residual = random(seed + 3, want.len());
-        let mut g = Graph::new(ctx());
-        let vx = input(&mut g, &[b, cin, l], &x);
-        let (shape, laid) = conv_weight_layout(&wt, cout, cin, 1, k);
-        let wten = Tensor::from_f32(ctx(), shape, DType::F32, &laid).unwrap();
-        let vw = g.weight(&wten);
-        let vb = input(&mut g, &[cout], &bias);
-        let vr = input(&mut g, &[b, cout, lout], &residual);
-        let opts = Conv1dOptions {
-            padding: pad,
-            dilation: dil,
-            input_leaky_relu: Some(0.1),
-            ..Default::default()
-        };
-        let out = g.conv1d(vx, vw, Some(vb), Some(vr), opts).unwrap();
-        assert_eq!(g.dims(out), &[b, cout, lout]);
-        let got = run(g, out);
         let want: Vec<f64> = want
             .iter()
             .zip(&residual)
             .map(|(&v, &r)| v + r as f64)
             .collect();
-        assert_close(
-            &format!("conv1d b{b} {cin}x{l} -> {cout} k{k} d{dil} p{pad}"),
-            &got,
-            &want,
-            1e-5,
-        );
+        for (backend, ctx) in backends() {
+            let mut g = Graph::new(ctx);
+            let vx = input(&mut g, &[b, cin, l], &x);
+            let (shape, laid) = conv_weight(ctx, &wt, cout, cin, 1, k);
+            let wten = Tensor::from_f32(ctx, shape, DType::F32, &laid).unwrap();
+            let vw = g.weight(&wten);
+            let vb = input(&mut g, &[cout], &bias);
+            let vr = input(&mut g, &[b, cout, lout], &residual);
+            let opts = Conv1dOptions {
+                padding: pad,
+                dilation: dil,
+                input_leaky_relu: Some(0.1),
+                ..Default::default()
+            };
+            let out = g.conv1d(vx, vw, Some(vb), Some(vr), opts).unwrap();
+            assert_eq!(g.dims(out), &[b, cout, lout]);
+            let got = run(g, out);
+            assert_close(
+                &format!("conv1d b{b} {cin}x{l} -> {cout} k{k} d{dil} p{pad} on {backend}"),
+                &got,
+                &want,
+                1e-5,
+            );
+        }
     }
 }
 
@@ -273,22 +291,6 @@ fn conv_transpose1d_matches_reference() {
             let x = random(seed, b * cin * lin);
             let wt = random(seed + 1, cin * cout * k);
             let bias = random(seed + 2, cout);
-            let mut g = Graph::new(ctx());
-            let vx = input(&mut g, &[b, cin, lin], &x);
-            let (shape, laid) = conv_transpose1d_weight_layout(&wt, cin, cout, k, stride);
-            let wten = Tensor::from_f32(ctx(), shape, dtype, &laid).unwrap();
-            let vw = g.weight(&wten);
-            let vb = input(&mut g, &[cout], &bias);
-            let opts = ConvTranspose1dOptions {
-                kernel_size: k,
-                stride,
-                padding: pad,
-                output_padding: out_pad,
-                act: Activation::None,
-                input_leaky_relu: Some(0.1),
-            };
-            let out = g.conv_transpose1d(vx, vw, Some(vb), opts).unwrap();
-            let got = run(g, out);
             let w_used = if dtype == DType::F16 {
                 f16_round(&wt)
             } else {
@@ -297,58 +299,87 @@ fn conv_transpose1d_matches_reference() {
             let want = conv_transpose1d_ref(
                 &x, &w_used, &bias, b, cin, lin, cout, k, stride, pad, out_pad, 0.1,
             );
-            assert_close(
-                &format!(
-                    "conv_transpose1d {dtype:?} b{b} {cin}x{lin} -> {cout} k{k} s{stride} p{pad} op{out_pad}"
-                ),
-                &got,
-                &want,
-                1e-5,
-            );
+            for (backend, ctx) in backends() {
+                let mut g = Graph::new(ctx);
+                let vx = input(&mut g, &[b, cin, lin], &x);
+                let (shape, laid) = conv_transpose1d_weight(ctx, &wt, cin, cout, k, stride);
+                let wten = Tensor::from_f32(ctx, shape, dtype, &laid).unwrap();
+                let vw = g.weight(&wten);
+                let vb = input(&mut g, &[cout], &bias);
+                let opts = ConvTranspose1dOptions {
+                    kernel_size: k,
+                    stride,
+                    padding: pad,
+                    output_padding: out_pad,
+                    act: Activation::None,
+                    input_leaky_relu: Some(0.1),
+                };
+                let out = g.conv_transpose1d(vx, vw, Some(vb), opts).unwrap();
+                let got = run(g, out);
+                assert_close(
+                    &format!(
+                        "conv_transpose1d {dtype:?} b{b} {cin}x{lin} -> {cout} k{k} s{stride} p{pad} op{out_pad} on {backend}"
+                    ),
+                    &got,
+                    &want,
+                    1e-5,
+                );
+            }
         }
     }
 }
 
 #[test]
 fn conv_shape_errors_name_the_op_and_shapes() {
-    let mut g = Graph::new(ctx());
-    let x = input(&mut g, &[1, 3, 8, 8], &random(1, 192));
-    // [Cout, kh, kw, Cin4] with Cin4 = 8: not 3 rounded up to 4.
-    let w = input(&mut g, &[5, 3, 3, 8], &random(2, 360));
-    let err = g
-        .conv2d(x, w, None, None, Conv2dOptions::same_padding(1, 1))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("conv2d") && err.contains("[1, 3, 8, 8]") && err.contains("[5, 3, 3, 8]"),
-        "{err}"
-    );
-    let tiny = input(&mut g, &[1, 7, 2, 2], &random(3, 28));
-    let err = g
-        .conv2d(tiny, w, None, None, Conv2dOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("smaller than the kernel"), "{err}");
-    // A transposed-convolution weight laid out for kernel 16, stride 4 ([4 * 3, 1, 4, 8]) used
-    // with kernel 8.
-    let x1 = input(&mut g, &[1, 5, 9], &random(4, 45));
-    let wt = input(&mut g, &[12, 1, 4, 8], &random(5, 384));
-    let opts = ConvTranspose1dOptions {
-        kernel_size: 8,
-        stride: 4,
-        padding: 2,
-        output_padding: 0,
-        act: Activation::None,
-        input_leaky_relu: None,
-    };
-    let err = g
-        .conv_transpose1d(x1, wt, None, opts)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("conv_transpose1d") && err.contains("kernel 8 and stride 4"),
-        "{err}"
-    );
+    for (backend, ctx) in backends() {
+        let mut g = Graph::new(ctx);
+        let x = input(&mut g, &[1, 3, 8, 8], &random(1, 192));
+        // A weight of 7 input channels: on a GPU [Cout, kh, kw, Cin4] = [5, 3, 3, 8], Cin4 = 8
+        // not 3 rounded up to 4; on the CPU [Cout, Cin, kh, kw] = [5, 7, 3, 3].
+        let (shape, data) = conv_weight(ctx, &random(2, 5 * 7 * 9), 5, 7, 3, 3);
+        let w_dims = format!("{shape:?}");
+        let w = input(&mut g, &shape, &data);
+        let err = g
+            .conv2d(x, w, None, None, Conv2dOptions::same_padding(1, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("conv2d") && err.contains("[1, 3, 8, 8]") && err.contains(&w_dims),
+            "{backend}: {err}"
+        );
+        let tiny = input(&mut g, &[1, 7, 2, 2], &random(3, 28));
+        let err = g
+            .conv2d(tiny, w, None, None, Conv2dOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("smaller than the kernel"), "{backend}: {err}");
+        // A transposed-convolution weight for kernel 16, stride 4 (on a GPU laid out as
+        // [4 * 3, 1, 4, 8]) used with kernel 8.
+        let x1 = input(&mut g, &[1, 5, 9], &random(4, 45));
+        let (shape, data) = conv_transpose1d_weight(ctx, &random(5, 5 * 3 * 16), 5, 3, 16, 4);
+        let wt = input(&mut g, &shape, &data);
+        let opts = ConvTranspose1dOptions {
+            kernel_size: 8,
+            stride: 4,
+            padding: 2,
+            output_padding: 0,
+            act: Activation::None,
+            input_leaky_relu: None,
+        };
+        let err = g
+            .conv_transpose1d(x1, wt, None, opts)
+            .unwrap_err()
+            .to_string();
+        let why = if ctx.is_cpu() {
+            "(kernel 8, stride 4)"
+        } else {
+            "kernel 8 and stride 4"
+        };
+        assert!(
+            err.contains("conv_transpose1d") && err.contains(why),
+            "{backend}: {err}"
+        );
+    }
 }
 
 /// GroupNorm (+ SiLU) fused into a convolution's input pass computes what the two ops compute

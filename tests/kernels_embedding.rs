@@ -1,9 +1,11 @@
-//! Embedding lookup against a CPU gather: exact, zero rows for ids out of range, and tables split
-//! over several bindings (RoBERTa's real 50265 x 768 f32 table is over lavapipe's 128 MiB).
+//! Embedding lookup against a CPU gather: exact, zero rows for ids out of range (an error on the
+//! CPU backend), and tables split over several bindings (RoBERTa's real 50265 x 768 f32 table is
+//! over lavapipe's 128 MiB). The lookup and its errors run on both backends; the splits are the
+//! GPU's.
 
 mod common;
 
-use audioldm::engine::{DType, Graph, Tensor};
+use audioldm::engine::{Context, DType, Graph, Result, Tensor};
 use common::*;
 
 /// A table value that differs between neighbouring rows and is exact in f16.
@@ -29,15 +31,28 @@ fn gather_ref(ids: &[u32], table: &[f32], vocab: usize, d: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Runs the lookup (in windows of `window` bytes if given); returns the output and the dispatches.
+/// Runs the lookup on the GPU (in windows of `window` bytes if given); returns the output and the
+/// dispatches.
 fn lookup(
     ids: &[u32],
     ids_shape: &[usize],
     table: &Tensor,
     window: Option<u64>,
 ) -> (Vec<f32>, usize) {
-    let mut g = Graph::new(ctx());
-    let ids_t = Tensor::from_u32(ctx(), ids_shape, ids).unwrap();
+    lookup_on(ctx(), ids, ids_shape, table, window).unwrap()
+}
+
+/// [`lookup`] on `ctx`, `table` being of `ctx`; an error of the run (the CPU backend's for an id
+/// out of range) is returned.
+fn lookup_on(
+    ctx: &Context,
+    ids: &[u32],
+    ids_shape: &[usize],
+    table: &Tensor,
+    window: Option<u64>,
+) -> Result<(Vec<f32>, usize)> {
+    let mut g = Graph::new(ctx);
+    let ids_t = Tensor::from_u32(ctx, ids_shape, ids).unwrap();
     let vi = g.input(&ids_t);
     let vt = g.weight(table);
     let y = match window {
@@ -50,45 +65,63 @@ fn lookup(
     assert_eq!(g.dims(y), &want_dims[..]);
     g.output(y).unwrap();
     let mut exe = g.build().unwrap();
-    exe.run().unwrap();
-    (exe.read(y).unwrap(), exe.stats().dispatches)
+    exe.run()?;
+    Ok((exe.read(y).unwrap(), exe.stats().dispatches))
 }
 
+/// Ids out of range give zero rows on a GPU; on the CPU backend they are an error naming the
+/// first, and the ids in range gather exactly.
 #[test]
-fn small_tables_gather_exactly_with_zero_rows_out_of_range() {
-    for (vocab, d, dtype) in [
-        (10usize, 4usize, DType::F32),
-        (37, 33, DType::F32),
-        (37, 33, DType::F16),
-        (5, 1, DType::F16),
-    ] {
-        let data = table_data(vocab, d);
-        let table = Tensor::from_f32(ctx(), [vocab, d], dtype, &data).unwrap();
-        let ids: Vec<u32> = vec![
-            0,
-            1,
-            vocab as u32 - 1,
-            vocab as u32,
-            u32::MAX,
-            3,
-            3,
-            vocab as u32 / 2,
-            2,
-            vocab as u32 + 7,
-            0,
-            1,
-            4,
-            2,
-        ];
-        let (got, dispatches) = lookup(&ids, &[2, 7], &table, None);
-        assert_eq!(dispatches, 1);
-        let want = gather_ref(&ids, &data, vocab, d);
-        assert_close(
-            &format!("embedding [{vocab}, {d}] {dtype:?}"),
-            &got,
-            &want,
-            0.0,
-        );
+fn small_tables_gather_exactly_with_zero_rows_or_an_error_out_of_range() {
+    for (backend, ctx) in backends() {
+        for (vocab, d, dtype) in [
+            (10usize, 4usize, DType::F32),
+            (37, 33, DType::F32),
+            (37, 33, DType::F16),
+            (5, 1, DType::F16),
+        ] {
+            let data = table_data(vocab, d);
+            let table = Tensor::from_f32(ctx, [vocab, d], dtype, &data).unwrap();
+            let ids: Vec<u32> = vec![
+                0,
+                1,
+                vocab as u32 - 1,
+                vocab as u32,
+                u32::MAX,
+                3,
+                3,
+                vocab as u32 / 2,
+                2,
+                vocab as u32 + 7,
+                0,
+                1,
+                4,
+                2,
+            ];
+            let name = format!("embedding [{vocab}, {d}] {dtype:?} on {backend}");
+            let ids = if ctx.is_cpu() {
+                let err = lookup_on(ctx, &ids, &[2, 7], &table, None)
+                    .unwrap_err()
+                    .to_string();
+                let first = format!("id {vocab} (position 3)");
+                assert!(
+                    err.contains("embedding") && err.contains(&first),
+                    "{name}: {err}"
+                );
+                // The same ids with the three out of range (positions 3, 4 and 9) in range.
+                let mut ids = ids;
+                for (at, id) in [(3, 0), (4, 1), (9, 2)] {
+                    ids[at] = id;
+                }
+                ids
+            } else {
+                ids
+            };
+            let (got, dispatches) = lookup_on(ctx, &ids, &[2, 7], &table, None).unwrap();
+            assert_eq!(dispatches, 1);
+            let want = gather_ref(&ids, &data, vocab, d);
+            assert_close(&name, &got, &want, 0.0);
+        }
     }
 }
 
@@ -170,21 +203,23 @@ fn roberta_sized_table_is_split_over_bindings() {
 
 #[test]
 fn shape_mismatch_is_an_error_naming_the_op_and_shapes() {
-    let mut g = Graph::new(ctx());
-    let ids = Tensor::from_u32(ctx(), [2, 3], &[0, 1, 2, 3, 4, 5]).unwrap();
-    let vi = g.input(&ids);
-    let table = input(&mut g, &[2, 3, 4], &random(1, 24));
-    let err = g.embedding(vi, table).unwrap_err().to_string();
-    assert!(
-        err.contains("embedding") && err.contains("[2, 3, 4]") && err.contains("[2, 3]"),
-        "{err}"
-    );
-    // Float ids are refused.
-    let float_ids = input(&mut g, &[2, 3], &random(2, 6));
-    let table = input(&mut g, &[10, 4], &random(3, 40));
-    let err = g.embedding(float_ids, table).unwrap_err().to_string();
-    assert!(
-        err.contains("embedding") && err.contains("U32") && err.contains("[2, 3]"),
-        "{err}"
-    );
+    for (backend, ctx) in backends() {
+        let mut g = Graph::new(ctx);
+        let ids = Tensor::from_u32(ctx, [2, 3], &[0, 1, 2, 3, 4, 5]).unwrap();
+        let vi = g.input(&ids);
+        let table = input(&mut g, &[2, 3, 4], &random(1, 24));
+        let err = g.embedding(vi, table).unwrap_err().to_string();
+        assert!(
+            err.contains("embedding") && err.contains("[2, 3, 4]") && err.contains("[2, 3]"),
+            "{backend}: {err}"
+        );
+        // Float ids are refused.
+        let float_ids = input(&mut g, &[2, 3], &random(2, 6));
+        let table = input(&mut g, &[10, 4], &random(3, 40));
+        let err = g.embedding(float_ids, table).unwrap_err().to_string();
+        assert!(
+            err.contains("embedding") && err.contains("U32") && err.contains("[2, 3]"),
+            "{backend}: {err}"
+        );
+    }
 }

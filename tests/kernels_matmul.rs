@@ -1,11 +1,22 @@
-//! GEMM, GEMV, batched matmul and Linear against an f64 CPU reference.
+//! GEMM, GEMV, batched matmul and Linear against an f64 CPU reference, on the GPU and on the CPU
+//! backend (whose one GEMM ignores the kernel choice; the tests of a WGSL kernel are GPU-only).
 
 mod common;
 
 use audioldm::engine::ops::matmul::MatmulKernel;
-use audioldm::engine::{Activation, DType, Graph, Tensor};
+use audioldm::engine::{Activation, Context, DType, Graph, Tensor};
 use common::reference::*;
 use common::*;
+
+/// The kernels a parity test tries on `ctx`: `gpu` on a GPU; on the CPU backend, which ignores
+/// [`MatmulKernel`], just `Auto`.
+fn kernels_on(ctx: &Context, gpu: Vec<MatmulKernel>) -> Vec<MatmulKernel> {
+    if ctx.is_cpu() {
+        vec![MatmulKernel::Auto]
+    } else {
+        gpu
+    }
+}
 
 #[test]
 fn matmul_matches_reference_on_odd_shapes() {
@@ -21,43 +32,47 @@ fn matmul_matches_reference_on_odd_shapes() {
         (1, 101, 260, 36),
         (1, 3, 8, 4),
     ];
-    for (seed, &(batch, m, k, n)) in shapes.iter().enumerate() {
-        let mut kernels = vec![
-            MatmulKernel::Tiled { tm: 4, tn: 4 },
-            MatmulKernel::Tiled { tm: 8, tn: 8 },
-            MatmulKernel::Gemv,
-            MatmulKernel::Naive,
-            MatmulKernel::Tiles { f16: false },
-        ];
-        if n % 4 == 0 && k % 4 == 0 {
-            kernels.push(MatmulKernel::TiledN4 { tm: 4, tn: 2 });
-            kernels.push(MatmulKernel::TiledN4 { tm: 8, tn: 1 });
-        }
-        for kernel in kernels {
-            for b_batched in [false, true] {
-                let a = random(seed as u64 * 10, batch * m * k);
-                let bn = if b_batched { batch } else { 1 };
-                let b = random(seed as u64 * 10 + 1, bn * k * n);
-                let mut g = Graph::new(ctx());
-                let va = input(&mut g, &[batch, m, k], &a);
-                let vb = if b_batched {
-                    input(&mut g, &[batch, k, n], &b)
-                } else {
-                    input(&mut g, &[k, n], &b)
-                };
-                let out = g.matmul_with(va, vb, 0.5, kernel).unwrap();
-                assert_eq!(g.dims(out), &[batch, m, n]);
-                let got = run(g, out);
-                let want: Vec<f64> = matmul_ref(&a, &b, batch, m, k, n, b_batched)
-                    .iter()
-                    .map(|v| v * 0.5)
-                    .collect();
-                assert_close(
-                    &format!("matmul {kernel:?} b{batch} {m}x{k}x{n} batched_b={b_batched}"),
-                    &got,
-                    &want,
-                    1e-5,
-                );
+    for (backend, ctx) in backends() {
+        for (seed, &(batch, m, k, n)) in shapes.iter().enumerate() {
+            let mut kernels = vec![
+                MatmulKernel::Tiled { tm: 4, tn: 4 },
+                MatmulKernel::Tiled { tm: 8, tn: 8 },
+                MatmulKernel::Gemv,
+                MatmulKernel::Naive,
+                MatmulKernel::Tiles { f16: false },
+            ];
+            if n % 4 == 0 && k % 4 == 0 {
+                kernels.push(MatmulKernel::TiledN4 { tm: 4, tn: 2 });
+                kernels.push(MatmulKernel::TiledN4 { tm: 8, tn: 1 });
+            }
+            for kernel in kernels_on(ctx, kernels) {
+                for b_batched in [false, true] {
+                    let a = random(seed as u64 * 10, batch * m * k);
+                    let bn = if b_batched { batch } else { 1 };
+                    let b = random(seed as u64 * 10 + 1, bn * k * n);
+                    let mut g = Graph::new(ctx);
+                    let va = input(&mut g, &[batch, m, k], &a);
+                    let vb = if b_batched {
+                        input(&mut g, &[batch, k, n], &b)
+                    } else {
+                        input(&mut g, &[k, n], &b)
+                    };
+                    let out = g.matmul_with(va, vb, 0.5, kernel).unwrap();
+                    assert_eq!(g.dims(out), &[batch, m, n]);
+                    let got = run(g, out);
+                    let want: Vec<f64> = matmul_ref(&a, &b, batch, m, k, n, b_batched)
+                        .iter()
+                        .map(|v| v * 0.5)
+                        .collect();
+                    assert_close(
+                        &format!(
+                            "matmul {kernel:?} b{batch} {m}x{k}x{n} batched_b={b_batched} on {backend}"
+                        ),
+                        &got,
+                        &want,
+                        1e-5,
+                    );
+                }
             }
         }
     }
@@ -172,22 +187,26 @@ fn long_reductions_stay_within_1e4() {
     for &(m, k, n) in &[(9, 4096, 11), (3, 3072, 5), (9, 4096, 12)] {
         let a = random(7, m * k);
         let b = random(8, k * n);
-        for kernel in [
-            MatmulKernel::Auto,
-            MatmulKernel::Gemv,
-            MatmulKernel::Tiles { f16: false },
-        ] {
-            let mut g = Graph::new(ctx());
-            let va = input(&mut g, &[m, k], &a);
-            let vb = input(&mut g, &[k, n], &b);
-            let out = g.matmul_with(va, vb, 1.0, kernel).unwrap();
-            let got = run(g, out);
-            assert_close(
-                &format!("matmul {kernel:?} K={k}"),
-                &got,
-                &matmul_ref(&a, &b, 1, m, k, n, false),
-                1e-4,
-            );
+        let want = matmul_ref(&a, &b, 1, m, k, n, false);
+        for (backend, ctx) in backends() {
+            let kernels = vec![
+                MatmulKernel::Auto,
+                MatmulKernel::Gemv,
+                MatmulKernel::Tiles { f16: false },
+            ];
+            for kernel in kernels_on(ctx, kernels) {
+                let mut g = Graph::new(ctx);
+                let va = input(&mut g, &[m, k], &a);
+                let vb = input(&mut g, &[k, n], &b);
+                let out = g.matmul_with(va, vb, 1.0, kernel).unwrap();
+                let got = run(g, out);
+                assert_close(
+                    &format!("matmul {kernel:?} {m}x{k}x{n} on {backend}"),
+                    &got,
+                    &want,
+                    1e-4,
+                );
+            }
         }
     }
 }
@@ -222,54 +241,52 @@ fn linear_fuses_bias_activation_and_residual() {
                 let w = random(seed + 1, n * k);
                 let bias = random(seed + 2, n);
                 let res = random(seed + 3, rows * n);
-                let mut g = Graph::new(ctx());
-                let vx = input(&mut g, &[rows, k], &x);
-                let wt = Tensor::from_f32(ctx(), [n, k], dtype, &w).unwrap();
-                let vw = g.weight(&wt);
-                let vb = input(&mut g, &[n], &bias);
-                let vr = input(&mut g, &[rows, n], &res);
-                let out = g.linear(vx, vw, Some(vb), act, Some(vr)).unwrap();
-                let got = run(g, out);
                 let w_used = if dtype == DType::F16 {
                     f16_round(&w)
                 } else {
                     w.clone()
                 };
-                let mut want = vec![0.0; rows * n];
-                for i in 0..rows {
-                    for j in 0..n {
-                        let dot: f64 = (0..k)
-                            .map(|p| x[i * k + p] as f64 * w_used[j * k + p] as f64)
-                            .sum();
-                        want[i * n + j] =
-                            act_ref(dot + bias[j] as f64, act) + res[i * n + j] as f64;
-                    }
-                }
-                let tol = 1e-5;
-                assert_close(
-                    &format!("linear {rows}x{k}->{n} {act:?} {dtype:?}"),
-                    &got,
-                    &want,
-                    tol,
-                );
-                if dtype == DType::F16 {
-                    // Against the unrounded f32 weights, f16 storage stays within 1e-2.
-                    let mut want32 = vec![0.0; rows * n];
+                // With the weights used (f16-rounded when stored so), and with the f32 weights.
+                let reference = |w: &[f32]| {
+                    let mut want = vec![0.0; rows * n];
                     for i in 0..rows {
                         for j in 0..n {
                             let dot: f64 = (0..k)
                                 .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
                                 .sum();
-                            want32[i * n + j] =
+                            want[i * n + j] =
                                 act_ref(dot + bias[j] as f64, act) + res[i * n + j] as f64;
                         }
                     }
+                    want
+                };
+                let want = reference(&w_used);
+                let want32 = reference(&w);
+                for (backend, ctx) in backends() {
+                    let mut g = Graph::new(ctx);
+                    let vx = input(&mut g, &[rows, k], &x);
+                    let wt = Tensor::from_f32(ctx, [n, k], dtype, &w).unwrap();
+                    let vw = g.weight(&wt);
+                    let vb = input(&mut g, &[n], &bias);
+                    let vr = input(&mut g, &[rows, n], &res);
+                    let out = g.linear(vx, vw, Some(vb), act, Some(vr)).unwrap();
+                    let got = run(g, out);
+                    let tol = 1e-5;
                     assert_close(
-                        &format!("linear f16-vs-f32 {rows}x{k}->{n} {act:?}"),
+                        &format!("linear {rows}x{k}->{n} {act:?} {dtype:?} on {backend}"),
                         &got,
-                        &want32,
-                        1e-2,
+                        &want,
+                        tol,
                     );
+                    if dtype == DType::F16 {
+                        // Against the unrounded f32 weights, f16 storage stays within 1e-2.
+                        assert_close(
+                            &format!("linear f16-vs-f32 {rows}x{k}->{n} {act:?} on {backend}"),
+                            &got,
+                            &want32,
+                            1e-2,
+                        );
+                    }
                 }
             }
         }
@@ -278,23 +295,25 @@ fn linear_fuses_bias_activation_and_residual() {
 
 #[test]
 fn shape_mismatch_is_an_error_naming_the_op_and_shapes() {
-    let mut g = Graph::new(ctx());
-    let a = input(&mut g, &[3, 5], &random(1, 15));
-    let b = input(&mut g, &[6, 2], &random(2, 12));
-    let err = g.matmul(a, b, 1.0).unwrap_err().to_string();
-    assert!(
-        err.contains("matmul") && err.contains("[3, 5]") && err.contains("[6, 2]"),
-        "{err}"
-    );
-    let w = input(&mut g, &[4, 7], &random(3, 28));
-    let err = g
-        .linear(a, w, None, Activation::None, None)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("linear") && err.contains("[3, 5]") && err.contains("[4, 7]"),
-        "{err}"
-    );
+    for (backend, ctx) in backends() {
+        let mut g = Graph::new(ctx);
+        let a = input(&mut g, &[3, 5], &random(1, 15));
+        let b = input(&mut g, &[6, 2], &random(2, 12));
+        let err = g.matmul(a, b, 1.0).unwrap_err().to_string();
+        assert!(
+            err.contains("matmul") && err.contains("[3, 5]") && err.contains("[6, 2]"),
+            "{backend}: {err}"
+        );
+        let w = input(&mut g, &[4, 7], &random(3, 28));
+        let err = g
+            .linear(a, w, None, Activation::None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("linear") && err.contains("[3, 5]") && err.contains("[4, 7]"),
+            "{backend}: {err}"
+        );
+    }
 }
 
 /// The workgroup-tile kernel computing in f16 (f32 accumulation): within 1e-2 of the f64

@@ -1,5 +1,6 @@
 //! GroupNorm (+SiLU), LayerNorm, L2 normalisation and softmax against f64 CPU references, with
-//! the portable workgroup reductions and with the subgroup ones (`KernelVariants::subgroups`).
+//! the portable workgroup reductions and with the subgroup ones (`KernelVariants::subgroups`),
+//! and on the CPU backend.
 
 mod common;
 
@@ -10,8 +11,9 @@ use audioldm::engine::{Context, Graph, KernelVariants, Tensor};
 use common::reference::*;
 use common::*;
 
-/// The process's context (portable reductions on lavapipe) and one with the subgroup reductions
-/// forced on. CI's adapter (lavapipe) offers SUBGROUP, so there both always run.
+/// The process's context (portable reductions on lavapipe), one with the subgroup reductions
+/// forced on, and the CPU backend. CI's adapter (lavapipe) offers SUBGROUP, so there both GPU
+/// reductions always run.
 fn contexts() -> Vec<(&'static str, &'static Context)> {
     static SUBGROUPS: OnceLock<Option<Context>> = OnceLock::new();
     let subgroups = SUBGROUPS.get_or_init(|| {
@@ -36,6 +38,7 @@ fn contexts() -> Vec<(&'static str, &'static Context)> {
         all[0].0 = "subgroups (the adapter's choice)";
     }
     all.extend(subgroups.as_ref().map(|s| ("subgroups", s)));
+    all.push(("cpu", cpu_ctx()));
     all
 }
 
@@ -327,45 +330,53 @@ fn softmax_matches_reference() {
 
 #[test]
 fn shape_mismatch_is_an_error_naming_the_op_and_shapes() {
-    let mut g = Graph::new(ctx());
-    let x = input(&mut g, &[2, 6, 5], &random(1, 60));
-    let err = g
-        .group_norm(x, 4, None, None, 1e-5, false)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("group_norm") && err.contains("[2, 6, 5]"),
-        "{err}"
-    );
-    let gamma = input(&mut g, &[5], &random(2, 5));
-    let err = g
-        .group_norm(x, 3, Some(gamma), None, 1e-5, false)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("group_norm") && err.contains("[2, 6, 5]") && err.contains("[5]"),
-        "{err}"
-    );
-    let flat = input(&mut g, &[7], &random(3, 7));
-    let err = g
-        .group_norm(flat, 1, None, None, 1e-5, false)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("group_norm") && err.contains("[7]"), "{err}");
+    for (backend, ctx) in backends() {
+        let mut g = Graph::new(ctx);
+        let x = input(&mut g, &[2, 6, 5], &random(1, 60));
+        let err = g
+            .group_norm(x, 4, None, None, 1e-5, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("group_norm") && err.contains("[2, 6, 5]"),
+            "{backend}: {err}"
+        );
+        let gamma = input(&mut g, &[5], &random(2, 5));
+        let err = g
+            .group_norm(x, 3, Some(gamma), None, 1e-5, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("group_norm") && err.contains("[2, 6, 5]") && err.contains("[5]"),
+            "{backend}: {err}"
+        );
+        let flat = input(&mut g, &[7], &random(3, 7));
+        let err = g
+            .group_norm(flat, 1, None, None, 1e-5, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("group_norm") && err.contains("[7]"),
+            "{backend}: {err}"
+        );
 
-    let beta = input(&mut g, &[6], &random(4, 6));
-    let err = g.layer_norm(x, gamma, beta, 1e-5).unwrap_err().to_string();
-    assert!(
-        err.contains("layer_norm") && err.contains("[2, 6, 5]") && err.contains("[6]"),
-        "{err}"
-    );
+        let beta = input(&mut g, &[6], &random(4, 6));
+        let err = g.layer_norm(x, gamma, beta, 1e-5).unwrap_err().to_string();
+        assert!(
+            err.contains("layer_norm") && err.contains("[2, 6, 5]") && err.contains("[6]"),
+            "{backend}: {err}"
+        );
 
-    let ids = Tensor::from_u32(ctx(), [2, 3], &[0, 1, 2, 3, 4, 5]).unwrap();
-    let ids = g.input(&ids);
-    for err in [
-        g.softmax(ids, 1.0).unwrap_err().to_string(),
-        g.l2_normalize(ids, 1e-12).unwrap_err().to_string(),
-    ] {
-        assert!(err.contains("U32") && err.contains("[2, 3]"), "{err}");
+        let ids = Tensor::from_u32(ctx, [2, 3], &[0, 1, 2, 3, 4, 5]).unwrap();
+        let ids = g.input(&ids);
+        for err in [
+            g.softmax(ids, 1.0).unwrap_err().to_string(),
+            g.l2_normalize(ids, 1e-12).unwrap_err().to_string(),
+        ] {
+            assert!(
+                err.contains("U32") && err.contains("[2, 3]"),
+                "{backend}: {err}"
+            );
+        }
     }
 }

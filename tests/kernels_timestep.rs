@@ -1,5 +1,5 @@
 //! Sinusoidal timestep embedding against diffusers' `get_timestep_embedding`, evaluated in f64
-//! from the same f32 argument PyTorch forms (t * freq in f32).
+//! from the same f32 argument PyTorch forms (t * freq in f32), on the GPU and on the CPU backend.
 
 mod common;
 
@@ -93,21 +93,23 @@ const CONFIGS: [Config; 5] = [
 fn matches_diffusers_for_fixed_timesteps() {
     for c in &CONFIGS {
         for (batch, t) in [(1usize, 0.0f32), (2, 1.0), (3, 999.0), (1, 500.5)] {
-            let mut g = Graph::new(ctx());
-            let y = g
-                .timestep_embedding(batch, t, c.dim, c.flip, c.shift, c.max_period)
-                .unwrap();
-            assert_eq!(g.dims(y), &[batch, c.dim]);
-            let got = run(g, y);
-            let name = format!(
-                "timestep dim {} flip {} shift {} period {} t {t} batch {batch}",
-                c.dim, c.flip, c.shift, c.max_period
-            );
-            assert_close(&name, &got, &embedding_ref(c, batch, t, true), 1e-6);
-            let exact = max_abs_err(&got, &embedding_ref(c, batch, t, false));
-            println!("{name}: vs exact (f64) argument: max abs err {exact:.3e}");
-            if c.dim % 2 == 1 {
-                assert!(got.chunks(c.dim).all(|row| row[c.dim - 1] == 0.0));
+            for (backend, ctx) in backends() {
+                let mut g = Graph::new(ctx);
+                let y = g
+                    .timestep_embedding(batch, t, c.dim, c.flip, c.shift, c.max_period)
+                    .unwrap();
+                assert_eq!(g.dims(y), &[batch, c.dim]);
+                let got = run(g, y);
+                let name = format!(
+                    "timestep dim {} flip {} shift {} period {} t {t} batch {batch} on {backend}",
+                    c.dim, c.flip, c.shift, c.max_period
+                );
+                assert_close(&name, &got, &embedding_ref(c, batch, t, true), 1e-6);
+                let exact = max_abs_err(&got, &embedding_ref(c, batch, t, false));
+                println!("{name}: vs exact (f64) argument: max abs err {exact:.3e}");
+                if c.dim % 2 == 1 {
+                    assert!(got.chunks(c.dim).all(|row| row[c.dim - 1] == 0.0));
+                }
             }
         }
     }
@@ -117,43 +119,47 @@ fn matches_diffusers_for_fixed_timesteps() {
 /// (args up to 1000 rad) stays within 1e-6 of sin/cos of the f32 argument.
 #[test]
 fn timestep_changes_on_replay() {
-    let c = &CONFIGS[1];
-    let mut g = Graph::new(ctx());
-    let t = g.scalar(0.0);
-    let y = g
-        .timestep_embedding(2, t, c.dim, c.flip, c.shift, c.max_period)
-        .unwrap();
-    g.output(y).unwrap();
-    let mut exe = g.build().unwrap();
-    let mut ts: Vec<f32> = vec![0.0, 1.0, 999.0, 500.5, 20.0, 981.0];
-    ts.extend((0..40).map(|i| i as f32 * 24.97 + 0.3));
-    let mut worst = 0.0f64;
-    for &tv in &ts {
-        exe.set_scalar(t, tv);
-        exe.run().unwrap();
-        let got = exe.read(y).unwrap();
-        let err = max_abs_err(&got, &embedding_ref(c, 2, tv, true));
-        assert!(err <= 1e-6, "t = {tv}: max abs err {err:.3e}");
-        worst = worst.max(err);
+    for (backend, ctx) in backends() {
+        let c = &CONFIGS[1];
+        let mut g = Graph::new(ctx);
+        let t = g.scalar(0.0);
+        let y = g
+            .timestep_embedding(2, t, c.dim, c.flip, c.shift, c.max_period)
+            .unwrap();
+        g.output(y).unwrap();
+        let mut exe = g.build().unwrap();
+        let mut ts: Vec<f32> = vec![0.0, 1.0, 999.0, 500.5, 20.0, 981.0];
+        ts.extend((0..40).map(|i| i as f32 * 24.97 + 0.3));
+        let mut worst = 0.0f64;
+        for &tv in &ts {
+            exe.set_scalar(t, tv);
+            exe.run().unwrap();
+            let got = exe.read(y).unwrap();
+            let err = max_abs_err(&got, &embedding_ref(c, 2, tv, true));
+            assert!(err <= 1e-6, "t = {tv} on {backend}: max abs err {err:.3e}");
+            worst = worst.max(err);
+        }
+        println!(
+            "timestep replay over {} values of t on {backend}: max abs err {worst:.3e}",
+            ts.len()
+        );
+        assert_eq!(exe.stats().runs, ts.len());
     }
-    println!(
-        "timestep replay over {} values of t: max abs err {worst:.3e}",
-        ts.len()
-    );
-    assert_eq!(exe.stats().runs, ts.len());
 }
 
 #[test]
 fn bad_dims_are_an_error_naming_the_op() {
-    let mut g = Graph::new(ctx());
-    for (batch, dim, shift) in [(0usize, 128usize, 0.0f32), (1, 1, 0.0), (1, 2, 1.0)] {
-        let err = g
-            .timestep_embedding(batch, 1.0, dim, false, shift, 10000.0)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("timestep_embedding") && err.contains(&format!("dim {dim}")),
-            "{err}"
-        );
+    for (backend, ctx) in backends() {
+        let mut g = Graph::new(ctx);
+        for (batch, dim, shift) in [(0usize, 128usize, 0.0f32), (1, 1, 0.0), (1, 2, 1.0)] {
+            let err = g
+                .timestep_embedding(batch, 1.0, dim, false, shift, 10000.0)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("timestep_embedding") && err.contains(&format!("dim {dim}")),
+                "{backend}: {err}"
+            );
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! Nearest-neighbour resizing against PyTorch's index formula (in f32): copies must be exact.
+//! Nearest-neighbour resizing against PyTorch's index formula (in f32), on the GPU and on the CPU
+//! backend: copies must be exact.
 
 mod common;
 
@@ -43,17 +44,20 @@ fn upsample_nearest_matches_pytorch_indexing() {
     ];
     for (seed, &(dims, out_h, out_w)) in cases.iter().enumerate() {
         let x = random(seed as u64, dims.iter().product());
-        let mut g = Graph::new(ctx());
-        let vx = input(&mut g, &dims, &x);
-        let y = g.upsample_nearest(vx, out_h, out_w).unwrap();
-        assert_eq!(g.dims(y), &[dims[0], dims[1], out_h, out_w]);
-        let got = run(g, y);
-        assert_close(
-            &format!("upsample_nearest {dims:?} -> {out_h}x{out_w}"),
-            &got,
-            &upsample_ref(&x, dims, out_h, out_w),
-            0.0,
-        );
+        let want = upsample_ref(&x, dims, out_h, out_w);
+        for (backend, ctx) in backends() {
+            let mut g = Graph::new(ctx);
+            let vx = input(&mut g, &dims, &x);
+            let y = g.upsample_nearest(vx, out_h, out_w).unwrap();
+            assert_eq!(g.dims(y), &[dims[0], dims[1], out_h, out_w]);
+            let got = run(g, y);
+            assert_close(
+                &format!("upsample_nearest {dims:?} -> {out_h}x{out_w} on {backend}"),
+                &got,
+                &want,
+                0.0,
+            );
+        }
     }
 }
 
@@ -66,32 +70,37 @@ fn f32_rounding_of_the_scale_is_reproduced() {
     assert_eq!(source_index(41, 2, 82), 0);
     for (dims, out_h, out_w) in [([1, 2, 26, 2], 44, 82), ([1, 1, 32, 48], 82, 123)] {
         let x = random(99, dims.iter().product());
-        let mut g = Graph::new(ctx());
-        let vx = input(&mut g, &dims, &x);
-        let y = g.upsample_nearest(vx, out_h, out_w).unwrap();
-        let got = run(g, y);
-        assert_close(
-            &format!("upsample_nearest {dims:?} -> {out_h}x{out_w}"),
-            &got,
-            &upsample_ref(&x, dims, out_h, out_w),
-            0.0,
-        );
+        let want = upsample_ref(&x, dims, out_h, out_w);
+        for (backend, ctx) in backends() {
+            let mut g = Graph::new(ctx);
+            let vx = input(&mut g, &dims, &x);
+            let y = g.upsample_nearest(vx, out_h, out_w).unwrap();
+            let got = run(g, y);
+            assert_close(
+                &format!("upsample_nearest {dims:?} -> {out_h}x{out_w} on {backend}"),
+                &got,
+                &want,
+                0.0,
+            );
+        }
     }
 }
 
 #[test]
 fn shape_mismatch_is_an_error_naming_the_op_and_shapes() {
-    let mut g = Graph::new(ctx());
-    let x = input(&mut g, &[2, 3, 4], &random(1, 24));
-    let err = g.upsample_nearest(x, 8, 8).unwrap_err().to_string();
-    assert!(
-        err.contains("upsample_nearest") && err.contains("[2, 3, 4]") && err.contains("8x8"),
-        "{err}"
-    );
-    let x = input(&mut g, &[1, 2, 3, 4], &random(2, 24));
-    let err = g.upsample_nearest(x, 0, 8).unwrap_err().to_string();
-    assert!(
-        err.contains("upsample_nearest") && err.contains("[1, 2, 3, 4]"),
-        "{err}"
-    );
+    for (backend, ctx) in backends() {
+        let mut g = Graph::new(ctx);
+        let x = input(&mut g, &[2, 3, 4], &random(1, 24));
+        let err = g.upsample_nearest(x, 8, 8).unwrap_err().to_string();
+        assert!(
+            err.contains("upsample_nearest") && err.contains("[2, 3, 4]") && err.contains("8x8"),
+            "{backend}: {err}"
+        );
+        let x = input(&mut g, &[1, 2, 3, 4], &random(2, 24));
+        let err = g.upsample_nearest(x, 0, 8).unwrap_err().to_string();
+        assert!(
+            err.contains("upsample_nearest") && err.contains("[1, 2, 3, 4]"),
+            "{backend}: {err}"
+        );
+    }
 }

@@ -36,6 +36,18 @@ pub fn ctx() -> &'static Context {
     ctx
 }
 
+/// The process's context of the CPU backend ([`Context::cpu`]).
+pub fn cpu_ctx() -> &'static Context {
+    static CPU: OnceLock<Context> = OnceLock::new();
+    CPU.get_or_init(Context::cpu)
+}
+
+/// Both backends, named: the GPU context ([`ctx`]) and the CPU backend's ([`cpu_ctx`]), for the
+/// kernel tests that hold each to the same reference and tolerance.
+pub fn backends() -> [(&'static str, &'static Context); 2] {
+    [("gpu", ctx()), ("cpu", cpu_ctx())]
+}
+
 /// A context of the test's own (other kernel variants), as [`ctx`]'s: the environment's adapter
 /// and limits profile, under the validation layer.
 pub fn new_ctx() -> Context {
