@@ -155,7 +155,7 @@ fn audio_model_in(
     use audioldm::model::nn::Loader;
     let ckpt = Checkpoint::open(&dir.join("model.safetensors")).expect("model");
     let loader = Loader {
-        ctx: common::ctx(),
+        ctx: common::model_ctx(),
         precision,
     };
     pollster::block_on(
@@ -182,7 +182,7 @@ fn check_stages(
 ) -> (usize, f64) {
     use audioldm::engine::{DType, Graph, Tensor};
     use audioldm::model::clap_audio::Taps;
-    let ctx = common::ctx();
+    let ctx = common::model_ctx();
     let (_, features) = goldens.f32_any("features_short").unwrap();
     let input = Tensor::from_f32(ctx, [1, 1001, 64], DType::F32, &features).unwrap();
     let mut g = Graph::new(ctx);
@@ -269,7 +269,7 @@ fn full_size_audio_tower_matches_transformers() {
 fn audio_tower_embeds_a_batch_as_each_clip_alone() {
     use audioldm::engine::{DType, Graph, Tensor};
     use audioldm::model::clap_audio::Taps;
-    let ctx = common::ctx();
+    let ctx = common::model_ctx();
     let model = tiny_audio_model();
     let goldens = goldens();
     let (_, short) = goldens.f32_any("features_short").unwrap();
@@ -324,7 +324,7 @@ fn clap_model_scores_clips_against_prompts_as_transformers() {
     use audioldm::audio::Audio;
     use audioldm::model::clap::{ClapModel, cosine_similarity};
     use audioldm::model::nn::{Loader, Precision};
-    let ctx = common::ctx();
+    let ctx = common::model_ctx();
     let loader = Loader {
         ctx,
         precision: Precision::default(),
@@ -390,7 +390,7 @@ fn a_clap_model_whose_towers_disagree_is_refused() {
     config["text_config"]["projection_dim"] = 32.into();
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     let loader = Loader {
-        ctx: common::ctx(),
+        ctx: common::model_ctx(),
         precision: Precision::default(),
     };
     let err = ClapModel::load(&loader, &dir)

@@ -11,11 +11,12 @@ use std::sync::atomic::AtomicBool;
 
 use audioldm::audio::Audio;
 use audioldm::checkpoint::Checkpoint;
+use audioldm::engine::Context;
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::ranking::{ClapScorer, MAX_CANDIDATES};
 use audioldm::pipeline::variation::{VariationRequest, blend};
 use audioldm::pipeline::{Event, Pipeline, Request};
-use common::{assert_close, ctx, f64s, fixtures, max_abs_err};
+use common::{assert_close, cpu_ctx, ctx, f64s, fixtures, max_abs_err, model_ctx};
 
 fn goldens() -> &'static Checkpoint {
     static GOLDENS: OnceLock<Checkpoint> = OnceLock::new();
@@ -44,24 +45,32 @@ fn meta(key: &str) -> String {
         .clone()
 }
 
-fn pipeline() -> &'static Pipeline {
-    static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
-    PIPELINE.get_or_init(|| {
-        Pipeline::load(ctx(), &fixtures().join("tiny"), Precision::default()).expect("pipeline")
-    })
-}
-
-fn scorer() -> &'static ClapScorer {
-    static SCORER: OnceLock<ClapScorer> = OnceLock::new();
-    SCORER.get_or_init(|| {
-        ClapScorer::load(
-            ctx(),
+/// The tiny pipeline and the tiny CLAP on `ctx` (the GPU context or the CPU backend's), loaded
+/// once per backend.
+fn models(ctx: &'static Context) -> &'static (Pipeline, ClapScorer) {
+    static GPU: OnceLock<(Pipeline, ClapScorer)> = OnceLock::new();
+    static CPU: OnceLock<(Pipeline, ClapScorer)> = OnceLock::new();
+    let models = if ctx.is_cpu() { &CPU } else { &GPU };
+    models.get_or_init(|| {
+        let pipeline =
+            Pipeline::load(ctx, &fixtures().join("tiny"), Precision::default()).expect("pipeline");
+        let scorer = ClapScorer::load(
+            ctx,
             &fixtures().join("tiny-clap"),
             Precision::default(),
             &fixtures().join("tiny/tokenizer"),
         )
-        .expect("CLAP")
+        .expect("CLAP");
+        (pipeline, scorer)
     })
+}
+
+fn pipeline() -> &'static Pipeline {
+    &models(model_ctx()).0
+}
+
+fn scorer() -> &'static ClapScorer {
+    &models(model_ctx()).1
 }
 
 fn request() -> Request {
@@ -203,14 +212,27 @@ fn variation(prompt: &str, mix: f32) -> VariationRequest {
     }
 }
 
+/// The variation goldens hold on the GPU (lavapipe here) and on the CPU backend alike.
 #[test]
-fn variations_match_diffusers_end_to_end() {
+fn variations_match_diffusers_end_to_end_on_the_gpu() {
+    variations_match_diffusers_end_to_end(ctx());
+}
+
+#[test]
+fn variations_match_diffusers_end_to_end_on_the_cpu() {
+    variations_match_diffusers_end_to_end(cpu_ctx());
+}
+
+fn variations_match_diffusers_end_to_end(ctx: &'static Context) {
+    let backend = if ctx.is_cpu() { "cpu" } else { "gpu" };
+    let (pipeline, scorer) = models(ctx);
     let mix: f32 = meta("mix").parse().unwrap();
-    for (name, prompt) in [("vary", String::new()), ("vary_mix", meta("vary_prompt"))] {
-        let made = pipeline()
+    for (vary, prompt) in [("vary", String::new()), ("vary_mix", meta("vary_prompt"))] {
+        let name = format!("{backend}: {vary}");
+        let made = pipeline
             .vary(
                 &variation(&prompt, mix),
-                scorer(),
+                scorer,
                 &AtomicBool::new(false),
                 |_| {},
             )
@@ -223,14 +245,14 @@ fn variations_match_diffusers_end_to_end() {
             1e-4,
         );
         let out = &made.output;
-        let (_, embeds) = golden(&format!("{name}_text_embeds"));
+        let (_, embeds) = golden(&format!("{vary}_text_embeds"));
         assert_close(
             &format!("{name}: [negative, condition]"),
             &out.text_embeds,
             &f64s(&embeds),
             1e-4,
         );
-        let (shape, latents) = golden(&format!("{name}_latents"));
+        let (shape, latents) = golden(&format!("{vary}_latents"));
         assert_eq!(out.latent_shape.to_vec(), shape);
         assert_close(
             &format!("{name}: final latents"),
@@ -238,7 +260,7 @@ fn variations_match_diffusers_end_to_end() {
             &f64s(&latents),
             1e-3,
         );
-        let (_, wave) = golden(&format!("{name}_waveform"));
+        let (_, wave) = golden(&format!("{vary}_waveform"));
         assert_close(
             &format!("{name}: waveform"),
             &out.audio.samples,

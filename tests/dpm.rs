@@ -1,7 +1,8 @@
 //! DPM-Solver++ 2M against diffusers' `DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`
 //! on the tiny model (`scripts/reference/make_dpm_reference.py`), with the config's own
 //! `timestep_spacing` ("leading", as the fixture's file names it) and without one (DPM's default
-//! "linspace", as the Hub checkpoints' files are).
+//! "linspace", as the Hub checkpoints' files are); the goldens on the GPU (lavapipe here) and on the
+//! CPU backend, the other tests on `model_ctx()`.
 
 mod common;
 
@@ -9,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use audioldm::checkpoint::Checkpoint;
+use audioldm::engine::Context;
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::ddim::DdimScheduler;
 use audioldm::pipeline::dpm::DpmSolver;
 use audioldm::pipeline::edit::{EditRequest, Mode};
 use audioldm::pipeline::{Event, Pipeline, Request, SchedulerKind, noise};
-use common::{assert_close, ctx, f64s, fixtures};
+use common::{assert_close, cpu_ctx, ctx, f64s, fixtures, model_ctx};
 
 fn goldens() -> Checkpoint {
     Checkpoint::open(&fixtures().join("tiny-dpm-goldens.safetensors")).expect("goldens")
@@ -60,9 +62,20 @@ fn request(steps: usize) -> Request {
 }
 
 #[test]
-fn dpm_solver_matches_diffusers_with_either_spacing() {
+fn dpm_solver_matches_diffusers_with_either_spacing_on_the_gpu() {
+    dpm_solver_matches_diffusers_with_either_spacing(ctx());
+}
+
+#[test]
+fn dpm_solver_matches_diffusers_with_either_spacing_on_the_cpu() {
+    dpm_solver_matches_diffusers_with_either_spacing(cpu_ctx());
+}
+
+fn dpm_solver_matches_diffusers_with_either_spacing(ctx: &Context) {
+    let backend = if ctx.is_cpu() { "cpu" } else { "gpu" };
     let goldens = goldens();
-    let without_spacing = tiny_with_scheduler("linspace", |c| {
+    // A folder per backend: the two tests run at once.
+    let without_spacing = tiny_with_scheduler(&format!("linspace-{backend}"), |c| {
         c.as_object_mut().unwrap().remove("timestep_spacing");
     });
     for (spacing, dir) in [
@@ -81,7 +94,7 @@ fn dpm_solver_matches_diffusers_with_either_spacing() {
             .collect();
         assert_eq!(got_t, want_t, "{spacing} timesteps");
 
-        let pipeline = Pipeline::load(ctx(), &dir, Precision::default()).expect("load");
+        let pipeline = Pipeline::load(ctx, &dir, Precision::default()).expect("load");
         let mut steps = Vec::new();
         let out = pipeline
             .generate(&request(5), &AtomicBool::new(false), |e| {
@@ -94,14 +107,14 @@ fn dpm_solver_matches_diffusers_with_either_spacing() {
         let (shape, latents) = goldens.f32_any(&format!("{spacing}_latents")).unwrap();
         assert_eq!(out.latent_shape.to_vec(), shape);
         assert_close(
-            &format!("DPM-Solver++ ({spacing}) final latents"),
+            &format!("{backend}: DPM-Solver++ ({spacing}) final latents"),
             &out.latents,
             &f64s(&latents),
             1e-4,
         );
         let (_, wave) = goldens.f32_any(&format!("{spacing}_waveform")).unwrap();
         assert_close(
-            &format!("DPM-Solver++ ({spacing}) waveform"),
+            &format!("{backend}: DPM-Solver++ ({spacing}) waveform"),
             &out.audio.samples,
             &f64s(&wave),
             1e-3,
@@ -117,7 +130,7 @@ fn dpm_solver_matches_diffusers_with_either_spacing() {
 #[test]
 fn schedulers_share_the_step_graph_without_leaking_state() {
     let pipeline =
-        Pipeline::load(ctx(), &fixtures().join("tiny"), Precision::default()).expect("load");
+        Pipeline::load(model_ctx(), &fixtures().join("tiny"), Precision::default()).expect("load");
     let cancel = AtomicBool::new(false);
     let ddim = Request {
         scheduler: SchedulerKind::Ddim,
@@ -135,7 +148,7 @@ fn schedulers_share_the_step_graph_without_leaking_state() {
 #[test]
 fn dpm_solver_refuses_what_it_does_not_do() {
     let pipeline =
-        Pipeline::load(ctx(), &fixtures().join("tiny"), Precision::default()).expect("load");
+        Pipeline::load(model_ctx(), &fixtures().join("tiny"), Precision::default()).expect("load");
     let cancel = AtomicBool::new(false);
     let with_eta = Request {
         eta: 0.5,

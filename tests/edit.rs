@@ -1,7 +1,7 @@
 //! Audio-to-audio against `scripts/reference/make_edit_reference.py` on the tiny random model:
 //! the input front end, and style transfer, inpainting, super-resolution and continuation with
-//! eta 0 and eta 1 (source latents, final latents, mel, waveform, mask); then bad input and
-//! cancellation.
+//! eta 0 and eta 1 (source latents, final latents, mel, waveform, mask), on the GPU (lavapipe here)
+//! and on the CPU backend; then bad input and cancellation (on `model_ctx()`).
 
 mod common;
 
@@ -16,6 +16,7 @@ use audioldm::audio::decode::decode_file;
 use audioldm::audio::mel::MelFrontEnd;
 use audioldm::audio::resample::resample;
 use audioldm::checkpoint::Checkpoint;
+use audioldm::engine::Context;
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::edit::{EditRequest, Mode};
 use audioldm::pipeline::{Event, Output, Pipeline, Request, SchedulerKind};
@@ -40,9 +41,13 @@ fn golden(name: &str) -> Vec<f32> {
     tiny_goldens().f32_any(name).expect(name).1
 }
 
-fn pipeline() -> Pipeline {
-    Pipeline::load(ctx(), &fixtures().join("tiny"), Precision::default())
+fn pipeline_on(ctx: &Context) -> Pipeline {
+    Pipeline::load(ctx, &fixtures().join("tiny"), Precision::default())
         .expect("load the tiny model")
+}
+
+fn pipeline() -> Pipeline {
+    pipeline_on(model_ctx())
 }
 
 fn clip16() -> Audio {
@@ -176,7 +181,8 @@ fn our_resampler_agrees_with_the_reference_resampler() {
 /// Runs one reference case and compares every output with `goldens` (`{name}_eta{eta}_*`).
 fn check_case(p: &Pipeline, goldens: &Checkpoint, request: EditRequest, name: &str) -> Output {
     let eta = request.request.eta;
-    let label = format!("{name} eta {eta}");
+    let backend = if p.context().is_cpu() { "cpu" } else { "gpu" };
+    let label = format!("{backend}: {name} eta {eta}");
     let prefix = format!("{name}_eta{eta}_");
     let golden = |key: &str| goldens.f32_any(key).expect(key).1;
     let mut steps = Vec::new();
@@ -230,8 +236,17 @@ fn check_case(p: &Pipeline, goldens: &Checkpoint, request: EditRequest, name: &s
 }
 
 #[test]
-fn every_mode_matches_the_reference_with_eta_0_and_1() {
-    let p = pipeline();
+fn every_mode_matches_the_reference_with_eta_0_and_1_on_the_gpu() {
+    every_mode_matches_the_reference_with_eta_0_and_1(ctx());
+}
+
+#[test]
+fn every_mode_matches_the_reference_with_eta_0_and_1_on_the_cpu() {
+    every_mode_matches_the_reference_with_eta_0_and_1(cpu_ctx());
+}
+
+fn every_mode_matches_the_reference_with_eta_0_and_1(ctx: &Context) {
+    let p = pipeline_on(ctx);
     for (name, source, mode) in cases() {
         for eta in [0.0, 1.0] {
             let request = edit(source.clone(), mode.clone(), eta);
@@ -568,7 +583,8 @@ fn full_size_edits_match_the_reference() {
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
     let goldens = Checkpoint::open(&dir.with_file_name(format!("{name}-edit-goldens.safetensors")))
         .expect("run scripts/reference/make_edit_reference.py --full");
-    let p = Pipeline::load(ctx(), &dir, Precision::default()).expect("load the full-size model");
+    let p =
+        Pipeline::load(model_ctx(), &dir, Precision::default()).expect("load the full-size model");
     let clip8 = Audio {
         sample_rate: 16_000,
         samples: goldens.f32_any("clip8_16k").unwrap().1,

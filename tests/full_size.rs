@@ -1,6 +1,8 @@
 //! The parity tests on the full-size random `audioldm-s-full-v2` built from the real configs:
 //! `scripts/reference/make_reference.py --full` writes it (never committed), then
 //! `AUDIOLDM_FULL_REFERENCE=<its --out folder> cargo test --release --test full_size -- --ignored`.
+//! The UNet and pipeline goldens run on `model_ctx()` (the CPU backend unless
+//! `AUDIOLDM_TEST_DEVICE=gpu`); f16 arithmetic and the WebGPU default limits are the GPU's.
 
 mod common;
 
@@ -30,14 +32,14 @@ fn golden(name: &str) -> (Vec<usize>, Vec<f32>) {
 #[ignore = "needs the full-size reference from make_reference.py --full"]
 fn full_size_unet_matches_diffusers() {
     let loader = Loader {
-        ctx: ctx(),
+        ctx: model_ctx(),
         precision: Precision::default(),
     };
     let unet = UNet2DConditionModel::load(&loader, &model_dir().join("unet")).expect("load unet");
     let (lshape, latents) = golden("unet_latents");
     let (eshape, embeds) = golden("text_embeds");
     let t = goldens().i64_any("unet_timestep").expect("timestep").1[0];
-    let mut g = Graph::new(ctx());
+    let mut g = Graph::new(model_ctx());
     let x = input(&mut g, &lshape, &latents);
     let e = input(&mut g, &eshape, &embeds);
     let eps = unet.forward(&mut g, x, t as f32, Some(e)).unwrap();
@@ -53,7 +55,7 @@ fn full_size_unet_matches_diffusers() {
 #[test]
 #[ignore = "needs the full-size reference from make_reference.py --full"]
 fn full_size_pipeline_matches_diffusers() {
-    full_size_run_matches_diffusers(ctx(), Precision::default(), [1e-4, 1e-4, 1e-4, 1e-3]);
+    full_size_run_matches_diffusers(model_ctx(), Precision::default(), [1e-4, 1e-4, 1e-4, 1e-3]);
 }
 
 /// f16 weights with the GPU kernel set forced (workgroup-memory tiles, f16 arithmetic with f32

@@ -14,7 +14,7 @@ use audioldm::model::clap_text::{ClapTextConfig, ClapTextModelWithProjection};
 use audioldm::model::nn::{Embedding, Loader, Precision};
 use audioldm::model::tokenizer::TextTokenizer;
 use common::real_tokenizer::{self, real_ids};
-use common::{ctx, max_rel_err};
+use common::{ctx, max_rel_err, model_ctx};
 
 /// `PROMPT` and `NEGATIVE` of scripts/reference/make_reference.py (also in the goldens' metadata).
 const PROMPT: &str = "a dog barking in the rain, then thunder!";
@@ -49,7 +49,7 @@ fn tiny_tokenizer() -> TextTokenizer {
 
 fn tiny_model(precision: Precision) -> ClapTextModelWithProjection {
     let loader = Loader {
-        ctx: ctx(),
+        ctx: model_ctx(),
         precision,
     };
     ClapTextModelWithProjection::load(&loader, &tiny().join("text_encoder"))
@@ -366,7 +366,7 @@ fn missing_tokenizer_folder_is_a_clear_error() {
 // Text encoder.
 
 /// The pipeline's `_encode_prompt` output: transformers pads the prompt to 512 tokens and the
-/// negative prompt to 24 (the projection size) and masks the pads; the GPU runs the real tokens
+/// negative prompt to 24 (the projection size) and masks the pads; the engine runs the real tokens
 /// only. The golden is that padded reference, so this test is also the padded-vs-real check.
 #[test]
 fn text_embeddings_match_the_pipeline() {
@@ -375,26 +375,26 @@ fn text_embeddings_match_the_pipeline() {
     let model = tiny_model(Precision::default());
     let tok = tiny_tokenizer();
     let got = model
-        .encode_prompts(ctx(), &tok, &[PROMPT], Some(&[NEGATIVE]))
+        .encode_prompts(model_ctx(), &tok, &[PROMPT], Some(&[NEGATIVE]))
         .unwrap();
     assert_eq!(got.dims(), &[2, 24]);
-    let got = got.to_vec_f32(ctx()).unwrap();
+    let got = got.to_vec_f32(model_ctx()).unwrap();
     let err = max_rel_err(&got, &common::f64s(&want));
     println!("text_embeds [negative, prompt] vs diffusers: max rel err {err:.3e}");
     assert!(err <= 1e-4, "max rel err {err:.3e}");
 
     // The one-row convenience gives the same rows.
     let neg = model
-        .embed_text(ctx(), &tok, NEGATIVE, model.negative_max_len())
+        .embed_text(model_ctx(), &tok, NEGATIVE, model.negative_max_len())
         .unwrap();
     let pos = model
-        .embed_text(ctx(), &tok, PROMPT, model.prompt_max_len(&tok))
+        .embed_text(model_ctx(), &tok, PROMPT, model.prompt_max_len(&tok))
         .unwrap();
     assert_eq!([neg, pos].concat(), got);
 }
 
 /// The f64 CPU reference with padding and mask reproduces the golden; without padding it gives the
-/// same numbers (the masked pads get softmax weight exactly 0), and the GPU's real-token run
+/// same numbers (the masked pads get softmax weight exactly 0), and the engine's real-token run
 /// matches both.
 #[test]
 fn real_tokens_only_equal_the_padded_masked_run() {
@@ -428,14 +428,17 @@ fn real_tokens_only_equal_the_padded_masked_run() {
     assert!(exact <= 1e-12, "{exact:.3e} ({pad_err:.3e})");
 
     let model = tiny_model(Precision::default());
-    let gpu = model
-        .embed_ids(ctx(), &[negative, prompt])
+    let engine = model
+        .embed_ids(model_ctx(), &[negative, prompt])
         .unwrap()
-        .to_vec_f32(ctx())
+        .to_vec_f32(model_ctx())
         .unwrap();
-    let gpu_err = max_rel_err(&gpu, &padded);
-    println!("GPU real tokens vs f64 CPU padded with mask: max rel err {gpu_err:.3e}");
-    assert!(gpu_err <= 1e-4);
+    let engine_err = max_rel_err(&engine, &padded);
+    println!(
+        "{}: real tokens vs f64 CPU padded with mask: max rel err {engine_err:.3e}",
+        model_ctx().backend_name()
+    );
+    assert!(engine_err <= 1e-4);
 }
 
 #[test]
@@ -449,18 +452,18 @@ fn batched_forward_equals_single_runs() {
         ([&a[..n - 1], &[2]].concat(), [&b[..n - 1], &[2]].concat())
     };
     let n = a.len();
-    let mut g = Graph::new(ctx());
-    let ids = Tensor::from_u32(ctx(), [2, n], &[a.clone(), b.clone()].concat()).unwrap();
+    let mut g = Graph::new(model_ctx());
+    let ids = Tensor::from_u32(model_ctx(), [2, n], &[a.clone(), b.clone()].concat()).unwrap();
     let pos = [model.position_ids(&a), model.position_ids(&b)].concat();
-    let pos = Tensor::from_u32(ctx(), [2, n], &pos).unwrap();
+    let pos = Tensor::from_u32(model_ctx(), [2, n], &pos).unwrap();
     let (ids, pos) = (g.input(&ids), g.input(&pos));
     let out = model.forward(&mut g, ids, pos).unwrap();
     let out = g.l2_normalize(out, 1e-12).unwrap();
     let batched = common::run(g, out);
     let single = model
-        .embed_ids(ctx(), &[a, b])
+        .embed_ids(model_ctx(), &[a, b])
         .unwrap()
-        .to_vec_f32(ctx())
+        .to_vec_f32(model_ctx())
         .unwrap();
     let err = max_rel_err(&batched, &common::f64s(&single));
     println!("batch of 2 vs two batch-1 chains: max rel err {err:.3e}");
@@ -473,7 +476,7 @@ fn empty_prompt_encodes() {
     let tok = tiny_tokenizer();
     let ids = tok.encode("", model.prompt_max_len(&tok)).unwrap();
     assert_eq!(ids, vec![0, 2]);
-    let got = model.embed_text(ctx(), &tok, "", 512).unwrap();
+    let got = model.embed_text(model_ctx(), &tok, "", 512).unwrap();
     let cpu = CpuClap::load(&tiny().join("text_encoder"));
     let want = l2_normalize(&cpu.text_embeds(&ids, 512));
     let err = max_rel_err(&got, &want);
@@ -482,7 +485,9 @@ fn empty_prompt_encodes() {
     let norm: f32 = got.iter().map(|v| v * v).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-5);
     // No guidance: the prompts' rows only.
-    let rows = model.encode_prompts(ctx(), &tok, &[""], None).unwrap();
+    let rows = model
+        .encode_prompts(model_ctx(), &tok, &[""], None)
+        .unwrap();
     assert_eq!(rows.dims(), &[1, 24]);
 }
 
@@ -503,9 +508,9 @@ fn long_prompt_is_truncated_like_the_reference() {
     assert_eq!(cut.ids[511], 2);
 
     let got = model
-        .encode_prompts(ctx(), &tok, &[&text], None)
+        .encode_prompts(model_ctx(), &tok, &[&text], None)
         .unwrap()
-        .to_vec_f32(ctx())
+        .to_vec_f32(model_ctx())
         .unwrap();
     let cpu = CpuClap::load(&tiny().join("text_encoder"));
     let want = l2_normalize(&cpu.text_embeds(&cut.ids, 512));
@@ -514,10 +519,14 @@ fn long_prompt_is_truncated_like_the_reference() {
     assert!(err <= 1e-4);
 
     // One token more than the 514 positions allow is refused, not run off the table.
-    let err = model.embed_ids(ctx(), &[full[..513].to_vec()]).unwrap_err();
+    let err = model
+        .embed_ids(model_ctx(), &[full[..513].to_vec()])
+        .unwrap_err();
     println!("{err}");
     assert!(matches!(err, Error::Input(_)), "{err:?}");
-    let err = model.embed_ids(ctx(), &[vec![0, 100_000, 2]]).unwrap_err();
+    let err = model
+        .embed_ids(model_ctx(), &[vec![0, 100_000, 2]])
+        .unwrap_err();
     assert!(matches!(err, Error::Input(_)), "{err:?}");
 }
 
@@ -531,9 +540,9 @@ fn pad_token_in_the_text_gets_robertas_positions() {
     let ids = tok.encode("a dog <pad> barking", 512).unwrap();
     assert!(ids[1..ids.len() - 1].contains(&1), "{ids:?}");
     let got = model
-        .embed_ids(ctx(), std::slice::from_ref(&ids))
+        .embed_ids(model_ctx(), std::slice::from_ref(&ids))
         .unwrap()
-        .to_vec_f32(ctx())
+        .to_vec_f32(model_ctx())
         .unwrap();
     let cpu = CpuClap::load(&tiny().join("text_encoder"));
     let want = l2_normalize(&cpu.text_embeds(&ids, 0));
@@ -582,9 +591,9 @@ fn f16_weights_stay_close() {
         weights: DType::F16,
     });
     let got = model
-        .encode_prompts(ctx(), &tiny_tokenizer(), &[PROMPT], Some(&[NEGATIVE]))
+        .encode_prompts(model_ctx(), &tiny_tokenizer(), &[PROMPT], Some(&[NEGATIVE]))
         .unwrap()
-        .to_vec_f32(ctx())
+        .to_vec_f32(model_ctx())
         .unwrap();
     let err = max_rel_err(&got, &common::f64s(&want));
     println!("text_embeds with f16 weights: max rel err {err:.3e}");
@@ -636,7 +645,8 @@ fn config_follows_transformers() {
 }
 
 /// The real word embedding, 50265 x 768 f32 (154 MB), is over lavapipe's 128 MiB binding: the
-/// engine's gather splits it (nn::Embedding is what the model loads it with).
+/// engine's gather splits it (nn::Embedding is what the model loads it with). The split is a GPU
+/// mechanism, so this runs on the GPU context whatever `AUDIOLDM_TEST_DEVICE` says.
 #[test]
 fn real_sized_word_embedding_is_gathered() {
     let (vocab, d) = (50265usize, 768usize);

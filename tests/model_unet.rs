@@ -24,7 +24,7 @@ fn golden(name: &str) -> (Vec<usize>, Vec<f32>) {
 
 fn run_unet(precision: Precision) -> (Vec<f32>, Vec<f64>) {
     let loader = Loader {
-        ctx: ctx(),
+        ctx: model_ctx(),
         precision,
     };
     let unet =
@@ -32,7 +32,7 @@ fn run_unet(precision: Precision) -> (Vec<f32>, Vec<f64>) {
     let (lshape, latents) = golden("unet_latents");
     let (eshape, embeds) = golden("text_embeds");
     let (_, want) = golden("unet_eps");
-    let mut g = Graph::new(ctx());
+    let mut g = Graph::new(model_ctx());
     let x = input(&mut g, &lshape, &latents);
     let e = input(&mut g, &eshape, &embeds);
     let t = g.scalar(501.0);
@@ -67,12 +67,12 @@ fn unet_with_f16_weights_stays_close() {
 #[test]
 fn unet_shape_and_config_errors_are_reported() {
     let loader = Loader {
-        ctx: ctx(),
+        ctx: model_ctx(),
         precision: Precision::default(),
     };
     let unet = UNet2DConditionModel::load(&loader, &fixtures().join("tiny/unet")).unwrap();
-    let mut g = Graph::new(ctx());
-    let bad = Tensor::from_f32(ctx(), [2, 8, 25], DType::F32, &vec![0.0; 400]).unwrap();
+    let mut g = Graph::new(model_ctx());
+    let bad = Tensor::from_f32(model_ctx(), [2, 8, 25], DType::F32, &vec![0.0; 400]).unwrap();
     let x = g.input(&bad);
     let err = unet.forward(&mut g, x, 1.0, None).unwrap_err().to_string();
     assert!(err.contains("[2, 8, 25]"), "{err}");

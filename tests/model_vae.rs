@@ -27,7 +27,7 @@ fn golden(name: &str) -> (Vec<usize>, Vec<f32>) {
 
 fn loader(precision: Precision) -> Loader<'static> {
     Loader {
-        ctx: ctx(),
+        ctx: model_ctx(),
         precision,
     }
 }
@@ -39,7 +39,7 @@ fn load(dir: &Path) -> audioldm::Result<AutoencoderKL> {
 /// Decodes the golden latents with `vae`, returns the mel and prints the graph's cost.
 fn decode(vae: &AutoencoderKL, label: &str) -> Vec<f32> {
     let (shape, z) = golden("vae_latents");
-    let mut g = Graph::new(ctx());
+    let mut g = Graph::new(model_ctx());
     let z = input(&mut g, &shape, &z);
     let mel = vae.decode(&mut g, z).expect("record decode");
     assert_eq!(g.dims(mel), [1, 1, 100, 32]);
@@ -68,7 +68,7 @@ fn decode_matches_diffusers() {
 fn encode_matches_diffusers() {
     let vae = load(&fixture("tiny/vae")).expect("load tiny VAE");
     let (shape, mel) = golden("vae_mel");
-    let mut g = Graph::new(ctx());
+    let mut g = Graph::new(model_ctx());
     let x = input(&mut g, &shape, &mel);
     let dist = vae.encode(&mut g, x).expect("record encode");
     assert_eq!(g.dims(dist.mean), [1, 8, 25, 8]);
@@ -134,8 +134,8 @@ fn decode_with_f16_weights_stays_close() {
 #[test]
 fn decode_rejects_wrong_latent_channels() {
     let vae = load(&fixture("tiny/vae")).unwrap();
-    let mut g = Graph::new(ctx());
-    let t = Tensor::from_f32(ctx(), [1, 4, 5, 8], DType::F32, &[0.0; 160]).unwrap();
+    let mut g = Graph::new(model_ctx());
+    let t = Tensor::from_f32(model_ctx(), [1, 4, 5, 8], DType::F32, &[0.0; 160]).unwrap();
     let z = g.input(&t);
     let err = vae.decode(&mut g, z).expect_err("an error").to_string();
     println!("wrong latent channels: {err}");
@@ -150,7 +150,7 @@ fn full_size_matches_diffusers() {
     let vae = load(&dir.join("vae")).expect("load the full-size VAE");
     let (shape, z) = goldens.f32_any("vae_latents").unwrap();
     let (mel_shape, want_mel) = goldens.f32_any("vae_mel").unwrap();
-    let mut g = Graph::new(ctx());
+    let mut g = Graph::new(model_ctx());
     let z = input(&mut g, &shape, &z);
     let mel = vae.decode(&mut g, z).unwrap();
     assert_eq!(g.dims(mel), mel_shape.as_slice());
@@ -172,7 +172,7 @@ fn full_size_matches_diffusers() {
     );
     assert_close("full vae decode (mel)", &got, &f64s(&want_mel), TOL);
 
-    let mut g = Graph::new(ctx());
+    let mut g = Graph::new(model_ctx());
     let x = input(&mut g, &mel_shape, &want_mel);
     let dist = vae.encode(&mut g, x).unwrap();
     g.output(dist.mean).unwrap();

@@ -26,7 +26,7 @@ fn golden(name: &str) -> (Vec<usize>, Vec<f32>) {
 
 fn loader(precision: Precision) -> Loader<'static> {
     Loader {
-        ctx: ctx(),
+        ctx: model_ctx(),
         precision,
     }
 }
@@ -37,7 +37,7 @@ fn load(dir: &Path) -> audioldm::Result<SpeechT5HifiGan> {
 
 /// Runs `vocoder` on `mel [1, T, n]`, returns the waveform and prints the graph's cost.
 fn vocode(vocoder: &SpeechT5HifiGan, shape: &[usize], mel: &[f32], label: &str) -> Vec<f32> {
-    let mut g = Graph::new(ctx());
+    let mut g = Graph::new(model_ctx());
     let x = input(&mut g, shape, mel);
     let wav = vocoder.forward(&mut g, x).expect("record vocoder");
     let frames = shape[1];
@@ -89,8 +89,8 @@ fn waveform_with_f16_weights_stays_close() {
 #[test]
 fn rejects_wrong_mel_bins() {
     let vocoder = load(&fixture("tiny/vocoder")).unwrap();
-    let mut g = Graph::new(ctx());
-    let t = Tensor::from_f32(ctx(), [1, 10, 64], DType::F32, &[0.0; 640]).unwrap();
+    let mut g = Graph::new(model_ctx());
+    let t = Tensor::from_f32(model_ctx(), [1, 10, 64], DType::F32, &[0.0; 640]).unwrap();
     let x = g.input(&t);
     let err = vocoder
         .forward(&mut g, x)

@@ -1,18 +1,25 @@
 //! The whole text-to-audio pipeline against diffusers' `AudioLDMPipeline` on the tiny random model:
-//! a 3-step DDIM run with guidance 2.5 and a negative prompt from injected initial latents.
+//! a 3-step DDIM run with guidance 2.5 and a negative prompt from injected initial latents, on the
+//! GPU (lavapipe here) and on the CPU backend. The other tests run on `model_ctx()`, except those
+//! of the GPU's kernel variants.
 
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use audioldm::Error;
+use audioldm::engine::Context;
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::{Event, Pipeline, Request, noise};
 use common::*;
 
-fn pipeline() -> Pipeline {
-    Pipeline::load(ctx(), &fixtures().join("tiny"), Precision::default())
+fn pipeline_on(ctx: &Context) -> Pipeline {
+    Pipeline::load(ctx, &fixtures().join("tiny"), Precision::default())
         .expect("load the tiny model")
+}
+
+fn pipeline() -> Pipeline {
+    pipeline_on(model_ctx())
 }
 
 fn request() -> Request {
@@ -26,8 +33,18 @@ fn seeded_noise_is_numpys_random_state() {
 }
 
 #[test]
-fn end_to_end_matches_diffusers() {
-    let p = pipeline();
+fn end_to_end_matches_diffusers_on_the_gpu() {
+    end_to_end_matches_diffusers(ctx());
+}
+
+#[test]
+fn end_to_end_matches_diffusers_on_the_cpu() {
+    end_to_end_matches_diffusers(cpu_ctx());
+}
+
+fn end_to_end_matches_diffusers(ctx: &Context) {
+    let backend = if ctx.is_cpu() { "cpu" } else { "gpu" };
+    let p = pipeline_on(ctx);
     let mut steps = Vec::new();
     let out = p
         .generate(&request(), &AtomicBool::new(false), |event| {
@@ -46,7 +63,12 @@ fn end_to_end_matches_diffusers() {
         "trimmed to int(1.0 * 16000)"
     );
     for (name, got, golden, tol) in tiny::tiny_checks(&out) {
-        assert_close(name, got, &f64s(&tiny_golden(golden)), tol);
+        assert_close(
+            &format!("{backend}: {name}"),
+            got,
+            &f64s(&tiny_golden(golden)),
+            tol,
+        );
     }
 }
 
@@ -194,7 +216,7 @@ fn guidance_off_runs_a_batch_of_one() {
 #[test]
 fn a_missing_model_folder_is_a_clear_error() {
     let err = Pipeline::load(
-        ctx(),
+        model_ctx(),
         &fixtures().join("no-such-model"),
         Precision::default(),
     )

@@ -42,6 +42,29 @@ pub fn cpu_ctx() -> &'static Context {
     CPU.get_or_init(Context::cpu)
 }
 
+/// The context of the tests whose subject is a model or the pipeline, not a GPU kernel: the CPU
+/// backend ([`cpu_ctx`]) by default, for speed, or the GPU context ([`ctx`], under the validation
+/// layer) when the environment sets `AUDIOLDM_TEST_DEVICE=gpu` (any other value but `cpu` is an
+/// error), so that the model tests can be rerun on a GPU. The GPU kernels keep their own tests on
+/// [`ctx`], and the tiny pipeline's goldens run on both ([`backends`]).
+pub fn model_ctx() -> &'static Context {
+    static GPU: OnceLock<bool> = OnceLock::new();
+    let gpu = *GPU.get_or_init(|| {
+        let gpu = match std::env::var("AUDIOLDM_TEST_DEVICE").as_deref() {
+            Ok("gpu") => true,
+            Ok("cpu") | Err(std::env::VarError::NotPresent) => false,
+            Ok(other) => panic!("AUDIOLDM_TEST_DEVICE={other}: `gpu` or `cpu`"),
+            Err(e) => panic!("AUDIOLDM_TEST_DEVICE: {e}"),
+        };
+        eprintln!(
+            "model tests on the {} (AUDIOLDM_TEST_DEVICE=gpu|cpu)",
+            if gpu { "GPU" } else { "CPU backend" }
+        );
+        gpu
+    });
+    if gpu { ctx() } else { cpu_ctx() }
+}
+
 /// Both backends, named: the GPU context ([`ctx`]) and the CPU backend's ([`cpu_ctx`]), for the
 /// kernel tests that hold each to the same reference and tolerance.
 pub fn backends() -> [(&'static str, &'static Context); 2] {
