@@ -9,8 +9,13 @@
 //!     --reference target/bench/reference.json
 //! ```
 //!
-//! Options: `--duration S` (10), `--steps N` (10), `--repeat N` (3, medians), `--f16`,
-//! `--low-memory` (one network on the GPU at a time), `--limits adapter|webgpu-default`.
+//! Options: `--device auto|gpu|cpu` (as the CLI's, `AUDIOLDM_DEVICE`; `auto` takes the CPU
+//! backend where the only adapter is a software one), `--duration S` (10), `--steps N` (10),
+//! `--repeat N` (3, medians), `--f16`, `--low-memory` (one network in memory at a time),
+//! `--limits adapter|webgpu-default`. Beside the stage times it prints each stage's GFLOP/s (its
+//! FLOPs from a profiled run, where the backend can profile) and a 1024^3 GEMM against
+//! PyTorch's; run `bench_reference.py` with `--threads` equal to ours (`RAYON_NUM_THREADS`, or
+//! the core count) for a fair pair.
 //! Prints seconds per stage, our time over theirs, peak resident memory (on a software adapter
 //! GPU memory is host memory), and the denoising step's graph: dispatches, submits per step,
 //! planned intermediate bytes against the unplanned sum, weight bytes.
@@ -46,7 +51,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use audioldm::audio::Audio;
-use audioldm::engine::{Context, LimitsProfile};
+use audioldm::engine::{Context, DeviceChoice, Graph, LimitsProfile, Tensor};
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::ranking::ClapScorer;
 use audioldm::pipeline::{Event, Pipeline, Request, Residency, noise};
@@ -61,6 +66,7 @@ struct Args {
     f16: bool,
     low_memory: bool,
     limits: Option<LimitsProfile>,
+    device: DeviceChoice,
     memory: bool,
     clap: Option<PathBuf>,
     clap_only: bool,
@@ -77,6 +83,7 @@ fn args() -> Result<Args, String> {
         f16: false,
         low_memory: false,
         limits: None,
+        device: DeviceChoice::from_env().map_err(|e| e.to_string())?,
         memory: false,
         clap: None,
         clap_only: false,
@@ -101,6 +108,9 @@ fn args() -> Result<Args, String> {
             "--clap" => args.clap = Some(value("--clap")?.into()),
             "--clap-only" => args.clap_only = true,
             "--profile" => args.profile = true,
+            "--device" => {
+                args.device = DeviceChoice::parse(&value("--device")?).map_err(|e| e.to_string())?
+            }
             "--limits" => {
                 args.limits =
                     Some(LimitsProfile::parse(&value("--limits")?).map_err(|e| e.to_string())?)
@@ -110,6 +120,28 @@ fn args() -> Result<Args, String> {
         }
     }
     Ok(args)
+}
+
+/// Median seconds of a 1024^3 f32 matmul through the engine (a one-op graph, replayed).
+fn gemm_1024(ctx: &Context, repeat: usize) -> Result<f64, Box<dyn std::error::Error>> {
+    let n = 1024;
+    let values = noise::standard_normal(1, n * n);
+    let a = Tensor::from_f32(ctx, [n, n], audioldm::engine::DType::F32, &values)?;
+    let mut g = Graph::new(ctx);
+    let (va, vb) = (g.input(&a), g.input(&a));
+    let c = g.matmul(va, vb, 1.0)?;
+    g.output(c)?;
+    let mut exe = g.build()?;
+    exe.run()?;
+    ctx.wait()?;
+    let mut times = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let t = Instant::now();
+        exe.run()?;
+        ctx.wait()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -223,7 +255,7 @@ fn profile(
     ctx: &Context,
     pipeline: &Pipeline,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    if !ctx.capabilities().timestamp_query {
+    if !ctx.is_cpu() && !ctx.capabilities().timestamp_query {
         println!(
             "{} does not offer timestamp queries (TIMESTAMP_QUERY): no GPU times on this adapter",
             ctx.adapter_info().name
@@ -299,17 +331,15 @@ fn bench_clap(
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
-    let ctx = match &args.limits {
-        Some(profile) => Context::with_limits_blocking(profile.clone())?,
-        None => Context::new_blocking()?,
+    let limits = match &args.limits {
+        Some(profile) => profile.clone(),
+        None => LimitsProfile::from_env()?,
     };
-    let info = ctx.adapter_info();
+    let ctx = Context::for_device_blocking(args.device, limits)?;
     let residency = Residency::from_low_memory(args.low_memory);
     println!(
-        "adapter: {} ({:?}, {:?}), limits {}; model {}; {} s, weights {}, {:?}",
-        info.name,
-        info.backend,
-        info.device_type,
+        "{}, limits {}; model {}; {} s, weights {}, {:?}",
+        ctx.backend_name(),
         ctx.limits_profile(),
         args.model.display(),
         args.duration,
@@ -441,11 +471,58 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("vocoder", vocoder, "vocoder"),
         ("whole run", median(runs), "run"),
     ];
+    // Each stage's FLOPs, from one profiled run of it (where the backend can time ops).
+    let flops: Vec<(&str, u64)> = if ctx.is_cpu() || ctx.capabilities().timestamp_query {
+        pipeline
+            .profile(&output)?
+            .into_iter()
+            .map(|(stage, p)| (stage, p.total().flops))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let stage_flops = |key: &str| {
+        let stage = match key {
+            "unet_guidance_step" => "denoising step",
+            "vae_decode" => "VAE decode",
+            "vocoder" => "vocoder",
+            _ => return None,
+        };
+        flops.iter().find(|(s, _)| *s == stage).map(|(_, f)| *f)
+    };
+    let gflops = |flops: Option<u64>, seconds: f64| {
+        flops.map_or("-".to_string(), |f| {
+            format!("{:.1}", f as f64 / seconds / 1e9)
+        })
+    };
+    println!("{:<34} {:>10}", "", "GFLOP/s");
     for (name, ours, key) in rows {
+        let rate = gflops(stage_flops(key), ours);
         match theirs(key) {
-            Some(t) => println!("{name:<34} {ours:>10.2} {t:>12.2} {:>10.2}", ours / t),
-            None => println!("{name:<34} {ours:>10.2} {:>12} {:>10}", "-", "-"),
+            Some(t) => println!(
+                "{name:<34} {ours:>10.2} {t:>12.2} {:>10.2} {rate:>10}",
+                ours / t
+            ),
+            None => println!("{name:<34} {ours:>10.2} {:>12} {:>10} {rate:>10}", "-", "-"),
         }
+    }
+    let gemm = gemm_1024(&ctx, repeat.max(10))?;
+    let gemm_flops = Some(2 * 1024u64.pow(3));
+    match theirs("gemm_1024") {
+        Some(t) => println!(
+            "{:<34} {gemm:>10.4} {t:>12.4} {:>10.2} {:>10}   (torch {})",
+            "GEMM 1024^3",
+            gemm / t,
+            gflops(gemm_flops, gemm),
+            gflops(gemm_flops, t)
+        ),
+        None => println!(
+            "{:<34} {gemm:>10.4} {:>12} {:>10} {:>10}",
+            "GEMM 1024^3",
+            "-",
+            "-",
+            gflops(gemm_flops, gemm)
+        ),
     }
     println!(
         "first step (records the graph): {:.2} s; decode after the last step: {:.2} s",

@@ -930,3 +930,24 @@ fn timestep_embedding_matches_the_reference() {
         timestep_embedding(1.0, 1, 4, false, 0.0, 0.0, &mut [0.0; 4]).expect_err("zero period");
     assert!(err.to_string().contains("no finite frequencies"), "{err}");
 }
+
+/// The vectorisable `exp` the CPU kernels use (softmax, attention, SiLU) against f64's, over the
+/// range where the result is a normal f32, and its clamped ends.
+#[test]
+fn exp_is_within_2e7_of_f64() {
+    use audioldm::engine::cpu::exp;
+    let mut worst = 0.0f64;
+    for i in 0..=200_000 {
+        let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+        let want = f64::from(x).exp();
+        let err = ((f64::from(exp(x)) - want) / want).abs();
+        worst = worst.max(err);
+    }
+    println!("exp: max rel err {worst:.2e} on [-87, 88]");
+    assert!(worst <= 2e-7, "{worst:.2e}");
+    assert!(exp(-1000.0) < 2e-38 && exp(-1000.0) >= 0.0);
+    assert!(exp(f32::NEG_INFINITY) < 2e-38);
+    assert!(exp(100.0) > 1e38 && exp(100.0).is_finite());
+    assert!(exp(f32::NAN).is_nan());
+    assert_eq!(exp(0.0), 1.0);
+}

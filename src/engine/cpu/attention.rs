@@ -3,7 +3,8 @@
 //! rescaled as the max grows), so memory stays at one block of scores however long the clip.
 //! Both products of a block are faer GEMMs over strided views of the interleaved heads.
 
-use super::gemm::{Epilogue, MatSlice, gemm};
+use super::exp;
+use super::gemm::{Epilogue, MatSlice, gemm_serial};
 use super::par_map;
 use crate::engine::error::{Result, shape_error};
 
@@ -181,7 +182,7 @@ fn block(
         let scores = &mut scores[..rows * cols];
         // K^T of the key block: element (dim, key) of the head's columns.
         let keys_t = k.rows((b, h), k0).t();
-        gemm(
+        gemm_serial(
             scores,
             queries,
             keys_t,
@@ -192,10 +193,10 @@ fn block(
         for (i, s) in scores.chunks_mut(cols).enumerate() {
             let block_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let new_max = max[i].max(block_max);
-            let rescale = (max[i] - new_max).exp();
+            let rescale = exp(max[i] - new_max);
             let mut block_sum = 0.0;
             for x in s.iter_mut() {
-                *x = (*x - new_max).exp();
+                *x = exp(*x - new_max);
                 block_sum += *x;
             }
             sum[i] = sum[i] * rescale + block_sum;
@@ -205,7 +206,7 @@ fn block(
                 .for_each(|o| *o *= rescale);
         }
         let values = v.rows((b, h), k0);
-        gemm(
+        gemm_serial(
             &mut update,
             MatSlice::row_major(scores, rows, cols),
             values,

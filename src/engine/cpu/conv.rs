@@ -2,8 +2,8 @@
 //! cache-sized tiles of output positions, and `conv_transpose1d` as one product followed by a
 //! scatter of its columns (col2im). Weights keep PyTorch's layouts.
 
-use super::gemm::{Epilogue, MatSlice, gemm};
-use super::{activate, par_map};
+use super::gemm::{Epilogue, MatSlice, gemm, gemm_serial};
+use super::{activate, par_map, threads};
 use crate::engine::error::{Result, shape_error};
 
 /// Floats of one im2col tile (1 MiB), unless that leaves fewer than [`TILE_POSITIONS`] positions.
@@ -98,11 +98,18 @@ pub fn conv2d(
     for b in 0..c.batch {
         let x = &x[b * c.cin * c.h * c.w..(b + 1) * c.cin * c.h * c.w];
         // Each tile's `[cout, positions in the tile]` block, computed in parallel, then placed.
+        // With a tile per thread or more the tiles are the parallel work; with fewer, the
+        // product of each is split instead.
+        let product = if tiles >= threads() {
+            gemm_serial
+        } else {
+            gemm
+        };
         let blocks = par_map(tiles, |t| {
             let (p0, p1) = (t * tile, ((t + 1) * tile).min(positions));
             let cols = im2col(x, c, ow, p0..p1);
             let mut block = vec![0.0; c.cout * (p1 - p0)];
-            gemm(
+            product(
                 &mut block,
                 MatSlice::row_major(weight, c.cout, depth),
                 MatSlice::row_major(&cols, depth, p1 - p0),
@@ -126,28 +133,49 @@ pub fn conv2d(
 }
 
 /// The `[cin * kh * kw, positions]` matrix of input values each output position in `range` reads
-/// (zero where it reads padding), leaky ReLU applied.
+/// (zero where it reads padding), leaky ReLU applied. Output positions come in runs along a row;
+/// with stride 1 a run reads a contiguous run of its input row, copied whole.
 fn im2col(x: &[f32], c: &Conv2d, ow: usize, range: std::ops::Range<usize>) -> Vec<f32> {
     let width = range.len();
     let mut cols = vec![0.0; c.cin * c.kh * c.kw * width];
+    let [sy, sx] = c.stride;
+    let [dy, dx] = c.dilation;
+    let (top, left) = (c.padding[0], c.padding[2]);
     for ci in 0..c.cin {
         let plane = &x[ci * c.h * c.w..(ci + 1) * c.h * c.w];
         for ky in 0..c.kh {
             for kx in 0..c.kw {
                 let row = ((ci * c.kh + ky) * c.kw + kx) * width;
-                for (j, p) in range.clone().enumerate() {
-                    let (oy, ox) = (p / ow, p % ow);
-                    let iy = (oy * c.stride[0] + ky * c.dilation[0]).checked_sub(c.padding[0]);
-                    let ix = (ox * c.stride[1] + kx * c.dilation[1]).checked_sub(c.padding[2]);
-                    if let (Some(iy), Some(ix)) = (iy, ix)
-                        && iy < c.h
-                        && ix < c.w
-                    {
-                        let v = plane[iy * c.w + ix];
-                        cols[row + j] = match c.input_leaky_relu {
-                            Some(slope) if v < 0.0 => v * slope,
-                            _ => v,
-                        };
+                let mut p = range.start;
+                while p < range.end {
+                    let (oy, ox0) = (p / ow, p % ow);
+                    let ox1 = ow.min(ox0 + range.end - p);
+                    let dst = &mut cols[row + p - range.start..row + p - range.start + ox1 - ox0];
+                    p += ox1 - ox0;
+                    let Some(iy) = (oy * sy + ky * dy).checked_sub(top).filter(|&iy| iy < c.h)
+                    else {
+                        continue;
+                    };
+                    let src = &plane[iy * c.w..(iy + 1) * c.w];
+                    // Output columns whose input column `ox * sx + kx * dx - left` is inside.
+                    let first = (left.saturating_sub(kx * dx)).div_ceil(sx).max(ox0);
+                    let last = ((c.w + left).saturating_sub(kx * dx)).div_ceil(sx).min(ox1);
+                    if first >= last {
+                        continue;
+                    }
+                    let ix0 = first * sx + kx * dx - left;
+                    let dst = &mut dst[first - ox0..last - ox0];
+                    if sx == 1 {
+                        dst.copy_from_slice(&src[ix0..ix0 + dst.len()]);
+                    } else {
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            *d = src[ix0 + j * sx];
+                        }
+                    }
+                    if let Some(slope) = c.input_leaky_relu {
+                        for d in dst.iter_mut() {
+                            *d = if *d < 0.0 { *d * slope } else { *d };
+                        }
                     }
                 }
             }

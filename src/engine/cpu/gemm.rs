@@ -89,15 +89,42 @@ pub struct Epilogue<'a> {
 }
 
 /// `out[b] = act(alpha * a[b] (m x k) b[b] (k x n) + bias) + residual[b]`, `out` row-major
-/// `[batch, m, n]`.
-#[allow(clippy::too_many_arguments)]
+/// `[batch, m, n]`; a large product is split over rayon's threads.
 pub fn gemm(
+    out: &mut [f32],
+    a: MatSlice<'_>,
+    b: MatSlice<'_>,
+    dims: (usize, usize, usize, usize),
+    alpha: f32,
+    epilogue: Epilogue<'_>,
+) -> Result<()> {
+    let (batch, m, k, n) = dims;
+    let par = parallelism(batch * m * n * k);
+    product(out, a, b, dims, alpha, epilogue, par)
+}
+
+/// [`gemm`] on the calling thread: for kernels that already split their work over the threads
+/// (attention's query blocks, a convolution's tiles), where a split inside would only add
+/// synchronisation.
+pub(super) fn gemm_serial(
+    out: &mut [f32],
+    a: MatSlice<'_>,
+    b: MatSlice<'_>,
+    dims: (usize, usize, usize, usize),
+    alpha: f32,
+    epilogue: Epilogue<'_>,
+) -> Result<()> {
+    product(out, a, b, dims, alpha, epilogue, faer::Par::Seq)
+}
+
+fn product(
     out: &mut [f32],
     a: MatSlice<'_>,
     b: MatSlice<'_>,
     (batch, m, k, n): (usize, usize, usize, usize),
     alpha: f32,
     epilogue: Epilogue<'_>,
+    par: faer::Par,
 ) -> Result<()> {
     let len = batch * m * n;
     if out.len() != len {
@@ -141,7 +168,7 @@ pub fn gemm(
             a.matrix(bi, m, k),
             b.matrix(bi, k, n),
             alpha,
-            parallelism(m * n * k),
+            par,
         );
     }
     apply_epilogue(out, n, epilogue);
