@@ -9,7 +9,7 @@ use super::par_map;
 use crate::engine::error::{Result, shape_error};
 
 /// Queries a task takes and keys a step takes.
-const QUERY_BLOCK: usize = 64;
+const QUERY_BLOCK: usize = 128;
 const KEY_BLOCK: usize = 512;
 
 /// The sizes of an attention: `q [batch, tq, heads * d]`, `k [batch, tk, heads * d]`,

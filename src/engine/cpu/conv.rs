@@ -95,37 +95,38 @@ pub fn conv2d(
         .max(TILE_POSITIONS)
         .min(positions);
     let tiles = positions.div_ceil(tile);
-    for b in 0..c.batch {
-        let x = &x[b * c.cin * c.h * c.w..(b + 1) * c.cin * c.h * c.w];
-        // Each tile's `[cout, positions in the tile]` block, computed in parallel, then placed.
-        // With a tile per thread or more the tiles are the parallel work; with fewer, the
-        // product of each is split instead.
-        let product = if tiles >= threads() {
-            gemm_serial
-        } else {
-            gemm
-        };
-        let blocks = par_map(tiles, |t| {
-            let (p0, p1) = (t * tile, ((t + 1) * tile).min(positions));
-            let cols = im2col(x, c, ow, p0..p1);
-            let mut block = vec![0.0; c.cout * (p1 - p0)];
-            product(
-                &mut block,
-                MatSlice::row_major(weight, c.cout, depth),
-                MatSlice::row_major(&cols, depth, p1 - p0),
-                (1, c.cout, depth, p1 - p0),
-                1.0,
-                Epilogue::default(),
-            )
-            .map(|()| block)
-        });
+    // Each (batch item, tile)'s `[cout, positions in the tile]` block, computed in parallel,
+    // then placed. With a task per thread or more the tasks are the parallel work; with fewer,
+    // the product of each is split instead.
+    let tasks = c.batch * tiles;
+    let product = if tasks >= threads() {
+        gemm_serial
+    } else {
+        gemm
+    };
+    let plane = c.cin * c.h * c.w;
+    let blocks = par_map(tasks, |task| {
+        let (b, t) = (task / tiles, task % tiles);
+        let (p0, p1) = (t * tile, ((t + 1) * tile).min(positions));
+        let cols = im2col(&x[b * plane..(b + 1) * plane], c, ow, p0..p1);
+        let mut block = vec![0.0; c.cout * (p1 - p0)];
+        product(
+            &mut block,
+            MatSlice::row_major(weight, c.cout, depth),
+            MatSlice::row_major(&cols, depth, p1 - p0),
+            (1, c.cout, depth, p1 - p0),
+            1.0,
+            Epilogue::default(),
+        )
+        .map(|()| block)
+    });
+    for (task, block) in blocks.into_iter().enumerate() {
+        let block = block?;
+        let (b, t) = (task / tiles, task % tiles);
+        let (p0, p1) = (t * tile, ((t + 1) * tile).min(positions));
         let out = &mut out[b * c.cout * positions..(b + 1) * c.cout * positions];
-        for (t, block) in blocks.into_iter().enumerate() {
-            let block = block?;
-            let (p0, p1) = (t * tile, ((t + 1) * tile).min(positions));
-            for (co, row) in block.chunks(p1 - p0).enumerate() {
-                out[co * positions + p0..co * positions + p1].copy_from_slice(row);
-            }
+        for (co, row) in block.chunks(p1 - p0).enumerate() {
+            out[co * positions + p0..co * positions + p1].copy_from_slice(row);
         }
     }
     apply_channel_epilogue(out, positions, c.cout, &epilogue);
@@ -136,6 +137,9 @@ pub fn conv2d(
 /// (zero where it reads padding), leaky ReLU applied. Output positions come in runs along a row;
 /// with stride 1 a run reads a contiguous run of its input row, copied whole.
 fn im2col(x: &[f32], c: &Conv2d, ow: usize, range: std::ops::Range<usize>) -> Vec<f32> {
+    if ow < NARROW {
+        return im2col_narrow(x, c, ow, range);
+    }
     let width = range.len();
     let mut cols = vec![0.0; c.cin * c.kh * c.kw * width];
     let [sy, sx] = c.stride;
@@ -178,6 +182,43 @@ fn im2col(x: &[f32], c: &Conv2d, ow: usize, range: std::ops::Range<usize>) -> Ve
                         }
                     }
                 }
+            }
+        }
+    }
+    cols
+}
+
+/// Output rows narrower than this are gathered through a table rather than copied in runs: the
+/// UNet's deepest levels are 2 to 8 wide, where a run is a handful of values.
+const NARROW: usize = 16;
+
+/// [`im2col`] for narrow outputs: the input offset each (tap, position) reads is the same for
+/// every input channel, so it is worked out once per tap (`None` in the padding) and every
+/// channel's row is a gather through it.
+fn im2col_narrow(x: &[f32], c: &Conv2d, ow: usize, range: std::ops::Range<usize>) -> Vec<f32> {
+    let width = range.len();
+    let taps = c.kh * c.kw;
+    let mut table = Vec::with_capacity(taps * width);
+    for ky in 0..c.kh {
+        for kx in 0..c.kw {
+            table.extend(range.clone().map(|p| {
+                let (oy, ox) = (p / ow, p % ow);
+                let iy = (oy * c.stride[0] + ky * c.dilation[0]).checked_sub(c.padding[0])?;
+                let ix = (ox * c.stride[1] + kx * c.dilation[1]).checked_sub(c.padding[2])?;
+                (iy < c.h && ix < c.w).then_some(iy * c.w + ix)
+            }));
+        }
+    }
+    let mut cols = vec![0.0; c.cin * taps * width];
+    for (ci, rows) in cols.chunks_mut(taps * width).enumerate() {
+        let plane = &x[ci * c.h * c.w..(ci + 1) * c.h * c.w];
+        for (d, at) in rows.iter_mut().zip(&table) {
+            if let Some(at) = *at {
+                let v = plane[at];
+                *d = match c.input_leaky_relu {
+                    Some(slope) if v < 0.0 => v * slope,
+                    _ => v,
+                };
             }
         }
     }
