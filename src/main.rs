@@ -98,6 +98,11 @@ enum Command {
         /// Keep only the network the current stage needs on the GPU (less memory, slower runs).
         #[arg(long)]
         low_memory: bool,
+        /// Start on this device whatever was chosen last (the app's Device setting chooses from
+        /// then on): a real GPU where there is one, else the processor (auto); the window's GPU
+        /// adapter, even a software one (gpu); the processor (cpu).
+        #[arg(long, value_enum, env = "AUDIOLDM_DEVICE")]
+        device: Option<Device>,
     },
     /// Generate a clip from a text prompt.
     Generate {
@@ -305,15 +310,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// `audioldm app`, with what the environment sets (`AUDIOLDM_DEVICE`, `AUDIOLDM_LIMITS`) as clap
+/// reads it for the command itself; an unknown value there is reported as clap reports it.
 #[cfg(feature = "app")]
 fn default_command() -> Option<Command> {
-    Some(Command::App {
-        model: None,
-        f16: false,
-        input: None,
-        limits: Limits::Adapter,
-        low_memory: false,
-    })
+    Cli::parse_from(["audioldm", "app"]).command
 }
 
 #[cfg(not(feature = "app"))]
@@ -337,6 +338,7 @@ fn run(cli: Cli) -> audioldm::Result<()> {
             input,
             limits,
             low_memory,
+            device,
         } => {
             let options = audioldm::app::AppOptions {
                 model,
@@ -344,6 +346,7 @@ fn run(cli: Cli) -> audioldm::Result<()> {
                 precision: Precision::weights_f16(f16),
                 limits: limits.into(),
                 residency: Residency::from_low_memory(low_memory),
+                device: device.map(DeviceChoice::from),
                 ..Default::default()
             };
             audioldm::app::run_native(options).map_err(audioldm::Error::Input)
@@ -688,13 +691,7 @@ fn produce(
 
 /// A clip's settings (a JSON object) with what ran it added as `backend`.
 fn with_backend(settings: &str, ctx: &Context) -> String {
-    match serde_json::from_str::<serde_json::Value>(settings) {
-        Ok(serde_json::Value::Object(mut map)) => {
-            map.insert("backend".into(), ctx.backend_name().into());
-            serde_json::Value::Object(map).to_string()
-        }
-        _ => settings.to_string(),
-    }
+    audioldm::pipeline::settings_with_backend(settings, &ctx.backend_name())
 }
 
 /// Fails now, not after minutes of generation, when `path` cannot be written: its folder is

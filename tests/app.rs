@@ -1,6 +1,7 @@
 //! The desktop app, driven through its widgets with egui_kittest on the tiny fixture model. The
-//! harness renders with wgpu on the same setup the real window uses, so the engine runs on the
-//! renderer's device here too.
+//! harness renders with wgpu on the same setup the real window uses; with the Device setting at
+//! `gpu` (what most tests pin) the engine runs on the renderer's device here too, with `cpu` on
+//! the CPU backend (`every_mode_runs_on_the_cpu_backend_picked_in_the_settings`).
 #![cfg(feature = "app")]
 
 #[path = "common/clips.rs"]
@@ -9,8 +10,9 @@ mod clips;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use audioldm::app::worker::{Backend, choose_backend};
 use audioldm::app::{AppOptions, AudioLdmApp, Phase, Severity, wgpu_setup};
-use audioldm::engine::LimitsProfile;
+use audioldm::engine::{DeviceChoice, LimitsProfile};
 use audioldm::pipeline::Residency;
 use eframe::egui;
 use egui_kittest::kittest::Queryable;
@@ -29,9 +31,11 @@ fn data_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// The app on the renderer's device (the Device setting at `gpu`, as before the CPU backend).
 fn harness(data_dir: &Path) -> Harness<'static, AudioLdmApp> {
     harness_with(AppOptions {
         data_dir: Some(data_dir.to_path_buf()),
+        device: Some(DeviceChoice::Gpu),
         ..Default::default()
     })
 }
@@ -434,6 +438,8 @@ fn main_window_snapshot() {
     let mut harness = harness_with(AppOptions {
         data_dir: Some(dir),
         model: Some("tests/fixtures/tiny".into()),
+        // The status line names the renderer's adapter, not this machine's processor.
+        device: Some(DeviceChoice::Gpu),
         ..Default::default()
     });
     harness.run();
@@ -447,12 +453,17 @@ fn main_window_snapshot() {
     );
 }
 
-/// A harness tall enough that the input panel's controls are on screen.
+/// A harness tall enough that the input panel's controls are on screen, on the renderer's
+/// device.
 fn tall_harness(data_dir: &Path) -> Harness<'static, AudioLdmApp> {
-    let options = AppOptions {
+    tall_harness_with(AppOptions {
         data_dir: Some(data_dir.to_path_buf()),
+        device: Some(DeviceChoice::Gpu),
         ..Default::default()
-    };
+    })
+}
+
+fn tall_harness_with(options: AppOptions) -> Harness<'static, AudioLdmApp> {
     Harness::builder()
         .with_size(egui::Vec2::new(1200.0, 1400.0))
         .wgpu_setup(wgpu_setup(&LimitsProfile::default()))
@@ -874,4 +885,328 @@ fn candidates_without_a_clap_model_say_what_is_missing() {
         "{:?}",
         app.messages()
     );
+}
+
+/// The Device setting's decision: `cpu` is the CPU backend; `gpu` the renderer's device (one
+/// device, one wgpu), or the engine's own without one; `auto` the renderer's device where it is a
+/// real GPU, else the CPU backend, marked as a fallback.
+#[test]
+fn auto_runs_on_the_cpu_backend_where_the_renderers_adapter_is_a_software_one() {
+    use eframe::wgpu::DeviceType;
+    for kind in [
+        DeviceType::DiscreteGpu,
+        DeviceType::IntegratedGpu,
+        DeviceType::VirtualGpu,
+        DeviceType::Other,
+    ] {
+        assert_eq!(
+            choose_backend(DeviceChoice::Auto, Some(kind)),
+            Backend::Shared
+        );
+        assert_eq!(
+            choose_backend(DeviceChoice::Gpu, Some(kind)),
+            Backend::Shared
+        );
+        assert_eq!(
+            choose_backend(DeviceChoice::Cpu, Some(kind)),
+            Backend::Cpu { fell_back: false }
+        );
+    }
+    // A software rasteriser (lavapipe, SwiftShader, WARP), or no renderer's device at all.
+    assert_eq!(
+        choose_backend(DeviceChoice::Auto, Some(DeviceType::Cpu)),
+        Backend::Cpu { fell_back: true }
+    );
+    assert_eq!(
+        choose_backend(DeviceChoice::Auto, None),
+        Backend::Cpu { fell_back: true }
+    );
+    assert_eq!(
+        choose_backend(DeviceChoice::Gpu, Some(DeviceType::Cpu)),
+        Backend::Shared
+    );
+    assert_eq!(choose_backend(DeviceChoice::Gpu, None), Backend::OwnGpu);
+    assert_eq!(
+        choose_backend(DeviceChoice::Cpu, None),
+        Backend::Cpu { fell_back: false }
+    );
+    // `auto` falling back and `cpu` run on the same context: switching between them keeps the
+    // loaded model.
+    assert!(Backend::Cpu { fell_back: true }.same_context(Backend::Cpu { fell_back: false }));
+    assert!(!Backend::Shared.same_context(Backend::OwnGpu));
+    assert!(!Backend::Shared.same_context(Backend::Cpu { fell_back: false }));
+}
+
+/// Picks `label` ("Auto", "GPU", "CPU") in the Device drop-down.
+fn pick_device(harness: &mut Harness<'static, AudioLdmApp>, label: &str) {
+    harness.get_by_label("Device").click();
+    harness.run();
+    harness.get_by_label(label).click();
+    harness.run();
+}
+
+#[test]
+fn the_device_setting_is_shown_kept_and_overridden_by_the_option() {
+    let dir = data_dir("device");
+    let mut harness = harness_with(AppOptions {
+        data_dir: Some(dir.clone()),
+        ..Default::default()
+    });
+    harness.run();
+    assert_eq!(harness.state().device(), DeviceChoice::Auto, "the default");
+    let adapter = harness
+        .state()
+        .renderer_adapter()
+        .cloned()
+        .expect("the harness renders with wgpu");
+    // `auto` on this machine's renderer: the CPU backend with a note where the adapter is a
+    // software one (lavapipe here), the adapter where it is a real GPU.
+    let status = harness.state_mut().backend_status();
+    println!("auto: {status}");
+    if adapter.device_type == eframe::wgpu::DeviceType::Cpu {
+        assert!(status.starts_with("CPU: "), "{status}");
+        assert!(
+            status.ends_with(&format!(
+                "auto chose the CPU: {} is a software rasteriser",
+                adapter.name
+            )),
+            "{status}"
+        );
+    } else {
+        assert!(status.starts_with("GPU: "), "{status}");
+        assert!(status.contains(&adapter.name), "{status}");
+    }
+    // The status line shows it.
+    let _ = harness.get_by_label(&status);
+
+    pick_device(&mut harness, "GPU");
+    assert_eq!(harness.state().device(), DeviceChoice::Gpu);
+    let status = harness.state_mut().backend_status();
+    assert!(
+        status.starts_with("GPU: ") && status.contains(&adapter.name),
+        "{status}"
+    );
+    assert!(!status.contains("auto chose"), "{status}");
+    let _ = harness.get_by_label(&status);
+
+    pick_device(&mut harness, "CPU");
+    assert_eq!(harness.state().device(), DeviceChoice::Cpu);
+    let status = harness.state_mut().backend_status();
+    assert!(status.starts_with("CPU: "), "{status}");
+    assert!(status.contains(" threads)"), "{status}");
+    assert!(!status.contains("auto chose"), "{status}");
+    let _ = harness.get_by_label(&status);
+
+    // The choice survives a restart; `--device` (the option) overrides it at start.
+    harness
+        .get_by_label("Prompt")
+        .set_text_value_accesskit("hail");
+    harness.run();
+    let mut storage = MemoryStorage::default();
+    eframe::App::save(harness.state_mut(), &mut storage);
+    let settings = harness.state().settings().clone();
+    drop(harness);
+    let options = AppOptions {
+        data_dir: Some(dir.clone()),
+        ..Default::default()
+    };
+    let harness = restarted(options.clone(), storage.clone());
+    assert_eq!(harness.state().device(), DeviceChoice::Cpu);
+    assert_eq!(harness.state().settings(), &settings);
+    drop(harness);
+    let harness = restarted(
+        AppOptions {
+            device: Some(DeviceChoice::Gpu),
+            ..options.clone()
+        },
+        storage.clone(),
+    );
+    assert_eq!(harness.state().device(), DeviceChoice::Gpu);
+    drop(harness);
+
+    // A device name this build does not know costs the choice, not the settings.
+    let mut unknown = storage.clone();
+    let mut replaced = false;
+    for value in unknown.0.values_mut() {
+        if value.contains("\"cpu\"") {
+            *value = value.replace("\"cpu\"", "\"tpu\"");
+            replaced = true;
+        }
+    }
+    assert!(
+        replaced,
+        "the device is not stored by name: {:?}",
+        storage.0
+    );
+    let harness = restarted(options, unknown);
+    assert_eq!(harness.state().device(), DeviceChoice::Auto);
+    assert_eq!(harness.state().settings(), &settings);
+    drop(harness);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The WAV comment of `wav`, which records what ran the clip's networks as `backend`.
+fn backend_of(wav: &Path) -> String {
+    let comment = audioldm::audio::wav::read_comment(wav)
+        .expect("the clip's WAV")
+        .expect("a comment");
+    let settings: serde_json::Value = serde_json::from_str(&comment).expect("JSON settings");
+    settings["backend"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no backend in {comment}"))
+        .to_string()
+}
+
+/// Waits for the run just started and checks that it left no error.
+fn finish_run(harness: &mut Harness<'static, AudioLdmApp>, what: &str) {
+    harness.step();
+    assert!(
+        harness.state().is_running(),
+        "{what} started nothing: {:?}",
+        harness.state().messages()
+    );
+    step_until(harness, Duration::from_secs(180), what, |app| {
+        !app.is_running()
+    });
+    let messages = harness.state().messages();
+    assert!(
+        messages.iter().all(|m| m.severity != Severity::Error),
+        "{what}: {messages:?}"
+    );
+}
+
+/// Everything the app does, on the CPU backend picked in the settings: text-to-audio with
+/// DPM-Solver++ and low memory, the live preview, the four edits, ranked candidates, a
+/// variation; then back on the renderer's device, which the next run reloads the model on.
+#[test]
+fn every_mode_runs_on_the_cpu_backend_picked_in_the_settings() {
+    let dir = data_dir("cpu");
+    let mut harness = tall_harness(&dir);
+    set_up_tiny_run(&mut harness, 2.0);
+    pick_device(&mut harness, "CPU");
+    assert_eq!(harness.state().device(), DeviceChoice::Cpu);
+    harness
+        .get_by_label("Prompt")
+        .set_text_value_accesskit("hail");
+    harness.get_by_label("Random seed").click();
+    harness.get_by_label("Low GPU memory").click();
+    harness.run();
+    harness.get_by_label("Scheduler").click();
+    harness.run();
+    harness.get_by_label("DPM-Solver++").click();
+    harness.run();
+
+    // Text-to-audio.
+    harness.get_by_label("Generate").click();
+    finish_run(&mut harness, "the clip");
+    let app = harness.state();
+    assert_eq!(app.loaded_residency(), Some(Residency::LowMemory));
+    let [entry] = app.history() else {
+        panic!("expected one history entry, got {:?}", app.history());
+    };
+    let cpu_clip = entry.wav.clone();
+    let backend = backend_of(&cpu_clip);
+    assert!(backend.starts_with("CPU: "), "{backend}");
+    let comment = audioldm::audio::wav::read_comment(&cpu_clip)
+        .unwrap()
+        .unwrap_or_default();
+    assert!(comment.contains("DPM-Solver++ 2M"), "{comment}");
+    let (cpu_samples, _) = audioldm::audio::wav::read_wav(&cpu_clip).expect("the clip");
+    assert_eq!(cpu_samples.len(), 16_000);
+    assert!(cpu_samples.iter().all(|s| s.is_finite()) && cpu_samples.iter().any(|s| *s != 0.0));
+    // The status line names the backend the run reported.
+    assert_eq!(harness.state_mut().backend_status(), backend);
+    let _ = harness.get_by_label(&backend);
+
+    // The live preview comes with the steps; a long run is cancelled once it has one.
+    slider(&harness, "Steps").set_value_accesskit(200.0);
+    harness.run();
+    harness.get_by_label("Generate").click();
+    step_until(
+        &mut harness,
+        Duration::from_secs(120),
+        "the first step",
+        |app| matches!(app.phase(), Some(Phase::Denoising { i, .. }) if *i >= 1),
+    );
+    let preview = harness.state().preview().expect("a live preview");
+    assert!(preview.frames > 0 && preview.bins > 0);
+    assert!(preview.data.iter().all(|v| v.is_finite()));
+    harness.get_by_label("Cancel").click();
+    harness.run_steps(2);
+    step_until(
+        &mut harness,
+        Duration::from_secs(120),
+        "the cancel",
+        |app| !app.is_running(),
+    );
+    slider(&harness, "Steps").set_value_accesskit(2.0);
+    harness.run();
+
+    // The four edits of a dropped clip.
+    harness.input_mut().dropped_files.push(dropped(&chirp()));
+    harness.run();
+    for mode in ["Style transfer", "Inpaint", "Super-resolution", "Extend"] {
+        harness.get_by_label(mode).click();
+        harness.run();
+        if mode == "Inpaint" {
+            drag_on_input_spectrogram(&mut harness, 0.2, 0.4);
+        }
+        let before = harness.state().history().len();
+        harness.get_by_label("Generate edit").click();
+        finish_run(&mut harness, mode);
+        let history = harness.state().history();
+        assert_eq!(history.len(), before + 1, "{mode}");
+        let entry = &history[0];
+        assert!(entry.edit.is_some(), "{mode}");
+        assert!(backend_of(&entry.wav).starts_with("CPU: "), "{mode}");
+        let (samples, _) = audioldm::audio::wav::read_wav(&entry.wav).expect("the edit");
+        assert!(samples.len() >= 8000, "{mode}: {} samples", samples.len());
+        assert!(samples.iter().all(|s| s.is_finite()), "{mode}");
+    }
+
+    // Ranked candidates and a variation, with the tiny CLAP.
+    let tiny_clap = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clap");
+    harness
+        .get_by_label("CLAP model (ranking, variations)")
+        .set_text_value_accesskit(&tiny_clap.display().to_string());
+    slider(&harness, "Candidates").set_value_accesskit(2.0);
+    harness.run();
+    let before = harness.state().history().len();
+    harness.get_by_label("Generate").click();
+    finish_run(&mut harness, "the candidates");
+    let history = harness.state().history();
+    assert_eq!(history.len(), before + 2);
+    for entry in &history[..2] {
+        assert!(entry.score.is_some());
+        assert!(backend_of(&entry.wav).starts_with("CPU: "));
+    }
+    harness.get_by_label("Variations").click();
+    finish_run(&mut harness, "the variation");
+    let history = harness.state().history();
+    assert_eq!(history.len(), before + 3);
+    assert!(history[0].variation.is_some());
+    assert!(backend_of(&history[0].wav).starts_with("CPU: "));
+
+    // Back on the renderer's device: the first clip again (the same settings and seed), made
+    // there (the model loads onto the new context), matches the CPU's.
+    pick_device(&mut harness, "GPU");
+    slider(&harness, "Candidates").set_value_accesskit(1.0);
+    harness.run();
+    harness.get_by_label("Generate").click();
+    finish_run(&mut harness, "the clip on the GPU");
+    let entry = &harness.state().history()[0];
+    assert_eq!(entry.settings.prompt, "hail");
+    let backend = backend_of(&entry.wav);
+    assert!(backend.starts_with("GPU: "), "{backend}");
+    let (gpu_samples, _) = audioldm::audio::wav::read_wav(&entry.wav).expect("the clip");
+    assert_eq!(gpu_samples.len(), cpu_samples.len());
+    let max_diff = gpu_samples
+        .iter()
+        .zip(&cpu_samples)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(max_diff < 1e-3, "GPU and CPU clips differ by {max_diff}");
+    assert_eq!(harness.state_mut().backend_status(), backend);
+    drop(harness);
+    let _ = std::fs::remove_dir_all(&dir);
 }

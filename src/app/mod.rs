@@ -4,7 +4,9 @@
 //!
 //! One GPU device serves the whole process: eframe creates it with the engine's
 //! [`device_descriptor`] (the limits of the chosen [`LimitsProfile`] and the features the engine
-//! uses) and the engine wraps it with [`Context::from_device`].
+//! uses) and the engine wraps it with [`Context::from_device`]. The Device setting may instead
+//! run the networks on the CPU backend ([`Context::cpu`]), which `auto` does where eframe's
+//! adapter is a software one ([`worker::choose_backend`]).
 
 pub mod spectrogram;
 pub mod state;
@@ -27,16 +29,16 @@ use eframe::egui_wgpu::{WgpuSetup, WgpuSetupCreateNew};
 use crate::audio::decode::decode_file;
 use crate::audio::mel::MelFrontEnd;
 use crate::audio::playback::Player;
-use crate::audio::wav::{WavFormat, read_wav, write_wav};
+use crate::audio::wav::{WavFormat, read_comment, read_wav, write_wav};
 use crate::audio::{Audio, Mel};
-use crate::engine::Context;
 use crate::engine::context::{LimitsProfile, device_descriptor};
+use crate::engine::{Context, DeviceChoice};
 use crate::hub;
 use crate::model::nn::Precision;
-use crate::pipeline::Residency;
 use crate::pipeline::edit::{EditRequest, Mode};
 use crate::pipeline::ranking::{Candidates, describe_candidate};
 use crate::pipeline::variation::VariationRequest;
+use crate::pipeline::{Residency, settings_with_backend};
 
 use spectrogram::{Overlay, SpectrogramView};
 use state::{
@@ -44,7 +46,7 @@ use state::{
     GUIDANCE_RANGE, HistoryEntry, MIX_RANGE, Persisted, STEPS_RANGE, STRENGTH_RANGE, Settings,
     VariationRecord,
 };
-use worker::{Job, Report, Task, Worker};
+use worker::{Backend, Job, Report, Task, Worker, backend_label, choose_backend};
 
 /// The name eframe stores settings under (and the window title).
 pub const APP_ID: &str = "AudioLDM";
@@ -64,6 +66,9 @@ pub struct AppOptions {
     /// Start with low memory on ([`Residency::LowMemory`]) whatever was chosen last; the app's
     /// "Low GPU memory" setting chooses from then on.
     pub residency: Residency,
+    /// Start on this device whatever was chosen last (`--device`, `AUDIOLDM_DEVICE`); the app's
+    /// Device setting chooses from then on.
+    pub device: Option<DeviceChoice>,
 }
 
 /// The wgpu setup eframe should use so that the engine can share its device, created with the
@@ -151,6 +156,11 @@ pub enum Phase {
 struct Run {
     id: u64,
     settings: Settings,
+    /// The device setting the run was submitted with.
+    device: DeviceChoice,
+    /// What runs its networks ([`backend_label`]) and whether it is the CPU backend, once the
+    /// worker has said.
+    backend: Option<(String, bool)>,
     started: Instant,
     denoising_started: Option<Instant>,
     phase: Phase,
@@ -205,7 +215,11 @@ const INPUT_CLIP_ID: u64 = u64::MAX;
 pub struct AudioLdmApp {
     persisted: Persisted,
     data_dir: PathBuf,
-    adapter: String,
+    /// The engine's context on eframe's device, if eframe renders with wgpu.
+    shared: Option<Context>,
+    /// What runs the networks of a device setting ([`backend_label`]): as the worker last said,
+    /// or as expected before it has.
+    backend: (DeviceChoice, String),
     worker: Worker,
     run: Option<Run>,
     player: Player,
@@ -250,7 +264,10 @@ impl AudioLdmApp {
         if options.residency == Residency::LowMemory {
             persisted.low_memory = true;
         }
-        let ctx = cc.wgpu_render_state.as_ref().map(|rs| {
+        if let Some(device) = options.device {
+            persisted.device = device;
+        }
+        let shared = cc.wgpu_render_state.as_ref().map(|rs| {
             Context::from_device(
                 rs.device.clone(),
                 rs.queue.clone(),
@@ -258,28 +275,23 @@ impl AudioLdmApp {
                 options.limits.clone(),
             )
         });
-        let adapter = match &ctx {
-            Some(ctx) => {
-                let info = ctx.adapter_info();
-                // A browser hides the adapter's name; its vendor and architecture may be given.
-                let name = [&info.name, &info.driver_info]
-                    .into_iter()
-                    .find(|s| !s.is_empty())
-                    .cloned()
-                    .unwrap_or_else(|| "the browser's GPU".into());
-                format!("{name} ({:?})", info.backend)
-            }
-            None => "no wgpu renderer: the engine makes its own device".to_string(),
-        };
         let egui_ctx = cc.egui_ctx.clone();
-        let worker = Worker::spawn(ctx, options.limits.clone(), options.precision, move || {
-            egui_ctx.request_repaint()
-        });
+        let worker = Worker::spawn(
+            shared.clone(),
+            options.limits.clone(),
+            options.precision,
+            move || egui_ctx.request_repaint(),
+        );
         let data_dir = options.data_dir.unwrap_or_else(default_data_dir);
+        let backend = (
+            persisted.device,
+            expected_backend_name(persisted.device, shared.as_ref()),
+        );
         let mut app = Self {
             persisted,
             data_dir,
-            adapter,
+            shared,
+            backend,
             worker,
             run: None,
             player: Player::default(),
@@ -311,6 +323,43 @@ impl AudioLdmApp {
     /// Whether "Low GPU memory" is ticked.
     pub fn low_memory(&self) -> bool {
         self.persisted.low_memory
+    }
+
+    /// The adapter eframe renders with, if it renders with wgpu.
+    pub fn renderer_adapter(&self) -> Option<&eframe::wgpu::AdapterInfo> {
+        self.shared.as_ref().map(|c| c.adapter_info())
+    }
+
+    /// The running generation's live preview (the spectrogram of its latest estimate), once the
+    /// first step has reported it.
+    pub fn preview(&self) -> Option<&Mel> {
+        self.run.as_ref().and_then(|r| r.preview.as_ref())
+    }
+
+    /// The Device setting: what runs the networks from the next generation on.
+    pub fn device(&self) -> DeviceChoice {
+        self.persisted.device
+    }
+
+    /// What the status line says runs the networks: the backend of the Device setting
+    /// ([`backend_label`]), with a note when `auto` fell back to the CPU.
+    pub fn backend_status(&mut self) -> String {
+        let device = self.persisted.device;
+        if self.backend.0 != device {
+            self.backend = (device, expected_backend_name(device, self.shared.as_ref()));
+        }
+        let shared = self.shared.as_ref().map(|c| c.adapter_info());
+        match choose_backend(device, shared.map(|info| info.device_type)) {
+            Backend::Cpu { fell_back: true } => format!(
+                "{} · auto chose the CPU: {}",
+                self.backend.1,
+                match shared {
+                    Some(info) => format!("{} is a software rasteriser", info.name),
+                    None => "no GPU device to share".to_string(),
+                }
+            ),
+            _ => self.backend.1.clone(),
+        }
     }
 
     /// Where the loaded model keeps its weights (`None` before the first load).
@@ -517,8 +566,10 @@ impl AudioLdmApp {
     ) {
         let id = self.persisted.next_id;
         self.persisted.next_id += 1;
+        let device = self.persisted.device;
         let job = Job {
             id,
+            device,
             model: settings.model.trim().to_string(),
             residency: Residency::from_low_memory(self.persisted.low_memory),
             clap: settings.clap(),
@@ -529,6 +580,8 @@ impl AudioLdmApp {
                 self.run = Some(Run {
                     id,
                     settings,
+                    device,
+                    backend: None,
                     started: Instant::now(),
                     denoising_started: None,
                     phase: Phase::Resolving,
@@ -612,6 +665,10 @@ impl AudioLdmApp {
                 Report::Downloading { file, fraction, .. } if !cancelling => {
                     run.phase = Phase::Downloading { file, fraction };
                 }
+                Report::Backend { name, cpu, .. } => {
+                    self.backend = (run.device, name.clone());
+                    run.backend = Some((name, cpu));
+                }
                 Report::Loading { residency, .. } => {
                     self.loaded_residency = Some(residency);
                     if !cancelling {
@@ -653,6 +710,7 @@ impl AudioLdmApp {
             }
             (None, None) => run.settings.describe(),
         };
+        let description = with_backend(&description, &run);
         let edit = run.edit.take().map(|edit| {
             let source_wav = self.keep_source(run.id, &edit.source, "edit");
             EditRecord {
@@ -717,13 +775,16 @@ impl AudioLdmApp {
                 ..run.settings.clone()
             };
             let score = candidates.scores.scores[k];
-            let description = describe_candidate(
-                &settings.request(),
-                &settings.model,
-                settings.duration_s,
-                (k, n),
-                score,
-                &clap,
+            let description = with_backend(
+                &describe_candidate(
+                    &settings.request(),
+                    &settings.model,
+                    settings.duration_s,
+                    (k, n),
+                    score,
+                    &clap,
+                ),
+                &run,
             );
             let entry = HistoryEntry {
                 id,
@@ -847,9 +908,15 @@ impl AudioLdmApp {
         let Some(clip) = self.clip(id) else { return };
         let (samples, rate) = (clip.audio.samples.clone(), clip.audio.sample_rate);
         let name = file_name_for(&entry.settings.prompt);
-        let described = match &entry.edit {
-            Some(edit) => edit.description.clone(),
-            None => entry.settings.describe(),
+        // What the clip's own file records (the backend, a candidate's score), else the settings
+        // again.
+        let described = match read_comment(&entry.wav) {
+            Ok(Some(comment)) => comment,
+            _ => match (&entry.edit, &entry.variation) {
+                (Some(edit), _) => edit.description.clone(),
+                (None, Some(variation)) => variation.description.clone(),
+                (None, None) => entry.settings.describe(),
+            },
         };
         #[cfg(not(target_arch = "wasm32"))]
         {
@@ -1084,8 +1151,31 @@ impl AudioLdmApp {
         ui.checkbox(&mut self.persisted.low_memory, "Low GPU memory")
             .on_hover_text(
                 "Keep only the network each stage needs on the GPU, uploading the next from disk: \
-                 about half the GPU memory, a few seconds more per clip",
+                 about half the GPU memory, a few seconds more per clip (on the CPU, half the \
+                 memory)",
             );
+        ui.horizontal(|ui| {
+            let label = ui.label("Device");
+            egui::ComboBox::from_id_salt("device")
+                .selected_text(device_label(self.persisted.device))
+                .show_ui(ui, |ui| {
+                    for device in [DeviceChoice::Auto, DeviceChoice::Gpu, DeviceChoice::Cpu] {
+                        ui.selectable_value(
+                            &mut self.persisted.device,
+                            device,
+                            device_label(device),
+                        );
+                    }
+                })
+                .response
+                .labelled_by(label.id)
+                .on_hover_text(
+                    "What runs the networks, from the next generation on. Auto: the GPU where it \
+                     is a real one, else the processor (much faster than a software GPU); GPU: \
+                     the window's GPU, even a software one; CPU: the processor's cores. The \
+                     status line says which is in use",
+                );
+        });
         ui.add_space(8.0);
 
         ui.horizontal(|ui| {
@@ -1624,7 +1714,11 @@ fn phase_text(run: &Run) -> (f32, String) {
         Phase::Loading => (
             0.0,
             format!(
-                "Loading the model onto the GPU… {:.0} s",
+                "Loading the model{}… {:.0} s",
+                match run.backend {
+                    Some((_, true)) => "",
+                    _ => " onto the GPU",
+                },
                 run.started.elapsed().as_secs_f64()
             ),
         ),
@@ -1643,6 +1737,36 @@ fn phase_text(run: &Run) -> (f32, String) {
             };
             (fraction, text)
         }
+    }
+}
+
+fn device_label(device: DeviceChoice) -> &'static str {
+    match device {
+        DeviceChoice::Auto => "Auto",
+        DeviceChoice::Gpu => "GPU",
+        DeviceChoice::Cpu => "CPU",
+    }
+}
+
+/// What runs the networks of the device setting `device`, before the worker has said: the name
+/// [`backend_label`] gives (for the renderer's device, or the CPU backend).
+fn expected_backend_name(device: DeviceChoice, shared: Option<&Context>) -> String {
+    let shared_type = shared.map(|c| c.adapter_info().device_type);
+    match (choose_backend(device, shared_type), shared) {
+        (Backend::Cpu { .. }, _) => Context::cpu().backend_name(),
+        (Backend::Shared, Some(ctx)) => backend_label(ctx),
+        (Backend::Shared | Backend::OwnGpu, _) => {
+            "GPU: no renderer's device to share, the engine makes its own at the first generation"
+                .to_string()
+        }
+    }
+}
+
+/// A clip's settings with what ran `run` added (when the worker said).
+fn with_backend(settings: &str, run: &Run) -> String {
+    match &run.backend {
+        Some((backend, _)) => settings_with_backend(settings, backend),
+        None => settings.to_string(),
     }
 }
 
@@ -1680,11 +1804,7 @@ impl eframe::App for AudioLdmApp {
         });
         egui::Panel::bottom("status").show(ui, |ui| {
             ui.horizontal(|ui| {
-                ui.label(
-                    RichText::new(format!("GPU: {}", self.adapter))
-                        .small()
-                        .weak(),
-                );
+                ui.label(RichText::new(self.backend_status()).small().weak());
             });
         });
         if !self.messages.is_empty() {

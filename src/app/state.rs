@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::DeviceChoice;
 use crate::hub::DEFAULT_MODEL;
 use crate::pipeline::edit::Mode;
 use crate::pipeline::{Request, SchedulerKind};
@@ -251,4 +252,27 @@ pub struct Persisted {
     /// Keep only the network the current stage needs on the GPU. A preference of this machine,
     /// not of a clip, so it lives beside the settings rather than in them.
     pub low_memory: bool,
+    /// What runs the networks (auto, gpu, cpu), by name; also a preference of this machine.
+    #[serde(with = "device_name")]
+    pub device: DeviceChoice,
+}
+
+/// A [`DeviceChoice`] kept by its name; a name this build does not know reads as `Auto`, so that
+/// it costs the choice and not the history.
+mod device_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::engine::DeviceChoice;
+
+    pub fn serialize<S: Serializer>(device: &DeviceChoice, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(device.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DeviceChoice, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(DeviceChoice::parse(&name).unwrap_or_else(|e| {
+            tracing::warn!("the device setting: {e}; using auto");
+            DeviceChoice::Auto
+        }))
+    }
 }

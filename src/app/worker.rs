@@ -11,7 +11,7 @@ use std::sync::mpsc::{Receiver, channel};
 use futures_channel::mpsc::{UnboundedSender, unbounded};
 use futures_util::StreamExt;
 
-use crate::engine::{Context, LimitsProfile};
+use crate::engine::{Context, DeviceChoice, LimitsProfile};
 use crate::hub;
 use crate::model::nn::Precision;
 use crate::pipeline::edit::EditRequest;
@@ -24,9 +24,63 @@ use crate::pipeline::{Event, Mel, Output, Pipeline, Request, Residency};
 /// on a GPU the extra waits cost well under a millisecond each.
 const DISPATCHES_PER_SUBMIT: usize = 32;
 
+/// Which context runs the networks for a device setting: what [`choose_backend`] decides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The renderer's device (eframe's), shared with the engine: one device, one wgpu.
+    Shared,
+    /// A GPU device of the engine's own: `gpu` where there is no renderer's device to share.
+    OwnGpu,
+    /// The CPU backend ([`Context::cpu`]); `fell_back` when `auto` chose it because the only
+    /// adapter is a software rasteriser (lavapipe, SwiftShader, WARP) or there is none.
+    Cpu { fell_back: bool },
+}
+
+impl Backend {
+    /// Whether `self` and `other` run on the same context (a model loaded on one serves both).
+    pub fn same_context(self, other: Backend) -> bool {
+        std::mem::discriminant(&self) == std::mem::discriminant(&other)
+    }
+}
+
+/// The backend of the device setting `choice`, where the renderer's device (when there is one)
+/// is of type `shared`: `cpu` is the CPU backend; `gpu` the renderer's device, or one of the
+/// engine's own without it; `auto` the renderer's device where it is a real GPU, else (a software
+/// adapter, or none) the CPU backend, which is much faster than a software rasteriser. In a
+/// browser `auto` keeps a software adapter: the CPU backend there is one thread on the page's
+/// event loop, which it would hold for whole steps.
+pub fn choose_backend(choice: DeviceChoice, shared: Option<wgpu::DeviceType>) -> Backend {
+    let in_browser = cfg!(target_arch = "wasm32");
+    match (choice, shared) {
+        (DeviceChoice::Cpu, _) => Backend::Cpu { fell_back: false },
+        (DeviceChoice::Gpu, Some(_)) => Backend::Shared,
+        (DeviceChoice::Gpu, None) => Backend::OwnGpu,
+        (DeviceChoice::Auto, Some(kind)) if kind != wgpu::DeviceType::Cpu || in_browser => {
+            Backend::Shared
+        }
+        (DeviceChoice::Auto, _) => Backend::Cpu { fell_back: true },
+    }
+}
+
+/// What runs `ctx`'s graphs, for the status line and the WAV comment: [`Context::backend_name`],
+/// but where a browser hides the adapter's name, its vendor and architecture if given.
+pub fn backend_label(ctx: &Context) -> String {
+    let info = ctx.adapter_info();
+    if ctx.is_cpu() || !info.name.is_empty() {
+        return ctx.backend_name();
+    }
+    let name = match info.driver_info.as_str() {
+        "" => "the browser's GPU",
+        given => given,
+    };
+    format!("GPU: {name} ({:?})", info.backend)
+}
+
 /// One generation, as the UI asked for it.
 pub struct Job {
     pub id: u64,
+    /// What runs the networks; a change makes a new context and reloads the model on it.
+    pub device: DeviceChoice,
     /// A Hugging Face repo id or a local folder.
     pub model: String,
     /// Where the networks' weights live between stages; a change reloads the model.
@@ -60,6 +114,12 @@ pub enum Report {
         id: u64,
         file: String,
         fraction: f32,
+    },
+    /// What runs the networks of the job ([`backend_label`]), told before loading.
+    Backend {
+        id: u64,
+        name: String,
+        cpu: bool,
     },
     /// Loading the model onto the GPU (the slow part of a first run).
     Loading {
@@ -111,6 +171,7 @@ impl Report {
     pub fn id(&self) -> u64 {
         match self {
             Report::Downloading { id, .. }
+            | Report::Backend { id, .. }
             | Report::Loading { id, .. }
             | Report::Started { id, .. }
             | Report::Step { id, .. }
@@ -134,11 +195,12 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts the worker. `ctx` is the engine's GPU context (eframe's device in the app); `None`
-    /// makes one with the limits of `limits` on first use. `wake` is called after every report
-    /// (the UI asks for a repaint).
+    /// Starts the worker. `shared` is the engine's context on the renderer's device (eframe's in
+    /// the app): what a job's device setting runs on where [`choose_backend`] says
+    /// [`Backend::Shared`]; [`Backend::OwnGpu`] makes a device with the limits of `limits` on
+    /// first use. `wake` is called after every report (the UI asks for a repaint).
     pub fn spawn(
-        ctx: Option<Context>,
+        shared: Option<Context>,
         limits: LimitsProfile,
         precision: Precision,
         wake: impl Fn() + Send + 'static,
@@ -149,7 +211,8 @@ impl Worker {
         // pipeline's event callbacks across awaits) is made on the thread that runs it.
         let work = move || async move {
             let mut state = WorkerState {
-                ctx,
+                shared,
+                ctx: None,
                 limits,
                 precision,
                 loaded: None,
@@ -229,7 +292,10 @@ impl Drop for Worker {
 }
 
 struct WorkerState {
-    ctx: Option<Context>,
+    /// The renderer's device, if it has one.
+    shared: Option<Context>,
+    /// The context the last job ran on, and the backend it is.
+    ctx: Option<(Backend, Context)>,
     limits: LimitsProfile,
     precision: Precision,
     /// The last model loaded, by the folder it came from and its residency.
@@ -317,14 +383,12 @@ impl WorkerState {
         if cancel.load(Ordering::Relaxed) {
             return Err(crate::Error::Cancelled);
         }
-        let ctx = match &self.ctx {
-            Some(ctx) => ctx.clone(),
-            None => {
-                let ctx = Context::with_limits(self.limits.clone()).await?;
-                self.ctx = Some(ctx.clone());
-                ctx
-            }
-        };
+        let ctx = self.context(job.device).await?;
+        report(Report::Backend {
+            id,
+            name: backend_label(&ctx),
+            cpu: ctx.is_cpu(),
+        });
         let reuse = self
             .loaded
             .as_ref()
@@ -392,6 +456,32 @@ impl WorkerState {
                     .output,
             ),
         })
+    }
+}
+
+impl WorkerState {
+    /// The context of the device setting `device`. A context other than the last one's drops
+    /// what was loaded on that (the next load is on the new one).
+    async fn context(&mut self, device: DeviceChoice) -> crate::Result<Context> {
+        let shared_type = self.shared.as_ref().map(|c| c.adapter_info().device_type);
+        let backend = choose_backend(device, shared_type);
+        if let Some((last, ctx)) = &self.ctx
+            && last.same_context(backend)
+        {
+            return Ok(ctx.clone());
+        }
+        self.ctx = None;
+        self.loaded = None;
+        self.scorer = None;
+        let ctx = match (backend, &self.shared) {
+            (Backend::Cpu { .. }, _) => Context::cpu(),
+            (Backend::Shared, Some(shared)) => shared.clone(),
+            (Backend::Shared | Backend::OwnGpu, _) => {
+                Context::with_limits(self.limits.clone()).await?
+            }
+        };
+        self.ctx = Some((backend, ctx.clone()));
+        Ok(ctx)
     }
 }
 

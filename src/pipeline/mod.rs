@@ -142,6 +142,19 @@ impl Request {
     }
 }
 
+/// A clip's settings (a JSON object, as [`Request::describe`] and the modes' `describe` make it)
+/// with what ran its networks added as `backend` ([`Context::backend_name`]): the WAV comment the
+/// CLI and the app write. Text that is not a JSON object is returned as it is.
+pub fn settings_with_backend(settings: &str, backend: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(settings) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.insert("backend".into(), backend.into());
+            serde_json::Value::Object(map).to_string()
+        }
+        _ => settings.to_string(),
+    }
+}
+
 /// Everything a generation produced.
 #[derive(Clone, Debug, Default)]
 pub struct Output {
