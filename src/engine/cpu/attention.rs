@@ -10,7 +10,7 @@ use crate::engine::error::{Result, shape_error};
 
 /// Queries a task takes and keys a step takes.
 const QUERY_BLOCK: usize = 128;
-const KEY_BLOCK: usize = 512;
+const KEY_BLOCK: usize = 1024;
 
 /// The sizes of an attention: `q [batch, tq, heads * d]`, `k [batch, tk, heads * d]`,
 /// `v [batch, tk, heads * dv]`, output `[batch, tq, heads * dv]` (heads interleaved in the last

@@ -2,8 +2,8 @@
 //! cache-sized tiles of output positions, and `conv_transpose1d` as one product followed by a
 //! scatter of its columns (col2im). Weights keep PyTorch's layouts.
 
-use super::gemm::{Epilogue, MatSlice, gemm, gemm_serial};
-use super::{activate, par_map, threads};
+use super::gemm::{Epilogue, MatSlice, gemm, product_into};
+use super::{activate, par_map, parallelism, threads};
 use crate::engine::error::{Result, shape_error};
 
 /// Floats of one im2col tile (1 MiB), unless that leaves fewer than [`TILE_POSITIONS`] positions.
@@ -99,36 +99,41 @@ pub fn conv2d(
     // then placed. With a task per thread or more the tasks are the parallel work; with fewer,
     // the product of each is split instead.
     let tasks = c.batch * tiles;
-    let product = if tasks >= threads() {
-        gemm_serial
+    let par = if tasks >= threads() {
+        faer::Par::Seq
     } else {
-        gemm
+        parallelism(c.cout * depth * tile)
     };
     let plane = c.cin * c.h * c.w;
-    let blocks = par_map(tasks, |task| {
+    let base = OutPtr(out.as_mut_ptr());
+    let base = &base;
+    let results = par_map(tasks, |task| {
         let (b, t) = (task / tiles, task % tiles);
         let (p0, p1) = (t * tile, ((t + 1) * tile).min(positions));
-        let cols = im2col(&x[b * plane..(b + 1) * plane], c, ow, p0..p1);
-        let mut block = vec![0.0; c.cout * (p1 - p0)];
-        product(
-            &mut block,
-            MatSlice::row_major(weight, c.cout, depth),
-            MatSlice::row_major(&cols, depth, p1 - p0),
-            (1, c.cout, depth, p1 - p0),
-            1.0,
-            Epilogue::default(),
-        )
-        .map(|()| block)
+        IM2COL.with_borrow_mut(|cols| {
+            im2col(cols, &x[b * plane..(b + 1) * plane], c, ow, p0..p1);
+            // SAFETY: task (b, t) writes columns p0..p1 of the `[cout, positions]` output of
+            // batch item b, and no other task does: the views are disjoint, inside `out`, and
+            // `out` outlives `par_map`.
+            let dst = unsafe {
+                faer::MatMut::from_raw_parts_mut(
+                    base.0.add(b * c.cout * positions + p0),
+                    c.cout,
+                    p1 - p0,
+                    positions as isize,
+                    1,
+                )
+            };
+            product_into(
+                dst,
+                MatSlice::row_major(weight, c.cout, depth),
+                MatSlice::row_major(cols, depth, p1 - p0),
+                (c.cout, depth, p1 - p0),
+                par,
+            )
+        })
     });
-    for (task, block) in blocks.into_iter().enumerate() {
-        let block = block?;
-        let (b, t) = (task / tiles, task % tiles);
-        let (p0, p1) = (t * tile, ((t + 1) * tile).min(positions));
-        let out = &mut out[b * c.cout * positions..(b + 1) * c.cout * positions];
-        for (co, row) in block.chunks(p1 - p0).enumerate() {
-            out[co * positions + p0..co * positions + p1].copy_from_slice(row);
-        }
-    }
+    results.into_iter().collect::<Result<()>>()?;
     apply_channel_epilogue(out, positions, c.cout, &epilogue);
     Ok(())
 }
@@ -136,12 +141,13 @@ pub fn conv2d(
 /// The `[cin * kh * kw, positions]` matrix of input values each output position in `range` reads
 /// (zero where it reads padding), leaky ReLU applied. Output positions come in runs along a row;
 /// with stride 1 a run reads a contiguous run of its input row, copied whole.
-fn im2col(x: &[f32], c: &Conv2d, ow: usize, range: std::ops::Range<usize>) -> Vec<f32> {
-    if ow < NARROW {
-        return im2col_narrow(x, c, ow, range);
-    }
+fn im2col(cols: &mut Vec<f32>, x: &[f32], c: &Conv2d, ow: usize, range: std::ops::Range<usize>) {
     let width = range.len();
-    let mut cols = vec![0.0; c.cin * c.kh * c.kw * width];
+    cols.clear();
+    cols.resize(c.cin * c.kh * c.kw * width, 0.0);
+    if ow < NARROW {
+        return im2col_narrow(cols, x, c, ow, range);
+    }
     let [sy, sx] = c.stride;
     let [dy, dx] = c.dilation;
     let (top, left) = (c.padding[0], c.padding[2]);
@@ -185,8 +191,18 @@ fn im2col(x: &[f32], c: &Conv2d, ow: usize, range: std::ops::Range<usize>) -> Ve
             }
         }
     }
-    cols
 }
+
+thread_local! {
+    /// Each thread's im2col columns, kept between tiles and ops: a fresh megabyte per tile
+    /// went to the kernel for new zeroed pages every time.
+    static IM2COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The output's base pointer, shared by the tasks that write disjoint parts of it.
+struct OutPtr(*mut f32);
+// SAFETY: the tasks holding it write disjoint ranges (see `conv2d`).
+unsafe impl Sync for OutPtr {}
 
 /// Output rows narrower than this are gathered through a table rather than copied in runs: the
 /// UNet's deepest levels are 2 to 8 wide, where a run is a handful of values.
@@ -195,7 +211,13 @@ const NARROW: usize = 16;
 /// [`im2col`] for narrow outputs: the input offset each (tap, position) reads is the same for
 /// every input channel, so it is worked out once per tap (`None` in the padding) and every
 /// channel's row is a gather through it.
-fn im2col_narrow(x: &[f32], c: &Conv2d, ow: usize, range: std::ops::Range<usize>) -> Vec<f32> {
+fn im2col_narrow(
+    cols: &mut [f32],
+    x: &[f32],
+    c: &Conv2d,
+    ow: usize,
+    range: std::ops::Range<usize>,
+) {
     let width = range.len();
     let taps = c.kh * c.kw;
     let mut table = Vec::with_capacity(taps * width);
@@ -209,7 +231,6 @@ fn im2col_narrow(x: &[f32], c: &Conv2d, ow: usize, range: std::ops::Range<usize>
             }));
         }
     }
-    let mut cols = vec![0.0; c.cin * taps * width];
     for (ci, rows) in cols.chunks_mut(taps * width).enumerate() {
         let plane = &x[ci * c.h * c.w..(ci + 1) * c.h * c.w];
         for (d, at) in rows.iter_mut().zip(&table) {
@@ -222,7 +243,6 @@ fn im2col_narrow(x: &[f32], c: &Conv2d, ow: usize, range: std::ops::Range<usize>
             }
         }
     }
-    cols
 }
 
 /// A transposed 1-D convolution: input `[batch, cin, len]`, weight `[cin, cout, k]` (PyTorch's
