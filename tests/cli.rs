@@ -529,3 +529,66 @@ fn the_scheduler_is_chosen_by_name_and_recorded() {
         stderr(&output)
     );
 }
+
+/// `--device`: each backend names itself on the first line and in the WAV comment, and both make
+/// the same clip; an unknown device lists the known ones; `gpu` where no adapter is found says
+/// so and names `--device cpu`.
+#[test]
+fn the_device_is_chosen_named_and_recorded() {
+    let dir = scratch("device");
+    let tiny = fixtures().join("tiny");
+    let mut clips = Vec::new();
+    for (device, first) in [("cpu", "CPU: "), ("gpu", "GPU: ")] {
+        let out = dir.join(format!("{device}.wav"));
+        let output = audioldm(&[
+            "generate",
+            "a dog barking",
+            "--model",
+            path(&tiny),
+            "--duration",
+            "1",
+            "--steps",
+            "3",
+            "--device",
+            device,
+            "-o",
+            path(&out),
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let text = stderr(&output);
+        assert!(
+            text.lines().next().is_some_and(|l| l.starts_with(first)),
+            "{text}"
+        );
+        let comment = read_comment(&out).unwrap().expect("a comment");
+        let settings: serde_json::Value = serde_json::from_str(&comment).unwrap();
+        let backend = settings["backend"]
+            .as_str()
+            .expect("a backend in the comment");
+        assert!(backend.starts_with(first), "{backend}");
+        clips.push(read_wav(&out).expect("the written clip").0);
+    }
+    let err = max_rel_err(&clips[0], &clips[1]);
+    assert!(err <= 1e-3, "CPU and GPU clips differ by {err:e}");
+
+    let output = audioldm(&["generate", "x", "--device", "tpu", "--model", path(&tiny)]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("auto, gpu, cpu"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_audioldm"))
+        .args(["generate", "x", "--device", "gpu", "--model", path(&tiny)])
+        .args(["-o", path(&dir.join("none.wav"))])
+        .env("WGPU_ADAPTER_NAME", "no adapter has this name")
+        .output()
+        .expect("run audioldm");
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("--device cpu"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -348,3 +348,57 @@ fn reading_a_staged_run_leaves_the_next_run_going() {
     assert_eq!(second, third);
     assert!(first.iter().all(|v| v.is_finite()) && first.iter().any(|&v| v != 0.0));
 }
+
+/// The CPU backend's executable: the planned run equals the unplanned one (an arena range per
+/// tensor), a stop flag set before the run stops it before any op (it is checked before every
+/// op), and a staged output is kept run by run.
+#[test]
+fn the_cpu_backend_replays_plans_stops_and_stages() {
+    use std::sync::atomic::AtomicBool;
+    let ctx = cpu_ctx();
+    let build = |planned: bool| {
+        let x = Tensor::from_f32(ctx, [3, 40], DType::F32, &random(1, 120)).unwrap();
+        let w = Tensor::from_f32(ctx, [40, 40], DType::F32, &random(2, 1600)).unwrap();
+        let mut g = Graph::new(ctx);
+        let (vx, vw) = (g.input(&x), g.weight(&w));
+        let s = g.scalar(0.5);
+        let mut h = vx;
+        for _ in 0..6 {
+            let y = g.linear(h, vw, None, Activation::Silu, None).unwrap();
+            h = g.axpby(y, h, s, 1.0).unwrap();
+        }
+        g.output(h).unwrap();
+        let exe = if planned {
+            g.build()
+        } else {
+            g.build_unplanned()
+        };
+        (exe.unwrap(), h, s)
+    };
+    let (mut planned, out, scalar) = build(true);
+    let (mut unplanned, out2, _) = build(false);
+    assert!(planned.stats().planned_bytes < unplanned.stats().planned_bytes);
+    planned.run().unwrap();
+    unplanned.run().unwrap();
+    assert_eq!(planned.read(out).unwrap(), unplanned.read(out2).unwrap());
+
+    let before = planned.read(out).unwrap();
+    planned.set_scalar(scalar, 2.0);
+    assert!(!planned.run_unless(&AtomicBool::new(true)).unwrap());
+    assert_eq!(
+        planned.read(out).unwrap(),
+        before,
+        "a stopped run wrote its output"
+    );
+
+    planned.stage_output(out, 2).unwrap();
+    planned.run().unwrap();
+    let changed = planned.read(out).unwrap();
+    assert_ne!(changed, before);
+    planned.set_scalar(scalar, 0.5);
+    planned.run().unwrap();
+    assert_eq!(planned.unread_runs(), 2);
+    assert_eq!(planned.read_staged().unwrap(), changed);
+    assert_eq!(planned.read_staged().unwrap(), before);
+    assert!(planned.read_staged().is_err(), "no run is left to read");
+}
