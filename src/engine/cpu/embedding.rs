@@ -3,7 +3,7 @@
 
 use super::layout::{check_len, par_rows};
 use crate::engine::error::{Result, shape_error};
-use crate::engine::ops::timestep::timestep_frequencies;
+use crate::engine::ops::timestep::{check_timestep, timestep_frequencies};
 
 /// `table[ids]`: row `ids[r]` of `table [rows, dim]` (f32) into row `r` of `out [ids.len(), dim]`.
 ///
@@ -64,25 +64,7 @@ pub fn timestep_embedding(
     out: &mut [f32],
 ) -> Result<()> {
     let op = "timestep_embedding";
-    let half = dim / 2;
-    if batch == 0 || half == 0 {
-        return Err(shape_error(
-            op,
-            format!("needs batch >= 1 and dim >= 2, got batch {batch}, dim {dim}"),
-        ));
-    }
-    if half as f64 == f64::from(downscale_freq_shift)
-        || !max_period.is_finite()
-        || max_period <= 0.0
-    {
-        return Err(shape_error(
-            op,
-            format!(
-                "dim {dim} with downscale_freq_shift {downscale_freq_shift} and max_period \
-                 {max_period} gives no finite frequencies"
-            ),
-        ));
-    }
+    let half = check_timestep(batch, dim, downscale_freq_shift, max_period)?;
     let want = batch
         .checked_mul(dim)
         .ok_or_else(|| shape_error(op, format!("{batch} rows of {dim} are too many")))?;

@@ -14,7 +14,7 @@ use super::gemm::{Epilogue, MatSlice, gemm};
 use super::{embedding, layout, norm};
 use crate::engine::error::{GpuError, Result};
 use crate::engine::graph::plan::{Use, plan};
-use crate::engine::graph::{Graph, GraphStats, Node, OpKind, Storage, Value, Var};
+use crate::engine::graph::{Graph, GraphStats, Node, OpKind, Storage, Value, Var, feedback_pair};
 use crate::engine::profile::{OpTiming, Profile};
 use crate::engine::tensor::{DType, Tensor};
 
@@ -140,19 +140,8 @@ impl CpuExecutable {
     }
 
     pub fn feed_back(&mut self, from: Var, into: Var) -> Result<()> {
-        let (source, target) = (self.tensor(from)?, self.tensor(into)?);
-        let is_input = matches!(
-            self.values.get(into.0).map(|v| &v.storage),
-            Some(Storage::External { weight: false, .. })
-        );
-        if !is_input || source.bytes() != target.bytes() || source.dtype() != target.dtype() {
-            return Err(GpuError::Invalid(format!(
-                "cannot feed an output of shape {} back into {} (must be an input of the same size)",
-                source.shape(),
-                target.shape()
-            )));
-        }
-        self.feedback.push((source, target));
+        let pair = (self.tensor(from)?, self.tensor(into)?);
+        self.feedback.push(feedback_pair(&self.values, pair, into)?);
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use super::super::tensor::{DType, GpuBuffer, Shape, Tensor, create_buffer, read_
 use super::plan::{Use, plan};
 use super::record::Graph;
 use super::staging::StagedOutput;
-use super::{Binding, OpCost, Scalar, Storage, Value, Var, Word};
+use super::{Binding, OpCost, Scalar, Storage, Value, Var, Word, feedback_pair};
 
 /// What a built graph costs.
 #[derive(Clone, Debug, Default)]
@@ -391,19 +391,8 @@ impl GpuExecutable {
     /// After every run, copies output `from` into input `into` within the same submit, so that an
     /// iteration (a denoising step) feeds its result to the next replay without a round trip.
     pub fn feed_back(&mut self, from: Var, into: Var) -> Result<()> {
-        let (source, target) = (self.tensor(from)?, self.tensor(into)?);
-        let is_input = matches!(
-            self.values.get(into.0).map(|v| &v.storage),
-            Some(Storage::External { weight: false, .. })
-        );
-        if !is_input || source.bytes() != target.bytes() || source.dtype() != target.dtype() {
-            return Err(GpuError::Invalid(format!(
-                "cannot feed an output of shape {} back into {} (must be an input of the same size)",
-                source.shape(),
-                target.shape()
-            )));
-        }
-        self.feedback.push((source, target));
+        let pair = (self.tensor(from)?, self.tensor(into)?);
+        self.feedback.push(feedback_pair(&self.values, pair, into)?);
         Ok(())
     }
 

@@ -59,6 +59,28 @@ pub(crate) struct Value {
     pub parts: Vec<Range<u64>>,
 }
 
+/// The pair a built graph copies after each run, `source` (an output) into `target`, checked:
+/// `target` must be an input (not a weight) of the same size and dtype. Both backends'
+/// `feed_back` use it.
+pub(crate) fn feedback_pair(
+    values: &[Value],
+    (source, target): (Tensor, Tensor),
+    into: Var,
+) -> Result<(Tensor, Tensor), super::error::GpuError> {
+    let is_input = matches!(
+        values.get(into.0).map(|v| &v.storage),
+        Some(Storage::External { weight: false, .. })
+    );
+    if !is_input || source.bytes() != target.bytes() || source.dtype() != target.dtype() {
+        return Err(super::error::GpuError::Invalid(format!(
+            "cannot feed an output of shape {} back into {} (must be an input of the same size)",
+            source.shape(),
+            target.shape()
+        )));
+    }
+    Ok((source, target))
+}
+
 /// A coefficient of an op: fixed when recorded, or a [`Scalar`] that may change between replays.
 #[derive(Clone, Copy, Debug)]
 pub enum Coef {

@@ -16,6 +16,37 @@ pub fn timestep_frequencies(half: usize, downscale_freq_shift: f32, max_period: 
         .collect()
 }
 
+/// Fails unless a timestep embedding of `batch` rows of `dim` has finite frequencies; returns
+/// `dim / 2`, the number of frequencies. Both backends check with it.
+pub(crate) fn check_timestep(
+    batch: usize,
+    dim: usize,
+    downscale_freq_shift: f32,
+    max_period: f32,
+) -> Result<usize> {
+    let op = "timestep_embedding";
+    let half = dim / 2;
+    if batch == 0 || half == 0 {
+        return Err(shape_error(
+            op,
+            format!("needs batch >= 1 and dim >= 2, got batch {batch}, dim {dim}"),
+        ));
+    }
+    if half as f64 == f64::from(downscale_freq_shift)
+        || !max_period.is_finite()
+        || max_period <= 0.0
+    {
+        return Err(shape_error(
+            op,
+            format!(
+                "dim {dim} with downscale_freq_shift {downscale_freq_shift} and max_period \
+                 {max_period} gives no finite frequencies"
+            ),
+        ));
+    }
+    Ok(half)
+}
+
 impl Graph {
     /// `[batch, dim]` sinusoidal embedding of the timestep `t` (the same for every row):
     /// `[sin(t f), cos(t f)]` (`[cos, sin]` when `flip_sin_to_cos`) with
@@ -31,25 +62,7 @@ impl Graph {
         max_period: f32,
     ) -> Result<Var> {
         let op = "timestep_embedding";
-        let half = dim / 2;
-        if batch == 0 || half == 0 {
-            return Err(shape_error(
-                op,
-                format!("needs batch >= 1 and dim >= 2, got batch {batch}, dim {dim}"),
-            ));
-        }
-        if half as f64 == f64::from(downscale_freq_shift)
-            || !max_period.is_finite()
-            || max_period <= 0.0
-        {
-            return Err(shape_error(
-                op,
-                format!(
-                    "dim {dim} with downscale_freq_shift {downscale_freq_shift} and max_period \
-                     {max_period} gives no finite frequencies"
-                ),
-            ));
-        }
+        let half = check_timestep(batch, dim, downscale_freq_shift, max_period)?;
         if self.records_nodes() {
             let kind = OpKind::TimestepEmbedding {
                 t: t.into(),
