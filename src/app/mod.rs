@@ -72,12 +72,24 @@ pub struct AppOptions {
 }
 
 /// The wgpu setup eframe should use so that the engine can share its device, created with the
-/// limits of `profile`.
+/// limits of `profile`. A browser without WebGPU draws with WebGL2 instead: that device only
+/// draws (WebGL has no compute shaders), and the networks run on the CPU backend.
 pub fn wgpu_setup(profile: &LimitsProfile) -> WgpuSetup {
     let mut setup = WgpuSetupCreateNew::without_display_handle();
     setup.instance_descriptor = crate::engine::context::instance_descriptor();
+    #[cfg(target_arch = "wasm32")]
+    {
+        setup.instance_descriptor.backends |= eframe::wgpu::Backends::GL;
+    }
     let profile = profile.clone();
     setup.device_descriptor = Arc::new(move |adapter| {
+        if !can_compute(&adapter.get_info()) {
+            return eframe::wgpu::DeviceDescriptor {
+                required_limits: eframe::wgpu::Limits::downlevel_webgl2_defaults()
+                    .using_resolution(adapter.limits()),
+                ..Default::default()
+            };
+        }
         device_descriptor(adapter, &profile).unwrap_or_else(|e| {
             // eframe takes a descriptor, not an error: ask for the profile's limits anyway, and
             // the device request fails with wgpu's error naming the limit.
@@ -89,6 +101,11 @@ pub fn wgpu_setup(profile: &LimitsProfile) -> WgpuSetup {
         })
     });
     WgpuSetup::CreateNew(setup)
+}
+
+/// Whether the engine can run on a device of this adapter: any but WebGL2's, which only draws.
+fn can_compute(adapter: &eframe::wgpu::AdapterInfo) -> bool {
+    !(cfg!(target_arch = "wasm32") && adapter.backend == eframe::wgpu::Backend::Gl)
 }
 
 /// Opens the main window and runs until it is closed.
@@ -267,14 +284,22 @@ impl AudioLdmApp {
         if let Some(device) = options.device {
             persisted.device = device;
         }
-        let shared = cc.wgpu_render_state.as_ref().map(|rs| {
-            Context::from_device(
-                rs.device.clone(),
-                rs.queue.clone(),
-                rs.adapter.get_info(),
-                options.limits.clone(),
-            )
-        });
+        let drawing_only = cc
+            .wgpu_render_state
+            .as_ref()
+            .filter(|rs| !can_compute(&rs.adapter.get_info()));
+        let shared = cc
+            .wgpu_render_state
+            .as_ref()
+            .filter(|_| drawing_only.is_none())
+            .map(|rs| {
+                Context::from_device(
+                    rs.device.clone(),
+                    rs.queue.clone(),
+                    rs.adapter.get_info(),
+                    options.limits.clone(),
+                )
+            });
         let egui_ctx = cc.egui_ctx.clone();
         let worker = Worker::spawn(
             shared.clone(),
@@ -314,6 +339,14 @@ impl AudioLdmApp {
             egui_ctx: cc.egui_ctx.clone(),
         };
         app.saved_history = app.history_signature();
+        if drawing_only.is_some() {
+            app.info(format!(
+                "This browser offers no WebGPU, so the networks run on the CPU backend ({}): \
+                 the slow path, minutes for a clip where a GPU takes seconds. Chrome or Edge \
+                 113+, Safari 26+ and Firefox 141+ on Windows run them on the GPU.",
+                Context::cpu().backend_name()
+            ));
+        }
         if let Some(path) = &options.input {
             app.load_input(path);
         }
@@ -355,6 +388,7 @@ impl AudioLdmApp {
                 self.backend.1,
                 match shared {
                     Some(info) => format!("{} is a software rasteriser", info.name),
+                    None if cfg!(target_arch = "wasm32") => "the browser has no WebGPU".into(),
                     None => "no GPU device to share".to_string(),
                 }
             ),
@@ -1023,7 +1057,8 @@ impl AudioLdmApp {
     fn messages_ui(&mut self, ui: &mut egui::Ui) {
         let mut dismissed = None;
         for (i, message) in self.messages.iter().enumerate() {
-            ui.horizontal(|ui| {
+            // Wrapped: a long message (a failure's cause, the browser's CPU note) stays readable.
+            ui.horizontal_wrapped(|ui| {
                 let colour = match message.severity {
                     Severity::Error => ui.visuals().error_fg_color,
                     Severity::Info => ui.visuals().text_color(),

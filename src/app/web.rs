@@ -1,6 +1,7 @@
 //! The app in a browser page: eframe's web runner on the page's canvas, drawing with WebGPU, and
-//! the engine on the renderer's device as on the desktop. The page (web/) checks for WebGPU
-//! before it loads this.
+//! the engine on the renderer's device as on the desktop. Where the browser has no WebGPU the
+//! app draws with WebGL2 and the networks run on the CPU backend, compiled to WebAssembly: the
+//! slow path, which the app says when it starts.
 
 use std::path::PathBuf;
 
@@ -58,8 +59,8 @@ pub async fn start(
                 })
                 .unwrap_or_else(|| format!("{e:?}"));
             format!(
-                "the app could not start WebGPU drawing ({detail}). It needs a browser with \
-                 WebGPU: Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows"
+                "the app could not start drawing ({detail}). It needs a browser with WebGPU \
+                 (Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows) or at least WebGL2"
             )
         })?;
     RUNNER.with(|r| *r.borrow_mut() = Some(runner));
@@ -163,7 +164,7 @@ fn reading_app<R>(f: impl FnOnce(&mut AudioLdmApp) -> R) -> Option<R> {
 
 /// What the app shows, as JSON, for a script on the page (the end-to-end test reads it): the
 /// phase of a running generation, the messages, the history, the model and what the app says of
-/// it, the clip playing, the input clip, how many spectrogram frames are shown, and where the
+/// it, what runs the networks (the status line's backend), the clip playing, the input clip, how many spectrogram frames are shown, and where the
 /// main controls are (CSS pixels, as `[x, y, width, height]`).
 pub fn state_json() -> Option<String> {
     reading_app(|app| {
@@ -185,6 +186,7 @@ pub fn state_json() -> Option<String> {
             "history": app.history(),
             "model": app.settings_mut().model.clone(),
             "model_status": app.model_status(),
+            "backend": app.backend_status(),
             "playing": app.playing(),
             "input": app.input_clip().map(|clip| serde_json::json!({
                 "name": clip.name,

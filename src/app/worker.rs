@@ -47,8 +47,9 @@ impl Backend {
 /// is of type `shared`: `cpu` is the CPU backend; `gpu` the renderer's device, or one of the
 /// engine's own without it; `auto` the renderer's device where it is a real GPU, else (a software
 /// adapter, or none) the CPU backend, which is much faster than a software rasteriser. In a
-/// browser `auto` keeps a software adapter: the CPU backend there is one thread on the page's
-/// event loop, which it would hold for whole steps.
+/// browser `auto` keeps a software adapter: the CPU backend there is one thread sharing the
+/// page's event loop. A browser without WebGPU has no adapter to keep (the renderer draws with
+/// WebGL2, which cannot compute), so there it is the CPU backend.
 pub fn choose_backend(choice: DeviceChoice, shared: Option<wgpu::DeviceType>) -> Backend {
     let in_browser = cfg!(target_arch = "wasm32");
     match (choice, shared) {

@@ -914,7 +914,7 @@ async fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
 /// Resolves on a later task of the page's event loop (a zero-delay `setTimeout`, in a page or a
 /// worker), letting the browser deliver what it has queued (error scopes, mapped buffers).
 #[cfg(target_arch = "wasm32")]
-async fn next_task() {
+pub(crate) async fn next_task() {
     use wasm_bindgen::JsCast;
     let promise = js_sys::Promise::new(&mut |resolve, _| {
         let global = js_sys::global();
@@ -929,12 +929,20 @@ async fn next_task() {
 }
 
 /// The CPU backend's line: the processor's name where the system says it, and rayon's threads.
+#[cfg(not(target_arch = "wasm32"))]
 fn cpu_backend_name() -> String {
     format!(
         "CPU: {} ({} threads)",
         cpu_model_name().unwrap_or_else(|| std::env::consts::ARCH.to_string()),
         crate::engine::cpu::threads()
     )
+}
+
+/// A page's CPU backend: the kernels compiled to WebAssembly with 128-bit SIMD, on the page's
+/// one thread (a browser hides the processor's name).
+#[cfg(target_arch = "wasm32")]
+fn cpu_backend_name() -> String {
+    "CPU: WebAssembly (1 thread, SIMD128)".into()
 }
 
 #[cfg(target_os = "linux")]
@@ -945,7 +953,7 @@ fn cpu_model_name() -> Option<String> {
         .map(|(_, name)| name.trim().to_string())
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", target_arch = "wasm32")))]
 fn cpu_model_name() -> Option<String> {
     None
 }

@@ -1,6 +1,8 @@
 // End-to-end test of the web build: web/dist served on localhost, with the tiny random model of
 // tests/fixtures/tiny at /model/, driven in headless Chromium (WebGPU on its SwiftShader adapter).
-//   1. Without WebGPU the page shows its message, not a blank canvas.
+//   1. With neither WebGPU nor WebGL the page shows its message, not a blank canvas.
+//   1b. Without WebGPU (--disable-gpu): the app draws with WebGL2, says that the networks run on
+//      the CPU backend (the slow path), and makes a clip there; its WAV records the backend.
 //   2. With WebGPU: the page loads, the prompt is typed and Generate clicked (real input on the
 //      canvas, at the controls' positions the app reports), the progress and the spectrogram
 //      appear, a history entry with the settings shows up, and the clip's WAV download is 16 kHz
@@ -17,7 +19,8 @@
 // Prints the figures: page load to interactive, the time of each stage of the generation. Exit
 // status 0 only when every check passed.
 //   node web/e2e/run.mjs
-// For figures on another model (the full-size random one, say) only part 2 runs:
+// For figures on another model (the full-size random one, say) only part 2 runs, or with
+// E2E_CPU=1 only part 1b:
 //   E2E_FIGURES_ONLY=1 E2E_MODEL=target/reference/full E2E_STEPS=1 E2E_DURATION=2.5 node web/e2e/run.mjs
 import fs from "node:fs";
 import os from "node:os";
@@ -38,6 +41,9 @@ const executablePath = process.env.CHROMIUM ||
   ["/usr/lib/chromium/chromium", "/usr/bin/chromium"].find((p) => fs.existsSync(p));
 const webgpuFlags = ["--no-sandbox", "--enable-unsafe-webgpu", "--enable-features=Vulkan",
   "--use-vulkan=swiftshader", "--use-angle=swiftshader"];
+// No GPU for the page: no WebGPU, WebGL2 on Chromium's software renderer.
+const cpuFlags = ["--no-sandbox", "--disable-gpu", "--disable-features=WebGPU,Vulkan"];
+const figuresOnCpu = process.env.E2E_CPU === "1";
 const PROMPT = "a dog barking in the rain";
 const GENERATION_TIMEOUT_MS = Number(process.env.E2E_TIMEOUT_MS || 15 * 60 * 1000);
 
@@ -92,18 +98,20 @@ function serve() {
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
 }
 
-async function withoutWebGpu(base) {
-  const browser = await chromium.launch({ executablePath, args: ["--no-sandbox",
-    "--disable-features=WebGPU,Vulkan", "--disable-gpu"] });
+async function withoutGraphics(base) {
+  const browser = await chromium.launch({ executablePath, args: [...cpuFlags,
+    "--disable-3d-apis"] });
   try {
     const page = await browser.newPage();
     await page.goto(`${base}/`);
     const message = page.locator("#message");
-    await message.waitFor({ state: "visible", timeout: 30000 });
+    await message.waitFor({ state: "visible", timeout: 60000 });
     const title = await page.locator("#message-title").textContent();
-    console.log(`e2e: the page without WebGPU says: ${title}`);
-    check(/WebGPU/.test(title), "without WebGPU the page shows its message");
-    check(await page.locator("#app").isHidden(), "without WebGPU no blank canvas is shown");
+    const text = await page.locator("#message-text").textContent();
+    console.log(`e2e: the page without WebGPU and WebGL says: ${title}: ${text}`);
+    check(/WebGPU/.test(text) && /WebGL2/.test(text),
+      "without WebGPU and WebGL the page shows its message, naming both");
+    check(await page.locator("#app").isHidden(), "without WebGPU and WebGL no blank canvas is shown");
   } finally {
     await browser.close();
   }
@@ -166,7 +174,7 @@ function readWav(bytes) {
 
 // Clicks Generate and waits for the new history entry; the phases seen, with when each began.
 async function clickGenerate(page, console_) {
-  const before = (await state(page)).history.length;
+  const { history: { length: before }, messages: { length: known } } = await state(page);
   await page.waitForTimeout(300);
   await page.mouse.click(...await settledControl(page, "Generate"));
   const clicked = Date.now();
@@ -177,7 +185,7 @@ async function clickGenerate(page, console_) {
       const phase = s.phase?.split(/[ {(]/)[0];
       if (phase && !phases.has(phase)) phases.set(phase, Date.now());
       if (s.running) framesWhileRunning = Math.max(framesWhileRunning, s.shown_frames);
-      if (s.messages.length && !s.running && s.history.length === before) {
+      if (s.messages.length > known && !s.running && s.history.length === before) {
         fail(`the app reported: ${s.messages.join("; ")}\n${console_.join("\n")}`);
       }
     });
@@ -202,13 +210,16 @@ async function checkDownload(page, entry, what) {
   return file;
 }
 
-async function generate(base) {
+// Part 2 (`cpu` false: WebGPU, every check unless `figuresOnly`) or part 1b (`cpu`: no WebGPU,
+// the generation and its download).
+async function generate(base, cpu) {
+  const what = cpu ? "without WebGPU" : "with WebGPU";
   fs.mkdirSync(out, { recursive: true });
   // A persistent profile, as a user's browser has: an incognito context (Playwright's default)
   // keeps the Cache API and Blobs in memory with a quota too small for a full-size model.
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), "audioldm-e2e-profile-"));
   const context = await chromium.launchPersistentContext(profile, { executablePath,
-    args: webgpuFlags, viewport: { width: 1280, height: 800 }, acceptDownloads: true });
+    args: cpu ? cpuFlags : webgpuFlags, viewport: { width: 1280, height: 800 }, acceptDownloads: true });
   try {
     const page = await context.newPage();
     const console_ = [];
@@ -222,21 +233,33 @@ async function generate(base) {
       120000);
     const interactiveMs = Date.now() - started;
     console.log(`e2e: figure: page load to interactive ${interactiveMs} ms`);
-    check(!(await page.locator("#message").isVisible()), "with WebGPU the app starts (no message)");
+    check(!(await page.locator("#message").isVisible()), `${what} the app starts (no message)`);
+    console.log(`e2e: ${what} the app runs the networks on: ${ready.backend}`);
+    if (cpu) {
+      const note = ready.messages.find((m) => m.includes("CPU backend"));
+      console.log(`e2e: the app says: ${note}`);
+      check(/no WebGPU/.test(note) && /slow path/.test(note),
+        "without WebGPU the app says the networks run on the CPU, the slow path");
+      check(/^CPU: WebAssembly/.test(ready.backend), "without WebGPU the backend is the CPU's");
+    } else {
+      check(/^GPU/.test(ready.backend), "with WebGPU the backend is the GPU");
+    }
 
     const [px, py] = center(ready.controls.Prompt);
     await page.mouse.click(px, py);
     await page.keyboard.type(PROMPT);
     await page.waitForTimeout(300);
     const { done, phases, framesWhileRunning, generationS } = await clickGenerate(page, console_);
-    console.log(`e2e: figure: generation (${path.basename(model)} model, ` +
+    console.log(`e2e: figure: generation ${what} (${path.basename(model)} model, ` +
       `${done.history[0].settings.steps} steps, ` +
       `${done.history[0].settings.duration_s} s) ${generationS.toFixed(1)} s`);
     const marks = [...phases, ["Done", Date.now()]];
     const stages = marks.slice(0, -1).map(([name, at], i) =>
       `${name} ${((marks[i + 1][1] - at) / 1000).toFixed(1)} s`);
     console.log(`e2e: figure: stages ${stages.join(", ")}`);
-    await page.screenshot({ path: path.join(out, "app.png") });
+    const memory = await page.evaluate(() => window.audioldm.wasm_memory());
+    console.log(`e2e: figure: wasm memory at its peak ${(memory / 2 ** 30).toFixed(2)} GiB`);
+    await page.screenshot({ path: path.join(out, cpu ? "app-cpu.png" : "app.png") });
     check(phases.has("Denoising"), "the progress showed the denoising steps");
     check(framesWhileRunning > 0, "the spectrogram appeared while denoising");
     check(done.shown_frames > 0, "the spectrogram shows the clip");
@@ -246,8 +269,11 @@ async function generate(base) {
     check(entry.settings.steps === steps && entry.settings.duration_s === duration,
       "the history entry has the steps and duration of the page's address");
 
-    const wavFile = await checkDownload(page, entry, "the WAV download");
-    if (figuresOnly) return;
+    const wavFile = await checkDownload(page, entry, `the WAV download ${what}`);
+    const comment = fs.readFileSync(wavFile).toString("latin1");
+    const backend = done.backend.split(" · ")[0];
+    check(comment.includes(backend), `the WAV's comment records the backend ${what} (${backend})`);
+    if (figuresOnly || cpu) return;
 
     // Playback through Web Audio: the clip plays, its position moves.
     await page.mouse.click(...await settledControl(page, "Play"));
@@ -349,8 +375,9 @@ if (!fs.existsSync(path.join(dist, "audioldm_web_bg.wasm"))) fail("web/dist is n
 const server = await serve();
 const base = `http://127.0.0.1:${server.address().port}`;
 try {
-  if (!figuresOnly) await withoutWebGpu(base);
-  await generate(base);
+  if (!figuresOnly) await withoutGraphics(base);
+  if (!figuresOnly || figuresOnCpu) await generate(base, true);
+  if (!figuresOnly || !figuresOnCpu) await generate(base, false);
   console.log("e2e: all checks passed");
 } catch {
   process.exitCode = 1;

@@ -1,6 +1,6 @@
 //! The page's entry: the desktop app's code on the page's canvas (eframe's web runner), the
-//! engine on the renderer's WebGPU device. `web/index.html` checks for WebGPU first and calls
-//! [`start`].
+//! engine on the renderer's WebGPU device, or on the CPU backend where the browser has no WebGPU
+//! (the app then draws with WebGL2). `web/index.html` calls [`start`].
 
 use audioldm::app::AppOptions;
 use audioldm::app::state::{DURATION_RANGE, STEPS_RANGE};
@@ -10,7 +10,8 @@ use wasm_bindgen::prelude::*;
 /// Starts the app on `canvas`. From the page's address: `model` (`?model=`, a Hugging Face repo
 /// id or a URL folder in diffusers layout) replaces the model chosen last, and `steps` and
 /// `duration` (`?steps=`, `?duration=` in seconds) the settings, within the sliders' ranges.
-/// Weights are stored in f16 on the GPU: half the memory of f32, which a browser tab needs.
+/// Weights are stored in f16, on the GPU or in the CPU backend's memory: half the memory of f32,
+/// which a browser tab needs.
 #[wasm_bindgen]
 pub async fn start(
     canvas: web_sys::HtmlCanvasElement,

@@ -10,10 +10,10 @@ mod common;
 use audioldm::engine::ops::attention::{Attention, HeadView};
 use audioldm::engine::ops::conv::{
     Conv1dOptions, Conv2dOptions, ConvKernel, ConvTranspose1dOptions,
-    conv_transpose1d_weight_layout, conv_weight_layout,
+    conv_transpose1d_weight_layout, conv_weight, conv_weight_layout,
 };
 use audioldm::engine::ops::matmul::{Gemm, MatView, MatmulKernel};
-use audioldm::engine::{Activation, DType, Graph};
+use audioldm::engine::{Activation, Context, DType, Graph};
 use common::reference::AttentionProblem as Problem;
 use common::reference::*;
 use common::*;
@@ -314,7 +314,9 @@ async fn linear_fuses_bias_activation_and_residual() {
 
 // ---- convolutions ----
 
+#[allow(clippy::too_many_arguments)]
 async fn run_conv2d(
+    ctx: &Context,
     checks: &mut Checks,
     c: &Conv,
     seed: u64,
@@ -323,7 +325,6 @@ async fn run_conv2d(
     act: Activation,
     with_residual: bool,
 ) {
-    let ctx = ctx().await;
     let x = random(seed, c.b * c.cin * c.h * c.w);
     let wt = random(seed + 1, c.cout * c.cin * c.kh * c.kw);
     let bias = random(seed + 2, c.cout);
@@ -335,9 +336,9 @@ async fn run_conv2d(
     let conv = conv2d_ref(c, &x, &wt_used, &bias, None).0;
     let (oh, ow) = c.out_hw();
     let residual = random(seed + 3, conv.len());
-    let mut g = Graph::new(&ctx);
+    let mut g = Graph::new(ctx);
     let vx = input(&mut g, &[c.b, c.cin, c.h, c.w], &x);
-    let (shape, laid) = conv_weight_layout(&wt, c.cout, c.cin, c.kh, c.kw);
+    let (shape, laid) = conv_weight(ctx, &wt, c.cout, c.cin, c.kh, c.kw);
     let vw = weight(&mut g, &shape, dtype, &laid);
     let vb = input(&mut g, &[c.cout], &bias);
     let vr = with_residual.then(|| input(&mut g, &[c.b, c.cout, oh, ow], &residual));
@@ -369,27 +370,31 @@ async fn run_conv2d(
     );
 }
 
+/// Odd shapes and the model's own for 2D convolutions.
+const CONV2D_CASES: [Conv; 6] = [
+    // 3x3 stride 1 padding 1, odd everything.
+    Conv::k3(1, 3, 7, 5, 5, 1, [1; 4]),
+    // The UNet's down-sampler: stride 2 on an odd input (63 -> 32 like the latents).
+    Conv::k3(2, 6, 63, 4, 7, 2, [1; 4]),
+    // The VAE encoder's down-sampler: padding right and bottom only, stride 2.
+    Conv::k3(1, 4, 9, 8, 6, 2, [0, 1, 0, 1]),
+    // 1x1 (shortcuts, proj_in/out).
+    Conv {
+        kh: 1,
+        kw: 1,
+        ..Conv::k3(2, 13, 5, 3, 17, 1, [0; 4])
+    },
+    // Size-1 edges.
+    Conv::k3(1, 1, 1, 1, 1, 1, [1; 4]),
+    // A UNet level, narrowed: 64 channels at 25 x 16.
+    Conv::k3(2, 64, 25, 16, 64, 1, [1; 4]),
+];
+
 #[wasm_bindgen_test]
 async fn conv2d_matches_reference() {
+    let ctx = ctx().await;
     let mut checks = Checks::new("conv2d");
-    let cases = [
-        // 3x3 stride 1 padding 1, odd everything.
-        Conv::k3(1, 3, 7, 5, 5, 1, [1; 4]),
-        // The UNet's down-sampler: stride 2 on an odd input (63 -> 32 like the latents).
-        Conv::k3(2, 6, 63, 4, 7, 2, [1; 4]),
-        // The VAE encoder's down-sampler: padding right and bottom only, stride 2.
-        Conv::k3(1, 4, 9, 8, 6, 2, [0, 1, 0, 1]),
-        // 1x1 (shortcuts, proj_in/out).
-        Conv {
-            kh: 1,
-            kw: 1,
-            ..Conv::k3(2, 13, 5, 3, 17, 1, [0; 4])
-        },
-        // Size-1 edges.
-        Conv::k3(1, 1, 1, 1, 1, 1, [1; 4]),
-        // A UNet level, narrowed: 64 channels at 25 x 16.
-        Conv::k3(2, 64, 25, 16, 64, 1, [1; 4]),
-    ];
+    let cases = CONV2D_CASES;
     for (i, c) in cases.iter().enumerate() {
         let seed = 10 * i as u64;
         for kernel in [
@@ -398,6 +403,7 @@ async fn conv2d_matches_reference() {
             ConvKernel::Naive,
         ] {
             run_conv2d(
+                &ctx,
                 &mut checks,
                 c,
                 seed,
@@ -410,6 +416,7 @@ async fn conv2d_matches_reference() {
         }
         let tiled = ConvKernel::Tiled;
         run_conv2d(
+            &ctx,
             &mut checks,
             c,
             seed,
@@ -421,6 +428,7 @@ async fn conv2d_matches_reference() {
         .await;
         // f16 weights, against the rounded weights.
         run_conv2d(
+            &ctx,
             &mut checks,
             c,
             seed,
@@ -430,6 +438,60 @@ async fn conv2d_matches_reference() {
             true,
         )
         .await;
+    }
+    checks.finish();
+}
+
+/// The CPU backend as a page without WebGPU runs it (WebAssembly, SIMD128, one thread): the
+/// products and convolutions, whose edge handling differs from the native build's vector
+/// width, against the same references on odd shapes (f32 and f16 weights, fused epilogues).
+#[wasm_bindgen_test]
+async fn cpu_backend_matches_reference_on_odd_shapes() {
+    let ctx = Context::cpu();
+    let mut checks = Checks::new("cpu backend");
+    for (seed, (batch, m, k, n)) in [
+        (1, 7, 13, 5),
+        (2, 33, 17, 65),
+        (1, 101, 260, 36),
+        (2, 1, 40, 9),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let a = random(seed as u64 * 10, batch * m * k);
+        let b = random(seed as u64 * 10 + 1, k * n);
+        let mut g = Graph::new(&ctx);
+        let va = input(&mut g, &[batch, m, k], &a);
+        let vb = input(&mut g, &[k, n], &b);
+        let out = g.matmul(va, vb, 1.0).unwrap();
+        let got = run(g, out).await;
+        let want = matmul_ref(&a, &b, batch, m, k, n, false);
+        checks.close(
+            &format!("cpu matmul b{batch} {m}x{k}x{n}"),
+            &got,
+            &want,
+            1e-5,
+        );
+    }
+    for (i, c) in CONV2D_CASES.iter().enumerate() {
+        for (dtype, act, residual) in [
+            (DType::F32, Activation::None, false),
+            (DType::F32, Activation::Silu, true),
+            (DType::F16, Activation::None, true),
+        ] {
+            let tiled = ConvKernel::Tiled;
+            run_conv2d(
+                &ctx,
+                &mut checks,
+                c,
+                10 * i as u64,
+                dtype,
+                tiled,
+                act,
+                residual,
+            )
+            .await;
+        }
     }
     checks.finish();
 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use audioldm::checkpoint::Checkpoint;
+use audioldm::engine::Context;
 use audioldm::model::nn::Precision;
 use audioldm::pipeline::{Event, Pipeline, Residency};
 use common::*;
@@ -78,7 +79,19 @@ async fn download_tiny() -> PathBuf {
 
 #[wasm_bindgen_test]
 async fn tiny_pipeline_matches_diffusers() {
-    let ctx = ctx().await;
+    tiny_pipeline_on(&ctx().await, "tiny_pipeline_matches_diffusers").await;
+}
+
+/// The page's path without WebGPU: the CPU backend compiled to WebAssembly (SIMD128, one
+/// thread), with the native test's tolerances.
+#[wasm_bindgen_test]
+async fn tiny_pipeline_matches_diffusers_on_the_cpu_backend() {
+    let ctx = Context::cpu();
+    console_log!("{}", ctx.backend_name());
+    tiny_pipeline_on(&ctx, "tiny_pipeline_matches_diffusers_on_the_cpu_backend").await;
+}
+
+async fn tiny_pipeline_on(ctx: &Context, test: &'static str) {
     let root = &download_tiny().await;
     let goldens_root = Path::new("/goldens");
     audioldm::mounted::mount(
@@ -93,8 +106,8 @@ async fn tiny_pipeline_matches_diffusers() {
         goldens.f32_async(name, &shape).await.expect(name)
     };
 
-    let mut checks = Checks::new("tiny_pipeline_matches_diffusers");
-    let pipeline = Pipeline::load_async(&ctx, root, Precision::default(), Residency::AllResident)
+    let mut checks = Checks::new(test);
+    let pipeline = Pipeline::load_async(ctx, root, Precision::default(), Residency::AllResident)
         .await
         .expect("load the tiny model");
     let request = tiny::tiny_request_from(golden("init_latents").await);

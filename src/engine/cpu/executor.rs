@@ -27,6 +27,10 @@ enum Place {
     Tensor(Tensor),
 }
 
+/// How long a page's CPU run holds the event loop before giving it a turn: about two frames.
+#[cfg(target_arch = "wasm32")]
+const PAGE_TURN: std::time::Duration = std::time::Duration::from_millis(30);
+
 /// A graph of the CPU backend, planned and ready to replay.
 pub(crate) struct CpuExecutable {
     values: Vec<Value>,
@@ -145,24 +149,40 @@ impl CpuExecutable {
         Ok(())
     }
 
-    /// Runs the ops in order, checking `stop` before each; returns whether all ran.
+    /// Runs the ops in order, checking `stop` before each; returns whether all ran. In a page
+    /// the page's event loop gets a turn between ops every [`PAGE_TURN`], so that it keeps
+    /// drawing (and hears a cancel) while a step runs; elsewhere nothing is awaited.
+    pub async fn run_unless_async(&mut self, stop: &AtomicBool) -> Result<bool> {
+        self.run_timed(stop, None).await
+    }
+
+    /// Blocking [`Self::run_unless_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn run_unless(&mut self, stop: &AtomicBool) -> Result<bool> {
-        self.run_timed(stop, None)
+        pollster::block_on(self.run_unless_async(stop))
     }
 
     /// One run with every op timed by the host's clock.
-    pub fn profile(&mut self) -> Result<Profile> {
+    pub async fn profile_async(&mut self) -> Result<Profile> {
         let mut ops = Vec::with_capacity(self.nodes.len());
-        self.run_timed(&AtomicBool::new(false), Some(&mut ops))?;
+        self.run_timed(&AtomicBool::new(false), Some(&mut ops))
+            .await?;
         Ok(Profile { ops })
     }
 
-    fn run_timed(
+    async fn run_timed(
         &mut self,
         stop: &AtomicBool,
         mut timings: Option<&mut Vec<OpTiming>>,
     ) -> Result<bool> {
+        #[cfg(target_arch = "wasm32")]
+        let mut last_turn = web_time::Instant::now();
         for i in 0..self.nodes.len() {
+            #[cfg(target_arch = "wasm32")]
+            if last_turn.elapsed() >= PAGE_TURN {
+                crate::engine::context::next_task().await;
+                last_turn = web_time::Instant::now();
+            }
             if stop.load(Ordering::Relaxed) {
                 return Ok(false);
             }

@@ -85,7 +85,7 @@ impl Executable {
     pub async fn run_unless_async(&mut self, stop: &AtomicBool) -> Result<bool> {
         match &mut self.0 {
             Backend::Gpu(exe) => exe.run_unless_async(stop).await,
-            Backend::Cpu(exe) => exe.run_unless(stop),
+            Backend::Cpu(exe) => exe.run_unless_async(stop).await,
         }
     }
 
@@ -103,7 +103,7 @@ impl Executable {
     pub async fn profile_async(&mut self) -> Result<Profile> {
         match &mut self.0 {
             Backend::Gpu(exe) => exe.profile_async().await,
-            Backend::Cpu(exe) => exe.profile(),
+            Backend::Cpu(exe) => exe.profile_async().await,
         }
     }
 
