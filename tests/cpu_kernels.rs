@@ -950,4 +950,42 @@ fn exp_is_within_2e7_of_f64() {
     assert!(exp(100.0) > 1e38 && exp(100.0).is_finite());
     assert!(exp(f32::NAN).is_nan());
     assert_eq!(exp(0.0), 1.0);
+    // The fused build the kernels run where the CPU has FMA: no less accurate.
+    let worst = (0..=200_000)
+        .map(|i| {
+            let x = -87.0 + 175.0 * i as f32 / 200_000.0;
+            let want = f64::from(x).exp();
+            ((f64::from(cpu::exp_with(x, true)) - want) / want).abs()
+        })
+        .fold(0.0, f64::max);
+    println!("exp, fused: max rel err {worst:.2e} on [-87, 88]");
+    assert!(worst <= 2e-7, "{worst:.2e}");
+}
+
+/// The vectorisable `erf` of GELU against f64's over [-10, 10] (from 4 on it is 1 in f32), fused
+/// and not, and GELU made with it against the exact GELU.
+#[test]
+fn erf_is_within_1e7_of_f64() {
+    use audioldm::engine::cpu::{activate_with, erf, erf_with};
+    for fused in [false, true] {
+        let (mut worst, mut gelu_worst) = (0.0f64, 0.0f64);
+        for i in 0..=400_000 {
+            let x = -10.0 + 20.0 * i as f32 / 400_000.0;
+            let want = libm::erf(f64::from(x));
+            worst = worst.max((f64::from(erf_with(x, fused)) - want).abs());
+            // Relative where GELU is large, absolute where it is small (there f32's 1 + erf
+            // cancels, exactly as with the C library's erff).
+            let want = act_ref(f64::from(x), Activation::Gelu);
+            let got = f64::from(activate_with(x, Activation::Gelu, fused));
+            gelu_worst = gelu_worst.max((got - want).abs() / want.abs().max(1.0));
+        }
+        println!("erf, fused {fused}: max abs err {worst:.2e}; GELU: {gelu_worst:.2e}");
+        assert!(worst <= 1e-7, "{worst:.2e}");
+        assert!(gelu_worst <= 2e-7, "{gelu_worst:.2e}");
+    }
+    assert_eq!(erf(0.0), 0.0);
+    assert_eq!(erf(f32::INFINITY), 1.0);
+    assert_eq!(erf(f32::NEG_INFINITY), -1.0);
+    assert_eq!(erf(-20.0), -1.0);
+    assert!(erf(f32::NAN).is_nan());
 }

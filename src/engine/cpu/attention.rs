@@ -3,9 +3,10 @@
 //! rescaled as the max grows), so memory stays at one block of scores however long the clip.
 //! Both products of a block are faer GEMMs over strided views of the interleaved heads.
 
-use super::exp;
 use super::gemm::{Epilogue, MatSlice, gemm_serial};
 use super::par_map;
+use super::widest;
+use super::{exp, exp_with};
 use crate::engine::error::{Result, shape_error};
 
 /// Queries a task takes and keys a step takes.
@@ -58,6 +59,19 @@ impl<'a> Heads<'a> {
             sr: self.st,
             sc: 1,
         }
+    }
+
+    /// `tokens x width` rows of head `h` of batch item `b` from token `t0` on, as a faer view.
+    /// Only for rows that [`Heads::fits`] vouched for, and not empty ones.
+    fn matrix(
+        &self,
+        (b, h): (usize, usize),
+        t0: usize,
+        tokens: usize,
+        width: usize,
+    ) -> faer::MatRef<'a, f32> {
+        let start = self.offset + b * self.sb + t0 * self.st + h * self.sh;
+        faer::MatRef::from_row_major_slice_with_stride(&self.data[start..], tokens, width, self.st)
     }
 
     /// Whether every element of `batch x tokens` rows of `heads` heads of `width` lies inside.
@@ -143,6 +157,9 @@ pub fn attention_strided(
     if tk == 0 && !out.is_empty() {
         return Err(shape_error("attention", "no keys to attend to"));
     }
+    if out.is_empty() {
+        return Ok(());
+    }
     let q_blocks = tq.div_ceil(QUERY_BLOCK);
     let blocks = par_map(batch * heads * q_blocks, |task| {
         let (bh, qb) = (task / q_blocks, task % q_blocks);
@@ -163,6 +180,12 @@ pub fn attention_strided(
     Ok(())
 }
 
+thread_local! {
+    /// A block's scores, kept for the thread's next block: zeroing a fresh 512 KB for each took
+    /// 4% of the attention at the UNet's shapes.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// The output `[rows, dv]` of one block of queries of head `h` in batch `b`.
 fn block(
     queries: MatSlice<'_>,
@@ -175,50 +198,111 @@ fn block(
     let mut max = vec![f32::NEG_INFINITY; rows];
     let mut sum = vec![0.0f32; rows];
     let mut acc = vec![0.0f32; rows * dv];
-    let mut scores = vec![0.0f32; rows * KEY_BLOCK.min(tk)];
-    let mut update = vec![0.0f32; rows * dv];
-    for k0 in (0..tk).step_by(KEY_BLOCK) {
-        let cols = KEY_BLOCK.min(tk - k0);
-        let scores = &mut scores[..rows * cols];
-        // K^T of the key block: element (dim, key) of the head's columns.
-        let keys_t = k.rows((b, h), k0).t();
-        gemm_serial(
-            scores,
-            queries,
-            keys_t,
-            (1, rows, d, cols),
-            a.scale,
-            Epilogue::default(),
-        )?;
-        for (i, s) in scores.chunks_mut(cols).enumerate() {
-            let block_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let new_max = max[i].max(block_max);
-            let rescale = exp(max[i] - new_max);
-            let mut block_sum = 0.0;
-            for x in s.iter_mut() {
-                *x = exp(*x - new_max);
-                block_sum += *x;
-            }
-            sum[i] = sum[i] * rescale + block_sum;
-            max[i] = new_max;
-            acc[i * dv..(i + 1) * dv]
-                .iter_mut()
-                .for_each(|o| *o *= rescale);
+    SCORES.with_borrow_mut(|scores| {
+        scores.resize(rows * KEY_BLOCK.min(tk), 0.0);
+        for k0 in (0..tk).step_by(KEY_BLOCK) {
+            let cols = KEY_BLOCK.min(tk - k0);
+            let scores = &mut scores[..rows * cols];
+            // K^T of the key block: element (dim, key) of the head's columns.
+            let keys_t = k.rows((b, h), k0).t();
+            gemm_serial(
+                scores,
+                queries,
+                keys_t,
+                (1, rows, d, cols),
+                a.scale,
+                Epilogue::default(),
+            )?;
+            softmax_step(scores, cols, (&mut max, &mut sum), &mut acc);
+            // The second product adds straight into the running output: no buffer, no extra pass.
+            faer::linalg::matmul::matmul(
+                faer::MatMut::from_row_major_slice_mut(&mut acc, rows, dv),
+                faer::Accum::Add,
+                faer::MatRef::from_row_major_slice(scores, rows, cols),
+                v.matrix((b, h), k0, cols, dv),
+                1.0,
+                faer::Par::Seq,
+            );
         }
-        let values = v.rows((b, h), k0);
-        gemm_serial(
-            &mut update,
-            MatSlice::row_major(scores, rows, cols),
-            values,
-            (1, rows, cols, dv),
-            1.0,
-            Epilogue::default(),
-        )?;
-        acc.iter_mut().zip(&update).for_each(|(o, u)| *o += u);
-    }
+        Ok(())
+    })?;
     for (i, row) in acc.chunks_mut(dv).enumerate() {
         let inv = 1.0 / sum[i];
         row.iter_mut().for_each(|o| *o *= inv);
     }
     Ok(acc)
+}
+
+/// One key block's step of the online softmax: each row of `scores` becomes `e^(score - max)`
+/// under its new running max, and the row's running sum and partial output are rescaled to it.
+/// All of a block's time outside the two products, so compiled for the widest vectors.
+fn softmax_step(
+    scores: &mut [f32],
+    cols: usize,
+    (max, sum): (&mut [f32], &mut [f32]),
+    acc: &mut [f32],
+) {
+    let dv = acc.len() / max.len();
+    widest(
+        #[inline(always)]
+        |fused| {
+            for (i, s) in scores.chunks_mut(cols).enumerate() {
+                let new_max = max[i].max(row_max(s));
+                let rescale = exp(max[i] - new_max);
+                sum[i] = sum[i] * rescale + exp_shifted(s, new_max, fused);
+                max[i] = new_max;
+                acc[i * dv..(i + 1) * dv]
+                    .iter_mut()
+                    .for_each(|o| *o *= rescale);
+            }
+        },
+    );
+}
+
+/// Independent accumulators the reductions over a row of scores keep: one float sum or max
+/// carried through the row is a dependency chain LLVM may not reorder, which keeps it scalar.
+const LANES: usize = 16;
+
+/// The largest score of a row (NaNs ignored, as `f32::max` does).
+#[inline(always)]
+fn row_max(s: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = s.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        // One compare and select per lane where `f32::max`'s NaN rule costs three.
+        lanes
+            .iter_mut()
+            .zip(c)
+            .for_each(|(m, &x)| *m = if x > *m { x } else { *m });
+    }
+    lanes
+        .iter()
+        .chain(tail)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `s[j] = e^(s[j] - m)` over a row of scores, returning their sum (`fused` as for [`exp_with`]).
+#[inline(always)]
+fn exp_shifted(s: &mut [f32], m: f32, fused: bool) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = s.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        lanes.iter_mut().zip(c).for_each(|(acc, x)| {
+            *x = exp_with(*x - m, fused);
+            *acc += *x;
+        });
+    }
+    // The tail too goes through the lanes, padded with scores of -inf: 1.2e-38 each from the
+    // clamped `exp`, lost in the row's running sum, which is at least 1 (its max's own e^0).
+    let tail = chunks.into_remainder();
+    let mut padded = [f32::NEG_INFINITY; LANES];
+    padded[..tail.len()].copy_from_slice(tail);
+    lanes.iter_mut().zip(&mut padded).for_each(|(acc, x)| {
+        *x = exp_with(*x - m, fused);
+        *acc += *x;
+    });
+    tail.copy_from_slice(&padded[..tail.len()]);
+    lanes.iter().sum()
 }

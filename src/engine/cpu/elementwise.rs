@@ -1,7 +1,7 @@
 //! The elementwise ops of `elementwise.wgsl`: `act(alpha * x + beta)`, `alpha * a + beta * b` and
 //! `a * b` with `b` broadcast onto `a` (PyTorch's rules, trailing dims aligned), and GEGLU.
 
-use super::{activate, par_chunks};
+use super::{activate_with, par_chunks, widest};
 use crate::engine::Activation;
 use crate::engine::error::{Result, shape_error};
 
@@ -18,11 +18,32 @@ pub fn unary(out: &mut [f32], x: &[f32], act: Activation, alpha: f32, beta: f32)
     }
     par_chunks(out, CHUNK, |c, y| {
         let xs = &x[c * CHUNK..];
-        for (o, &v) in y.iter_mut().zip(xs) {
-            *o = activate(alpha * v + beta, act);
-        }
+        widest(
+            #[inline(always)]
+            |fused| {
+                // A loop per activation: with `act` unknown, LLVM leaves the `match` in one scalar
+                // loop.
+                let ab = (alpha, beta);
+                match act {
+                    Activation::None => map_act(y, xs, Activation::None, ab, fused),
+                    Activation::Relu => map_act(y, xs, Activation::Relu, ab, fused),
+                    Activation::LeakyRelu(s) => map_act(y, xs, Activation::LeakyRelu(s), ab, fused),
+                    Activation::Silu => map_act(y, xs, Activation::Silu, ab, fused),
+                    Activation::Gelu => map_act(y, xs, Activation::Gelu, ab, fused),
+                    Activation::Tanh => map_act(y, xs, Activation::Tanh, ab, fused),
+                }
+            },
+        );
     });
     Ok(())
+}
+
+/// `y = act(alpha * x + beta)`, for [`unary`] to compile once per activation.
+#[inline(always)]
+fn map_act(y: &mut [f32], x: &[f32], act: Activation, (alpha, beta): (f32, f32), fused: bool) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = activate_with(alpha * v + beta, act, fused);
+    }
 }
 
 /// How two operands combine.
@@ -108,10 +129,15 @@ pub fn geglu(out: &mut [f32], x: &[f32], h: usize) -> Result<()> {
         ));
     }
     par_chunks(out, h, |r, y| {
-        let row = &x[2 * h * r..2 * h * (r + 1)];
-        for (j, o) in y.iter_mut().enumerate() {
-            *o = row[j] * activate(row[h + j], Activation::Gelu);
-        }
+        let (a, gate) = x[2 * h * r..2 * h * (r + 1)].split_at(h);
+        widest(
+            #[inline(always)]
+            |fused| {
+                for ((o, &a), &g) in y.iter_mut().zip(a).zip(gate) {
+                    *o = a * activate_with(g, Activation::Gelu, fused);
+                }
+            },
+        );
     });
     Ok(())
 }
