@@ -53,8 +53,9 @@ use std::time::Instant;
 use audioldm::audio::Audio;
 use audioldm::engine::{Context, DeviceChoice, Graph, LimitsProfile, Tensor};
 use audioldm::model::nn::Precision;
+use audioldm::noise;
 use audioldm::pipeline::ranking::ClapScorer;
-use audioldm::pipeline::{Event, Pipeline, Request, Residency, noise};
+use audioldm::pipeline::{Event, Pipeline, Request, Residency};
 
 struct Args {
     model: PathBuf,

@@ -3,7 +3,8 @@
 //! Layers, each importing only those below it: [`engine`] (the engine, which knows nothing of
 //! AudioLDM), [`checkpoint`] (weights), [`model`] (the four networks), [`pipeline`] (text to
 //! audio, shared by the front ends) and [`app`] (the desktop front end); [`audio`] and [`hub`] sit
-//! beside them.
+//! beside them, and [`noise`] (NumPy's seeded generator, importing nothing of the crate) under
+//! all of them: models, audio and pipeline draw from it.
 
 #[cfg(feature = "app")]
 pub mod app;
@@ -15,6 +16,7 @@ pub mod hub;
 pub mod model;
 #[cfg(target_arch = "wasm32")]
 pub mod mounted;
+pub mod noise;
 pub mod pipeline;
 pub mod untrusted;
 

@@ -12,10 +12,11 @@ use std::sync::atomic::AtomicBool;
 use audioldm::checkpoint::Checkpoint;
 use audioldm::engine::Context;
 use audioldm::model::nn::Precision;
+use audioldm::noise;
 use audioldm::pipeline::ddim::DdimScheduler;
 use audioldm::pipeline::dpm::DpmSolver;
 use audioldm::pipeline::edit::{EditRequest, Mode};
-use audioldm::pipeline::{Event, Pipeline, Request, SchedulerKind, noise};
+use audioldm::pipeline::{Event, Pipeline, Request, SchedulerKind};
 use common::{assert_close, cpu_ctx, ctx, f64s, fixtures, model_ctx};
 
 fn goldens() -> Checkpoint {

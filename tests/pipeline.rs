@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use audioldm::Error;
 use audioldm::engine::Context;
 use audioldm::model::nn::Precision;
-use audioldm::pipeline::{Event, Pipeline, Request, noise};
+use audioldm::noise;
+use audioldm::pipeline::{Event, Pipeline, Request};
 use common::*;
 
 fn pipeline_on(ctx: &Context) -> Pipeline {

@@ -21,7 +21,7 @@ use realfft::{RealFftPlanner, RealToComplex};
 
 use super::mel::{periodic_hann_f64, reflect_pad, slaney_mel_filters, stft_frames};
 use crate::error::{Error, Result};
-use crate::pipeline::noise::Mt19937;
+use crate::noise::Mt19937;
 
 /// The most frames a window may make (CLAP's is 1001).
 const MAX_FRAMES: usize = 20_000;

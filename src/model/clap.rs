@@ -19,7 +19,7 @@ use crate::model::clap_audio::{ClapAudioConfig, ClapAudioModel, Taps};
 use crate::model::clap_text::{ClapTextConfig, ClapTextModelWithProjection};
 use crate::model::load_config;
 use crate::model::nn::Loader;
-use crate::pipeline::noise::Mt19937;
+use crate::noise::Mt19937;
 
 /// `config.json` of a `ClapModel`: both towers' configs (transformers copies the shared
 /// `projection_dim` into each).

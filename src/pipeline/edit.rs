@@ -19,13 +19,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{Event, Lengths, MAX_DURATION_S, Output, Pipeline, Plan, Request, check_finite, noise};
+use super::{Event, Lengths, MAX_DURATION_S, Output, Pipeline, Plan, Request, check_finite};
 use crate::audio::Audio;
 use crate::audio::mel::{F_MAX, F_MIN, MelFrontEnd, SAMPLE_RATE, mel_band_upper_edges};
 use crate::audio::resample::resample;
 use crate::engine::{DType, Graph, Tensor};
 use crate::error::{Error, Result};
 use crate::model::vae::latent_std;
+use crate::noise;
 
 /// What to do with the source clip.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]

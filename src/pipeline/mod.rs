@@ -5,7 +5,6 @@
 pub mod ddim;
 pub mod dpm;
 pub mod edit;
-pub mod noise;
 pub mod ranking;
 pub mod variation;
 
@@ -22,6 +21,7 @@ use crate::model::tokenizer::TextTokenizer;
 use crate::model::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::model::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::model::vocoder::{SpeechT5HifiGan, SpeechT5HifiGanConfig};
+use crate::noise;
 
 use ddim::{DdimScheduler, StepCoefficients};
 
