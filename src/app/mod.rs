@@ -284,22 +284,16 @@ impl AudioLdmApp {
         if let Some(device) = options.device {
             persisted.device = device;
         }
-        let drawing_only = cc
-            .wgpu_render_state
-            .as_ref()
-            .filter(|rs| !can_compute(&rs.adapter.get_info()));
-        let shared = cc
-            .wgpu_render_state
-            .as_ref()
-            .filter(|_| drawing_only.is_none())
-            .map(|rs| {
-                Context::from_device(
-                    rs.device.clone(),
-                    rs.queue.clone(),
-                    rs.adapter.get_info(),
-                    options.limits.clone(),
-                )
-            });
+        let render_state = cc.wgpu_render_state.as_ref();
+        let drawing_only = render_state.is_some_and(|rs| !can_compute(&rs.adapter.get_info()));
+        let shared = render_state.filter(|_| !drawing_only).map(|rs| {
+            Context::from_device(
+                rs.device.clone(),
+                rs.queue.clone(),
+                rs.adapter.get_info(),
+                options.limits.clone(),
+            )
+        });
         let egui_ctx = cc.egui_ctx.clone();
         let worker = Worker::spawn(
             shared.clone(),
@@ -339,7 +333,7 @@ impl AudioLdmApp {
             egui_ctx: cc.egui_ctx.clone(),
         };
         app.saved_history = app.history_signature();
-        if drawing_only.is_some() {
+        if drawing_only {
             app.info(format!(
                 "This browser offers no WebGPU, so the networks run on the CPU backend ({}): \
                  the slow path, minutes for a clip where a GPU takes seconds. Chrome or Edge \

@@ -164,8 +164,9 @@ fn reading_app<R>(f: impl FnOnce(&mut AudioLdmApp) -> R) -> Option<R> {
 
 /// What the app shows, as JSON, for a script on the page (the end-to-end test reads it): the
 /// phase of a running generation, the messages, the history, the model and what the app says of
-/// it, what runs the networks (the status line's backend), the clip playing, the input clip, how many spectrogram frames are shown, and where the
-/// main controls are (CSS pixels, as `[x, y, width, height]`).
+/// it, what runs the networks (the status line's backend), the clip playing, the input clip, how
+/// many spectrogram frames are shown, and where the main controls are (CSS pixels, as
+/// `[x, y, width, height]`).
 pub fn state_json() -> Option<String> {
     reading_app(|app| {
         let labels = ["Prompt", "Generate", "Folder…", "Play", "Generate edit"];

@@ -3,7 +3,7 @@
 //! rescaled as the max grows), so memory stays at one block of scores however long the clip.
 //! Both products of a block are faer GEMMs over strided views of the interleaved heads.
 
-use super::gemm::{Epilogue, MatSlice, gemm_serial};
+use super::gemm::{Epilogue, MatSlice, gemm_serial, product_into};
 use super::par_map;
 use super::widest;
 use super::{exp, exp_with};
@@ -59,19 +59,6 @@ impl<'a> Heads<'a> {
             sr: self.st,
             sc: 1,
         }
-    }
-
-    /// `tokens x width` rows of head `h` of batch item `b` from token `t0` on, as a faer view.
-    /// Only for rows that [`Heads::fits`] vouched for, and not empty ones.
-    fn matrix(
-        &self,
-        (b, h): (usize, usize),
-        t0: usize,
-        tokens: usize,
-        width: usize,
-    ) -> faer::MatRef<'a, f32> {
-        let start = self.offset + b * self.sb + t0 * self.st + h * self.sh;
-        faer::MatRef::from_row_major_slice_with_stride(&self.data[start..], tokens, width, self.st)
     }
 
     /// Whether every element of `batch x tokens` rows of `heads` heads of `width` lies inside.
@@ -215,14 +202,13 @@ fn block(
             )?;
             softmax_step(scores, cols, (&mut max, &mut sum), &mut acc);
             // The second product adds straight into the running output: no buffer, no extra pass.
-            faer::linalg::matmul::matmul(
+            product_into(
                 faer::MatMut::from_row_major_slice_mut(&mut acc, rows, dv),
-                faer::Accum::Add,
-                faer::MatRef::from_row_major_slice(scores, rows, cols),
-                v.matrix((b, h), k0, cols, dv),
-                1.0,
-                faer::Par::Seq,
-            );
+                MatSlice::row_major(scores, rows, cols),
+                v.rows((b, h), k0),
+                (rows, cols, dv),
+                (faer::Accum::Add, faer::Par::Seq),
+            )?;
         }
         Ok(())
     })?;

@@ -129,7 +129,7 @@ pub fn conv2d(
                 MatSlice::row_major(weight, c.cout, depth),
                 MatSlice::row_major(cols, depth, p1 - p0),
                 (c.cout, depth, p1 - p0),
-                par,
+                (faer::Accum::Replace, par),
             )
         })
     });

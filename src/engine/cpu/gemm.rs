@@ -117,14 +117,15 @@ pub(super) fn gemm_serial(
     product(out, a, b, dims, alpha, epilogue, faer::Par::Seq)
 }
 
-/// `dst = a b` for one `m x k` by `k x n` product into a strided destination (no batch, no
-/// epilogue): how a convolution writes each tile straight into its output.
+/// `dst = a b` (`Accum::Replace`) or `dst += a b` (`Accum::Add`) for one `m x k` by `k x n`
+/// product into a strided destination (no batch, no epilogue): how a convolution writes each
+/// tile straight into its output, and attention adds a key block into its running output.
 pub(super) fn product_into(
     dst: faer::MatMut<'_, f32>,
     a: MatSlice<'_>,
     b: MatSlice<'_>,
     (m, k, n): (usize, usize, usize),
-    par: faer::Par,
+    (accum, par): (faer::Accum, faer::Par),
 ) -> Result<()> {
     a.check("A", 1, m, k)?;
     b.check("B", 1, k, n)?;
@@ -134,14 +135,7 @@ pub(super) fn product_into(
             format!("a {m} x {n} product into {} x {}", dst.nrows(), dst.ncols()),
         ));
     }
-    faer::linalg::matmul::matmul(
-        dst,
-        faer::Accum::Replace,
-        a.matrix(0, m, k),
-        b.matrix(0, k, n),
-        1.0,
-        par,
-    );
+    faer::linalg::matmul::matmul(dst, accum, a.matrix(0, m, k), b.matrix(0, k, n), 1.0, par);
     Ok(())
 }
 
